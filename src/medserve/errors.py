@@ -1,0 +1,97 @@
+"""The domain error tree.
+
+Every error carries a stable ``code`` that clients can match on; messages are for people. The core
+never decides HTTP status codes: ``medserve.serving.http_errors`` maps these classes to statuses in
+one place. Messages must never contain patient data or secrets.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+
+class MedserveError(Exception):
+    """Base of every error medserve raises on purpose."""
+
+    code: ClassVar[str] = "medserve_error"
+
+    def __init__(self, message: str, *, details: list[dict[str, Any]] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details or []
+
+    def to_dict(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"error": self.message, "code": self.code}
+        if self.details:
+            body["details"] = self.details
+        return body
+
+
+class NotFoundError(MedserveError):
+    code = "not_found"
+
+
+class ModelNotFoundError(NotFoundError):
+    code = "model_not_found"
+
+
+class VersionNotFoundError(NotFoundError):
+    code = "version_not_found"
+
+
+class AliasNotFoundError(NotFoundError):
+    code = "alias_not_found"
+
+
+class AlreadyExistsError(MedserveError):
+    code = "already_exists"
+
+
+class InvalidRequestError(MedserveError):
+    """The caller asked for something malformed (bad name, bad argument, bad body)."""
+
+    code = "invalid_request"
+
+
+class ValidationFailedError(InvalidRequestError):
+    """Input rows broke the model's signature; ``details`` lists every problem (row, field, rule)."""
+
+    code = "validation_failed"
+
+
+class UnsupportedFormatError(InvalidRequestError):
+    code = "unsupported_format"
+
+
+class UnsafeArtifactError(MedserveError):
+    """An artifact format that can execute code on load (pickle, joblib) without the trust flag."""
+
+    code = "unsafe_artifact"
+
+
+class ArtifactIntegrityError(MedserveError):
+    """An artifact's bytes no longer match the sha256 recorded when it was stored."""
+
+    code = "artifact_integrity"
+
+
+class ConversionError(MedserveError):
+    code = "conversion_failed"
+
+
+class ModelLoadError(MedserveError):
+    """A version could not be loaded into a runtime; only that model is affected."""
+
+    code = "model_load_failed"
+
+
+class ModelUnavailableError(MedserveError):
+    code = "model_unavailable"
+
+
+class StoreError(MedserveError):
+    code = "store_error"
+
+
+class PayloadTooLargeError(InvalidRequestError):
+    code = "payload_too_large"

@@ -1,0 +1,1 @@
+"""Registered models, immutable versions, aliases with history, signatures."""
