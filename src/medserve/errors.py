@@ -95,3 +95,7 @@ class StoreError(MedserveError):
 
 class PayloadTooLargeError(InvalidRequestError):
     code = "payload_too_large"
+
+
+class UnsupportedMediaTypeError(InvalidRequestError):
+    code = "unsupported_media_type"

@@ -1,0 +1,3 @@
+from medserve.cli import app
+
+app()

@@ -1,0 +1,217 @@
+"""The HTTP app: FastAPI for the API surface and docs, a raw ASGI fast path for predictions."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import asdict
+from typing import Any
+
+import orjson
+from fastapi import Body, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from medserve import __version__
+from medserve.errors import MedserveError
+from medserve.registry.entities import ModelVersion
+from medserve.registry.service import Registry
+from medserve.serving import metrics
+from medserve.serving.data_plane import DataPlane
+from medserve.serving.fast_path import HotPathApp
+from medserve.serving.http_errors import status_for
+from medserve.serving.model_manager import ModelManager
+from medserve.serving.server import tune_gc
+from medserve.settings import Settings
+
+INFER_EXAMPLE = {
+    "id": "req-1",
+    "inputs": [{"name": "input", "shape": [1, 3], "datatype": "FP32", "data": [1.0, 2.0, 3.0]}],
+}
+RECORDS_EXAMPLE = {"instances": [{"feature_a": 1.0, "feature_b": "x"}]}
+
+
+class ORJSONResponse(JSONResponse):
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def _version_view(v: ModelVersion, aliases: list[str]) -> dict[str, Any]:
+    view = asdict(v)
+    view["aliases"] = aliases
+    return view
+
+
+def create_api(settings: Settings) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(api: FastAPI) -> AsyncIterator[None]:
+        registry = Registry.open(settings)
+        manager = ModelManager(
+            registry.store,
+            registry.artifacts,
+            max_explicit=settings.max_loaded_versions,
+            intra_op_threads=settings.onnx_intra_op_threads,
+        )
+        manager.start(settings.reload_interval_s)
+        api.state.registry = registry
+        api.state.plane = DataPlane(manager)
+        tune_gc()
+        try:
+            yield
+        finally:
+            manager.stop()
+            registry.close()
+
+    api = FastAPI(
+        title="medserve",
+        version=__version__,
+        description="Clinical model serving: Open Inference Protocol v2, records API, registry.",
+        lifespan=lifespan,
+        default_response_class=ORJSONResponse,
+    )
+
+    def plane(request: Request) -> DataPlane:
+        result: DataPlane = request.app.state.plane
+        return result
+
+    def registry_of(request: Request) -> Registry:
+        result: Registry = request.app.state.registry
+        return result
+
+    @api.exception_handler(MedserveError)
+    async def _domain_error(_: Request, exc: MedserveError) -> Response:
+        return ORJSONResponse(exc.to_dict(), status_code=status_for(exc))
+
+    @api.exception_handler(StarletteHTTPException)
+    async def _http_error(_: Request, exc: StarletteHTTPException) -> Response:
+        return ORJSONResponse({"error": str(exc.detail)}, status_code=exc.status_code)
+
+    @api.exception_handler(RequestValidationError)
+    async def _request_error(_: Request, exc: RequestValidationError) -> Response:
+        problems = [
+            {"field": ".".join(str(p) for p in e.get("loc", ())), "message": e.get("msg", "")}
+            for e in exc.errors()
+        ]
+        message = "; ".join(f"{p['field']}: {p['message']}" for p in problems)
+        return ORJSONResponse({"error": message, "details": problems}, status_code=400)
+
+    # -- Open Inference Protocol v2 -------------------------------------------------------
+    @api.get("/v2/health/live", tags=["v2"])
+    async def live() -> dict[str, bool]:
+        return {"live": True}
+
+    @api.get("/v2/health/ready", tags=["v2"])
+    async def ready(request: Request) -> Response:
+        ok = plane(request).ready()
+        return ORJSONResponse({"ready": ok}, status_code=200 if ok else 503)
+
+    @api.get("/v2", tags=["v2"])
+    async def server_metadata(request: Request) -> dict[str, Any]:
+        return plane(request).server_metadata()
+
+    @api.get("/v2/models/{name}", tags=["v2"])
+    async def model_metadata(request: Request, name: str) -> dict[str, Any]:
+        return await plane(request).model_metadata(name, None)
+
+    @api.get("/v2/models/{name}/versions/{version}", tags=["v2"])
+    async def version_metadata(request: Request, name: str, version: str) -> dict[str, Any]:
+        return await plane(request).model_metadata(name, version)
+
+    async def _ready(request: Request, name: str, version: str | None) -> Response:
+        ok = await plane(request).model_ready(name, version)
+        return ORJSONResponse({"name": name, "ready": ok}, status_code=200 if ok else 503)
+
+    @api.get("/v2/models/{name}/ready", tags=["v2"])
+    async def model_ready(request: Request, name: str) -> Response:
+        return await _ready(request, name, None)
+
+    @api.get("/v2/models/{name}/versions/{version}/ready", tags=["v2"])
+    async def version_ready(request: Request, name: str, version: str) -> Response:
+        return await _ready(request, name, version)
+
+    @api.post("/v2/models/{name}/infer", tags=["v2"])
+    async def infer(
+        request: Request, name: str, body: dict[str, Any] = Body(examples=[INFER_EXAMPLE])
+    ) -> dict[str, Any]:
+        """Served by the fast path; declared here for the OpenAPI document."""
+        return await plane(request).infer_v2(name, None, body)
+
+    @api.post("/v2/models/{name}/versions/{version}/infer", tags=["v2"])
+    async def infer_version(
+        request: Request, name: str, version: str, body: dict[str, Any] = Body(examples=[INFER_EXAMPLE])
+    ) -> dict[str, Any]:
+        """Served by the fast path; declared here for the OpenAPI document."""
+        return await plane(request).infer_v2(name, version, body)
+
+    # -- records API and registry views ---------------------------------------------------
+    @api.post("/v1/models/{name}/predict", tags=["records"])
+    async def predict(
+        request: Request, name: str, body: dict[str, Any] = Body(examples=[RECORDS_EXAMPLE])
+    ) -> dict[str, Any]:
+        """Served by the fast path; declared here for the OpenAPI document."""
+        return await plane(request).predict_records(name, None, body)
+
+    @api.post("/v1/models/{name}/versions/{version}/predict", tags=["records"])
+    async def predict_version(
+        request: Request, name: str, version: str, body: dict[str, Any] = Body(examples=[RECORDS_EXAMPLE])
+    ) -> dict[str, Any]:
+        """Served by the fast path; declared here for the OpenAPI document."""
+        return await plane(request).predict_records(name, version, body)
+
+    @api.get("/v1/models", tags=["registry"])
+    async def list_models(
+        request: Request, search: str | None = None, page_size: int = 100, page_token: str | None = None
+    ) -> dict[str, Any]:
+        store = registry_of(request).store
+        page = store.list_models(name_contains=search, page_size=page_size, page_token=page_token)
+        items = [
+            {**asdict(m), "aliases": store.list_aliases(m.name)} for m in page.items
+        ]
+        return {"models": items, "next_page_token": page.next_page_token}
+
+    @api.get("/v1/models/{name}", tags=["registry"])
+    async def get_model(request: Request, name: str) -> dict[str, Any]:
+        store = registry_of(request).store
+        model = store.get_model(name)
+        aliases = store.list_aliases(name)
+        versions = store.list_versions(name).items
+        return {
+            **asdict(model),
+            "aliases": aliases,
+            "versions": [
+                _version_view(v, sorted(a for a, n in aliases.items() if n == v.version)) for v in versions
+            ],
+        }
+
+    @api.get("/v1/models/{name}/versions/{version}", tags=["registry"])
+    async def get_version(request: Request, name: str, version: str) -> dict[str, Any]:
+        store = registry_of(request).store
+        v = store.resolve(name, version)
+        aliases = store.list_aliases(name)
+        return _version_view(v, sorted(a for a, n in aliases.items() if n == v.version))
+
+    @api.get("/v1/models/{name}/aliases/history", tags=["registry"])
+    async def alias_history(request: Request, name: str, alias: str | None = None) -> dict[str, Any]:
+        events = registry_of(request).store.alias_history(name, alias)
+        return {"events": [asdict(e) for e in events]}
+
+    @api.get("/v1/served", tags=["registry"])
+    async def served(request: Request) -> dict[str, Any]:
+        dp = plane(request)
+        failures = [
+            {"model": m, "version": v, "error": msg} for (m, v), msg in dp.manager.failures().items()
+        ]
+        return {"served": dp.list_served(), "failures": failures}
+
+    @api.get("/metrics", tags=["ops"])
+    async def prometheus() -> Response:
+        return Response(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    return api
+
+
+def create_app(settings: Settings | None = None) -> HotPathApp:
+    settings = settings or Settings()
+    api = create_api(settings)
+    return HotPathApp(api, lambda: api.state.plane, settings.max_body_bytes)

@@ -1,0 +1,124 @@
+"""The data plane: everything a prediction needs, with no web framework in sight.
+
+Transports (the HTTP app, tests, future gRPC) hand it parsed JSON and get JSON-able dicts back or
+a ``MedserveError``; status codes are decided in ``serving.http_errors``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import numpy as np
+
+from medserve import __version__
+from medserve.errors import InvalidRequestError, ModelLoadError, ModelUnavailableError
+from medserve.registry.entities import ModelVersion
+from medserve.serving.batching import AdaptiveBatcher
+from medserve.serving.loaded_model import LoadedModel
+from medserve.serving.metrics import ModelMetrics
+from medserve.serving.model_manager import ModelManager, load_version
+from medserve.serving.protocols import oip_v2
+
+DEFAULT_REF = "production"
+
+
+class DataPlane:
+    def __init__(self, manager: ModelManager) -> None:
+        self.manager = manager
+        self._batchers: dict[tuple[str, int], AdaptiveBatcher] = {}
+        self._metrics: dict[tuple[str, int], ModelMetrics] = {}
+
+    # -- health ---------------------------------------------------------------------------
+    def live(self) -> bool:
+        return True
+
+    def ready(self) -> bool:
+        """Ready once the registry has been read and every aliased version was tried."""
+        return self.manager.synced_once
+
+    def server_metadata(self) -> dict[str, Any]:
+        return {
+            "name": "medserve",
+            "version": __version__,
+            "extensions": ["model_repository_aliases", "records_api"],
+        }
+
+    # -- models ---------------------------------------------------------------------------
+    async def model(self, name: str, ref: str | None) -> LoadedModel:
+        ref = ref or DEFAULT_REF
+        model = self.manager.cached(name, ref)
+        if model is not None:
+            return model
+        return await asyncio.to_thread(self.manager.get, name, ref)
+
+    async def model_metadata(self, name: str, ref: str | None) -> dict[str, Any]:
+        model = await self.model(name, ref)
+        return oip_v2.model_metadata(model, self.manager.aliases_of(model.name, model.number))
+
+    async def model_ready(self, name: str, ref: str | None) -> bool:
+        try:
+            await self.model(name, ref)
+        except (ModelLoadError, ModelUnavailableError):
+            return False
+        return True
+
+    # -- prediction -----------------------------------------------------------------------
+    def _metrics_for(self, model: LoadedModel) -> ModelMetrics:
+        key = (model.name, model.number)
+        metrics = self._metrics.get(key)
+        if metrics is None:
+            metrics = self._metrics[key] = ModelMetrics(model.name, str(model.number))
+        return metrics
+
+    async def _run(self, model: LoadedModel, X: np.ndarray) -> dict[str, np.ndarray]:
+        if model.batching is None:
+            self._metrics_for(model).batch.observe(X.shape[0])
+            return model.predict(X)
+        key = (model.name, model.number)
+        batcher = self._batchers.get(key)
+        if batcher is None:
+            batch_metric = self._metrics_for(model).batch
+            batcher = self._batchers[key] = AdaptiveBatcher(
+                model.predict, model.batching, on_batch=batch_metric.observe
+            )
+        return await batcher.submit(X)
+
+    async def infer_v2(self, name: str, ref: str | None, body: Any) -> dict[str, Any]:
+        started = time.perf_counter()
+        model = await self.model(name, ref)
+        X = oip_v2.parse_infer_request(model, body)
+        selected = oip_v2.requested_outputs(model, body)
+        outputs = await self._run(model, X)
+        response = oip_v2.build_infer_response(model, outputs, body, selected)
+        self._metrics_for(model).observe("v2", time.perf_counter() - started, X.shape[0])
+        return response
+
+    async def predict_records(self, name: str, ref: str | None, body: Any) -> dict[str, Any]:
+        started = time.perf_counter()
+        model = await self.model(name, ref)
+        if not isinstance(body, dict) or not isinstance(body.get("instances"), list):
+            raise InvalidRequestError(
+                'the body must be {"instances": [{"feature": value, ...}, ...]}',
+                details=[{"field": "instances", "rule": "required", "message": "a list of records is required"}],
+            )
+        X = model.validator.records_to_matrix(body["instances"])
+        outputs = await self._run(model, X)
+        response = model.records_response(outputs)
+        self._metrics_for(model).observe("records", time.perf_counter() - started, X.shape[0])
+        return response
+
+    # -- registry views used by the v1 API --------------------------------------------------
+    def list_served(self) -> list[dict[str, Any]]:
+        by_model: dict[str, dict[str, int]] = {}
+        for name, alias, number in self.manager.served():
+            by_model.setdefault(name, {})[alias] = number
+        return [{"name": name, "aliases": aliases} for name, aliases in sorted(by_model.items())]
+
+
+def load_version_locally(registry: Any, version: ModelVersion) -> LoadedModel:
+    """Load a version in-process (``medserve predict``), with the same checks as the server."""
+    return load_version(
+        registry.artifacts, version, intra_op_threads=registry.settings.onnx_intra_op_threads
+    )

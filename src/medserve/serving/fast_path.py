@@ -1,0 +1,148 @@
+"""A raw ASGI handler for the two hot endpoints (v2 infer, records predict).
+
+FastAPI's routing, dependency injection and response classes cost more than the model itself
+for a one-row tabular prediction, so the hot endpoints are served here: read the body (bounded),
+decode with orjson, call the data plane, encode with orjson. Everything else goes to the FastAPI
+app, which also documents these endpoints in OpenAPI and serves them identically.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+
+from medserve.errors import (
+    InvalidRequestError,
+    MedserveError,
+    PayloadTooLargeError,
+    UnsupportedMediaTypeError,
+)
+from medserve.serving import metrics
+from medserve.serving.data_plane import DataPlane
+from medserve.serving.http_errors import status_for
+
+log = logging.getLogger(__name__)
+
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+JSON_HEADERS = [(b"content-type", b"application/json")]
+
+
+def match_hot_path(method: str, path: str) -> tuple[str, str, str | None] | None:
+    """``(protocol, model, version-or-alias)`` for a hot endpoint, else None."""
+    if method != "POST":
+        return None
+    parts = path.split("/")
+    # ['', 'v2', 'models', name, 'infer'] or ['', 'v2', 'models', name, 'versions', v, 'infer']
+    n = len(parts)
+    if n not in (5, 7) or parts[2] != "models" or parts[0] != "":
+        return None
+    if parts[1] == "v2" and parts[-1] == "infer":
+        protocol = "v2"
+    elif parts[1] == "v1" and parts[-1] == "predict":
+        protocol = "records"
+    else:
+        return None
+    if n == 7:
+        if parts[4] != "versions" or not parts[5]:
+            return None
+        return protocol, parts[3], parts[5]
+    return protocol, parts[3], None
+
+
+def content_type_ok(value: bytes | None) -> bool:
+    """JSON bodies only; a missing type is accepted (tritonclient sends none)."""
+    if not value:
+        return True
+    media = value.split(b";", 1)[0].strip().lower()
+    return media == b"application/json" or (media.startswith(b"application/") and media.endswith(b"+json"))
+
+
+async def read_body(receive: Receive, limit: int, declared: int | None) -> bytes:
+    if declared is not None and declared > limit:
+        raise PayloadTooLargeError(f"request body of {declared} bytes is over the limit of {limit}")
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise InvalidRequestError("client disconnected before the body was complete")
+        chunk = message.get("body", b"")
+        if chunk:
+            size += len(chunk)
+            if size > limit:
+                raise PayloadTooLargeError(f"request body is over the limit of {limit} bytes")
+            chunks.append(chunk)
+        if not message.get("more_body", False):
+            break
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+async def send_json(send: Send, status: int, payload: bytes, extra: list[tuple[bytes, bytes]] | None = None) -> None:
+    headers = [*JSON_HEADERS, (b"content-length", str(len(payload)).encode())]
+    if extra:
+        headers.extend(extra)
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": payload})
+
+
+def error_body(exc: MedserveError) -> bytes:
+    return orjson.dumps(exc.to_dict())
+
+
+class HotPathApp:
+    """Wraps the FastAPI app: hot endpoints here, everything else passed through."""
+
+    def __init__(self, fallback: ASGIApp, data_plane: Callable[[], DataPlane], max_body_bytes: int):
+        self.fallback = fallback
+        self.data_plane = data_plane
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.fallback(scope, receive, send)
+            return
+        matched = match_hot_path(scope["method"], scope["path"])
+        if matched is None:
+            await self.fallback(scope, receive, send)
+            return
+        protocol, name, ref = matched
+        content_type: bytes | None = None
+        declared: int | None = None
+        for key, value in scope["headers"]:
+            if key == b"content-type":
+                content_type = value
+            elif key == b"content-length":
+                declared = int(value) if value.isdigit() else None
+        try:
+            if not content_type_ok(content_type):
+                raise UnsupportedMediaTypeError(
+                    "Content-Type must be application/json for this endpoint"
+                )
+            raw = await read_body(receive, self.max_body_bytes, declared)
+            try:
+                body = orjson.loads(raw)
+            except orjson.JSONDecodeError as exc:
+                raise InvalidRequestError(f"malformed JSON body: {exc.msg} at position {exc.pos}") from exc
+            plane = self.data_plane()
+            if protocol == "v2":
+                result = await plane.infer_v2(name, ref, body)
+            else:
+                result = await plane.predict_records(name, ref, body)
+        except MedserveError as exc:
+            status = status_for(exc)
+            metrics.record_error(name, ref or "production", protocol, status, exc.code)
+            await send_json(send, status, error_body(exc))
+            return
+        except Exception:
+            log.exception("prediction failed")
+            metrics.record_error(name, ref or "production", protocol, 500, "internal")
+            await send_json(send, 500, b'{"error":"internal error while predicting","code":"internal"}')
+            return
+        await send_json(send, 200, orjson.dumps(result, option=orjson.OPT_SERIALIZE_NUMPY))

@@ -1,0 +1,91 @@
+"""A version loaded into a runtime, ready to answer: validation, prediction, output shaping."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from medserve.registry.entities import ModelVersion
+from medserve.registry.signature import Signature, Validator
+from medserve.runtimes.base import Runtime, RuntimeMetadata
+
+
+@dataclass(frozen=True)
+class BatchingConfig:
+    """Adaptive batching, opt-in per version via ``serving_config["batching"]``."""
+
+    max_batch_size: int = 32
+    max_wait_ms: float = 2.0
+
+    @classmethod
+    def from_serving_config(cls, config: dict[str, Any]) -> BatchingConfig | None:
+        raw = config.get("batching")
+        if not raw:
+            return None
+        if raw is True:
+            return cls()
+        return cls(
+            max_batch_size=int(raw.get("max_batch_size", cls.max_batch_size)),
+            max_wait_ms=float(raw.get("max_wait_ms", cls.max_wait_ms)),
+        )
+
+
+@dataclass
+class LoadedModel:
+    version: ModelVersion
+    runtime: Runtime
+    signature: Signature
+    metadata: RuntimeMetadata
+    validator: Validator = field(init=False)
+    batching: BatchingConfig | None = field(init=False)
+    class_keys: list[str] | None = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.validator = self.signature.validator()
+        self.batching = BatchingConfig.from_serving_config(self.version.serving_config)
+        labels = self.metadata.class_labels
+        self.class_keys = [str(_plain(c)) for c in labels] if labels is not None else None
+
+    @property
+    def name(self) -> str:
+        return self.version.model_name
+
+    @property
+    def number(self) -> int:
+        return self.version.version
+
+    @property
+    def is_classifier(self) -> bool:
+        return self.metadata.task == "classification"
+
+    def predict(self, X: np.ndarray) -> dict[str, np.ndarray]:
+        return self.runtime.predict(X)
+
+    def predict_records(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
+        """Validate and predict records synchronously (CLI and tests; the server batches)."""
+        X = self.validator.records_to_matrix(rows)
+        return self.records_response(self.predict(X))
+
+    def records_response(self, outputs: dict[str, np.ndarray]) -> dict[str, Any]:
+        return {
+            "model": self.name,
+            "version": self.number,
+            "predictions": self.records_predictions(outputs),
+        }
+
+    def records_predictions(self, outputs: dict[str, np.ndarray]) -> list[dict[str, Any]]:
+        if self.is_classifier and self.class_keys is not None:
+            labels = outputs["label"].tolist()
+            probabilities = outputs["probabilities"].tolist()
+            keys = self.class_keys
+            return [
+                {"label": label, "probabilities": dict(zip(keys, row, strict=True))}
+                for label, row in zip(labels, probabilities, strict=True)
+            ]
+        return [{"value": value} for value in outputs["value"].tolist()]
+
+
+def _plain(value: Any) -> Any:
+    return value.item() if isinstance(value, np.generic) else value

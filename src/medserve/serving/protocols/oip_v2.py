@@ -1,0 +1,196 @@
+"""Open Inference Protocol v2 (KServe v2 REST): request parsing and response building.
+
+Two input layouts are accepted, as MLServer and Triton users send them:
+
+* one tensor of shape ``[n, F]`` holding every feature in signature order;
+* one tensor per feature, named after the feature, of shape ``[n]`` or ``[n, 1]``.
+
+Binary tensor data (Triton's extension) is not supported: responses are always JSON, which
+tritonclient reads with ``binary_data=False`` outputs.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from medserve.errors import InvalidRequestError
+from medserve.serving.loaded_model import LoadedModel
+
+NUMPY_BY_DATATYPE: dict[str, Any] = {
+    "BOOL": np.bool_,
+    "UINT8": np.uint8,
+    "UINT16": np.uint16,
+    "UINT32": np.uint32,
+    "UINT64": np.uint64,
+    "INT8": np.int8,
+    "INT16": np.int16,
+    "INT32": np.int32,
+    "INT64": np.int64,
+    "FP16": np.float16,
+    "FP32": np.float32,
+    "FP64": np.float64,
+    "BYTES": object,
+}
+
+DATATYPE_BY_KIND = {"b": "BOOL", "i": "INT64", "u": "UINT64", "f": "FP32", "U": "BYTES", "O": "BYTES"}
+
+
+def _bad(field: str, rule: str, message: str) -> InvalidRequestError:
+    return InvalidRequestError(
+        f"{field}: {message}", details=[{"field": field, "rule": rule, "message": message}]
+    )
+
+
+def _tensor(raw: Any, index: int) -> tuple[str, np.ndarray]:
+    where = f"inputs[{index}]"
+    if not isinstance(raw, dict):
+        raise _bad(where, "type", "each input must be an object with name, shape, datatype, data")
+    name = raw.get("name")
+    if not isinstance(name, str) or not name:
+        raise _bad(f"{where}.name", "required", "a non-empty string is required")
+    shape = raw.get("shape")
+    if not isinstance(shape, list) or not all(
+        isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
+    ):
+        raise _bad(f"{where}.shape", "type", "shape must be a list of non-negative integers")
+    datatype = raw.get("datatype")
+    dtype = NUMPY_BY_DATATYPE.get(datatype) if isinstance(datatype, str) else None
+    if dtype is None:
+        allowed = ", ".join(NUMPY_BY_DATATYPE)
+        raise _bad(f"{where}.datatype", "datatype", f"datatype must be one of {allowed}")
+    data = raw.get("data")
+    if not isinstance(data, list):
+        raise _bad(f"{where}.data", "required", "data must be a (flat or nested) list")
+    try:
+        array = np.asarray(data, dtype=dtype)
+    except (ValueError, TypeError, OverflowError) as exc:
+        raise _bad(
+            f"{where}.data", "datatype", f"data does not hold {datatype} values of a regular shape"
+        ) from exc
+    expected = math.prod(shape)
+    if array.size != expected:
+        raise _bad(
+            f"{where}.data",
+            "shape",
+            f"data holds {array.size} values but shape {shape} needs {expected}",
+        )
+    if dtype is object and not all(isinstance(v, str) for v in array.ravel()):
+        raise _bad(f"{where}.data", "datatype", "BYTES data must hold strings")
+    return name, array.reshape(shape)
+
+
+def parse_infer_request(model: LoadedModel, body: Any) -> np.ndarray:
+    """The validated model matrix for a v2 infer request body."""
+    if not isinstance(body, dict):
+        raise _bad("body", "type", "the request body must be a JSON object")
+    inputs = body.get("inputs")
+    if not isinstance(inputs, list) or not inputs:
+        raise _bad("inputs", "required", "inputs must be a non-empty list of tensors")
+    tensors = [_tensor(raw, i) for i, raw in enumerate(inputs)]
+    features = model.signature.feature_names
+    if len(tensors) == 1 and tensors[0][0] not in features:
+        array = tensors[0][1]
+        if array.ndim != 2 or array.shape[1] != len(features):
+            raise _bad(
+                "inputs[0].shape",
+                "shape",
+                f"a single tensor must have shape [n, {len(features)}] (one column per feature)",
+            )
+        return model.validator.check_matrix(array)
+    columns: dict[str, np.ndarray] = {}
+    for i, (name, array) in enumerate(tensors):
+        if name not in features:
+            raise _bad(f"inputs[{i}].name", "unknown_field", f"{name!r} is not an input of this model")
+        if array.ndim == 2 and array.shape[1] == 1:
+            array = array[:, 0]
+        if array.ndim != 1:
+            raise _bad(f"inputs[{i}].shape", "shape", "a per-feature tensor must have shape [n] or [n, 1]")
+        columns[name] = array
+    return model.validator.columns_to_matrix(columns)
+
+
+def requested_outputs(model: LoadedModel, body: dict[str, Any]) -> list[str] | None:
+    raw = body.get("outputs")
+    if raw is None:
+        return None
+    if not isinstance(raw, list):
+        raise _bad("outputs", "type", "outputs must be a list of {\"name\": ...} objects")
+    names = []
+    available = [o.name for o in model.metadata.outputs]
+    for i, item in enumerate(raw):
+        name = item.get("name") if isinstance(item, dict) else None
+        if name not in available:
+            raise _bad(f"outputs[{i}].name", "unknown_output", f"outputs available: {', '.join(available)}")
+        names.append(name)
+    return names
+
+
+def build_infer_response(
+    model: LoadedModel,
+    outputs: dict[str, np.ndarray],
+    body: dict[str, Any],
+    selected: list[str] | None,
+) -> dict[str, Any]:
+    tensors = []
+    for name, array in outputs.items():
+        if selected is not None and name not in selected:
+            continue
+        datatype = DATATYPE_BY_KIND.get(array.dtype.kind, "BYTES")
+        if datatype == "FP32" and array.dtype == np.float64:
+            datatype = "FP64"
+        data = array.ravel().tolist()
+        if datatype == "BYTES":
+            data = [str(v) for v in data]
+        tensors.append({"name": name, "datatype": datatype, "shape": list(array.shape), "data": data})
+    response: dict[str, Any] = {
+        "model_name": model.name,
+        "model_version": str(model.number),
+        "outputs": tensors,
+    }
+    request_id = body.get("id")
+    if request_id is not None:
+        response["id"] = request_id
+    parameters = body.get("parameters")
+    if isinstance(parameters, dict) and parameters:
+        response["parameters"] = parameters
+    return response
+
+
+def model_metadata(model: LoadedModel, aliases: list[str]) -> dict[str, Any]:
+    """``GET /v2/models/{name}[/versions/{v}]``: tensors described from the signature."""
+    sig = model.signature
+    inputs = []
+    for spec in sig.inputs:
+        datatype = {"float": "FP32", "integer": "INT64", "boolean": "BOOL", "string": "BYTES"}[spec.type]
+        entry: dict[str, Any] = {"name": spec.name, "datatype": datatype, "shape": [-1]}
+        params = {
+            k: v
+            for k, v in {
+                "required": spec.required,
+                "missing": spec.missing,
+                "minimum": spec.minimum,
+                "maximum": spec.maximum,
+                "categories": spec.categories,
+                "unit": spec.unit,
+            }.items()
+            if v is not None
+        }
+        entry["parameters"] = params
+        inputs.append(entry)
+    outputs = [{"name": t.name, "datatype": t.datatype, "shape": list(t.shape)} for t in model.metadata.outputs]
+    return {
+        "name": model.name,
+        "versions": [str(model.number)],
+        "platform": model.metadata.runtime,
+        "inputs": inputs,
+        "outputs": outputs,
+        "parameters": {
+            "task": sig.task,
+            "class_labels": sig.class_labels,
+            "aliases": aliases,
+            "matrix_input": {"shape": [-1, len(sig.inputs)], "datatype": "FP32" if sig.all_numeric else "BYTES"},
+        },
+    }
