@@ -1,0 +1,45 @@
+"""One entry point from a stored artifact to a runtime, by flavor name."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Final
+
+from medserve.errors import UnsupportedFormatError
+from medserve.runtimes.base import Runtime
+
+FLAVORS: Final = ("onnx", "skops", "xgboost", "lightgbm", "pickle")
+
+
+def load_runtime(
+    flavor: str, path: Path, *, intra_op_threads: int = 1, trust_pickle: bool = False
+) -> Runtime:
+    """Load ``path`` (already integrity-checked by the artifact store) into its runtime.
+
+    Framework imports happen here, lazily, so a server that serves only ONNX never imports
+    xgboost or lightgbm.
+    """
+    path = Path(path)
+    if flavor == "onnx":
+        from medserve.runtimes.onnx_runtime import OnnxRuntime
+
+        return OnnxRuntime.from_path(path, intra_op_threads=intra_op_threads)
+    if flavor == "skops":
+        from medserve.runtimes.skops_runtime import SkopsRuntime
+
+        return SkopsRuntime.from_path(path, trust=trust_pickle)
+    if flavor == "xgboost":
+        from medserve.runtimes.xgboost_runtime import XGBoostRuntime
+
+        return XGBoostRuntime.from_path(path, intra_op_threads=intra_op_threads)
+    if flavor == "lightgbm":
+        from medserve.runtimes.lightgbm_runtime import LightGBMRuntime
+
+        return LightGBMRuntime.from_path(path, intra_op_threads=intra_op_threads)
+    if flavor == "pickle":
+        from medserve.runtimes.pickle_runtime import PickleRuntime
+
+        return PickleRuntime.from_path(path, trust_pickle=trust_pickle)
+    raise UnsupportedFormatError(
+        f"unknown runtime flavor {flavor!r}; expected one of: {', '.join(FLAVORS)}"
+    )
