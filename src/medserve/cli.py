@@ -103,7 +103,9 @@ def models_register(
     tag: Annotated[list[str] | None, typer.Option(help="KEY=VALUE, repeatable.")] = None,
     trust_pickle: Annotated[
         bool,
-        typer.Option(help="Allow pickle/joblib artifacts, which can run code on load. Admins only."),
+        typer.Option(
+            help="Allow pickle/joblib artifacts, which can run code on load. Admins only."
+        ),
     ] = False,
 ) -> None:
     """Register a model file (.onnx, .skops, XGBoost .json/.ubj, LightGBM .txt, MLflow dir)."""
@@ -210,7 +212,9 @@ def models_show(ref: str) -> None:
     except MedserveError as exc:
         raise _fail(exc) from exc
     console.print(f"[bold]{model.name}[/] — {model.description or 'no description'}")
-    console.print(f"created {model.created_at:%Y-%m-%d %H:%M} by {model.created_by}; tags {model.tags}")
+    console.print(
+        f"created {model.created_at:%Y-%m-%d %H:%M} by {model.created_by}; tags {model.tags}"
+    )
     if version is None:
         console.print(_versions_table(versions, aliases))
     else:
@@ -267,7 +271,9 @@ def models_alias(
                 return
             if version is None:
                 raise InvalidRequestError("give a VERSION, or --delete")
-            event = registry.store.set_alias(name, alias, version, actor=current_user(), reason=reason)
+            event = registry.store.set_alias(
+                name, alias, version, actor=current_user(), reason=reason
+            )
     except MedserveError as exc:
         raise _fail(exc) from exc
     moved = f"from v{event.from_version} " if event.from_version else ""
@@ -295,7 +301,8 @@ def models_signature(
                 updated = current.model_copy(update={"inputs": Signature(inputs=inputs).inputs})
                 if len(updated.inputs) != len(current.inputs):
                     raise InvalidRequestError(
-                        f"the model takes {len(current.inputs)} inputs; the edit has {len(updated.inputs)}"
+                        f"the model takes {len(current.inputs)} inputs; "
+                        f"the edit has {len(updated.inputs)}"
                     )
                 version = registry.store.update_version(
                     name, version.version, signature=updated.model_dump(mode="json")
@@ -350,7 +357,9 @@ def _fmt(value: Any) -> str:
 def serve(
     host: Annotated[str | None, typer.Option(help="Bind address (default 127.0.0.1).")] = None,
     port: Annotated[int | None, typer.Option(help="Port (default 8000).")] = None,
-    workers: Annotated[int | None, typer.Option(help="Worker processes (default: one per core).")] = None,
+    workers: Annotated[
+        int | None, typer.Option(help="Worker processes (default: one per core).")
+    ] = None,
 ) -> None:
     """Serve every aliased model over HTTP (Open Inference Protocol v2 and the records API)."""
     from medserve.serving.server import run_server

@@ -28,7 +28,9 @@ class Settings(BaseSettings):
         default=None,
         description="Where artifacts are stored (content addressed). Unset means `home/artifacts`.",
     )
-    host: str = Field(default="127.0.0.1", description="Address the server binds; loopback by default.")
+    host: str = Field(
+        default="127.0.0.1", description="Address the server binds; loopback by default."
+    )
     port: int = Field(default=8000, description="TCP port the server listens on.")
     workers: int = Field(
         default_factory=lambda: os.cpu_count() or 1,
@@ -47,7 +49,8 @@ class Settings(BaseSettings):
         description="How often each worker checks the registry for moved aliases (hot reload).",
     )
     onnx_intra_op_threads: int = Field(
-        default=1, description="onnxruntime intra-op threads; 1 is fastest for small tabular models."
+        default=1,
+        description="onnxruntime intra-op threads; 1 is fastest for small tabular models.",
     )
 
     @cached_property

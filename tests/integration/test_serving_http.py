@@ -9,9 +9,9 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
+from tests.support import ServerProcess
 
 from medserve.demo import demo_models
-from tests.conftest import ServerProcess
 
 pytestmark = pytest.mark.usefixtures("demo_server")
 
@@ -31,7 +31,9 @@ def post(server: ServerProcess, path: str, body: Any, **kwargs: Any) -> httpx.Re
 
 
 def rows(demo: Any, n: int) -> list[dict[str, float]]:
-    return [{k: float(v) for k, v in r.items()} for r in demo.frame.iloc[:n].to_dict(orient="records")]
+    return [
+        {k: float(v) for k, v in r.items()} for r in demo.frame.iloc[:n].to_dict(orient="records")
+    ]
 
 
 def test_health_and_server_metadata(demo_server: ServerProcess) -> None:
@@ -62,13 +64,22 @@ def test_model_metadata_by_alias_and_number(demo_server: ServerProcess) -> None:
     assert ready.json()["ready"] is True
 
 
-def test_v2_matrix_infer_matches_sklearn(demo_server: ServerProcess, fitted: dict[str, Any]) -> None:
+def test_v2_matrix_infer_matches_sklearn(
+    demo_server: ServerProcess, fitted: dict[str, Any]
+) -> None:
     demo = fitted["breast-cancer-rf"]
     X = demo.frame.iloc[:5].to_numpy(dtype=np.float32)
     body = {
         "id": "abc-123",
         "parameters": {"trace": "t1"},
-        "inputs": [{"name": "input", "shape": list(X.shape), "datatype": "FP32", "data": X.ravel().tolist()}],
+        "inputs": [
+            {
+                "name": "input",
+                "shape": list(X.shape),
+                "datatype": "FP32",
+                "data": X.ravel().tolist(),
+            }
+        ],
     }
     response = post(demo_server, "/v2/models/breast-cancer-rf/infer", body)
     assert response.status_code == 200, response.text
@@ -89,7 +100,8 @@ def test_v2_per_feature_tensors_and_output_selection(
     demo = fitted["diabetes-progression"]
     frame = demo.frame.iloc[:3]
     inputs = [
-        {"name": col, "shape": [3], "datatype": "FP64", "data": frame[col].tolist()} for col in frame.columns
+        {"name": col, "shape": [3], "datatype": "FP64", "data": frame[col].tolist()}
+        for col in frame.columns
     ]
     body = {"inputs": inputs, "outputs": [{"name": "value"}]}
     response = post(demo_server, "/v2/models/diabetes-progression/versions/production/infer", body)
@@ -106,7 +118,9 @@ def test_v2_per_feature_tensors_and_output_selection(
     assert "outputs[0].name" in bad.json()["error"]
 
 
-def test_records_predict_matches_sklearn(demo_server: ServerProcess, fitted: dict[str, Any]) -> None:
+def test_records_predict_matches_sklearn(
+    demo_server: ServerProcess, fitted: dict[str, Any]
+) -> None:
     demo = fitted["breast-cancer"]
     response = post(demo_server, "/v1/models/breast-cancer/predict", {"instances": rows(demo, 4)})
     assert response.status_code == 200, response.text
@@ -115,12 +129,16 @@ def test_records_predict_matches_sklearn(demo_server: ServerProcess, fitted: dic
     assert isinstance(body["version"], int)
     expected = demo.estimator.predict_proba(demo.frame.iloc[:4])
     classes = list(demo.estimator.classes_)
-    for pred, exp, label in zip(body["predictions"], expected, demo.estimator.predict(demo.frame.iloc[:4]), strict=True):
+    for pred, exp, label in zip(
+        body["predictions"], expected, demo.estimator.predict(demo.frame.iloc[:4]), strict=True
+    ):
         assert pred["label"] == label
         np.testing.assert_allclose([pred["probabilities"][c] for c in classes], exp, atol=1e-5)
 
 
-def test_records_validation_lists_every_problem(demo_server: ServerProcess, fitted: dict[str, Any]) -> None:
+def test_records_validation_lists_every_problem(
+    demo_server: ServerProcess, fitted: dict[str, Any]
+) -> None:
     instances = rows(fitted["breast-cancer"], 3)
     del instances[0]["mean radius"]
     instances[1]["mean texture"] = "high"
@@ -136,7 +154,14 @@ def test_records_validation_lists_every_problem(demo_server: ServerProcess, fitt
         (2, "shoe size", "unknown_field"),
     }
     # The server keeps serving after bad input.
-    assert post(demo_server, "/v1/models/breast-cancer/predict", {"instances": rows(fitted["breast-cancer"], 1)}).status_code == 200
+    assert (
+        post(
+            demo_server,
+            "/v1/models/breast-cancer/predict",
+            {"instances": rows(fitted["breast-cancer"], 1)},
+        ).status_code
+        == 200
+    )
 
 
 @pytest.mark.parametrize(
@@ -148,7 +173,9 @@ def test_records_validation_lists_every_problem(demo_server: ServerProcess, fitt
         ("/v1/models/no-such-model/predict", "no-such-model"),
     ],
 )
-def test_unknown_model_version_alias_is_404(demo_server: ServerProcess, path: str, needle: str) -> None:
+def test_unknown_model_version_alias_is_404(
+    demo_server: ServerProcess, path: str, needle: str
+) -> None:
     response = post(demo_server, path, {"inputs": []})
     assert response.status_code == 404
     assert needle in response.json()["error"]
@@ -156,7 +183,9 @@ def test_unknown_model_version_alias_is_404(demo_server: ServerProcess, path: st
 
 def test_malformed_json_and_wrong_content_type(demo_server: ServerProcess) -> None:
     url = f"{demo_server.url}/v1/models/breast-cancer/predict"
-    broken = httpx.post(url, content=b'{"instances": [', headers={"content-type": "application/json"})
+    broken = httpx.post(
+        url, content=b'{"instances": [', headers={"content-type": "application/json"}
+    )
     assert broken.status_code == 400
     assert "malformed JSON" in broken.json()["error"]
     wrong = httpx.post(url, content=b"instances=1", headers={"content-type": "text/plain"})
@@ -177,9 +206,18 @@ def test_body_size_limit(demo_server: ServerProcess) -> None:
 
 def test_v2_protocol_errors_name_the_field(demo_server: ServerProcess) -> None:
     cases = [
-        ({"inputs": [{"name": "input", "shape": [1, 30], "datatype": "FP99", "data": [0] * 30}]}, "inputs[0].datatype"),
-        ({"inputs": [{"name": "input", "shape": [1, 30], "datatype": "FP32", "data": [0] * 29}]}, "inputs[0].data"),
-        ({"inputs": [{"name": "input", "shape": [1, 29], "datatype": "FP32", "data": [0] * 29}]}, "inputs[0].shape"),
+        (
+            {"inputs": [{"name": "input", "shape": [1, 30], "datatype": "FP99", "data": [0] * 30}]},
+            "inputs[0].datatype",
+        ),
+        (
+            {"inputs": [{"name": "input", "shape": [1, 30], "datatype": "FP32", "data": [0] * 29}]},
+            "inputs[0].data",
+        ),
+        (
+            {"inputs": [{"name": "input", "shape": [1, 29], "datatype": "FP32", "data": [0] * 29}]},
+            "inputs[0].shape",
+        ),
         ({"inputs": "nope"}, "inputs"),
     ]
     for body, field in cases:
@@ -202,12 +240,19 @@ def test_registry_views_and_openapi(demo_server: ServerProcess) -> None:
     assert httpx.get(f"{demo_server.url}/docs").status_code == 200
 
 
-def test_metrics_are_labelled_by_model_and_version(demo_server: ServerProcess, fitted: dict[str, Any]) -> None:
-    post(demo_server, "/v1/models/breast-cancer/predict", {"instances": rows(fitted["breast-cancer"], 2)})
-    text = httpx.get(f"{demo_server.url}/metrics").text
-    assert re.search(
-        r'medserve_requests_total\{model="breast-cancer",version="\d+",protocol="records",status="200"\} [1-9]',
-        text,
+def test_metrics_are_labelled_by_model_and_version(
+    demo_server: ServerProcess, fitted: dict[str, Any]
+) -> None:
+    post(
+        demo_server,
+        "/v1/models/breast-cancer/predict",
+        {"instances": rows(fitted["breast-cancer"], 2)},
     )
+    text = httpx.get(f"{demo_server.url}/metrics").text
+    pattern = (
+        r'medserve_requests_total\{model="breast-cancer",version="\d+",'
+        r'protocol="records",status="200"\} [1-9]'
+    )
+    assert re.search(pattern, text)
     assert "medserve_request_duration_seconds_bucket" in text
     assert "medserve_batch_size_rows_bucket" in text

@@ -19,11 +19,11 @@ import pytest
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
+from tests.support import start_server
 
 from medserve.demo import breast_cancer_frame, demo_models
 from medserve.registry.service import Registry
 from medserve.settings import Settings
-from tests.conftest import start_server
 
 
 @pytest.fixture
@@ -36,12 +36,17 @@ def work_home(demo_home: Path, tmp_path: Path) -> Path:
 
 def one_row(n: int = 1, offset: int = 0) -> list[dict[str, float]]:
     frame, _ = breast_cancer_frame()
-    return [{k: float(v) for k, v in r.items()} for r in frame.iloc[offset : offset + n].to_dict(orient="records")]
+    return [
+        {k: float(v) for k, v in r.items()}
+        for r in frame.iloc[offset : offset + n].to_dict(orient="records")
+    ]
 
 
 def test_hot_reload_under_load_loses_no_request(work_home: Path) -> None:
     frame, target = breast_cancer_frame()
-    other = make_pipeline(StandardScaler(), LogisticRegression(C=0.001, max_iter=1000)).fit(frame, target)
+    other = make_pipeline(StandardScaler(), LogisticRegression(C=0.001, max_iter=1000)).fit(
+        frame, target
+    )
     registry = Registry.open(Settings(home=work_home))
     try:
         old = registry.store.get_alias("breast-cancer", "production")
@@ -69,7 +74,9 @@ def test_hot_reload_under_load_loses_no_request(work_home: Path) -> None:
         time.sleep(1.0)
         registry = Registry.open(Settings(home=work_home))
         try:
-            registry.store.set_alias("breast-cancer", "production", new, actor="test", reason="hot reload")
+            registry.store.set_alias(
+                "breast-cancer", "production", new, actor="test", reason="hot reload"
+            )
         finally:
             registry.close()
         moved_at = time.monotonic()
@@ -111,7 +118,9 @@ def test_model_that_fails_to_load_is_isolated(work_home: Path) -> None:
         assert broken.status_code == 503
         assert "failed to load" in broken.json()["error"]
         assert httpx.get(f"{server.url}/v2/models/diabetes-progression/ready").status_code == 503
-        fine = httpx.post(f"{server.url}/v1/models/breast-cancer/predict", json={"instances": one_row()})
+        fine = httpx.post(
+            f"{server.url}/v1/models/breast-cancer/predict", json={"instances": one_row()}
+        )
         assert fine.status_code == 200
         served = httpx.get(f"{server.url}/v1/served").json()
         assert [f["model"] for f in served["failures"]] == ["diabetes-progression"]
@@ -139,7 +148,9 @@ def test_batching_gives_each_of_64_callers_its_own_answer(work_home: Path) -> No
     async def call_all() -> list[httpx.Response]:
         async with httpx.AsyncClient(base_url=server.url, timeout=20) as client:
             calls = [
-                client.post("/v1/models/breast-cancer-rf/predict", json={"instances": one_row(1, i)})
+                client.post(
+                    "/v1/models/breast-cancer-rf/predict", json={"instances": one_row(1, i)}
+                )
                 for i in range(64)
             ]
             bad = client.post(
@@ -159,9 +170,14 @@ def test_batching_gives_each_of_64_callers_its_own_answer(work_home: Path) -> No
         assert response.status_code == 200, response.text
         probs = response.json()["predictions"][0]["probabilities"]
         np.testing.assert_allclose([probs[c] for c in classes], expected[i], atol=1e-5)
-    count = re.search(r'medserve_batch_size_rows_count\{model="breast-cancer-rf",version="\d+"\} (\S+)', metrics)
-    total = re.search(r'medserve_batch_size_rows_sum\{model="breast-cancer-rf",version="\d+"\} (\S+)', metrics)
-    assert count and total
+    count = re.search(
+        r'medserve_batch_size_rows_count\{model="breast-cancer-rf",version="\d+"\} (\S+)', metrics
+    )
+    total = re.search(
+        r'medserve_batch_size_rows_sum\{model="breast-cancer-rf",version="\d+"\} (\S+)', metrics
+    )
+    assert count
+    assert total
     assert float(total.group(1)) == 64.0  # every row went through a runtime call once
     assert float(count.group(1)) < 64  # and some calls carried several requests
 
@@ -174,7 +190,9 @@ def test_sigterm_lets_in_flight_requests_finish(work_home: Path) -> None:
 
     def call() -> None:
         response = httpx.post(
-            f"{server.url}/v1/models/breast-cancer/predict", json={"instances": one_row()}, timeout=20
+            f"{server.url}/v1/models/breast-cancer/predict",
+            json={"instances": one_row()},
+            timeout=20,
         )
         result["status"] = response.status_code
 

@@ -7,6 +7,7 @@ provably gives the same answers on the registration sample, and the choice is re
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import io
 import platform
@@ -116,10 +117,8 @@ class Registry:
         try:
             self.store.get_model(name)
         except ModelNotFoundError:
-            try:
+            with contextlib.suppress(AlreadyExistsError):  # a concurrent registration won
                 self.store.create_model(name, description=description, created_by=actor)
-            except AlreadyExistsError:  # a concurrent registration created it first
-                pass
         version = self.store.create_version(
             name,
             artifact_sha256=prepared.serving_sha,
@@ -137,7 +136,9 @@ class Registry:
             created_by=actor,
         )
         if alias:
-            self.store.set_alias(name, alias, version.version, actor=actor, reason="set at registration")
+            self.store.set_alias(
+                name, alias, version.version, actor=actor, reason="set at registration"
+            )
         return version
 
     # ---------------------------------------------------------------------------------------
@@ -158,7 +159,9 @@ class Registry:
         if fmt == "pickle":
             import joblib  # only reached with the explicit trust flag
 
-            return self._prepare_estimator(joblib.load(path), sample, signature, "sklearn-pickle", {})
+            return self._prepare_estimator(
+                joblib.load(path), sample, signature, "sklearn-pickle", {}
+            )
         if fmt == "mlflow":
             from medserve.importers.mlflow import read_mlflow_model
 
@@ -166,9 +169,15 @@ class Registry:
             if signature is None and sample is None and imported.columns:
                 signature = signature_from_mlflow(imported.columns)
             extra = {"mlflow": imported.mlflow_version} if imported.mlflow_version else {}
-            return self._prepare_estimator(imported.estimator, sample, signature, "mlflow-sklearn", extra)
-        flavor = {"onnx": "onnx", "xgboost-json": "xgboost", "xgboost-ubj": "xgboost",
-                  "lightgbm-text": "lightgbm"}.get(fmt)
+            return self._prepare_estimator(
+                imported.estimator, sample, signature, "mlflow-sklearn", extra
+            )
+        flavor = {
+            "onnx": "onnx",
+            "xgboost-json": "xgboost",
+            "xgboost-ubj": "xgboost",
+            "lightgbm-text": "lightgbm",
+        }.get(fmt)
         if flavor is None:
             raise UnsupportedFormatError(f"cannot register a model in format {fmt!r}")
         sha = self.artifacts.put_file(path)
@@ -203,21 +212,47 @@ class Registry:
         if sample is not None and feature_names and set(feature_names) <= set(sample.columns):
             sample = sample[feature_names]  # drop label or id columns the sample may carry
         sig = signature or self._signature_for(sample, feature_names, None, estimator)
-        libs = {**_versions_of("scikit-learn", "skops", "skl2onnx", "onnxruntime"), **extra_versions}
+        libs = {
+            **_versions_of("scikit-learn", "skops", "skl2onnx", "onnxruntime"),
+            **extra_versions,
+        }
         if sample is not None:
-            X = sig.validator().records_to_matrix(sample[sig.feature_names].to_dict(orient="records"))
+            X = sig.validator().records_to_matrix(
+                sample[sig.feature_names].to_dict(orient="records")
+            )
             result = convert_sklearn_to_onnx(estimator, X)
             if result.accepted and result.onnx_bytes is not None:
                 sha = self.artifacts.put_bytes(result.onnx_bytes)
                 meta = self._runtime_metadata("onnx", sha)
-                return _Prepared(sha, "model.onnx", "onnx", meta.runtime, result.reason,
-                                 source_flavor, source_sha, _with_outputs(sig, meta), libs)
+                return _Prepared(
+                    sha,
+                    "model.onnx",
+                    "onnx",
+                    meta.runtime,
+                    result.reason,
+                    source_flavor,
+                    source_sha,
+                    _with_outputs(sig, meta),
+                    libs,
+                )
             reason = f"ONNX conversion rejected, serving with scikit-learn: {result.reason}"
         else:
-            reason = "no registration sample given (pass --sample) so ONNX conversion cannot be verified; serving with scikit-learn"
+            reason = (
+                "no registration sample given (pass --sample), so an ONNX conversion "
+                "cannot be verified; serving with scikit-learn"
+            )
         meta = self._runtime_metadata("skops", source_sha)
-        return _Prepared(source_sha, "model.skops", "skops", meta.runtime, reason, source_flavor,
-                         None, _with_outputs(sig, meta), libs)
+        return _Prepared(
+            source_sha,
+            "model.skops",
+            "skops",
+            meta.runtime,
+            reason,
+            source_flavor,
+            None,
+            _with_outputs(sig, meta),
+            libs,
+        )
 
     def _runtime_metadata(self, flavor: str, sha: str) -> RuntimeMetadata:
         from medserve.runtimes.loader import load_runtime
@@ -245,13 +280,18 @@ class Registry:
 
 
 def _with_outputs(signature: Signature, meta: RuntimeMetadata) -> Signature:
-    outputs = [OutputSpec(name=t.name, datatype=t.datatype, shape=list(t.shape)) for t in meta.outputs]
+    outputs = [
+        OutputSpec(name=t.name, datatype=t.datatype, shape=list(t.shape)) for t in meta.outputs
+    ]
     labels = [_plain(v) for v in meta.class_labels] if meta.class_labels is not None else None
     if len(signature.inputs) != meta.n_features and meta.n_features > 0:
         raise InvalidRequestError(
-            f"the signature has {len(signature.inputs)} inputs but the model expects {meta.n_features}"
+            f"the signature has {len(signature.inputs)} inputs "
+            f"but the model expects {meta.n_features}"
         )
-    return signature.model_copy(update={"outputs": outputs, "task": meta.task, "class_labels": labels})
+    return signature.model_copy(
+        update={"outputs": outputs, "task": meta.task, "class_labels": labels}
+    )
 
 
 def _plain(value: Any) -> Any:

@@ -139,7 +139,10 @@ def create_api(settings: Settings) -> FastAPI:
 
     @api.post("/v2/models/{name}/versions/{version}/infer", tags=["v2"])
     async def infer_version(
-        request: Request, name: str, version: str, body: dict[str, Any] = Body(examples=[INFER_EXAMPLE])
+        request: Request,
+        name: str,
+        version: str,
+        body: dict[str, Any] = Body(examples=[INFER_EXAMPLE]),
     ) -> dict[str, Any]:
         """Served by the fast path; declared here for the OpenAPI document."""
         return await plane(request).infer_v2(name, version, body)
@@ -154,20 +157,24 @@ def create_api(settings: Settings) -> FastAPI:
 
     @api.post("/v1/models/{name}/versions/{version}/predict", tags=["records"])
     async def predict_version(
-        request: Request, name: str, version: str, body: dict[str, Any] = Body(examples=[RECORDS_EXAMPLE])
+        request: Request,
+        name: str,
+        version: str,
+        body: dict[str, Any] = Body(examples=[RECORDS_EXAMPLE]),
     ) -> dict[str, Any]:
         """Served by the fast path; declared here for the OpenAPI document."""
         return await plane(request).predict_records(name, version, body)
 
     @api.get("/v1/models", tags=["registry"])
     async def list_models(
-        request: Request, search: str | None = None, page_size: int = 100, page_token: str | None = None
+        request: Request,
+        search: str | None = None,
+        page_size: int = 100,
+        page_token: str | None = None,
     ) -> dict[str, Any]:
         store = registry_of(request).store
         page = store.list_models(name_contains=search, page_size=page_size, page_token=page_token)
-        items = [
-            {**asdict(m), "aliases": store.list_aliases(m.name)} for m in page.items
-        ]
+        items = [{**asdict(m), "aliases": store.list_aliases(m.name)} for m in page.items]
         return {"models": items, "next_page_token": page.next_page_token}
 
     @api.get("/v1/models/{name}", tags=["registry"])
@@ -180,7 +187,8 @@ def create_api(settings: Settings) -> FastAPI:
             **asdict(model),
             "aliases": aliases,
             "versions": [
-                _version_view(v, sorted(a for a, n in aliases.items() if n == v.version)) for v in versions
+                _version_view(v, sorted(a for a, n in aliases.items() if n == v.version))
+                for v in versions
             ],
         }
 
@@ -192,7 +200,9 @@ def create_api(settings: Settings) -> FastAPI:
         return _version_view(v, sorted(a for a, n in aliases.items() if n == v.version))
 
     @api.get("/v1/models/{name}/aliases/history", tags=["registry"])
-    async def alias_history(request: Request, name: str, alias: str | None = None) -> dict[str, Any]:
+    async def alias_history(
+        request: Request, name: str, alias: str | None = None
+    ) -> dict[str, Any]:
         events = registry_of(request).store.alias_history(name, alias)
         return {"events": [asdict(e) for e in events]}
 
@@ -200,7 +210,8 @@ def create_api(settings: Settings) -> FastAPI:
     async def served(request: Request) -> dict[str, Any]:
         dp = plane(request)
         failures = [
-            {"model": m, "version": v, "error": msg} for (m, v), msg in dp.manager.failures().items()
+            {"model": m, "version": v, "error": msg}
+            for (m, v), msg in dp.manager.failures().items()
         ]
         return {"served": dp.list_served(), "failures": failures}
 

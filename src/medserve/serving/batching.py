@@ -47,7 +47,9 @@ class AdaptiveBatcher:
         if batch:
             asyncio.get_running_loop().create_task(self._run(batch))
 
-    async def _run(self, batch: list[tuple[np.ndarray, asyncio.Future[dict[str, np.ndarray]]]]) -> None:
+    async def _run(
+        self, batch: list[tuple[np.ndarray, asyncio.Future[dict[str, np.ndarray]]]]
+    ) -> None:
         loop = asyncio.get_running_loop()
         X = batch[0][0] if len(batch) == 1 else np.concatenate([x for x, _ in batch])
         if self._on_batch is not None:

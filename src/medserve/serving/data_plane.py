@@ -101,7 +101,13 @@ class DataPlane:
         if not isinstance(body, dict) or not isinstance(body.get("instances"), list):
             raise InvalidRequestError(
                 'the body must be {"instances": [{"feature": value, ...}, ...]}',
-                details=[{"field": "instances", "rule": "required", "message": "a list of records is required"}],
+                details=[
+                    {
+                        "field": "instances",
+                        "rule": "required",
+                        "message": "a list of records is required",
+                    }
+                ],
             )
         X = model.validator.records_to_matrix(body["instances"])
         outputs = await self._run(model, X)

@@ -9,7 +9,7 @@ app, which also documents these endpoints in OpenAPI and serves them identically
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 import orjson
@@ -26,9 +26,9 @@ from medserve.serving.http_errors import status_for
 
 log = logging.getLogger(__name__)
 
-Scope = dict[str, Any]
-Receive = Callable[[], Awaitable[dict[str, Any]]]
-Send = Callable[[dict[str, Any]], Awaitable[None]]
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 JSON_HEADERS = [(b"content-type", b"application/json")]
@@ -61,7 +61,9 @@ def content_type_ok(value: bytes | None) -> bool:
     if not value:
         return True
     media = value.split(b";", 1)[0].strip().lower()
-    return media == b"application/json" or (media.startswith(b"application/") and media.endswith(b"+json"))
+    return media == b"application/json" or (
+        media.startswith(b"application/") and media.endswith(b"+json")
+    )
 
 
 async def read_body(receive: Receive, limit: int, declared: int | None) -> bytes:
@@ -84,7 +86,9 @@ async def read_body(receive: Receive, limit: int, declared: int | None) -> bytes
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
-async def send_json(send: Send, status: int, payload: bytes, extra: list[tuple[bytes, bytes]] | None = None) -> None:
+async def send_json(
+    send: Send, status: int, payload: bytes, extra: list[tuple[bytes, bytes]] | None = None
+) -> None:
     headers = [*JSON_HEADERS, (b"content-length", str(len(payload)).encode())]
     if extra:
         headers.extend(extra)
@@ -129,7 +133,9 @@ class HotPathApp:
             try:
                 body = orjson.loads(raw)
             except orjson.JSONDecodeError as exc:
-                raise InvalidRequestError(f"malformed JSON body: {exc.msg} at position {exc.pos}") from exc
+                raise InvalidRequestError(
+                    f"malformed JSON body: {exc.msg} at position {exc.pos}"
+                ) from exc
             plane = self.data_plane()
             if protocol == "v2":
                 result = await plane.infer_v2(name, ref, body)
@@ -143,6 +149,8 @@ class HotPathApp:
         except Exception:
             log.exception("prediction failed")
             metrics.record_error(name, ref or "production", protocol, 500, "internal")
-            await send_json(send, 500, b'{"error":"internal error while predicting","code":"internal"}')
+            await send_json(
+                send, 500, b'{"error":"internal error while predicting","code":"internal"}'
+            )
             return
         await send_json(send, 200, orjson.dumps(result, option=orjson.OPT_SERIALIZE_NUMPY))

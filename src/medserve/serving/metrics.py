@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
+from prometheus_client import REGISTRY as DEFAULT_REGISTRY
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -16,7 +17,6 @@ from prometheus_client import (
     generate_latest,
     multiprocess,
 )
-from prometheus_client import REGISTRY as DEFAULT_REGISTRY
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
@@ -55,7 +55,9 @@ class ModelMetrics:
     def __post_init__(self) -> None:
         self.rows = ROWS.labels(self.model, self.version)
         self.batch = BATCH_SIZE.labels(self.model, self.version)
-        self.ok = {p: REQUESTS.labels(self.model, self.version, p, "200") for p in ("v2", "records")}
+        self.ok = {
+            p: REQUESTS.labels(self.model, self.version, p, "200") for p in ("v2", "records")
+        }
         self.latency = {p: LATENCY.labels(self.model, self.version, p) for p in ("v2", "records")}
 
     def observe(self, protocol: str, seconds: float, rows: int) -> None:

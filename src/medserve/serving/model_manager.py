@@ -181,7 +181,9 @@ class ModelManager:
         with self._sync_lock:
             model = self._loaded.get(key)
             if model is None:
-                model = load_version(self.artifacts, version, intra_op_threads=self.intra_op_threads)
+                model = load_version(
+                    self.artifacts, version, intra_op_threads=self.intra_op_threads
+                )
                 self._loaded = {**self._loaded, key: model}
             self._explicit[key] = None
             self._explicit.move_to_end(key)

@@ -33,7 +33,11 @@ class RegistryStore(ABC):
 
     @abstractmethod
     def list_models(
-        self, *, name_contains: str | None = None, page_size: int = 100, page_token: str | None = None
+        self,
+        *,
+        name_contains: str | None = None,
+        page_size: int = 100,
+        page_token: str | None = None,
     ) -> Page[RegisteredModel]:
         """Models ordered by name; ``page_token`` is opaque and comes from the previous page."""
 
@@ -98,7 +102,9 @@ class RegistryStore(ABC):
         """Point ``alias`` at ``version`` (which must exist) and append to the alias history."""
 
     @abstractmethod
-    def delete_alias(self, model_name: str, alias: str, *, actor: str, reason: str = "") -> AliasEvent: ...
+    def delete_alias(
+        self, model_name: str, alias: str, *, actor: str, reason: str = ""
+    ) -> AliasEvent: ...
 
     @abstractmethod
     def get_alias(self, model_name: str, alias: str) -> int:

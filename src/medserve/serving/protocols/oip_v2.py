@@ -35,7 +35,14 @@ NUMPY_BY_DATATYPE: dict[str, Any] = {
     "BYTES": object,
 }
 
-DATATYPE_BY_KIND = {"b": "BOOL", "i": "INT64", "u": "UINT64", "f": "FP32", "U": "BYTES", "O": "BYTES"}
+DATATYPE_BY_KIND = {
+    "b": "BOOL",
+    "i": "INT64",
+    "u": "UINT64",
+    "f": "FP32",
+    "U": "BYTES",
+    "O": "BYTES",
+}
 
 
 def _bad(field: str, rule: str, message: str) -> InvalidRequestError:
@@ -103,11 +110,15 @@ def parse_infer_request(model: LoadedModel, body: Any) -> np.ndarray:
     columns: dict[str, np.ndarray] = {}
     for i, (name, array) in enumerate(tensors):
         if name not in features:
-            raise _bad(f"inputs[{i}].name", "unknown_field", f"{name!r} is not an input of this model")
+            raise _bad(
+                f"inputs[{i}].name", "unknown_field", f"{name!r} is not an input of this model"
+            )
         if array.ndim == 2 and array.shape[1] == 1:
             array = array[:, 0]
         if array.ndim != 1:
-            raise _bad(f"inputs[{i}].shape", "shape", "a per-feature tensor must have shape [n] or [n, 1]")
+            raise _bad(
+                f"inputs[{i}].shape", "shape", "a per-feature tensor must have shape [n] or [n, 1]"
+            )
         columns[name] = array
     return model.validator.columns_to_matrix(columns)
 
@@ -117,13 +128,15 @@ def requested_outputs(model: LoadedModel, body: dict[str, Any]) -> list[str] | N
     if raw is None:
         return None
     if not isinstance(raw, list):
-        raise _bad("outputs", "type", "outputs must be a list of {\"name\": ...} objects")
+        raise _bad("outputs", "type", 'outputs must be a list of {"name": ...} objects')
     names = []
     available = [o.name for o in model.metadata.outputs]
     for i, item in enumerate(raw):
         name = item.get("name") if isinstance(item, dict) else None
         if name not in available:
-            raise _bad(f"outputs[{i}].name", "unknown_output", f"outputs available: {', '.join(available)}")
+            raise _bad(
+                f"outputs[{i}].name", "unknown_output", f"outputs available: {', '.join(available)}"
+            )
         names.append(name)
     return names
 
@@ -144,7 +157,9 @@ def build_infer_response(
         data = array.ravel().tolist()
         if datatype == "BYTES":
             data = [str(v) for v in data]
-        tensors.append({"name": name, "datatype": datatype, "shape": list(array.shape), "data": data})
+        tensors.append(
+            {"name": name, "datatype": datatype, "shape": list(array.shape), "data": data}
+        )
     response: dict[str, Any] = {
         "model_name": model.name,
         "model_version": str(model.number),
@@ -164,7 +179,9 @@ def model_metadata(model: LoadedModel, aliases: list[str]) -> dict[str, Any]:
     sig = model.signature
     inputs = []
     for spec in sig.inputs:
-        datatype = {"float": "FP32", "integer": "INT64", "boolean": "BOOL", "string": "BYTES"}[spec.type]
+        datatype = {"float": "FP32", "integer": "INT64", "boolean": "BOOL", "string": "BYTES"}[
+            spec.type
+        ]
         entry: dict[str, Any] = {"name": spec.name, "datatype": datatype, "shape": [-1]}
         params = {
             k: v
@@ -180,7 +197,10 @@ def model_metadata(model: LoadedModel, aliases: list[str]) -> dict[str, Any]:
         }
         entry["parameters"] = params
         inputs.append(entry)
-    outputs = [{"name": t.name, "datatype": t.datatype, "shape": list(t.shape)} for t in model.metadata.outputs]
+    outputs = [
+        {"name": t.name, "datatype": t.datatype, "shape": list(t.shape)}
+        for t in model.metadata.outputs
+    ]
     return {
         "name": model.name,
         "versions": [str(model.number)],
@@ -191,6 +211,9 @@ def model_metadata(model: LoadedModel, aliases: list[str]) -> dict[str, Any]:
             "task": sig.task,
             "class_labels": sig.class_labels,
             "aliases": aliases,
-            "matrix_input": {"shape": [-1, len(sig.inputs)], "datatype": "FP32" if sig.all_numeric else "BYTES"},
+            "matrix_input": {
+                "shape": [-1, len(sig.inputs)],
+                "datatype": "FP32" if sig.all_numeric else "BYTES",
+            },
         },
     }
