@@ -40,6 +40,6 @@ class RuntimeMetadata:
 
 @runtime_checkable
 class Runtime(Protocol):
-    def predict(self, X: npt.NDArray[Any]) -> dict[str, np.ndarray]: ...  # noqa: N803
+    def predict(self, X: npt.NDArray[Any]) -> dict[str, np.ndarray]: ...
 
     def metadata(self) -> RuntimeMetadata: ...

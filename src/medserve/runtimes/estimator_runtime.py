@@ -54,7 +54,7 @@ class EstimatorRuntime:
                 library_versions=libs,
             )
 
-    def predict(self, X: npt.NDArray[Any]) -> dict[str, np.ndarray]:  # noqa: N803
+    def predict(self, X: npt.NDArray[Any]) -> dict[str, np.ndarray]:
         data = self._frame(X)
         if self._is_classifier:
             return {
@@ -66,7 +66,7 @@ class EstimatorRuntime:
     def metadata(self) -> RuntimeMetadata:
         return self._metadata
 
-    def _frame(self, X: npt.NDArray[Any]) -> Any:  # noqa: N803
+    def _frame(self, X: npt.NDArray[Any]) -> Any:
         if self._feature_names is None:
             return X
         import pandas as pd

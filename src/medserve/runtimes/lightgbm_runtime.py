@@ -76,7 +76,7 @@ class LightGBMRuntime:
     def from_path(cls, path: Path, *, intra_op_threads: int = 1) -> LightGBMRuntime:
         return cls(Path(path).read_text(encoding="utf-8"), intra_op_threads=intra_op_threads)
 
-    def predict(self, X: npt.NDArray[Any]) -> dict[str, np.ndarray]:  # noqa: N803
+    def predict(self, X: npt.NDArray[Any]) -> dict[str, np.ndarray]:
         raw = np.asarray(self._booster.predict(X, num_threads=self._threads))
         if self._mode == "regression":
             return {"value": raw.astype(np.float32).reshape(-1)}

@@ -80,7 +80,7 @@ class OnnxRuntime:
     def from_path(cls, path: Path, *, intra_op_threads: int = 1) -> OnnxRuntime:
         return cls(Path(path).read_bytes(), intra_op_threads=intra_op_threads)
 
-    def predict(self, X: npt.NDArray[Any]) -> dict[str, np.ndarray]:  # noqa: N803
+    def predict(self, X: npt.NDArray[Any]) -> dict[str, np.ndarray]:
         return self._shape_out(self._run(self._output_names, self._feed(X)))
 
     def metadata(self) -> RuntimeMetadata:
@@ -153,12 +153,12 @@ def _make_feeder(inputs: list[Any]) -> tuple[Feeder, int]:
 
         if dtype == np.object_:
 
-            def feed_strings(X: npt.NDArray[Any]) -> dict[str, npt.NDArray[Any]]:  # noqa: N803
+            def feed_strings(X: npt.NDArray[Any]) -> dict[str, npt.NDArray[Any]]:
                 return {name: X.astype(str).astype(object)}
 
             return feed_strings, n_features
 
-        def feed_one(X: npt.NDArray[Any]) -> dict[str, npt.NDArray[Any]]:  # noqa: N803
+        def feed_one(X: npt.NDArray[Any]) -> dict[str, npt.NDArray[Any]]:
             return {name: X if X.dtype == dtype else X.astype(dtype)}
 
         return feed_one, n_features
@@ -170,7 +170,7 @@ def _make_feeder(inputs: list[Any]) -> tuple[Feeder, int]:
             raise ModelLoadError(f"ONNX input {arg.name!r} must be 1-D or 2-D, got {arg.shape}")
         columns.append((arg.name, i, np.dtype(_ONNX_TO_NUMPY[arg.type]), len(arg.shape) == 2))
 
-    def feed_columns(X: npt.NDArray[Any]) -> dict[str, npt.NDArray[Any]]:  # noqa: N803
+    def feed_columns(X: npt.NDArray[Any]) -> dict[str, npt.NDArray[Any]]:
         feeds: dict[str, npt.NDArray[Any]] = {}
         for name, i, dtype, as_column in columns:
             col = X[:, i : i + 1] if as_column else X[:, i]

@@ -64,7 +64,7 @@ class XGBoostRuntime:
     def from_path(cls, path: Path, *, intra_op_threads: int = 1) -> XGBoostRuntime:
         return cls(Path(path).read_bytes(), intra_op_threads=intra_op_threads)
 
-    def predict(self, X: npt.NDArray[Any]) -> dict[str, np.ndarray]:  # noqa: N803
+    def predict(self, X: npt.NDArray[Any]) -> dict[str, np.ndarray]:
         if self._mode == "regression":
             out = self._booster.inplace_predict(X)
             return {"value": np.asarray(out, dtype=np.float32).reshape(-1)}

@@ -111,3 +111,48 @@ def test_unknown_flavor_is_refused(tmp_path: Path) -> None:
     assert FLAVORS == ("onnx", "skops", "xgboost", "lightgbm", "pickle")
     with pytest.raises(UnsupportedFormatError, match="tensorflow"):
         load_runtime("tensorflow", tmp_path)
+
+
+@pytest.mark.parametrize("flavor", ["xgboost", "lightgbm"])
+def test_boosters_convert_to_onnx_when_verified(
+    tmp_path: Path, flavor: str, cancer: Data, cancer_matrix: np.ndarray
+) -> None:
+    from medserve.runtimes.convert import convert_booster_to_onnx
+    from medserve.runtimes.onnx_runtime import OnnxRuntime
+
+    _, y = cancer
+    path = tmp_path / "model"
+    if flavor == "xgboost":
+        model: object = xgb.XGBClassifier(n_estimators=20, n_jobs=1).fit(cancer_matrix, y)
+        model.save_model(path.with_suffix(".json"))  # type: ignore[attr-defined]
+        path = path.with_suffix(".json")
+    else:
+        model = lgb.LGBMClassifier(n_estimators=20, verbose=-1, n_jobs=1).fit(cancer_matrix, y)
+        model.booster_.save_model(path)  # type: ignore[attr-defined]
+    result = convert_booster_to_onnx(flavor, path, cancer_matrix)
+    assert result.accepted, result.reason
+    assert result.reason.startswith("converted with onnxmltools")
+    assert result.onnx_bytes is not None
+    runtime = OnnxRuntime(result.onnx_bytes)
+    assert runtime.metadata().class_labels == [0, 1]
+    out = runtime.predict(cancer_matrix)
+    np.testing.assert_array_equal(out["label"], model.predict(cancer_matrix))  # type: ignore[attr-defined]
+    one = runtime.predict(cancer_matrix[:1])  # batch dimension is free, not fixed at 1
+    assert one["probabilities"].shape == (1, 2)
+
+    rejected = convert_booster_to_onnx(flavor, path, cancer_matrix, probability_tolerance=0.0)
+    if not rejected.accepted:  # float32 trees can agree exactly; if not, the reason says so
+        assert "probabilities differ by" in rejected.reason
+
+
+def test_booster_regression_converts_to_onnx(
+    tmp_path: Path, diabetes: Data, diabetes_matrix: np.ndarray
+) -> None:
+    from medserve.runtimes.convert import convert_booster_to_onnx
+
+    _, y = diabetes
+    reg = lgb.LGBMRegressor(n_estimators=30, verbose=-1, n_jobs=1).fit(diabetes_matrix, y)
+    reg.booster_.save_model(tmp_path / "reg.txt")
+    result = convert_booster_to_onnx("lightgbm", tmp_path / "reg.txt", diabetes_matrix)
+    assert result.accepted, result.reason
+    assert "values within" in result.reason
