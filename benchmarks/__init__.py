@@ -1,0 +1,1 @@
+"""Side-by-side load benchmarks of medserve against MLServer and MLflow."""
