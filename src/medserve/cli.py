@@ -150,8 +150,11 @@ def models_list(
     except MedserveError as exc:
         raise _fail(exc) from exc
     table = Table(title="Registered models")
-    for column in ("name", "latest version", "aliases", "description", "updated"):
-        table.add_column(column)
+    table.add_column("name", no_wrap=True)
+    table.add_column("latest", justify="right")
+    table.add_column("aliases", no_wrap=True)
+    table.add_column("description", max_width=48, overflow="ellipsis", no_wrap=True)
+    table.add_column("updated", no_wrap=True)
     for model, aliases, latest_version in rows:
         alias_text = ", ".join(f"{a} → v{v}" for a, v in sorted(aliases.items())) or "-"
         table.add_row(

@@ -157,11 +157,10 @@ class Registry:
             estimator = load_skops_estimator(path, trust=trust)
             return self._prepare_estimator(estimator, sample, signature, "sklearn", {})
         if fmt == "pickle":
-            import joblib  # only reached with the explicit trust flag
+            from medserve.runtimes.pickle_runtime import load_pickle_estimator
 
-            return self._prepare_estimator(
-                joblib.load(path), sample, signature, "sklearn-pickle", {}
-            )
+            estimator = load_pickle_estimator(path, trust_pickle=trust)
+            return self._prepare_estimator(estimator, sample, signature, "sklearn-pickle", {})
         if fmt == "mlflow":
             from medserve.importers.mlflow import read_mlflow_model
 
@@ -183,16 +182,43 @@ class Registry:
         sha = self.artifacts.put_file(path)
         meta = self._runtime_metadata(flavor, sha)
         sig = signature or self._signature_for(sample, None, meta)
+        libs = {**_versions_of(), **meta.library_versions}
+        reason = f"{fmt} artifact served natively by {meta.runtime}"
+        if flavor in {"xgboost", "lightgbm"}:
+            if sample is None:
+                reason += " (no registration sample, so no verified ONNX conversion)"
+            else:
+                from medserve.runtimes.convert import convert_booster_to_onnx
+
+                X = sig.validator().records_to_matrix(
+                    sample[sig.feature_names].to_dict(orient="records")
+                )
+                result = convert_booster_to_onnx(flavor, self.artifacts.path(sha), X)
+                if result.accepted and result.onnx_bytes is not None:
+                    onnx_sha = self.artifacts.put_bytes(result.onnx_bytes)
+                    onnx_meta = self._runtime_metadata("onnx", onnx_sha)
+                    return _Prepared(
+                        onnx_sha,
+                        "model.onnx",
+                        "onnx",
+                        onnx_meta.runtime,
+                        result.reason,
+                        flavor,
+                        sha,
+                        _with_outputs(sig, onnx_meta),
+                        {**libs, **_versions_of("onnxmltools")},
+                    )
+                reason += f"; ONNX conversion rejected: {result.reason}"
         return _Prepared(
             serving_sha=sha,
             serving_filename=path.name,
             flavor=flavor,
             runtime=meta.runtime,
-            runtime_reason=f"{fmt} artifact served natively by {meta.runtime}",
+            runtime_reason=reason,
             source_flavor=flavor,
             source_sha=None,
             signature=_with_outputs(sig, meta),
-            library_versions={**_versions_of(), **meta.library_versions},
+            library_versions=libs,
         )
 
     def _prepare_estimator(
