@@ -28,7 +28,7 @@ def model_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     X.to_csv(folder / "sample.csv", index=False)
     X.iloc[:3].to_csv(folder / "rows.csv", index=False)
     bad = X.iloc[:2].copy()
-    bad.iloc[0, 0] = 1e6
+    bad.iloc[0, 0] = None  # an empty cell: missing values are rejected by default
     bad.to_csv(folder / "bad.csv", index=False)
     return {
         "skops": folder / "model.skops",

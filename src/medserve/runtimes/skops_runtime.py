@@ -2,7 +2,9 @@
 
 skops lists the types in a file it does not trust by default. We additionally trust types from
 scikit-learn, numpy and scipy (and builtins/collections), which is what a plain fitted estimator
-contains; anything else (custom classes, other libraries) needs the explicit trust flag.
+contains; anything else (custom classes, other libraries) needs the explicit trust flag. Tree
+models are accepted because their node indices are bounds-checked after loading (see
+``check_tree_structure``), which is the risk skops warns about for ``sklearn.tree._tree.Tree``.
 """
 
 from __future__ import annotations
@@ -34,11 +36,64 @@ def load_skops_estimator(path: Path, *, trust: bool = False) -> Any:
             f"when loaded: {', '.join(refused)}. Pass --trust-pickle only if you trust its source."
         )
     try:
-        return skops.io.load(Path(path), trusted=list(untrusted))
+        estimator = skops.io.load(Path(path), trusted=list(untrusted))
     except Exception as exc:
         raise ModelLoadError(
             f"skops could not load the model: {type(exc).__name__}: {exc}"
         ) from exc
+    check_tree_structure(estimator)
+    return estimator
+
+
+def _trees(obj: Any, depth: int = 0) -> list[Any]:
+    """Every fitted ``sklearn.tree._tree.Tree`` reachable from an estimator (bounded walk)."""
+    if depth > 6:
+        return []
+    if hasattr(obj, "tree_") and hasattr(obj.tree_, "children_left"):
+        return [obj]
+    found: list[Any] = []
+    if isinstance(obj, list | tuple):
+        items: list[Any] = list(obj)
+    elif hasattr(obj, "dtype") and getattr(obj, "dtype", None) == object:
+        items = list(obj.ravel())
+    elif hasattr(obj, "__dict__") and type(obj).__module__.startswith("sklearn"):
+        items = list(vars(obj).values())
+    else:
+        return found
+    for item in items:
+        found.extend(_trees(item, depth + 1))
+    return found
+
+
+def check_tree_structure(estimator: Any) -> None:
+    """Reject trees whose node indices point outside their arrays.
+
+    skops treats ``sklearn.tree._tree.Tree`` as untrusted because scikit-learn follows child and
+    feature indices without bounds checks: a crafted file loads fine and then reads out of
+    bounds (or crashes) at predict time. Checking the indices here makes loading it safe.
+    """
+    import numpy as np
+
+    for holder in _trees(estimator):
+        tree = holder.tree_
+        n = int(tree.node_count)
+        n_features = int(getattr(holder, "n_features_in_", tree.n_features))
+        left = np.asarray(tree.children_left)
+        right = np.asarray(tree.children_right)
+        feature = np.asarray(tree.feature)
+        leaf = left == -1
+        ok = (
+            len(left) == len(right) == len(feature) == n
+            and bool(np.all(leaf == (right == -1)))
+            and bool(np.all(leaf | ((left > np.arange(n)) & (left < n))))
+            and bool(np.all(leaf | ((right > np.arange(n)) & (right < n))))
+            and bool(np.all(leaf | ((feature >= 0) & (feature < n_features))))
+        )
+        if not ok:
+            raise UnsafeArtifactError(
+                "the skops file holds a decision tree whose node or feature indices are out of "
+                "range; it would read outside its own arrays at predict time and is refused"
+            )
 
 
 class SkopsRuntime(EstimatorRuntime):

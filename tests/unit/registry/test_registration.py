@@ -106,6 +106,7 @@ def test_mlflow_directory_imports(registry: Registry, tmp_path: Path) -> None:
         model,
         target,
         serialization_format="skops",
+        skops_trusted_types=["sklearn.tree._tree.Tree"],
         input_example=data.data.iloc[:3],
         pip_requirements=["scikit-learn"],
     )
