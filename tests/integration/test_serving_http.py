@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-import re
 from typing import Any
 
 import httpx
 import numpy as np
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from tests.support import ServerProcess
 
 from medserve.demo import demo_models
@@ -249,10 +249,17 @@ def test_metrics_are_labelled_by_model_and_version(
         {"instances": rows(fitted["breast-cancer"], 2)},
     )
     text = httpx.get(f"{demo_server.url}/metrics").text
-    pattern = (
-        r'medserve_requests_total\{model="breast-cancer",version="\d+",'
-        r'protocol="records",status="200"\} [1-9]'
-    )
-    assert re.search(pattern, text)
-    assert "medserve_request_duration_seconds_bucket" in text
-    assert "medserve_batch_size_rows_bucket" in text
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    ok = [
+        s
+        for s in families["medserve_requests"].samples
+        if s.name == "medserve_requests_total"
+        and s.labels["model"] == "breast-cancer"
+        and s.labels["protocol"] == "records"
+        and s.labels["status"] == "200"
+    ]
+    assert ok
+    assert ok[0].labels["version"].isdigit()
+    assert ok[0].value >= 1
+    assert "medserve_request_duration_seconds" in families
+    assert "medserve_batch_size_rows" in families

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import re
 import shutil
 import signal
 import threading
@@ -16,6 +15,7 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
@@ -170,16 +170,16 @@ def test_batching_gives_each_of_64_callers_its_own_answer(work_home: Path) -> No
         assert response.status_code == 200, response.text
         probs = response.json()["predictions"][0]["probabilities"]
         np.testing.assert_allclose([probs[c] for c in classes], expected[i], atol=1e-5)
-    count = re.search(
-        r'medserve_batch_size_rows_count\{model="breast-cancer-rf",version="\d+"\} (\S+)', metrics
-    )
-    total = re.search(
-        r'medserve_batch_size_rows_sum\{model="breast-cancer-rf",version="\d+"\} (\S+)', metrics
-    )
-    assert count
-    assert total
-    assert float(total.group(1)) == 64.0  # every row went through a runtime call once
-    assert float(count.group(1)) < 64  # and some calls carried several requests
+    samples = {
+        s.name: s.value
+        for family in text_string_to_metric_families(metrics)
+        for s in family.samples
+        if s.labels.get("model") == "breast-cancer-rf"
+    }
+    total = samples["medserve_batch_size_rows_sum"]
+    count = samples["medserve_batch_size_rows_count"]
+    assert total == 64.0  # every row went through a runtime call once
+    assert count < 64  # and some calls carried several requests
 
 
 def test_sigterm_lets_in_flight_requests_finish(work_home: Path) -> None:
@@ -203,4 +203,6 @@ def test_sigterm_lets_in_flight_requests_finish(work_home: Path) -> None:
     thread.join(timeout=20)
     code = server.stop()
     assert result.get("status") == 200
-    assert code == 0
+    # uvicorn re-raises the signal after its graceful shutdown, so the exit status names it
+    assert code in (0, -signal.SIGTERM)
+    assert "Traceback" not in server.log()
