@@ -49,8 +49,16 @@ def test_register_list_alias_show_predict(home: Path, model_files: dict[str, Pat
     assert code == 0
     assert (home / "registry.db").exists()
     code, out = run(
-        "models", "register", "bc", str(model_files["skops"]), "--sample", str(model_files["sample"]),
-        "--alias", "staging", "--tag", "team=cardio",
+        "models",
+        "register",
+        "bc",
+        str(model_files["skops"]),
+        "--sample",
+        str(model_files["sample"]),
+        "--alias",
+        "staging",
+        "--tag",
+        "team=cardio",
     )
     assert code == 0, out
     assert "version 1" in out
@@ -93,7 +101,14 @@ def test_errors_are_one_line_and_exit_non_zero(home: Path, model_files: dict[str
     code, out = run("models", "show", "nope")
     assert code == 1
     assert "nope" in out
-    run("models", "register", "bc", str(model_files["skops"]), "--sample", str(model_files["sample"]))
+    run(
+        "models",
+        "register",
+        "bc",
+        str(model_files["skops"]),
+        "--sample",
+        str(model_files["sample"]),
+    )
     code, out = run("predict", "bc", "--input", str(model_files["rows"]))
     assert code == 1
     assert "production" in out  # no production alias: says so instead of guessing
@@ -104,7 +119,14 @@ def test_errors_are_one_line_and_exit_non_zero(home: Path, model_files: dict[str
 
 
 def test_signature_edit(home: Path, model_files: dict[str, Path], tmp_path: Path) -> None:
-    run("models", "register", "bc", str(model_files["skops"]), "--sample", str(model_files["sample"]))
+    run(
+        "models",
+        "register",
+        "bc",
+        str(model_files["skops"]),
+        "--sample",
+        str(model_files["sample"]),
+    )
     code, out = run("models", "signature", "bc@1")
     assert code == 0
     signature = json.loads(out)

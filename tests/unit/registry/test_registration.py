@@ -77,7 +77,9 @@ def test_unconvertible_model_falls_back_with_reason(
     registry: Registry, breast_cancer: tuple[pd.DataFrame, pd.Series]
 ) -> None:
     X, y = breast_cancer
-    model = make_pipeline(FunctionTransformer(np.log1p), LogisticRegression(max_iter=2000)).fit(X, y)
+    model = make_pipeline(FunctionTransformer(np.log1p), LogisticRegression(max_iter=2000)).fit(
+        X, y
+    )
     version = registry.register("bc-log", model, sample=X)
     assert version.flavor == "skops"
     assert version.runtime_reason.startswith("ONNX conversion rejected")
@@ -115,7 +117,10 @@ def test_mlflow_directory_imports(registry: Registry, tmp_path: Path) -> None:
     assert version.flavor == "onnx"
     assert "mlflow" in version.library_versions
     loaded = load_version(registry.artifacts, version)
-    got = [p["value"] for p in loaded.predict_records(data.data.iloc[:5].to_dict(orient="records"))["predictions"]]
+    got = [
+        p["value"]
+        for p in loaded.predict_records(data.data.iloc[:5].to_dict(orient="records"))["predictions"]
+    ]
     np.testing.assert_allclose(got, model.predict(data.data.iloc[:5]), rtol=1e-4)
 
 
