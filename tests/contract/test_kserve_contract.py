@@ -94,3 +94,23 @@ async def test_invalid_values_are_a_422_listing_the_problems(
     assert caught.value.response.status_code == 422
     problems = caught.value.response.json()["details"]
     assert {"row": 1, "field": "mean radius", "rule": "maximum"}.items() <= problems[0].items()
+
+
+async def test_binary_tensor_input_as_kserve_sends_by_default(
+    client: InferenceRESTClient, base_url: str, reference: Any
+) -> None:
+    name = "breast-cancer-rf"
+    X = reference.matrix(name, 9)
+    tensor = InferInput("input", list(X.shape), "FP32")
+    tensor.set_data_from_numpy(X)  # binary by default: application/octet-stream body
+    request = InferRequest(model_name=name, infer_inputs=[tensor])
+    response = await client.infer(base_url, request, model_name=name)
+    served = {o.name: o for o in response.outputs}
+    metadata = httpx.get(f"{base_url}/v2/models/{name}").json()
+    order = [reference.classes(name).index(c) for c in metadata["parameters"]["class_labels"]]
+    np.testing.assert_allclose(
+        served["probabilities"].as_numpy(),
+        reference.probabilities(name, X)[:, order],
+        atol=1e-5,
+        rtol=0,
+    )

@@ -1,7 +1,7 @@
 """Triton's own HTTP client (``tritonclient[http]``) against a real medserve process.
 
 Triton users point ``InferenceServerClient`` at any Open Inference Protocol v2 server; these tests
-pin down that the calls they make work unchanged, with JSON (``binary_data=False``) tensors.
+pin down that the calls they make work unchanged, with JSON and binary tensors.
 """
 
 from __future__ import annotations
@@ -148,3 +148,51 @@ def test_infer_without_requested_outputs_returns_every_output_as_json(
     probabilities = result.as_numpy("probabilities")
     assert probabilities is not None
     np.testing.assert_allclose(probabilities.sum(axis=1), np.ones(3), atol=1e-5)
+
+
+def test_binary_tensor_input_as_tritonclient_sends_by_default(
+    client: triton.InferenceServerClient, reference: Any
+) -> None:
+    """tritonclient's default: JSON header + raw little-endian tensor bytes."""
+    X = reference.matrix(MODEL, 7)
+    tensor = triton.InferInput("input", list(X.shape), "FP32")
+    tensor.set_data_from_numpy(X)  # binary_data=True is the default
+    result = client.infer(MODEL, [tensor], outputs=[triton.InferRequestedOutput("probabilities")])
+    probabilities = result.as_numpy("probabilities")
+    assert probabilities is not None
+    served_classes = client.get_model_metadata(MODEL)["parameters"]["class_labels"]
+    order = [reference.classes(MODEL).index(c) for c in served_classes]
+    np.testing.assert_allclose(
+        probabilities, reference.probabilities(MODEL, X)[:, order], atol=1e-5, rtol=0
+    )
+
+
+def test_binary_tensor_shorter_than_declared_is_a_clear_400(
+    client: triton.InferenceServerClient, host_port: str
+) -> None:
+    import json
+
+    import httpx
+
+    header = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "input",
+                    "shape": [1, 30],
+                    "datatype": "FP32",
+                    "parameters": {"binary_data_size": 120},
+                }
+            ]
+        }
+    ).encode()
+    response = httpx.post(
+        f"http://{host_port}/v2/models/{MODEL}/infer",
+        content=header + b"\x00" * 60,
+        headers={
+            "Inference-Header-Content-Length": str(len(header)),
+            "Content-Type": "application/octet-stream",
+        },
+    )
+    assert response.status_code == 400
+    assert "binary_data_size" in response.json()["error"]

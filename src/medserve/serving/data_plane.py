@@ -85,10 +85,12 @@ class DataPlane:
             )
         return await batcher.submit(X)
 
-    async def infer_v2(self, name: str, ref: str | None, body: Any) -> dict[str, Any]:
+    async def infer_v2(
+        self, name: str, ref: str | None, body: Any, binary: bytes | None = None
+    ) -> dict[str, Any]:
         started = time.perf_counter()
         model = await self.model(name, ref)
-        X = oip_v2.parse_infer_request(model, body)
+        X = oip_v2.parse_infer_request(model, body, binary)
         selected = oip_v2.requested_outputs(model, body)
         outputs = await self._run(model, X)
         response = oip_v2.build_infer_response(model, outputs, body, selected)

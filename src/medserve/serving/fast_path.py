@@ -56,14 +56,26 @@ def match_hot_path(method: str, path: str) -> tuple[str, str, str | None] | None
     return protocol, parts[3], None
 
 
-def content_type_ok(value: bytes | None) -> bool:
-    """JSON bodies only; a missing type is accepted (tritonclient sends none)."""
+def content_type_ok(value: bytes | None, binary: bool = False) -> bool:
+    """JSON bodies (or binary tensors after a JSON header); a missing type is accepted."""
     if not value:
         return True
     media = value.split(b";", 1)[0].strip().lower()
+    if binary and media == b"application/octet-stream":
+        return True
     return media == b"application/json" or (
         media.startswith(b"application/") and media.endswith(b"+json")
     )
+
+
+def split_binary_body(raw: bytes, header_length: bytes) -> tuple[bytes, bytes]:
+    """Split a binary-extension body into its JSON header and the tensor bytes after it."""
+    if not header_length.isdigit() or int(header_length) > len(raw):
+        raise InvalidRequestError(
+            "Inference-Header-Content-Length must be the byte length of the JSON header"
+        )
+    cut = int(header_length)
+    return raw[:cut], raw[cut:]
 
 
 async def read_body(receive: Receive, limit: int, declared: int | None) -> bytes:
@@ -119,17 +131,25 @@ class HotPathApp:
         protocol, name, ref = matched
         content_type: bytes | None = None
         declared: int | None = None
+        header_length: bytes | None = None
         for key, value in scope["headers"]:
             if key == b"content-type":
                 content_type = value
             elif key == b"content-length":
                 declared = int(value) if value.isdigit() else None
+            elif key == b"inference-header-content-length":
+                header_length = value
         try:
-            if not content_type_ok(content_type):
+            binary_ok = protocol == "v2" and header_length is not None
+            if not content_type_ok(content_type, binary_ok):
                 raise UnsupportedMediaTypeError(
-                    "Content-Type must be application/json for this endpoint"
+                    "Content-Type must be application/json for this endpoint (binary tensors: "
+                    "application/octet-stream with an Inference-Header-Content-Length header)"
                 )
             raw = await read_body(receive, self.max_body_bytes, declared)
+            binary: bytes | None = None
+            if binary_ok and header_length is not None:
+                raw, binary = split_binary_body(raw, header_length)
             try:
                 body = orjson.loads(raw)
             except orjson.JSONDecodeError as exc:
@@ -138,7 +158,7 @@ class HotPathApp:
                 ) from exc
             plane = self.data_plane()
             if protocol == "v2":
-                result = await plane.infer_v2(name, ref, body)
+                result = await plane.infer_v2(name, ref, body, binary)
             else:
                 result = await plane.predict_records(name, ref, body)
         except MedserveError as exc:

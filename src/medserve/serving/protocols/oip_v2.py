@@ -5,8 +5,9 @@ Two input layouts are accepted, as MLServer and Triton users send them:
 * one tensor of shape ``[n, F]`` holding every feature in signature order;
 * one tensor per feature, named after the feature, of shape ``[n]`` or ``[n, 1]``.
 
-Binary tensor data (Triton's extension) is not supported: responses are always JSON, which
-tritonclient reads with ``binary_data=False`` outputs.
+Triton's binary tensor extension is accepted on input (``Inference-Header-Content-Length``, raw
+little-endian tensor bytes after the JSON header), as tritonclient and the kserve SDK send by
+default. Responses are always JSON, which both clients read whatever output format they asked.
 """
 
 from __future__ import annotations
@@ -51,7 +52,51 @@ def _bad(field: str, rule: str, message: str) -> InvalidRequestError:
     )
 
 
-def _tensor(raw: Any, index: int) -> tuple[str, np.ndarray]:
+class _BinaryReader:
+    """Triton's binary tensor extension: raw tensor bytes after the JSON header, in input order."""
+
+    def __init__(self, blob: bytes) -> None:
+        self.blob = memoryview(blob)
+        self.offset = 0
+
+    def take(self, size: Any, where: str) -> memoryview:
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            raise _bad(f"{where}.parameters.binary_data_size", "type", "must be a byte count")
+        if self.offset + size > len(self.blob):
+            raise _bad(
+                f"{where}.parameters.binary_data_size",
+                "shape",
+                "the binary section of the body is shorter than the sizes declared",
+            )
+        chunk = self.blob[self.offset : self.offset + size]
+        self.offset += size
+        return chunk
+
+
+def _decode_binary(chunk: memoryview, dtype: Any, datatype: str, where: str) -> np.ndarray:
+    if dtype is not object:
+        itemsize = np.dtype(dtype).itemsize
+        if len(chunk) % itemsize:
+            raise _bad(f"{where}.data", "shape", f"binary data is not a whole number of {datatype}")
+        return np.frombuffer(chunk, dtype=np.dtype(dtype).newbyteorder("<"))
+    values: list[str] = []  # BYTES: each element is a 4-byte little-endian length, then the bytes
+    raw, pos = bytes(chunk), 0
+    while pos < len(raw):
+        if pos + 4 > len(raw):
+            raise _bad(f"{where}.data", "shape", "truncated BYTES element in binary data")
+        length = int.from_bytes(raw[pos : pos + 4], "little")
+        item = raw[pos + 4 : pos + 4 + length]
+        if len(item) != length:
+            raise _bad(f"{where}.data", "shape", "truncated BYTES element in binary data")
+        try:
+            values.append(item.decode("utf-8"))
+        except UnicodeDecodeError as exc:
+            raise _bad(f"{where}.data", "datatype", "BYTES elements must be UTF-8 text") from exc
+        pos += 4 + length
+    return np.asarray(values, dtype=object)
+
+
+def _tensor(raw: Any, index: int, binary: _BinaryReader | None = None) -> tuple[str, np.ndarray]:
     where = f"inputs[{index}]"
     if not isinstance(raw, dict):
         raise _bad(where, "type", "each input must be an object with name, shape, datatype, data")
@@ -68,15 +113,28 @@ def _tensor(raw: Any, index: int) -> tuple[str, np.ndarray]:
     if dtype is None:
         allowed = ", ".join(NUMPY_BY_DATATYPE)
         raise _bad(f"{where}.datatype", "datatype", f"datatype must be one of {allowed}")
-    data = raw.get("data")
-    if not isinstance(data, list):
-        raise _bad(f"{where}.data", "required", "data must be a (flat or nested) list")
-    try:
-        array = np.asarray(data, dtype=dtype)
-    except (ValueError, TypeError, OverflowError) as exc:
-        raise _bad(
-            f"{where}.data", "datatype", f"data does not hold {datatype} values of a regular shape"
-        ) from exc
+    parameters = raw.get("parameters")
+    size = parameters.get("binary_data_size") if isinstance(parameters, dict) else None
+    if size is not None:
+        if binary is None:
+            raise _bad(
+                f"{where}.parameters.binary_data_size",
+                "binary",
+                "binary tensor data needs the Inference-Header-Content-Length header",
+            )
+        array = _decode_binary(binary.take(size, where), dtype, str(datatype), where)
+    else:
+        data = raw.get("data")
+        if not isinstance(data, list):
+            raise _bad(f"{where}.data", "required", "data must be a (flat or nested) list")
+        try:
+            array = np.asarray(data, dtype=dtype)
+        except (ValueError, TypeError, OverflowError) as exc:
+            raise _bad(
+                f"{where}.data",
+                "datatype",
+                f"data does not hold {datatype} values of a regular shape",
+            ) from exc
     expected = math.prod(shape)
     if array.size != expected:
         raise _bad(
@@ -89,14 +147,15 @@ def _tensor(raw: Any, index: int) -> tuple[str, np.ndarray]:
     return name, array.reshape(shape)
 
 
-def parse_infer_request(model: LoadedModel, body: Any) -> np.ndarray:
+def parse_infer_request(model: LoadedModel, body: Any, binary: bytes | None = None) -> np.ndarray:
     """The validated model matrix for a v2 infer request body."""
     if not isinstance(body, dict):
         raise _bad("body", "type", "the request body must be a JSON object")
     inputs = body.get("inputs")
     if not isinstance(inputs, list) or not inputs:
         raise _bad("inputs", "required", "inputs must be a non-empty list of tensors")
-    tensors = [_tensor(raw, i) for i, raw in enumerate(inputs)]
+    reader = _BinaryReader(binary) if binary is not None else None
+    tensors = [_tensor(raw, i, reader) for i, raw in enumerate(inputs)]
     features = model.signature.feature_names
     if len(tensors) == 1 and tensors[0][0] not in features:
         array = tensors[0][1]
