@@ -390,3 +390,15 @@ def demo(
         run_demo(console, serve=serve_models, port=port)
     except MedserveError as exc:
         raise _fail(exc) from exc
+
+
+def _register_extensions() -> None:
+    from medserve.monitoring.cli import register as register_monitoring
+    from medserve.security.cli import register as register_security
+    from medserve.training.cli import register as register_training
+
+    for register in (register_training, register_security, register_monitoring):
+        register(app, models_app)
+
+
+_register_extensions()

@@ -54,7 +54,7 @@ class InvalidRequestError(MedserveError):
 
 
 class ValidationFailedError(InvalidRequestError):
-    """Input rows broke the model's signature; ``details`` lists every problem (row, field, rule)."""
+    """Input broke the model's signature; ``details`` lists every problem (row, field, rule)."""
 
     code = "validation_failed"
 
@@ -99,3 +99,21 @@ class PayloadTooLargeError(InvalidRequestError):
 
 class UnsupportedMediaTypeError(InvalidRequestError):
     code = "unsupported_media_type"
+
+
+class AuthenticationError(MedserveError):
+    """No credential, or one that is unknown, expired or revoked (never says which secret)."""
+
+    code = "unauthenticated"
+
+
+class PermissionDeniedError(MedserveError):
+    code = "permission_denied"
+
+
+class RateLimitedError(MedserveError):
+    code = "rate_limited"
+
+    def __init__(self, message: str, *, retry_after_s: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s

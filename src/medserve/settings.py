@@ -42,7 +42,7 @@ class Settings(BaseSettings):
     )
     max_loaded_versions: int = Field(
         default=16,
-        description="LRU bound on versions asked for explicitly that stay loaded (aliased ones always stay).",
+        description="LRU bound on versions loaded by number (aliased versions always stay).",
     )
     reload_interval_s: float = Field(
         default=1.0,

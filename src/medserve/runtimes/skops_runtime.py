@@ -54,7 +54,7 @@ def _trees(obj: Any, depth: int = 0) -> list[Any]:
     found: list[Any] = []
     if isinstance(obj, list | tuple):
         items: list[Any] = list(obj)
-    elif hasattr(obj, "dtype") and getattr(obj, "dtype", None) == object:
+    elif getattr(getattr(obj, "dtype", None), "kind", None) == "O":
         items = list(obj.ravel())
     elif hasattr(obj, "__dict__") and type(obj).__module__.startswith("sklearn"):
         items = list(vars(obj).values())

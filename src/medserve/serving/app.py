@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import asdict
 from typing import Any
 
@@ -19,7 +19,9 @@ from medserve.registry.entities import ModelVersion
 from medserve.registry.service import Registry
 from medserve.serving import metrics
 from medserve.serving.data_plane import DataPlane
+from medserve.serving.extensions import EXTENSIONS
 from medserve.serving.fast_path import HotPathApp
+from medserve.serving.guard import OpenGuard
 from medserve.serving.http_errors import status_for
 from medserve.serving.model_manager import ModelManager
 from medserve.serving.server import tune_gc
@@ -54,11 +56,17 @@ def create_api(settings: Settings) -> FastAPI:
             intra_op_threads=settings.onnx_intra_op_threads,
         )
         manager.start(settings.reload_interval_s)
+        api.state.settings = settings
         api.state.registry = registry
         api.state.plane = DataPlane(manager)
-        tune_gc()
+        api.state.guard = OpenGuard()
+        api.state.media_handlers = {}
         try:
-            yield
+            async with AsyncExitStack() as stack:
+                for extension in EXTENSIONS:
+                    await stack.enter_async_context(extension.lifespan(api))
+                tune_gc()
+                yield
         finally:
             manager.stop()
             registry.close()
@@ -215,6 +223,9 @@ def create_api(settings: Settings) -> FastAPI:
         ]
         return {"served": dp.list_served(), "failures": failures}
 
+    for extension in EXTENSIONS:
+        api.include_router(extension.router)
+
     @api.get("/metrics", tags=["ops"])
     async def prometheus() -> Response:
         return Response(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
@@ -225,4 +236,4 @@ def create_api(settings: Settings) -> FastAPI:
 def create_app(settings: Settings | None = None) -> HotPathApp:
     settings = settings or Settings()
     api = create_api(settings)
-    return HotPathApp(api, lambda: api.state.plane, settings.max_body_bytes)
+    return HotPathApp(api, api.state, settings.max_body_bytes)

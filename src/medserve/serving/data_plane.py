@@ -16,6 +16,8 @@ from medserve import __version__
 from medserve.errors import InvalidRequestError, ModelLoadError, ModelUnavailableError
 from medserve.registry.entities import ModelVersion
 from medserve.serving.batching import AdaptiveBatcher
+from medserve.serving.context import RequestContext, local_context
+from medserve.serving.events import PredictionEvent, PredictionObserver
 from medserve.serving.loaded_model import LoadedModel
 from medserve.serving.metrics import ModelMetrics
 from medserve.serving.model_manager import ModelManager, load_version
@@ -27,6 +29,7 @@ DEFAULT_REF = "production"
 class DataPlane:
     def __init__(self, manager: ModelManager) -> None:
         self.manager = manager
+        self.observers: list[PredictionObserver] = []
         self._batchers: dict[tuple[str, int], AdaptiveBatcher] = {}
         self._metrics: dict[tuple[str, int], ModelMetrics] = {}
 
@@ -85,20 +88,53 @@ class DataPlane:
             )
         return await batcher.submit(X)
 
+    def _notify(
+        self,
+        model: LoadedModel,
+        context: RequestContext,
+        X: np.ndarray,
+        outputs: dict[str, np.ndarray],
+        started: float,
+    ) -> float:
+        latency = time.perf_counter() - started
+        if self.observers:
+            event = PredictionEvent(
+                context,
+                model.name,
+                model.number,
+                model.signature.feature_names,
+                X,
+                outputs,
+                latency,
+            )
+            for observer in self.observers:
+                observer.on_prediction(event)
+        return latency
+
     async def infer_v2(
-        self, name: str, ref: str | None, body: Any, binary: bytes | None = None
+        self,
+        name: str,
+        ref: str | None,
+        body: Any,
+        binary: bytes | None = None,
+        context: RequestContext | None = None,
     ) -> dict[str, Any]:
         started = time.perf_counter()
+        context = context or local_context("v2")
         model = await self.model(name, ref)
         X = oip_v2.parse_infer_request(model, body, binary)
         selected = oip_v2.requested_outputs(model, body)
         outputs = await self._run(model, X)
         response = oip_v2.build_infer_response(model, outputs, body, selected)
-        self._metrics_for(model).observe("v2", time.perf_counter() - started, X.shape[0])
+        latency = self._notify(model, context, X, outputs, started)
+        self._metrics_for(model).observe("v2", latency, X.shape[0])
         return response
 
-    async def predict_records(self, name: str, ref: str | None, body: Any) -> dict[str, Any]:
+    async def predict_records(
+        self, name: str, ref: str | None, body: Any, context: RequestContext | None = None
+    ) -> dict[str, Any]:
         started = time.perf_counter()
+        context = context or local_context("records")
         model = await self.model(name, ref)
         if not isinstance(body, dict) or not isinstance(body.get("instances"), list):
             raise InvalidRequestError(
@@ -114,7 +150,9 @@ class DataPlane:
         X = model.validator.records_to_matrix(body["instances"])
         outputs = await self._run(model, X)
         response = model.records_response(outputs)
-        self._metrics_for(model).observe("records", time.perf_counter() - started, X.shape[0])
+        response["request_id"] = context.request_id
+        latency = self._notify(model, context, X, outputs, started)
+        self._metrics_for(model).observe("records", latency, X.shape[0])
         return response
 
     # -- registry views used by the v1 API --------------------------------------------------

@@ -9,6 +9,7 @@ app, which also documents these endpoints in OpenAPI and serves them identically
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
@@ -18,9 +19,11 @@ from medserve.errors import (
     InvalidRequestError,
     MedserveError,
     PayloadTooLargeError,
+    RateLimitedError,
     UnsupportedMediaTypeError,
 )
 from medserve.serving import metrics
+from medserve.serving.context import RequestContext, new_request_id
 from medserve.serving.data_plane import DataPlane
 from medserve.serving.http_errors import status_for
 
@@ -30,8 +33,6 @@ Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
-
-JSON_HEADERS = [(b"content-type", b"application/json")]
 
 
 def match_hot_path(method: str, path: str) -> tuple[str, str, str | None] | None:
@@ -99,9 +100,13 @@ async def read_body(receive: Receive, limit: int, declared: int | None) -> bytes
 
 
 async def send_json(
-    send: Send, status: int, payload: bytes, extra: list[tuple[bytes, bytes]] | None = None
+    send: Send,
+    status: int,
+    payload: bytes,
+    extra: list[tuple[bytes, bytes]] | None = None,
+    content_type: bytes = b"application/json",
 ) -> None:
-    headers = [*JSON_HEADERS, (b"content-length", str(len(payload)).encode())]
+    headers = [(b"content-type", content_type), (b"content-length", str(len(payload)).encode())]
     if extra:
         headers.extend(extra)
     await send({"type": "http.response.start", "status": status, "headers": headers})
@@ -112,12 +117,27 @@ def error_body(exc: MedserveError) -> bytes:
     return orjson.dumps(exc.to_dict())
 
 
-class HotPathApp:
-    """Wraps the FastAPI app: hot endpoints here, everything else passed through."""
+MediaHandler = Callable[
+    [DataPlane, str, str | None, bytes, RequestContext, Scope], Awaitable[tuple[int, bytes, bytes]]
+]
 
-    def __init__(self, fallback: ASGIApp, data_plane: Callable[[], DataPlane], max_body_bytes: int):
+
+def _header_text(value: bytes | None, limit: int = 256) -> str | None:
+    if not value:
+        return None
+    return value[:limit].decode("latin-1")
+
+
+class HotPathApp:
+    """Wraps the FastAPI app: hot endpoints here, everything else passed through.
+
+    ``state`` is the API's ``app.state``: it holds the data plane, the guard and the extra media
+    handlers (for example FHIR JSON on the records endpoint), all set up in the API's lifespan.
+    """
+
+    def __init__(self, fallback: ASGIApp, state: Any, max_body_bytes: int):
         self.fallback = fallback
-        self.data_plane = data_plane
+        self.state = state
         self.max_body_bytes = max_body_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -132,6 +152,9 @@ class HotPathApp:
         content_type: bytes | None = None
         declared: int | None = None
         header_length: bytes | None = None
+        request_id: bytes | None = None
+        patient: bytes | None = None
+        site: bytes | None = None
         for key, value in scope["headers"]:
             if key == b"content-type":
                 content_type = value
@@ -139,14 +162,41 @@ class HotPathApp:
                 declared = int(value) if value.isdigit() else None
             elif key == b"inference-header-content-length":
                 header_length = value
+            elif key == b"x-request-id":
+                request_id = value
+            elif key == b"x-patient-id":
+                patient = value
+            elif key == b"x-site":
+                site = value
+        rid = _header_text(request_id, 64) or new_request_id()
+        extra = [(b"x-request-id", rid.encode("latin-1"))]
         try:
+            guard = self.state.guard
+            principal = await guard.authenticate(scope)
+            guard.authorize(principal, "predict", name)
+            client = scope.get("client")
+            context = RequestContext(
+                request_id=rid,
+                protocol=protocol,
+                principal=principal,
+                client=client[0] if client else None,
+                patient_id=_header_text(patient),
+                site=_header_text(site),
+            )
+            media = content_type.split(b";", 1)[0].strip().lower() if content_type else b""
+            handler: MediaHandler | None = self.state.media_handlers.get((protocol, media))
             binary_ok = protocol == "v2" and header_length is not None
-            if not content_type_ok(content_type, binary_ok):
+            if handler is None and not content_type_ok(content_type, binary_ok):
                 raise UnsupportedMediaTypeError(
                     "Content-Type must be application/json for this endpoint (binary tensors: "
                     "application/octet-stream with an Inference-Header-Content-Length header)"
                 )
             raw = await read_body(receive, self.max_body_bytes, declared)
+            plane: DataPlane = self.state.plane
+            if handler is not None:
+                status, payload, payload_type = await handler(plane, name, ref, raw, context, scope)
+                await send_json(send, status, payload, extra, payload_type)
+                return
             binary: bytes | None = None
             if binary_ok and header_length is not None:
                 raw, binary = split_binary_body(raw, header_length)
@@ -156,21 +206,22 @@ class HotPathApp:
                 raise InvalidRequestError(
                     f"malformed JSON body: {exc.msg} at position {exc.pos}"
                 ) from exc
-            plane = self.data_plane()
             if protocol == "v2":
-                result = await plane.infer_v2(name, ref, body, binary)
+                result = await plane.infer_v2(name, ref, body, binary, context)
             else:
-                result = await plane.predict_records(name, ref, body)
+                result = await plane.predict_records(name, ref, body, context)
         except MedserveError as exc:
             status = status_for(exc)
             metrics.record_error(name, ref or "production", protocol, status, exc.code)
-            await send_json(send, status, error_body(exc))
+            if isinstance(exc, RateLimitedError):
+                extra.append((b"retry-after", str(max(1, math.ceil(exc.retry_after_s))).encode()))
+            await send_json(send, status, error_body(exc), extra)
             return
         except Exception:
-            log.exception("prediction failed")
+            log.exception("prediction failed (request %s)", rid)
             metrics.record_error(name, ref or "production", protocol, 500, "internal")
             await send_json(
-                send, 500, b'{"error":"internal error while predicting","code":"internal"}'
+                send, 500, b'{"error":"internal error while predicting","code":"internal"}', extra
             )
             return
-        await send_json(send, 200, orjson.dumps(result, option=orjson.OPT_SERIALIZE_NUMPY))
+        await send_json(send, 200, orjson.dumps(result, option=orjson.OPT_SERIALIZE_NUMPY), extra)

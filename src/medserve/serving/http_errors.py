@@ -5,6 +5,9 @@ from __future__ import annotations
 from medserve import errors
 
 _STATUS: list[tuple[type[errors.MedserveError], int]] = [
+    (errors.AuthenticationError, 401),
+    (errors.PermissionDeniedError, 403),
+    (errors.RateLimitedError, 429),
     (errors.PayloadTooLargeError, 413),
     (errors.ValidationFailedError, 422),
     (errors.UnsupportedMediaTypeError, 415),

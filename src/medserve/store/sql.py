@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import base64
 import re
+import sqlite3
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -42,6 +44,7 @@ from medserve.store.schema import (
 MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 ALIAS_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
 MAX_PAGE = 1000
+SQLITE_BUSY_TIMEOUT_S = 30
 
 
 def _now() -> datetime:
@@ -79,7 +82,8 @@ def _encode_token(*parts: Any) -> str:
 
 def _decode_token(token: str, n: int) -> list[str]:
     try:
-        parts = base64.urlsafe_b64decode(token.encode()).decode().split("\x1f")
+        raw = base64.b64decode(token.encode("ascii"), altchars=b"-_", validate=True)
+        parts = raw.decode().split("\x1f")
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidRequestError("invalid page_token") from exc
     if len(parts) != n:
@@ -132,18 +136,44 @@ def _event(row: RowMapping) -> AliasEvent:
     )
 
 
+def _enable_wal(cursor: sqlite3.Cursor) -> None:
+    """Switch a database file to WAL once; later connections find it already set.
+
+    Changing the journal mode needs an exclusive lock and SQLite answers "database is locked"
+    at once instead of waiting (the busy handler is not used for it), so several workers
+    opening a fresh file together retry here for as long as the busy timeout allows.
+    """
+    deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_S
+    while True:
+        try:
+            (mode,) = cursor.execute("PRAGMA journal_mode").fetchone()
+            if str(mode).lower() != "wal":
+                cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
+
+
 def create_engine_for(uri: str) -> Engine:
     if uri.startswith("sqlite"):
-        engine = sa.create_engine(uri, connect_args={"timeout": 30, "check_same_thread": False})
+        in_memory = sa.engine.make_url(uri).database in (None, "", ":memory:")
+        engine = sa.create_engine(
+            uri,
+            connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S, "check_same_thread": False},
+            # An in-memory database lives in one connection: share it, or each would be empty.
+            poolclass=sa.pool.StaticPool if in_memory else None,
+        )
 
         @sa.event.listens_for(engine, "connect")
         def _on_connect(dbapi_connection: Any, _: Any) -> None:
             dbapi_connection.isolation_level = None  # we issue BEGIN ourselves
             cursor = dbapi_connection.cursor()
-            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_S * 1000}")
+            _enable_wal(cursor)
             cursor.execute("PRAGMA synchronous=NORMAL")
             cursor.execute("PRAGMA foreign_keys=ON")
-            cursor.execute("PRAGMA busy_timeout=30000")
             cursor.close()
 
         @sa.event.listens_for(engine, "begin")
@@ -204,12 +234,13 @@ class SqlRegistryStore(RegistryStore):
         self.engine.dispose()
 
     # -- models ---------------------------------------------------------------------------
-    def _model_row(self, conn: Connection, name: str) -> RowMapping:
-        row = (
-            conn.execute(sa.select(registered_models).where(registered_models.c.name == name))
-            .mappings()
-            .first()
-        )
+    def _model_row(self, conn: Connection, name: str, *, lock: bool = False) -> RowMapping:
+        query = sa.select(registered_models).where(registered_models.c.name == name)
+        if lock:
+            # PostgreSQL: serialise writers of one model's aliases (SQLite's BEGIN IMMEDIATE
+            # already serialises every writer; SQLAlchemy renders no FOR UPDATE there).
+            query = query.with_for_update()
+        row = conn.execute(query).mappings().first()
         if row is None:
             raise ModelNotFoundError(f"model {name!r} is not registered")
         return row
@@ -254,10 +285,13 @@ class SqlRegistryStore(RegistryStore):
         _check_page(page_size)
         query = sa.select(registered_models).order_by(registered_models.c.name)
         if name_contains:
-            escaped = name_contains.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-            query = query.where(registered_models.c.name.like(f"%{escaped}%", escape="\\"))
+            # Case-insensitive on both backends (plain LIKE is not on PostgreSQL); autoescape
+            # makes '%' and '_' in the search text literal.
+            query = query.where(registered_models.c.name.icontains(name_contains, autoescape=True))
         if page_token:
             (after,) = _decode_token(page_token, 1)
+            if not MODEL_NAME.match(after):
+                raise InvalidRequestError("invalid page_token")
             query = query.where(registered_models.c.name > after)
         with self._read() as conn:
             rows = conn.execute(query.limit(page_size + 1)).mappings().all()
@@ -451,6 +485,7 @@ class SqlRegistryStore(RegistryStore):
     ) -> AliasEvent:
         _check_alias(alias)
         with self._write() as conn:
+            self._model_row(conn, model_name, lock=True)
             self._version_row(conn, model_name, version)
             current = self._current_alias(conn, model_name, alias)
             if current is None:
@@ -469,7 +504,7 @@ class SqlRegistryStore(RegistryStore):
         self, model_name: str, alias: str, *, actor: str, reason: str = ""
     ) -> AliasEvent:
         with self._write() as conn:
-            self._model_row(conn, model_name)
+            self._model_row(conn, model_name, lock=True)
             current = self._current_alias(conn, model_name, alias)
             if current is None:
                 raise AliasNotFoundError(f"model {model_name!r} has no alias {alias!r}")
@@ -490,9 +525,9 @@ class SqlRegistryStore(RegistryStore):
         with self._read() as conn:
             self._model_row(conn, model_name)
             rows = conn.execute(
-                sa.select(aliases.c.alias, aliases.c.version).where(
-                    aliases.c.model_name == model_name
-                )
+                sa.select(aliases.c.alias, aliases.c.version)
+                .where(aliases.c.model_name == model_name)
+                .order_by(aliases.c.alias)
             ).all()
         return {alias: int(version) for alias, version in rows}
 
@@ -512,7 +547,9 @@ class SqlRegistryStore(RegistryStore):
     def all_aliases(self) -> list[tuple[str, str, int]]:
         with self._read() as conn:
             rows = conn.execute(
-                sa.select(aliases.c.model_name, aliases.c.alias, aliases.c.version)
+                sa.select(aliases.c.model_name, aliases.c.alias, aliases.c.version).order_by(
+                    aliases.c.model_name, aliases.c.alias
+                )
             ).all()
         return [(m, a, int(v)) for m, a, v in rows]
 

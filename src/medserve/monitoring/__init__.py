@@ -1,0 +1,1 @@
+"""Monitoring: prediction log, outcomes, drift, live performance, alerts, metrics."""

@@ -1,0 +1,1 @@
+"""Security: authentication, permissions, audit chain, PHI de-identification, encryption."""

@@ -1,0 +1,45 @@
+"""Per-request facts that travel from the transport into the data plane and its observers."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+
+def new_request_id() -> str:
+    return os.urandom(12).hex()
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling. ``anonymous`` only when security is off (``medserve demo``)."""
+
+    subject: str
+    kind: str = "anonymous"  # anonymous | api_key | jwt
+    key_id: str | None = None
+    roles: frozenset[str] = frozenset()
+    tenant: str | None = None
+    models: frozenset[str] | None = None  # None: every model the roles allow
+    claims: dict[str, Any] = field(default_factory=dict)
+
+
+ANONYMOUS = Principal(subject="anonymous", roles=frozenset({"admin"}))
+
+
+@dataclass(frozen=True)
+class RequestContext:
+    """``patient_id`` is the raw identifier as the caller sent it (header ``X-Patient-ID``): it
+    must never be stored or logged as is; observers keep a salted hash at most."""
+
+    request_id: str
+    protocol: str = "python"
+    principal: Principal = ANONYMOUS
+    client: str | None = None
+    patient_id: str | None = None
+    site: str | None = None
+    explain: bool = False
+
+
+def local_context(protocol: str = "python") -> RequestContext:
+    return RequestContext(request_id=new_request_id(), protocol=protocol)

@@ -1,0 +1,1 @@
+"""Training pipelines: spec -> data -> preprocessing -> CV -> fit -> evaluate -> register."""
