@@ -196,7 +196,7 @@ def migrate(engine: Engine) -> None:
         if conn.dialect.name == "postgresql":
             conn.exec_driver_sql("SELECT pg_advisory_xact_lock(727001)")  # one migrator at a time
         config.attributes["connection"] = conn
-        command.upgrade(config, "head")
+        command.upgrade(config, "heads")  # one branch per capability, all applied
 
 
 class SqlRegistryStore(RegistryStore):
