@@ -94,3 +94,20 @@ registry_state = Table(
     Column("id", Integer, primary_key=True),
     Column("counter", BigInteger, nullable=False),
 )
+
+# Each capability defines its tables on ``metadata`` in its own module, migrated by its own alembic
+# branch (down_revision "0001"); importing them here keeps ``metadata`` the whole schema.
+from medserve.store import (  # noqa: E402
+    tables_governance,
+    tables_interop,
+    tables_monitoring,
+    tables_security,
+)
+
+__all__ = [
+    "metadata",
+    "tables_governance",
+    "tables_interop",
+    "tables_monitoring",
+    "tables_security",
+]

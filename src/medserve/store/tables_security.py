@@ -1,0 +1,7 @@
+"""Tables of the security capability, on the shared registry metadata (own alembic branch)."""
+
+from __future__ import annotations
+
+from medserve.store.schema import metadata
+
+__all__ = ["metadata"]
