@@ -8,7 +8,7 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
@@ -26,6 +26,8 @@ class ServerProcess:
     home: Path
     process: subprocess.Popen[bytes]
     log_path: Path
+    # Credentials every request to this server must carry (filled once security is on).
+    headers: dict[str, str] = field(default_factory=dict)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")

@@ -10,6 +10,6 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from medserve.serving.extensions import governance, interop, monitoring, security
+from medserve.serving.extensions import governance, interop, modalities, monitoring, security
 
-EXTENSIONS: list[ModuleType] = [security, governance, monitoring, interop]
+EXTENSIONS: list[ModuleType] = [security, governance, monitoring, interop, modalities]
