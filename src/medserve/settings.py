@@ -48,9 +48,82 @@ class Settings(BaseSettings):
         default=1.0,
         description="How often each worker checks the registry for moved aliases (hot reload).",
     )
+    migrate_on_start: bool = Field(
+        default=True,
+        description=(
+            "Whether each server worker migrates the store at start-up; `medserve serve` migrates "
+            "once in the parent and turns this off for its workers."
+        ),
+    )
     onnx_intra_op_threads: int = Field(
         default=1,
         description="onnxruntime intra-op threads; 1 is fastest for small tabular models.",
+    )
+
+    security: bool = Field(
+        default=True,
+        description=(
+            "Authentication, authorization and the audit trail. Off only for `medserve demo` "
+            "(MEDSERVE_SECURITY=off); `medserve serve` refuses to bind a non-loopback host open."
+        ),
+    )
+    oidc_issuer: str | None = Field(
+        default=None, description="OIDC issuer (`iss`) accepted for bearer JWTs; unset: no JWTs."
+    )
+    oidc_audience: str | None = Field(
+        default=None, description="Audience (`aud`) a bearer JWT must carry."
+    )
+    oidc_jwks: str | None = Field(
+        default=None,
+        description="JWKS with the issuer's signing keys: a file path or an https:// URL.",
+    )
+    oidc_leeway_s: float = Field(
+        default=60.0, description="Clock skew tolerated on `exp`/`nbf`/`iat`, in seconds."
+    )
+    oidc_roles_claim: str = Field(
+        default="roles", description="JWT claim listing medserve roles (admin, app, ...)."
+    )
+    oidc_tenant_claim: str = Field(default="tenant", description="JWT claim naming the tenant.")
+    oidc_algorithms: list[str] = Field(
+        default=["RS256", "ES256"], description="Signature algorithms accepted for JWTs."
+    )
+    rate_limit_per_key: float = Field(
+        default=0.0,
+        description=(
+            "Default requests/second per credential (0: unlimited); keys can set their own. "
+            "Enforced per worker process as limit / workers."
+        ),
+    )
+    auth_cache_ttl_s: float = Field(
+        default=30.0,
+        description=(
+            "How long a verified credential stays cached in a worker. Revocations still apply "
+            "on the next request: every request compares the security change counter."
+        ),
+    )
+    security_poll_s: float = Field(
+        default=0.5,
+        description=(
+            "PostgreSQL stores only: how often workers read the security change counter "
+            "(SQLite homes read it on every request, a few microseconds)."
+        ),
+    )
+    audit_queue_size: int = Field(
+        default=200_000, description="Bound of the in-memory queue of prediction audit entries."
+    )
+    encryption_key_file: Path | None = Field(
+        default=None,
+        description=(
+            "Keys for encryption at rest (JSON {key_id: base64 32-byte key, ...}, newest "
+            "`primary`). Unset: `home/keys/data_keys.json`, created on first use. "
+            "MEDSERVE_ENCRYPTION_KEYS may hold the same JSON instead of a file."
+        ),
+    )
+    tls_certfile: Path | None = Field(default=None, description="TLS certificate chain (PEM).")
+    tls_keyfile: Path | None = Field(default=None, description="TLS private key (PEM).")
+    tls_client_ca: Path | None = Field(
+        default=None,
+        description="CA bundle (PEM) for client certificates; set: clients must present one.",
     )
 
     @cached_property

@@ -14,10 +14,9 @@ import platform
 from dataclasses import dataclass
 from importlib import metadata as importlib_metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 
 from medserve.artifacts import ArtifactStore
 from medserve.errors import (
@@ -37,6 +36,9 @@ from medserve.registry.signature import (
 from medserve.runtimes.base import RuntimeMetadata
 from medserve.settings import Settings
 from medserve.store import RegistryStore, open_store
+
+if TYPE_CHECKING:  # pandas is for registration only: servers never import it
+    import pandas as pd
 
 
 def current_user() -> str:
@@ -80,10 +82,10 @@ class Registry:
         self.settings = settings
 
     @classmethod
-    def open(cls, settings: Settings | None = None) -> Registry:
+    def open(cls, settings: Settings | None = None, *, run_migrations: bool = True) -> Registry:
         settings = settings or Settings()
         settings.home.mkdir(parents=True, exist_ok=True)
-        store = open_store(settings.resolved_store_uri)
+        store = open_store(settings.resolved_store_uri, run_migrations=run_migrations)
         return cls(store, ArtifactStore(settings.resolved_artifact_root), settings)
 
     def close(self) -> None:
@@ -327,6 +329,8 @@ def _plain(value: Any) -> Any:
 
 def sample_from_file(path: Path) -> pd.DataFrame:
     """Read a registration sample (CSV, JSON records, or Parquet)."""
+    import pandas as pd
+
     suffix = path.suffix.lower()
     if suffix == ".csv":
         return pd.read_csv(path)

@@ -48,7 +48,7 @@ def _version_view(v: ModelVersion, aliases: list[str]) -> dict[str, Any]:
 def create_api(settings: Settings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(api: FastAPI) -> AsyncIterator[None]:
-        registry = Registry.open(settings)
+        registry = Registry.open(settings, run_migrations=settings.migrate_on_start)
         manager = ModelManager(
             registry.store,
             registry.artifacts,

@@ -47,6 +47,10 @@ def app_factory() -> Any:
 def run_server(settings: Settings) -> None:
     settings.home.mkdir(parents=True, exist_ok=True)
     os.environ["MEDSERVE_HOME"] = str(settings.home.resolve())
+    from medserve.registry.service import Registry
+
+    Registry.open(settings).close()  # migrate once here, not in every worker
+    os.environ["MEDSERVE_MIGRATE_ON_START"] = "false"
     if settings.workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         metrics_dir = settings.home / "prometheus"
         shutil.rmtree(metrics_dir, ignore_errors=True)

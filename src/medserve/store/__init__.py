@@ -5,11 +5,11 @@ from __future__ import annotations
 from medserve.store.base import RegistryStore
 
 
-def open_store(uri: str) -> RegistryStore:
-    """Open (and migrate to head) the store at ``uri``."""
+def open_store(uri: str, *, run_migrations: bool = True) -> RegistryStore:
+    """Open (and, unless told not to, migrate to the newest schema) the store at ``uri``."""
     from medserve.store.sql import SqlRegistryStore
 
-    return SqlRegistryStore(uri)
+    return SqlRegistryStore(uri, run_migrations=run_migrations)
 
 
 __all__ = ["RegistryStore", "open_store"]

@@ -200,13 +200,23 @@ def migrate(engine: Engine) -> None:
 
 
 class SqlRegistryStore(RegistryStore):
-    def __init__(self, uri: str) -> None:
+    def __init__(self, uri: str, *, run_migrations: bool = True) -> None:
+        """``run_migrations=False`` is for server workers: the serving parent process has
+        migrated already, and importing alembic would cost each worker ~0.4 s of start-up."""
         self.uri = uri
         try:
             self.engine = create_engine_for(uri)
-            migrate(self.engine)
+            if run_migrations:
+                migrate(self.engine)
+            else:
+                self._check_migrated()
         except SQLAlchemyError as exc:
             raise StoreError(f"cannot open the registry store: {type(exc).__name__}") from exc
+
+    def _check_migrated(self) -> None:
+        with self.engine.connect() as conn:
+            if not sa.inspect(conn).has_table("alembic_version"):
+                raise StoreError("the registry store is not initialised: run `medserve init`")
 
     # -- transactions ---------------------------------------------------------------------
     @contextmanager
