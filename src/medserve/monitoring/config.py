@@ -1,0 +1,63 @@
+"""Monitoring settings: process-wide knobs (env ``MEDSERVE_MONITOR_*``) and per-model config.
+
+Per-model configuration (thresholds, outcome horizon, positive class, subgroups, webhook) is
+stored in the registry database so every worker and the CLI see the same values.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class MonitoringSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="MEDSERVE_MONITOR_", extra="ignore")
+
+    log_predictions: bool = Field(
+        default=True, description="Record every prediction (de-identified) in the prediction log."
+    )
+    queue_size: int = Field(
+        default=20_000, description="Bound of the in-process log queue (events, not rows)."
+    )
+    queue_full: Literal["block", "drop"] = Field(
+        default="block",
+        description=(
+            "When the queue is full: `block` waits up to `block_ms` for room and then drops, "
+            "`drop` drops at once; every dropped event is counted in "
+            "`medserve_monitor_log_dropped_total` and logged."
+        ),
+    )
+    block_ms: float = Field(default=200.0, description="Longest wait for room in `block` mode.")
+    batch_rows: int = Field(default=2000, description="Most rows written in one transaction.")
+    flush_interval_s: float = Field(
+        default=0.5, description="Longest time an entry waits in memory before it is written."
+    )
+    schedule_interval_s: float = Field(
+        default=0.0,
+        description="Run drift/performance monitoring inside the server every N seconds (0: off).",
+    )
+    window_s: float = Field(default=3600.0, description="Default monitoring window length.")
+
+
+class ModelMonitoringConfig(BaseModel):
+    """Per-model monitoring configuration (``medserve monitor config NAME --set key=value``)."""
+
+    psi_warn: float = 0.1
+    psi_alert: float = 0.25
+    ks_alpha: float = 0.01
+    outcome_horizon_s: float = Field(
+        default=0.0,
+        description="Time after a prediction before its outcome is considered known (matured).",
+    )
+    positive_class: str | None = Field(
+        default=None, description="Class whose probability is the risk score (binary: default 2nd)."
+    )
+    threshold: float = Field(default=0.5, description="Decision threshold on the risk score.")
+    subgroups: list[str] = Field(
+        default_factory=lambda: ["site"],
+        description="Subgroup keys for live performance: `site` or an input feature name.",
+    )
+    webhook_url: str | None = None
+    min_window_n: int = Field(default=30, description="Fewest predictions for a drift verdict.")
