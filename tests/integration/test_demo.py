@@ -1,0 +1,61 @@
+"""`medserve demo` end to end: it serves, and every command it prints works as printed."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+from tests.support import free_port
+
+
+def test_demo_prints_commands_that_work(tmp_path: Path) -> None:
+    port = free_port()
+    env = {**os.environ, "MEDSERVE_HOME": str(tmp_path / "home"), "COLUMNS": "200"}
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    log = tmp_path / "demo.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "medserve", "demo", "--port", str(port)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=tmp_path,
+            start_new_session=True,
+        )
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            assert process.poll() is None, log.read_text()
+            try:
+                if (
+                    httpx.get(f"http://127.0.0.1:{port}/v2/health/ready", timeout=1).status_code
+                    == 200
+                ):
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.3)
+        else:
+            raise AssertionError(f"demo never became ready:\n{log.read_text()}")
+        printed = log.read_text()
+        assert "WITHOUT authentication" in printed
+        commands = [
+            line.strip() for line in printed.splitlines() if line.strip().startswith("curl ")
+        ]
+        assert len(commands) >= 6
+        for command in commands:
+            result = subprocess.run(
+                shlex.split(command), capture_output=True, text=True, timeout=30, cwd=tmp_path
+            )
+            assert result.returncode == 0, (command, result.stderr)
+            body = json.loads(result.stdout)
+            assert "error" not in body, (command, body)
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=30)
