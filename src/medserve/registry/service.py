@@ -141,6 +141,9 @@ class Registry:
             self.store.set_alias(
                 name, alias, version.version, actor=actor, reason="set at registration"
             )
+        from medserve.monitoring.reference import record_reference
+
+        record_reference(self, version, sample)  # drift reference + global importance
         return version
 
     # ---------------------------------------------------------------------------------------

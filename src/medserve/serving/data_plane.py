@@ -151,6 +151,16 @@ class DataPlane:
         outputs = await self._run(model, X)
         response = model.records_response(outputs)
         response["request_id"] = context.request_id
+        if body.get("explain") is True or context.explain:
+            from medserve.explain.service import service_for
+
+            target = body.get("class")
+            response["explanation"] = await asyncio.to_thread(
+                service_for(self.manager).explain,
+                model,
+                X,
+                str(target) if target is not None else None,
+            )
         latency = self._notify(model, context, X, outputs, started)
         self._metrics_for(model).observe("records", latency, X.shape[0])
         return response

@@ -26,7 +26,9 @@ from medserve.store.schema import metadata
 mon_predictions = Table(
     "mon_predictions",
     metadata,
-    Column("id", String(96), primary_key=True),
+    # Callers may reuse an X-Request-ID: ids are indexed, not unique, so a batch never fails.
+    Column("seq", Integer, primary_key=True, autoincrement=True),
+    Column("id", String(96), nullable=False, index=True),
     Column("model_name", String(128), nullable=False),
     Column("version", Integer, nullable=False),
     Column("at", DateTime(timezone=True), nullable=False),

@@ -1,15 +1,257 @@
-"""HTTP extension: monitoring (see serving/extensions/__init__.py for the contract)."""
+"""HTTP extension: monitoring (prediction log, outcomes, drift views, alerts, explanations).
+
+Start-up wiring: each worker process gets its own prediction-log writer registered as a data-plane
+observer (closed, and so drained, on shutdown: SIGTERM included), and optionally an in-server
+monitoring schedule run by one worker at a time (a lock file in the home).
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import fcntl
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from typing import Any
 
-from fastapi import APIRouter, FastAPI
+from fastapi import APIRouter, Body, FastAPI, Request
 
-router = APIRouter()
+from medserve.errors import InvalidRequestError, MedserveError
+from medserve.monitoring.config import MonitoringSettings
+from medserve.monitoring.prediction_log import PredictionLog
+from medserve.monitoring.store import MonitoringStore
+from medserve.registry.signature import Signature
+from medserve.serving.context import Principal
+
+log = logging.getLogger(__name__)
+
+router = APIRouter(tags=["monitoring"])
+
+OUTCOMES_EXAMPLE = {
+    "outcomes": [
+        {"prediction_id": "3f2a...-0", "outcome": "malignant"},
+        {
+            "patient_id": "MRN-12345",
+            "model": "breast-cancer",
+            "start": "2024-06-01T00:00:00Z",
+            "end": "2024-06-02T00:00:00Z",
+            "outcome": 1,
+        },
+    ]
+}
+EXPLAIN_EXAMPLE = {"instances": [{"feature_a": 1.0}], "class": "malignant"}
+
+
+async def _allow(request: Request, action: str, model: str | None) -> Principal:
+    guard = request.app.state.guard
+    principal: Principal = await guard.authenticate(request.scope)
+    guard.authorize(principal, action, model)
+    return principal
+
+
+def _mstore(request: Request) -> MonitoringStore:
+    store: MonitoringStore = request.app.state.monitoring_store
+    return store
+
+
+def _parse_time(value: Any, field: str) -> datetime:
+    try:
+        parsed = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise InvalidRequestError(f"{field} must be an ISO 8601 time") from exc
+    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+
+
+@router.post("/v1/outcomes")
+async def post_outcomes(
+    request: Request, body: dict[str, Any] = Body(examples=[OUTCOMES_EXAMPLE])
+) -> dict[str, Any]:
+    """Attach outcomes by prediction id, or by (patient id, model, time window).
+
+    The patient id is pseudonymized with the home's salt before it is compared: it is never
+    stored or logged as sent.
+    """
+    from medserve.security.phi import pseudonymize
+
+    items = body.get("outcomes")
+    if not isinstance(items, list) or not items:
+        raise InvalidRequestError('the body must be {"outcomes": [{...}, ...]}')
+    salt: bytes = request.app.state.monitoring_salt
+    parsed: list[dict[str, Any]] = []
+    for i, item in enumerate(items):
+        if not isinstance(item, dict) or "outcome" not in item:
+            raise InvalidRequestError(f"outcomes[{i}] needs an 'outcome'")
+        if item.get("prediction_id"):
+            await _allow(request, "predict", None)
+            parsed.append({"prediction_id": str(item["prediction_id"]), "outcome": item["outcome"]})
+            continue
+        if not (item.get("patient_id") and item.get("model")):
+            raise InvalidRequestError(
+                f"outcomes[{i}] needs a prediction_id, or patient_id + model + start/end"
+            )
+        await _allow(request, "predict", str(item["model"]))
+        start = _parse_time(item.get("start"), f"outcomes[{i}].start")
+        end = _parse_time(item.get("end"), f"outcomes[{i}].end")
+        if end <= start:
+            raise InvalidRequestError(f"outcomes[{i}]: end must be after start")
+        parsed.append(
+            {
+                "patient": pseudonymize(str(item["patient_id"]), salt=salt),
+                "model": str(item["model"]),
+                "start": start,
+                "end": end,
+                "outcome": item["outcome"],
+            }
+        )
+    counts = await asyncio.to_thread(_mstore(request).attach_outcomes, None, parsed)
+    return {"matched": counts, "labelled": sum(counts)}
+
+
+@router.get("/v1/models/{name}/monitoring")
+async def get_monitoring(request: Request, name: str, runs: int = 10) -> dict[str, Any]:
+    await _allow(request, "read_monitoring", name)
+    store = _mstore(request)
+    request.app.state.registry.store.get_model(name)  # 404 for an unknown model
+    return {
+        "model": name,
+        "config": store.config(name).model_dump(mode="json"),
+        "runs": store.runs(name, max(1, min(runs, 100))),
+        "rules": [r.__dict__ for r in store.rules(name)],
+        "alerts": store.alerts(name),
+    }
+
+
+@router.get("/v1/models/{name}/versions/{version}/importance")
+async def get_importance(request: Request, name: str, version: str) -> dict[str, Any]:
+    await _allow(request, "read_models", name)
+    v = request.app.state.registry.store.resolve(name, version)
+    _, importance = _mstore(request).reference(name, v.version)
+    if importance is None:
+        raise InvalidRequestError(f"no global importance was computed for {name} v{v.version}")
+    return {"model": name, "version": v.version, **importance}
+
+
+@router.post("/v1/alerts/{alert_id}/acknowledge")
+async def acknowledge(
+    request: Request, alert_id: int, body: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    store = _mstore(request)
+    alerts = [a for a in store.alerts() if a["id"] == alert_id]
+    model = alerts[0]["model"] if alerts else None
+    principal = await _allow(request, "write", model)
+    note = (body or {}).get("note")
+    return store.acknowledge(alert_id, principal.subject, str(note) if note else None)
+
+
+async def _explain(request: Request, name: str, ref: str | None, body: Any) -> dict[str, Any]:
+    from medserve.explain.service import service_for
+
+    await _allow(request, "predict", name)
+    if not isinstance(body, dict) or not isinstance(body.get("instances"), list):
+        raise InvalidRequestError('the body must be {"instances": [{"feature": value, ...}, ...]}')
+    plane = request.app.state.plane
+    model = await plane.model(name, ref)
+    X = model.validator.records_to_matrix(body["instances"])
+    target = body.get("class")
+    service = service_for(plane.manager)
+    result: dict[str, Any] = await asyncio.to_thread(
+        service.explain, model, X, str(target) if target is not None else None
+    )
+    return {"model": model.name, "version": model.number, **result}
+
+
+@router.post("/v1/models/{name}/explain")
+async def explain(
+    request: Request, name: str, body: dict[str, Any] = Body(examples=[EXPLAIN_EXAMPLE])
+) -> dict[str, Any]:
+    """Per-feature attributions (base value + attributions = prediction) and plain words."""
+    return await _explain(request, name, None, body)
+
+
+@router.post("/v1/models/{name}/versions/{version}/explain")
+async def explain_version(
+    request: Request,
+    name: str,
+    version: str,
+    body: dict[str, Any] = Body(examples=[EXPLAIN_EXAMPLE]),
+) -> dict[str, Any]:
+    return await _explain(request, name, version, body)
+
+
+# ------------------------------------------------------------------------------------------
+# Start-up wiring
+# ------------------------------------------------------------------------------------------
+
+
+def _signature_lookup(store: Any) -> Any:
+    def lookup(model: str, version: int) -> Signature | None:
+        try:
+            return Signature.model_validate(store.get_version(model, version).signature)
+        except MedserveError:
+            return None
+
+    return lookup
+
+
+async def _schedule(api: FastAPI, settings: MonitoringSettings) -> None:
+    """Run monitoring for every served model every ``schedule_interval_s`` (one worker)."""
+    from medserve.monitoring.runner import run_model
+
+    lock_path = api.state.settings.home / "monitor-schedule.lock"
+    with open(lock_path, "a+") as handle:
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError:
+                await asyncio.sleep(settings.schedule_interval_s)
+        while True:
+            await asyncio.sleep(settings.schedule_interval_s)
+            registry_store = api.state.registry.store
+            for name, _, _ in registry_store.all_aliases():
+                try:
+                    await asyncio.to_thread(
+                        run_model,
+                        api.state.monitoring_store,
+                        registry_store,
+                        name,
+                        window_s=settings.window_s,
+                    )
+                except Exception:
+                    log.exception("scheduled monitoring failed for a model")
 
 
 @asynccontextmanager
 async def lifespan(api: FastAPI) -> AsyncIterator[None]:
-    yield
+    from medserve.security.phi import load_or_create_salt
+
+    settings = MonitoringSettings()
+    registry = api.state.registry
+    store = MonitoringStore(registry.store)
+    salt = load_or_create_salt(api.state.settings.home)
+    api.state.monitoring_store = store
+    api.state.monitoring_salt = salt
+    prediction_log: PredictionLog | None = None
+    if settings.log_predictions:
+        prediction_log = PredictionLog(
+            store.engine,
+            settings,
+            salt=salt,
+            signature_of=_signature_lookup(registry.store),
+        )
+        api.state.plane.observers.append(prediction_log)
+    api.state.prediction_log = prediction_log
+    task = None
+    if settings.schedule_interval_s > 0:
+        task = asyncio.create_task(_schedule(api, settings))
+    try:
+        yield
+    finally:
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if prediction_log is not None:
+            await asyncio.to_thread(prediction_log.close)

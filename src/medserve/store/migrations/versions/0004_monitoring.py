@@ -20,7 +20,8 @@ _TS = sa.DateTime(timezone=True)
 def upgrade() -> None:
     op.create_table(
         "mon_predictions",
-        sa.Column("id", sa.String(96), primary_key=True),
+        sa.Column("seq", sa.Integer, primary_key=True, autoincrement=True),
+        sa.Column("id", sa.String(96), nullable=False),
         sa.Column("model_name", sa.String(128), nullable=False),
         sa.Column("version", sa.Integer, nullable=False),
         sa.Column("at", _TS, nullable=False),
@@ -32,6 +33,7 @@ def upgrade() -> None:
         sa.Column("outcome", sa.Text, nullable=True),
         sa.Column("outcome_at", _TS, nullable=True),
     )
+    op.create_index("ix_mon_predictions_id", "mon_predictions", ["id"])
     op.create_index("ix_mon_predictions_model_at", "mon_predictions", ["model_name", "at"])
     op.create_index("ix_mon_predictions_patient", "mon_predictions", ["patient", "model_name"])
     op.create_table(

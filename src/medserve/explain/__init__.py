@@ -1,0 +1,1 @@
+"""Explanations: per-prediction attributions and global importance."""

@@ -1,0 +1,388 @@
+"""Database access for monitoring, on the registry's engine (SQLite or PostgreSQL).
+
+Writes here do not bump the registry's change counter: a prediction-log batch or a drift run
+is not a registry change, and must not make every worker re-read its aliases.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine, RowMapping
+from sqlalchemy.exc import OperationalError
+
+from medserve.errors import InvalidRequestError, NotFoundError, StoreError
+from medserve.monitoring.config import ModelMonitoringConfig
+from medserve.store.base import RegistryStore
+from medserve.store.tables_monitoring import (
+    mon_alerts,
+    mon_configs,
+    mon_predictions,
+    mon_references,
+    mon_rules,
+    mon_runs,
+)
+
+RULE_OPS = (">", ">=", "<", "<=")
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    if value is None:
+        return None
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+@dataclass(frozen=True)
+class LoggedPrediction:
+    id: str
+    model_name: str
+    version: int
+    at: datetime
+    patient: str | None
+    site: str | None
+    inputs: list[Any]
+    outputs: dict[str, Any]
+    outcome: Any
+    outcome_at: datetime | None
+
+
+@dataclass(frozen=True)
+class AlertRule:
+    id: int
+    model_name: str
+    metric: str
+    op: str
+    threshold: float
+    min_n: int
+    consecutive: int
+    streak: int
+    enabled: bool
+
+    def breached(self, value: float) -> bool:
+        return {
+            ">": value > self.threshold,
+            ">=": value >= self.threshold,
+            "<": value < self.threshold,
+            "<=": value <= self.threshold,
+        }[self.op]
+
+
+class MonitoringStore:
+    def __init__(self, registry_store: RegistryStore | Engine) -> None:
+        if isinstance(registry_store, Engine):
+            self.engine = registry_store
+        else:
+            engine = getattr(registry_store, "engine", None)
+            if not isinstance(engine, Engine):
+                raise StoreError("monitoring needs the SQL registry store")
+            self.engine = engine
+
+    @contextmanager
+    def _read(self) -> Iterator[Connection]:
+        try:
+            with self.engine.connect() as conn, conn.begin():
+                yield conn
+        except OperationalError as exc:
+            raise StoreError(f"monitoring store unavailable: {type(exc.orig).__name__}") from exc
+
+    @contextmanager
+    def _write(self) -> Iterator[Connection]:
+        try:
+            with self.engine.connect().execution_options(medserve_write=True) as conn, conn.begin():
+                yield conn
+        except OperationalError as exc:
+            raise StoreError(f"monitoring store unavailable: {type(exc.orig).__name__}") from exc
+
+    def transaction(self) -> Any:
+        """A write transaction (for multi-step updates such as rule evaluation)."""
+        return self._write()
+
+    # -- references -------------------------------------------------------------------------
+    def put_reference(
+        self,
+        model: str,
+        version: int,
+        reference: dict[str, Any],
+        importance: dict[str, Any] | None,
+        at: datetime,
+    ) -> None:
+        t = mon_references
+        with self._write() as conn:
+            conn.execute(t.delete().where(t.c.model_name == model, t.c.version == version))
+            conn.execute(
+                t.insert().values(
+                    model_name=model,
+                    version=version,
+                    reference=reference,
+                    importance=importance,
+                    created_at=at,
+                )
+            )
+
+    def reference(self, model: str, version: int) -> tuple[dict[str, Any], dict[str, Any] | None]:
+        t = mon_references
+        with self._read() as conn:
+            row = (
+                conn.execute(sa.select(t).where(t.c.model_name == model, t.c.version == version))
+                .mappings()
+                .first()
+            )
+        if row is None:
+            raise NotFoundError(f"no monitoring reference stored for {model} v{version}")
+        return dict(row["reference"]), (dict(row["importance"]) if row["importance"] else None)
+
+    # -- per-model configuration ------------------------------------------------------------
+    def config(self, model: str) -> ModelMonitoringConfig:
+        with self._read() as conn:
+            row = conn.execute(
+                sa.select(mon_configs.c.config).where(mon_configs.c.model_name == model)
+            ).first()
+        return ModelMonitoringConfig.model_validate(row[0] if row else {})
+
+    def set_config(self, model: str, config: ModelMonitoringConfig, actor: str) -> None:
+        t = mon_configs
+        with self._write() as conn:
+            conn.execute(t.delete().where(t.c.model_name == model))
+            conn.execute(
+                t.insert().values(
+                    model_name=model,
+                    config=config.model_dump(mode="json"),
+                    updated_by=actor,
+                    updated_at=datetime.now(UTC),
+                )
+            )
+
+    # -- prediction log ---------------------------------------------------------------------
+    def count_predictions(self, model: str | None = None) -> int:
+        query = sa.select(sa.func.count()).select_from(mon_predictions)
+        if model is not None:
+            query = query.where(mon_predictions.c.model_name == model)
+        with self._read() as conn:
+            return int(conn.execute(query).scalar_one())
+
+    def prediction_ids(self, model: str) -> list[str]:
+        t = mon_predictions
+        with self._read() as conn:
+            return [r[0] for r in conn.execute(sa.select(t.c.id).where(t.c.model_name == model))]
+
+    def predictions(self, model: str, start: datetime, end: datetime) -> list[LoggedPrediction]:
+        t = mon_predictions
+        query = (
+            sa.select(t)
+            .where(t.c.model_name == model, t.c.at >= start, t.c.at < end)
+            .order_by(t.c.seq)
+        )
+        with self._read() as conn:
+            rows = conn.execute(query).mappings().all()
+        return [_prediction(r) for r in rows]
+
+    def attach_outcomes(self, model: str | None, items: list[dict[str, Any]]) -> list[int]:
+        """Attach outcomes; each item names ``prediction_id`` or ``patient`` + a time window.
+
+        Returns the number of predictions each item labelled (0 means nothing matched yet).
+        """
+        t = mon_predictions
+        now = datetime.now(UTC)
+        counts = []
+        with self._write() as conn:
+            for item in items:
+                outcome = orjson.dumps(item["outcome"]).decode()
+                query = t.update().values(outcome=outcome, outcome_at=now)
+                if item.get("prediction_id"):
+                    query = query.where(t.c.id == str(item["prediction_id"]))
+                    if model is not None:
+                        query = query.where(t.c.model_name == model)
+                else:
+                    query = query.where(
+                        t.c.patient == item["patient"],
+                        t.c.model_name == item["model"],
+                        t.c.at >= item["start"],
+                        t.c.at < item["end"],
+                    )
+                counts.append(int(conn.execute(query).rowcount or 0))
+        return counts
+
+    # -- runs -------------------------------------------------------------------------------
+    def add_run(self, model: str, start: datetime, end: datetime, result: dict[str, Any]) -> int:
+        with self._write() as conn:
+            inserted = conn.execute(
+                mon_runs.insert().values(
+                    model_name=model,
+                    window_start=start,
+                    window_end=end,
+                    result=result,
+                    created_at=datetime.now(UTC),
+                )
+            )
+            return inserted_id(inserted)
+
+    def runs(self, model: str, limit: int = 20) -> list[dict[str, Any]]:
+        t = mon_runs
+        query = sa.select(t).where(t.c.model_name == model).order_by(t.c.id.desc()).limit(limit)
+        with self._read() as conn:
+            rows = conn.execute(query).mappings().all()
+        return [
+            {
+                "id": r["id"],
+                "window_start": _utc(r["window_start"]),
+                "window_end": _utc(r["window_end"]),
+                "created_at": _utc(r["created_at"]),
+                **dict(r["result"]),
+            }
+            for r in rows
+        ]
+
+    # -- alert rules and alerts -------------------------------------------------------------
+    def add_rule(
+        self,
+        model: str,
+        metric: str,
+        op: str,
+        threshold: float,
+        *,
+        min_n: int = 30,
+        consecutive: int = 1,
+        actor: str = "unknown",
+    ) -> AlertRule:
+        if op not in RULE_OPS:
+            raise InvalidRequestError(f"rule operator must be one of {', '.join(RULE_OPS)}")
+        if min_n < 0 or consecutive < 1:
+            raise InvalidRequestError("min_n must be >= 0 and consecutive >= 1")
+        with self._write() as conn:
+            inserted = conn.execute(
+                mon_rules.insert().values(
+                    model_name=model,
+                    metric=metric,
+                    op=op,
+                    threshold=float(threshold),
+                    min_n=int(min_n),
+                    consecutive=int(consecutive),
+                    streak=0,
+                    enabled=True,
+                    created_by=actor,
+                    created_at=datetime.now(UTC),
+                )
+            )
+            rule_id = inserted_id(inserted)
+        return AlertRule(rule_id, model, metric, op, float(threshold), min_n, consecutive, 0, True)
+
+    def rules(self, model: str) -> list[AlertRule]:
+        t = mon_rules
+        with self._read() as conn:
+            rows = conn.execute(
+                sa.select(t).where(t.c.model_name == model).order_by(t.c.id)
+            ).mappings()
+            return [
+                AlertRule(
+                    r["id"],
+                    r["model_name"],
+                    r["metric"],
+                    r["op"],
+                    r["threshold"],
+                    r["min_n"],
+                    r["consecutive"],
+                    r["streak"],
+                    r["enabled"],
+                )
+                for r in rows
+            ]
+
+    def set_streak(self, conn: Connection, rule_id: int, streak: int) -> None:
+        conn.execute(mon_rules.update().where(mon_rules.c.id == rule_id).values(streak=streak))
+
+    def open_alert(self, conn: Connection, rule_id: int) -> RowMapping | None:
+        t = mon_alerts
+        return (
+            conn.execute(
+                sa.select(t).where(t.c.rule_id == rule_id, t.c.resolved_at.is_(None)).limit(1)
+            )
+            .mappings()
+            .first()
+        )
+
+    def alerts(self, model: str | None = None, *, open_only: bool = False) -> list[dict[str, Any]]:
+        t = mon_alerts
+        query = sa.select(t).order_by(t.c.id)
+        if model is not None:
+            query = query.where(t.c.model_name == model)
+        if open_only:
+            query = query.where(t.c.resolved_at.is_(None))
+        with self._read() as conn:
+            rows = conn.execute(query).mappings().all()
+        return [_alert(r) for r in rows]
+
+    def set_delivery(self, alert_id: int, delivery: str, attempts: int) -> None:
+        t = mon_alerts
+        with self._write() as conn:
+            conn.execute(
+                t.update().where(t.c.id == alert_id).values(delivery=delivery, attempts=attempts)
+            )
+
+    def acknowledge(self, alert_id: int, actor: str, note: str | None = None) -> dict[str, Any]:
+        t = mon_alerts
+        with self._write() as conn:
+            row = conn.execute(sa.select(t).where(t.c.id == alert_id)).mappings().first()
+            if row is None:
+                raise NotFoundError(f"no alert {alert_id}")
+            conn.execute(
+                t.update()
+                .where(t.c.id == alert_id)
+                .values(
+                    state="acknowledged" if row["resolved_at"] is None else row["state"],
+                    acknowledged_by=actor,
+                    acknowledged_at=datetime.now(UTC),
+                    note=note,
+                )
+            )
+            updated = conn.execute(sa.select(t).where(t.c.id == alert_id)).mappings().one()
+        return _alert(updated)
+
+
+def _prediction(r: RowMapping) -> LoggedPrediction:
+    at = _utc(r["at"])
+    assert at is not None
+    return LoggedPrediction(
+        id=r["id"],
+        model_name=r["model_name"],
+        version=r["version"],
+        at=at,
+        patient=r["patient"],
+        site=r["site"],
+        inputs=orjson.loads(r["inputs"]),
+        outputs=orjson.loads(r["outputs"]),
+        outcome=orjson.loads(r["outcome"]) if r["outcome"] is not None else None,
+        outcome_at=_utc(r["outcome_at"]),
+    )
+
+
+def _alert(r: RowMapping) -> dict[str, Any]:
+    return {
+        "id": r["id"],
+        "rule_id": r["rule_id"],
+        "model": r["model_name"],
+        "metric": r["metric"],
+        "value": r["value"],
+        "threshold": r["threshold"],
+        "n": r["n"],
+        "run_id": r["run_id"],
+        "state": r["state"],
+        "delivery": r["delivery"],
+        "attempts": r["attempts"],
+        "fired_at": _utc(r["fired_at"]),
+        "resolved_at": _utc(r["resolved_at"]),
+        "acknowledged_by": r["acknowledged_by"],
+        "acknowledged_at": _utc(r["acknowledged_at"]),
+        "note": r["note"],
+    }
+
+
+def inserted_id(result: Any) -> int:
+    key = result.inserted_primary_key
+    assert key is not None
+    return int(key[0])
