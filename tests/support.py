@@ -10,6 +10,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -43,10 +44,33 @@ class ServerProcess:
         return self.process.returncode
 
 
+def create_key(home: Path, roles: list[str], name: str = "test", **kwargs: Any) -> str:
+    """A new API key in ``home`` (made before or while a server runs there)."""
+    from medserve.registry.service import Registry
+    from medserve.security.keys import SecurityStore
+    from medserve.settings import Settings
+
+    registry = Registry.open(Settings(home=home))
+    try:
+        store = SecurityStore(registry.store.engine)  # type: ignore[attr-defined]
+        return store.create_key(name, roles, **kwargs).token
+    finally:
+        registry.close()
+
+
+def auth(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
 def start_server(
     home: Path, *, workers: int = 1, env: dict[str, str] | None = None, timeout: float = 60
 ) -> ServerProcess:
-    """Start ``medserve serve`` as a real process on a free loopback port and wait until ready."""
+    """Start ``medserve serve`` as a real process on a free loopback port and wait until ready.
+
+    Security is on, as in production: ``server.headers`` carries a fresh admin API key.
+    """
+    home.mkdir(parents=True, exist_ok=True)
+    headers = auth(create_key(home, ["admin"], name="test-admin"))
     port = free_port()
     log_path = home / f"server-{port}.log"
     home.mkdir(parents=True, exist_ok=True)
@@ -57,6 +81,8 @@ def start_server(
         **(env or {}),
     }
     full_env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    if "MEDSERVE_SECURITY" not in (env or {}):
+        full_env.pop("MEDSERVE_SECURITY", None)
     with log_path.open("wb") as log_file:
         process = subprocess.Popen(
             [
@@ -74,7 +100,7 @@ def start_server(
             env=full_env,
             start_new_session=True,
         )
-    server = ServerProcess(f"http://127.0.0.1:{port}", home, process, log_path)
+    server = ServerProcess(f"http://127.0.0.1:{port}", home, process, log_path, headers)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:

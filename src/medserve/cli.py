@@ -363,12 +363,30 @@ def serve(
     workers: Annotated[
         int | None, typer.Option(help="Worker processes (default: one per core).")
     ] = None,
+    tls_cert: Annotated[
+        Path | None, typer.Option(help="TLS certificate chain (PEM): serve HTTPS.")
+    ] = None,
+    tls_key: Annotated[Path | None, typer.Option(help="TLS private key (PEM).")] = None,
+    tls_client_ca: Annotated[
+        Path | None,
+        typer.Option(help="CA bundle (PEM): require client certificates signed by it (mTLS)."),
+    ] = None,
 ) -> None:
-    """Serve every aliased model over HTTP (Open Inference Protocol v2 and the records API)."""
+    """Serve every aliased model over HTTP (Open Inference Protocol v2 and the records API).
+
+    Authentication is on: create a key first with `medserve keys create`.
+    """
     from medserve.serving.server import run_server
 
     settings = Settings()
-    overrides = {"host": host, "port": port, "workers": workers}
+    overrides = {
+        "host": host,
+        "port": port,
+        "workers": workers,
+        "tls_certfile": tls_cert,
+        "tls_keyfile": tls_key,
+        "tls_client_ca": tls_client_ca,
+    }
     settings = settings.model_copy(update={k: v for k, v in overrides.items() if v is not None})
     try:
         run_server(settings)
@@ -386,6 +404,8 @@ def demo(
     """Train the demo models on scikit-learn's bundled data, register them, and serve them."""
     from medserve.demo import run_demo
 
+    # The demo alone runs open (loopback only; the server refuses any other host without auth).
+    os.environ["MEDSERVE_SECURITY"] = "false"
     try:
         run_demo(console, serve=serve_models, port=port)
     except MedserveError as exc:

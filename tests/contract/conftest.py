@@ -57,6 +57,17 @@ def base_url(demo_server: ServerProcess) -> str:
 
 
 @pytest.fixture(scope="session")
+def auth_headers(demo_server: ServerProcess) -> dict[str, str]:
+    """The admin credentials of the shared demo server (security is on, as in production)."""
+    return demo_server.headers
+
+
+@pytest.fixture(scope="session")
+def api_key(auth_headers: dict[str, str]) -> str:
+    return auth_headers["Authorization"].removeprefix("Bearer ")
+
+
+@pytest.fixture(scope="session")
 def host_port(base_url: str) -> str:
     """``127.0.0.1:PORT``, the form tritonclient takes."""
     return base_url.removeprefix("http://")

@@ -17,8 +17,12 @@ from kserve.protocol.infer_type import RequestedOutput
 
 
 @pytest.fixture
-async def client() -> AsyncIterator[InferenceRESTClient]:
-    c = InferenceRESTClient(RESTConfig(protocol="v2", timeout=10, retries=0))
+async def client(auth_headers: dict[str, str]) -> AsyncIterator[InferenceRESTClient]:
+    def bearer(request: httpx.Request) -> httpx.Request:
+        request.headers.update(auth_headers)  # RESTConfig.auth is handed to httpx
+        return request
+
+    c = InferenceRESTClient(RESTConfig(protocol="v2", timeout=10, retries=0, auth=bearer))
     yield c
     await c.close()
 
@@ -38,7 +42,10 @@ async def test_server_and_model_readiness(client: InferenceRESTClient, base_url:
 
 
 async def test_infer_breast_cancer(
-    client: InferenceRESTClient, base_url: str, reference: Any
+    client: InferenceRESTClient,
+    base_url: str,
+    reference: Any,
+    auth_headers: dict[str, str],
 ) -> None:
     name = "breast-cancer"
     X = reference.matrix(name, 12)
@@ -52,7 +59,7 @@ async def test_infer_breast_cancer(
     probabilities = served["probabilities"].as_numpy()
     assert probabilities.shape == (12, 2)
     # The v2 metadata says which column is which class; the local fit orders by classes_.
-    metadata = httpx.get(f"{base_url}/v2/models/{name}").json()
+    metadata = httpx.get(f"{base_url}/v2/models/{name}", headers=auth_headers).json()
     order = [reference.classes(name).index(c) for c in metadata["parameters"]["class_labels"]]
     np.testing.assert_allclose(
         probabilities, reference.probabilities(name, X)[:, order], atol=1e-5, rtol=0
@@ -97,7 +104,10 @@ async def test_invalid_values_are_a_422_listing_the_problems(
 
 
 async def test_binary_tensor_input_as_kserve_sends_by_default(
-    client: InferenceRESTClient, base_url: str, reference: Any
+    client: InferenceRESTClient,
+    base_url: str,
+    reference: Any,
+    auth_headers: dict[str, str],
 ) -> None:
     name = "breast-cancer-rf"
     X = reference.matrix(name, 9)
@@ -106,7 +116,7 @@ async def test_binary_tensor_input_as_kserve_sends_by_default(
     request = InferRequest(model_name=name, infer_inputs=[tensor])
     response = await client.infer(base_url, request, model_name=name)
     served = {o.name: o for o in response.outputs}
-    metadata = httpx.get(f"{base_url}/v2/models/{name}").json()
+    metadata = httpx.get(f"{base_url}/v2/models/{name}", headers=auth_headers).json()
     order = [reference.classes(name).index(c) for c in metadata["parameters"]["class_labels"]]
     np.testing.assert_allclose(
         served["probabilities"].as_numpy(),

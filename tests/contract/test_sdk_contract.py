@@ -23,8 +23,8 @@ DIABETES = "diabetes-progression"
 
 
 @pytest.fixture(scope="module")
-def client(base_url: str) -> Iterator[Client]:
-    with Client(base_url, api_key="test-key") as c:
+def client(base_url: str, api_key: str) -> Iterator[Client]:
+    with Client(base_url, api_key=api_key) as c:
         yield c
 
 
@@ -188,9 +188,11 @@ def test_malformed_body_is_bad_request(client: Client) -> None:
     assert caught.value.details[0]["rule"] == "shape"
 
 
-async def test_async_client_twenty_concurrent_predicts(base_url: str, reference: Any) -> None:
+async def test_async_client_twenty_concurrent_predicts(
+    base_url: str, api_key: str, reference: Any
+) -> None:
     rows = reference.records(BC, 20)
-    async with AsyncClient(base_url) as client:
+    async with AsyncClient(base_url, api_key=api_key) as client:
         assert await client.is_live()
         assert await client.is_ready()
         assert await client.is_model_ready(BC)
@@ -204,8 +206,8 @@ async def test_async_client_twenty_concurrent_predicts(base_url: str, reference:
             assert single.predictions[0].probabilities[cls] == pytest.approx(p, abs=1e-6)
 
 
-async def test_async_client_full_surface(base_url: str, reference: Any) -> None:
-    async with AsyncClient(base_url, api_key="k") as client:
+async def test_async_client_full_surface(base_url: str, api_key: str, reference: Any) -> None:
+    async with AsyncClient(base_url, api_key=api_key) as client:
         meta = await client.model_metadata(BC)
         assert (await client.server_metadata()).name == "medserve"
         X = reference.matrix(BC, 3)

@@ -12,14 +12,26 @@ from typing import Any
 import numpy as np
 import pytest
 import tritonclient.http as triton
+from tritonclient._plugin import InferenceServerClientPlugin
 from tritonclient.utils import InferenceServerException
 
 MODEL = "breast-cancer"
 
 
+class BearerPlugin(InferenceServerClientPlugin):
+    """Triton's client-plugin hook (as its BasicAuth plugin): credentials on every call."""
+
+    def __init__(self, headers: dict[str, str]) -> None:
+        self.headers = headers
+
+    def __call__(self, request: Any) -> None:
+        request.headers.update(self.headers)
+
+
 @pytest.fixture(scope="module")
-def client(host_port: str) -> Iterator[triton.InferenceServerClient]:
+def client(host_port: str, auth_headers: dict[str, str]) -> Iterator[triton.InferenceServerClient]:
     c = triton.InferenceServerClient(url=host_port, connection_timeout=10, network_timeout=10)
+    c.register_plugin(BearerPlugin(auth_headers))
     yield c
     c.close()
 
@@ -168,7 +180,7 @@ def test_binary_tensor_input_as_tritonclient_sends_by_default(
 
 
 def test_binary_tensor_shorter_than_declared_is_a_clear_400(
-    client: triton.InferenceServerClient, host_port: str
+    client: triton.InferenceServerClient, host_port: str, auth_headers: dict[str, str]
 ) -> None:
     import json
 
@@ -190,6 +202,7 @@ def test_binary_tensor_shorter_than_declared_is_a_clear_400(
         f"http://{host_port}/v2/models/{MODEL}/infer",
         content=header + b"\x00" * 60,
         headers={
+            **auth_headers,
             "Inference-Header-Content-Length": str(len(header)),
             "Content-Type": "application/octet-stream",
         },

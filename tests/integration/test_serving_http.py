@@ -27,6 +27,7 @@ def fitted() -> dict[str, Any]:
 
 
 def post(server: ServerProcess, path: str, body: Any, **kwargs: Any) -> httpx.Response:
+    kwargs.setdefault("headers", server.headers)
     return httpx.post(f"{server.url}{path}", json=body, timeout=10, **kwargs)
 
 
@@ -37,15 +38,22 @@ def rows(demo: Any, n: int) -> list[dict[str, float]]:
 
 
 def test_health_and_server_metadata(demo_server: ServerProcess) -> None:
-    assert httpx.get(f"{demo_server.url}/v2/health/live").json() == {"live": True}
-    assert httpx.get(f"{demo_server.url}/v2/health/ready").status_code == 200
-    meta = httpx.get(f"{demo_server.url}/v2").json()
+    assert httpx.get(f"{demo_server.url}/v2/health/live", headers=demo_server.headers).json() == {
+        "live": True
+    }
+    assert (
+        httpx.get(f"{demo_server.url}/v2/health/ready", headers=demo_server.headers).status_code
+        == 200
+    )
+    meta = httpx.get(f"{demo_server.url}/v2", headers=demo_server.headers).json()
     assert meta["name"] == "medserve"
     assert "version" in meta
 
 
 def test_model_metadata_by_alias_and_number(demo_server: ServerProcess) -> None:
-    by_alias = httpx.get(f"{demo_server.url}/v2/models/breast-cancer").json()
+    by_alias = httpx.get(
+        f"{demo_server.url}/v2/models/breast-cancer", headers=demo_server.headers
+    ).json()
     assert by_alias["name"] == "breast-cancer"
     assert len(by_alias["inputs"]) == 30
     assert by_alias["inputs"][0] == {
@@ -57,9 +65,14 @@ def test_model_metadata_by_alias_and_number(demo_server: ServerProcess) -> None:
     assert {o["name"] for o in by_alias["outputs"]} == {"label", "probabilities"}
     assert "production" in by_alias["parameters"]["aliases"]
     number = by_alias["versions"][0]
-    by_number = httpx.get(f"{demo_server.url}/v2/models/breast-cancer/versions/{number}").json()
+    by_number = httpx.get(
+        f"{demo_server.url}/v2/models/breast-cancer/versions/{number}", headers=demo_server.headers
+    ).json()
     assert by_number["inputs"] == by_alias["inputs"]
-    ready = httpx.get(f"{demo_server.url}/v2/models/breast-cancer/versions/production/ready")
+    ready = httpx.get(
+        f"{demo_server.url}/v2/models/breast-cancer/versions/production/ready",
+        headers=demo_server.headers,
+    )
     assert ready.status_code == 200
     assert ready.json()["ready"] is True
 
@@ -184,11 +197,15 @@ def test_unknown_model_version_alias_is_404(
 def test_malformed_json_and_wrong_content_type(demo_server: ServerProcess) -> None:
     url = f"{demo_server.url}/v1/models/breast-cancer/predict"
     broken = httpx.post(
-        url, content=b'{"instances": [', headers={"content-type": "application/json"}
+        url,
+        content=b'{"instances": [',
+        headers={**demo_server.headers, "content-type": "application/json"},
     )
     assert broken.status_code == 400
     assert "malformed JSON" in broken.json()["error"]
-    wrong = httpx.post(url, content=b"instances=1", headers={"content-type": "text/plain"})
+    wrong = httpx.post(
+        url, content=b"instances=1", headers={**demo_server.headers, "content-type": "text/plain"}
+    )
     assert wrong.status_code == 415
     assert "application/json" in wrong.json()["error"]
 
@@ -198,10 +215,13 @@ def test_body_size_limit(demo_server: ServerProcess) -> None:
     response = httpx.post(
         f"{demo_server.url}/v1/models/breast-cancer/predict",
         content=big,
-        headers={"content-type": "application/json"},
+        headers={**demo_server.headers, "content-type": "application/json"},
     )
     assert response.status_code == 413
-    assert httpx.get(f"{demo_server.url}/v2/health/ready").status_code == 200
+    assert (
+        httpx.get(f"{demo_server.url}/v2/health/ready", headers=demo_server.headers).status_code
+        == 200
+    )
 
 
 def test_v2_protocol_errors_name_the_field(demo_server: ServerProcess) -> None:
@@ -227,17 +247,20 @@ def test_v2_protocol_errors_name_the_field(demo_server: ServerProcess) -> None:
 
 
 def test_registry_views_and_openapi(demo_server: ServerProcess) -> None:
-    listing = httpx.get(f"{demo_server.url}/v1/models").json()
+    listing = httpx.get(f"{demo_server.url}/v1/models", headers=demo_server.headers).json()
     names = {m["name"]: m for m in listing["models"]}
     assert {"breast-cancer", "breast-cancer-rf", "diabetes-progression"} <= set(names)
     assert "production" in names["breast-cancer"]["aliases"]
-    detail = httpx.get(f"{demo_server.url}/v1/models/breast-cancer/versions/production").json()
+    detail = httpx.get(
+        f"{demo_server.url}/v1/models/breast-cancer/versions/production",
+        headers=demo_server.headers,
+    ).json()
     assert detail["runtime"] == "onnxruntime"
     assert detail["signature"]["inputs"][0]["name"] == "mean radius"
-    spec = httpx.get(f"{demo_server.url}/openapi.json").json()
+    spec = httpx.get(f"{demo_server.url}/openapi.json", headers=demo_server.headers).json()
     assert "/v2/models/{name}/infer" in spec["paths"]
     assert "/v1/models/{name}/predict" in spec["paths"]
-    assert httpx.get(f"{demo_server.url}/docs").status_code == 200
+    assert httpx.get(f"{demo_server.url}/docs", headers=demo_server.headers).status_code == 200
 
 
 def test_metrics_are_labelled_by_model_and_version(
@@ -248,7 +271,7 @@ def test_metrics_are_labelled_by_model_and_version(
         "/v1/models/breast-cancer/predict",
         {"instances": rows(fitted["breast-cancer"], 2)},
     )
-    text = httpx.get(f"{demo_server.url}/metrics").text
+    text = httpx.get(f"{demo_server.url}/metrics", headers=demo_server.headers).text
     families = {f.name: f for f in text_string_to_metric_families(text)}
     ok = [
         s

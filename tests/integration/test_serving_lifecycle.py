@@ -60,7 +60,7 @@ def test_hot_reload_under_load_loses_no_request(work_home: Path) -> None:
     body = {"instances": one_row()}
 
     def hammer() -> None:
-        with httpx.Client(base_url=server.url, timeout=10) as client:
+        with httpx.Client(base_url=server.url, timeout=10, headers=server.headers) as client:
             while not stop.is_set():
                 response = client.post("/v1/models/breast-cancer/predict", json=body)
                 statuses[response.status_code] += 1
@@ -110,19 +110,27 @@ def test_model_that_fails_to_load_is_isolated(work_home: Path) -> None:
 
     server = start_server(work_home)
     try:
-        assert httpx.get(f"{server.url}/v2/health/ready").status_code == 200
+        assert httpx.get(f"{server.url}/v2/health/ready", headers=server.headers).status_code == 200
         broken = httpx.post(
             f"{server.url}/v1/models/diabetes-progression/predict",
             json={"instances": [{"age": 0.0}]},
+            headers=server.headers,
         )
         assert broken.status_code == 503
         assert "failed to load" in broken.json()["error"]
-        assert httpx.get(f"{server.url}/v2/models/diabetes-progression/ready").status_code == 503
+        assert (
+            httpx.get(
+                f"{server.url}/v2/models/diabetes-progression/ready", headers=server.headers
+            ).status_code
+            == 503
+        )
         fine = httpx.post(
-            f"{server.url}/v1/models/breast-cancer/predict", json={"instances": one_row()}
+            f"{server.url}/v1/models/breast-cancer/predict",
+            json={"instances": one_row()},
+            headers=server.headers,
         )
         assert fine.status_code == 200
-        served = httpx.get(f"{server.url}/v1/served").json()
+        served = httpx.get(f"{server.url}/v1/served", headers=server.headers).json()
         assert [f["model"] for f in served["failures"]] == ["diabetes-progression"]
     finally:
         server.stop()
@@ -146,7 +154,9 @@ def test_batching_gives_each_of_64_callers_its_own_answer(work_home: Path) -> No
     server = start_server(work_home)
 
     async def call_all() -> list[httpx.Response]:
-        async with httpx.AsyncClient(base_url=server.url, timeout=20) as client:
+        async with httpx.AsyncClient(
+            base_url=server.url, timeout=20, headers=server.headers
+        ) as client:
             calls = [
                 client.post(
                     "/v1/models/breast-cancer-rf/predict", json={"instances": one_row(1, i)}
@@ -161,7 +171,7 @@ def test_batching_gives_each_of_64_callers_its_own_answer(work_home: Path) -> No
 
     try:
         responses = asyncio.run(call_all())
-        metrics = httpx.get(f"{server.url}/metrics").text
+        metrics = httpx.get(f"{server.url}/metrics", headers=server.headers).text
     finally:
         server.stop()
     *good, bad = responses
@@ -193,6 +203,7 @@ def test_sigterm_lets_in_flight_requests_finish(work_home: Path) -> None:
             f"{server.url}/v1/models/breast-cancer/predict",
             json={"instances": one_row()},
             timeout=20,
+            headers=server.headers,
         )
         result["status"] = response.status_code
 

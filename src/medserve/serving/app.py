@@ -8,7 +8,7 @@ from dataclasses import asdict
 from typing import Any
 
 import orjson
-from fastapi import Body, FastAPI, Request
+from fastapi import Body, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -20,6 +20,7 @@ from medserve.registry.service import Registry
 from medserve.serving import metrics
 from medserve.serving.data_plane import DataPlane
 from medserve.serving.extensions import EXTENSIONS
+from medserve.serving.extensions import security as security_ext
 from medserve.serving.fast_path import HotPathApp
 from medserve.serving.guard import OpenGuard
 from medserve.serving.http_errors import status_for
@@ -77,6 +78,8 @@ def create_api(settings: Settings) -> FastAPI:
         description="Clinical model serving: Open Inference Protocol v2, records API, registry.",
         lifespan=lifespan,
         default_response_class=ORJSONResponse,
+        # Every route is authorized by action group (see serving/extensions/security.py).
+        dependencies=[Depends(security_ext.authorize_route)],
     )
 
     def plane(request: Request) -> DataPlane:
@@ -182,7 +185,11 @@ def create_api(settings: Settings) -> FastAPI:
     ) -> dict[str, Any]:
         store = registry_of(request).store
         page = store.list_models(name_contains=search, page_size=page_size, page_token=page_token)
-        items = [{**asdict(m), "aliases": store.list_aliases(m.name)} for m in page.items]
+        items = [
+            {**asdict(m), "aliases": store.list_aliases(m.name)}
+            for m in page.items
+            if security_ext.visible(request, m.name)
+        ]
         return {"models": items, "next_page_token": page.next_page_token}
 
     @api.get("/v1/models/{name}", tags=["registry"])
@@ -220,8 +227,12 @@ def create_api(settings: Settings) -> FastAPI:
         failures = [
             {"model": m, "version": v, "error": msg}
             for (m, v), msg in dp.manager.failures().items()
+            if security_ext.visible(request, m)
         ]
-        return {"served": dp.list_served(), "failures": failures}
+        return {
+            "served": [s for s in dp.list_served() if security_ext.visible(request, s["name"])],
+            "failures": failures,
+        }
 
     for extension in EXTENSIONS:
         api.include_router(extension.router)
@@ -233,7 +244,9 @@ def create_api(settings: Settings) -> FastAPI:
     return api
 
 
-def create_app(settings: Settings | None = None) -> HotPathApp:
+def create_app(settings: Settings | None = None) -> security_ext.SecurityMiddleware:
     settings = settings or Settings()
     api = create_api(settings)
-    return HotPathApp(api, api.state, settings.max_body_bytes)
+    return security_ext.SecurityMiddleware(
+        HotPathApp(api, api.state, settings.max_body_bytes), api.state
+    )

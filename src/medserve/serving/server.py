@@ -12,14 +12,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import ipaddress
 import os
 import shutil
 import socket
+import ssl
+import sys
 from typing import Any
 
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from medserve.errors import InvalidRequestError
 from medserve.settings import Settings
 
 
@@ -44,9 +48,56 @@ def app_factory() -> Any:
     return create_app(Settings())
 
 
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_exposure(settings: Settings) -> None:
+    """Refuse to serve without authentication anywhere but loopback (and say so on loopback)."""
+    if settings.security:
+        return
+    if not _is_loopback(settings.host):
+        raise InvalidRequestError(
+            f"refusing to serve on {settings.host} with security off: unset "
+            "MEDSERVE_SECURITY (authentication on) or bind 127.0.0.1"
+        )
+    print(
+        "WARNING: SECURITY IS OFF: no authentication, no audit trail. Demo use only, on "
+        "loopback only.",
+        file=sys.stderr,
+    )
+
+
+def _tls_options(settings: Settings) -> dict[str, Any]:
+    if settings.tls_certfile is None and settings.tls_keyfile is None:
+        if settings.tls_client_ca is not None:
+            raise InvalidRequestError("--tls-client-ca needs --tls-cert and --tls-key")
+        return {}
+    if settings.tls_certfile is None or settings.tls_keyfile is None:
+        raise InvalidRequestError("TLS needs both a certificate (--tls-cert) and a key (--tls-key)")
+    options: dict[str, Any] = {
+        "ssl_certfile": str(settings.tls_certfile),
+        "ssl_keyfile": str(settings.tls_keyfile),
+    }
+    if settings.tls_client_ca is not None:
+        options["ssl_ca_certs"] = str(settings.tls_client_ca)
+        options["ssl_cert_reqs"] = ssl.CERT_REQUIRED
+    return options
+
+
 def run_server(settings: Settings) -> None:
+    check_exposure(settings)
+    tls = _tls_options(settings)
     settings.home.mkdir(parents=True, exist_ok=True)
     os.environ["MEDSERVE_HOME"] = str(settings.home.resolve())
+    # Workers rebuild Settings from the environment: carry what the command line decided.
+    os.environ["MEDSERVE_SECURITY"] = "true" if settings.security else "false"
+    os.environ["MEDSERVE_WORKERS"] = str(settings.workers)
     from medserve.registry.service import Registry
 
     Registry.open(settings).close()  # migrate once here, not in every worker
@@ -71,4 +122,5 @@ def run_server(settings: Settings) -> None:
         timeout_keep_alive=30,
         server_header=False,
         date_header=False,
+        **tls,
     )

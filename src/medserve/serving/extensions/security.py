@@ -1,15 +1,373 @@
-"""HTTP extension: security (see serving/extensions/__init__.py for the contract)."""
+"""HTTP extension: security — the guard, the audit trail, security headers, ``GET /v1/audit``.
+
+Three pieces work together:
+
+- ``SecurityMiddleware`` wraps the whole ASGI app (fast path included). It adds security headers
+  to every response, authenticates every request to the FastAPI routes (the fast path calls the
+  guard itself), and audits every access: changes are written durably before the response
+  starts, reads and failed predictions are queued for the background writer.
+- ``authorize_route`` is a FastAPI dependency on every route: it maps the route to an action
+  group (``x-medserve-action`` in a route's ``openapi_extra`` wins over the path rules) and asks
+  the guard.
+- ``AuditObserver`` is a ``PredictionObserver`` that queues one audit entry per prediction.
+"""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from contextlib import asynccontextmanager
+from datetime import datetime
+from typing import Any
 
-from fastapi import APIRouter, FastAPI
+import orjson
+from fastapi import APIRouter, FastAPI, Query, Request
+from fastapi.routing import APIRoute
+
+from medserve.errors import (
+    AuthenticationError,
+    InvalidRequestError,
+    MedserveError,
+    RateLimitedError,
+)
+from medserve.security.audit import AuditEntry, AuditLog
+from medserve.security.guard import PRINCIPAL_SCOPE_KEY, SecurityGuard
+from medserve.security.keys import ChangeCounter, SecurityStore
+from medserve.security.oidc import JwksSource, JwtVerifier
+from medserve.security.phi import deidentify_text, load_or_create_salt, pseudonymize
+from medserve.serving.context import Principal
+from medserve.serving.events import PredictionEvent
+from medserve.serving.fast_path import match_hot_path
+from medserve.serving.http_errors import status_for
+from medserve.settings import Settings
+
+log = logging.getLogger(__name__)
+
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+OPEN_PATHS = frozenset({"/v2/health/live", "/v2/health/ready"})
+ACTION_SCOPE_KEY = "medserve.action"
+_READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+SECURITY_HEADERS: list[tuple[bytes, bytes]] = [
+    (b"x-content-type-options", b"nosniff"),
+    (b"x-frame-options", b"DENY"),
+    (b"referrer-policy", b"no-referrer"),
+    (b"cache-control", b"no-store"),
+    (b"cross-origin-resource-policy", b"same-origin"),
+]
+# The docs page loads its scripts from a CDN: a strict policy everywhere else.
+_CSP_API = (b"content-security-policy", b"default-src 'none'; frame-ancestors 'none'")
+_HSTS = (b"strict-transport-security", b"max-age=31536000; includeSubDomains")
 
 router = APIRouter()
 
 
+# --------------------------------------------------------------------------------------------
+# Route -> action group
+# --------------------------------------------------------------------------------------------
+
+
+def route_action(method: str, path: str, params: dict[str, Any], extra: dict[str, Any]) -> str:
+    explicit = extra.get("x-medserve-action")
+    if isinstance(explicit, str):
+        return explicit
+    if path.startswith("/v1/audit"):
+        return "read_audit"
+    if path.startswith(("/v1/security", "/v1/keys", "/v1/tenants")):
+        return "admin"
+    if path == "/metrics" or path.startswith(("/v1/monitoring", "/v1/drift", "/v1/alerts")):
+        return "read_monitoring"
+    if path.startswith("/v1/outcomes"):
+        return "read_monitoring" if method in _READ_METHODS else "predict"
+    if path.startswith("/v2") or path.endswith(("/predict", "/infer")):
+        return "predict"
+    if path.startswith(("/fhir", "/v1/fhir", "/cds-services")):
+        return "predict"
+    if method in _READ_METHODS:
+        return "read_models"
+    if "alias" in path and params.get("alias") == "production":
+        return "approve"
+    return "write"
+
+
+def _model_of(params: dict[str, Any]) -> str | None:
+    for key in ("name", "model", "model_name"):
+        value = params.get(key)
+        if isinstance(value, str):
+            return value
+    return None
+
+
+async def authorize_route(request: Request) -> None:
+    """FastAPI dependency on every route: the guard decides, per action group and model."""
+    scope = request.scope
+    route = scope.get("route")
+    path = route.path if isinstance(route, APIRoute) else scope["path"]
+    if path in OPEN_PATHS:
+        return
+    extra = (route.openapi_extra or {}) if isinstance(route, APIRoute) else {}
+    params = dict(request.path_params)
+    action = route_action(request.method, path, params, extra)
+    model = _model_of(params)
+    version = params.get("version")
+    scope[ACTION_SCOPE_KEY] = (action, model, version, path)
+    principal = scope.get(PRINCIPAL_SCOPE_KEY)
+    if principal is None:  # security off: the open guard lets everyone through
+        return
+    request.app.state.guard.authorize(principal, action, model)
+
+
+def visible(request: Request, model: str) -> bool:
+    """For listing routes: whether ``model`` may appear to the caller (tenants, grants)."""
+    principal = request.scope.get(PRINCIPAL_SCOPE_KEY)
+    guard = request.app.state.guard
+    if principal is None or not isinstance(guard, SecurityGuard):
+        return True
+    return guard.visible(principal, model)
+
+
+# --------------------------------------------------------------------------------------------
+# Middleware
+# --------------------------------------------------------------------------------------------
+
+
+def _headers_with_security(headers: list[tuple[bytes, bytes]], tls: bool, docs: bool) -> None:
+    headers.extend(SECURITY_HEADERS)
+    if not docs:
+        headers.append(_CSP_API)
+    if tls:
+        headers.append(_HSTS)
+
+
+class SecurityMiddleware:
+    def __init__(self, app: ASGIApp, state: Any) -> None:
+        self.app = app
+        self.state = state
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path: str = scope["path"]
+        tls = scope.get("scheme") == "https"
+        docs = path.startswith(("/docs", "/redoc"))
+        audit: AuditLog | None = getattr(self.state, "audit", None)
+        if audit is None or path in OPEN_PATHS:
+
+            async def send_plain(message: MutableMapping[str, Any]) -> None:
+                if message["type"] == "http.response.start":
+                    message["headers"] = [*message.get("headers", []), *SECURITY_HEADERS]
+                    if tls:
+                        message["headers"].append(_HSTS)
+                await send(message)
+
+            await self.app(scope, receive, send_plain)
+            return
+
+        hot = match_hot_path(scope["method"], path)
+        if hot is None:
+            try:
+                await self.state.guard.authenticate(scope)
+            except MedserveError as exc:
+                await self._refuse(scope, send, exc, tls)
+                return
+
+        async def send_audited(message: MutableMapping[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                _headers_with_security(headers, tls, docs)
+                message["headers"] = headers
+                status = int(message["status"])
+                if hot is not None:
+                    if status != 200:  # successes are audited by the prediction observer
+                        audit.enqueue(self._entry(scope, status, "predict", hot[1], hot[2], path))
+                else:
+                    action, model, version, template = scope.get(
+                        ACTION_SCOPE_KEY, ("access", None, None, None)
+                    )
+                    entry = self._entry(scope, status, action, model, version, template or path)
+                    if scope["method"] in _READ_METHODS:
+                        audit.enqueue(entry)
+                    else:  # a change: durable before the caller hears about it
+                        await asyncio.to_thread(audit.append, [entry])
+            await send(message)
+
+        await self.app(scope, receive, send_audited)
+
+    def _entry(
+        self,
+        scope: Scope,
+        status: int,
+        action: str,
+        model: str | None,
+        version: str | None,
+        path: str,
+    ) -> AuditEntry:
+        principal: Principal | None = scope.get(PRINCIPAL_SCOPE_KEY)
+        client = scope.get("client")
+        request_id = patient = None
+        for key, value in scope["headers"]:
+            if key == b"x-request-id":
+                request_id = value[:64].decode("latin-1")
+            elif key == b"x-patient-id" and value:
+                patient = pseudonymize(value.decode("latin-1"), salt=self.state.phi_salt)
+        return AuditEntry(
+            actor=principal.subject if principal else "unauthenticated",
+            key_id=principal.key_id if principal else None,
+            action=action,
+            model=model,
+            version=version,
+            client=client[0] if client else None,
+            outcome=status,
+            request_id=request_id,
+            patient_hash=patient,
+            detail=f"{scope['method']} {deidentify_text(path)}",
+        )
+
+    async def _refuse(self, scope: Scope, send: Send, exc: MedserveError, tls: bool) -> None:
+        status = status_for(exc)
+        headers = [(b"content-type", b"application/json")]
+        if isinstance(exc, AuthenticationError):
+            headers.append((b"www-authenticate", b'Bearer realm="medserve"'))
+        if isinstance(exc, RateLimitedError):
+            headers.append((b"retry-after", str(max(1, round(exc.retry_after_s + 0.5))).encode()))
+        _headers_with_security(headers, tls, False)
+        body = orjson.dumps(exc.to_dict())
+        headers.append((b"content-length", str(len(body)).encode()))
+        self.state.audit.enqueue(self._entry(scope, status, "access", None, None, scope["path"]))
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+
+# --------------------------------------------------------------------------------------------
+# Prediction observer
+# --------------------------------------------------------------------------------------------
+
+
+class AuditObserver:
+    """Queues one audit entry per prediction request (O(1): no I/O on the event loop)."""
+
+    def __init__(self, audit: AuditLog, salt: bytes) -> None:
+        self.audit = audit
+        self.salt = salt
+
+    def on_prediction(self, event: PredictionEvent) -> None:
+        ctx = event.context
+        principal = ctx.principal
+        self.audit.enqueue(
+            AuditEntry(
+                actor=principal.subject,
+                key_id=principal.key_id,
+                action="predict",
+                model=event.model,
+                version=str(event.version),
+                client=ctx.client,
+                outcome=200,
+                request_id=ctx.request_id,
+                patient_hash=pseudonymize(ctx.patient_id, salt=self.salt)
+                if ctx.patient_id
+                else None,
+                detail=f"{ctx.protocol} rows={event.inputs.shape[0]}",
+            )
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# Routes
+# --------------------------------------------------------------------------------------------
+
+
+def _parse_time(value: str | None, name: str) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        return datetime.fromisoformat(value)
+    except ValueError as exc:
+        raise InvalidRequestError(f"{name} must be an ISO 8601 date or time") from exc
+
+
+@router.get("/v1/audit", tags=["security"])
+async def read_audit(
+    request: Request,
+    since: str | None = Query(default=None, description="ISO 8601 date/time (inclusive)."),
+    until: str | None = Query(default=None, description="ISO 8601 date/time (exclusive)."),
+    after_seq: int = Query(default=0, ge=0, description="Entries after this sequence number."),
+    actor: str | None = None,
+    model: str | None = None,
+    limit: int = Query(default=100, ge=1, le=1000),
+) -> dict[str, Any]:
+    """The audit trail, oldest first (auditors and admins)."""
+    audit: AuditLog | None = getattr(request.app.state, "audit", None)
+    if audit is None:
+        return {"entries": [], "next_after_seq": None}
+    entries = await asyncio.to_thread(
+        lambda: list(
+            audit.entries(
+                since=_parse_time(since, "since"),
+                until=_parse_time(until, "until"),
+                after_seq=after_seq,
+                actor=actor,
+                model=model,
+                limit=limit,
+            )
+        )
+    )
+    nxt = entries[-1]["seq"] if len(entries) == limit else None
+    return {"entries": entries, "next_after_seq": nxt}
+
+
+# --------------------------------------------------------------------------------------------
+# Start-up wiring
+# --------------------------------------------------------------------------------------------
+
+
+def build_guard(settings: Settings, store: SecurityStore) -> SecurityGuard:
+    verifier = None
+    if settings.oidc_issuer and settings.oidc_audience and settings.oidc_jwks:
+        verifier = JwtVerifier(
+            issuer=settings.oidc_issuer,
+            audience=settings.oidc_audience,
+            jwks=JwksSource(settings.oidc_jwks),
+            leeway_s=settings.oidc_leeway_s,
+            algorithms=settings.oidc_algorithms,
+            roles_claim=settings.oidc_roles_claim,
+            tenant_claim=settings.oidc_tenant_claim,
+        )
+    return SecurityGuard(
+        store,
+        ChangeCounter(store, settings.security_poll_s),
+        jwt_verifier=verifier,
+        cache_ttl_s=settings.auth_cache_ttl_s,
+        default_rate_limit=settings.rate_limit_per_key,
+        workers=settings.workers,
+    )
+
+
 @asynccontextmanager
 async def lifespan(api: FastAPI) -> AsyncIterator[None]:
-    yield
+    settings: Settings = api.state.settings
+    api.state.audit = None
+    if not settings.security:
+        log.warning("security is OFF: no authentication, no audit trail (demo mode only)")
+        yield
+        return
+    engine = api.state.registry.store.engine
+    store = SecurityStore(engine)
+    guard = build_guard(settings, store)
+    audit = AuditLog(engine, queue_size=settings.audit_queue_size)
+    salt = load_or_create_salt(settings.home)
+    api.state.guard = guard
+    api.state.phi_salt = salt
+    api.state.audit = audit
+    api.state.plane.observers.append(AuditObserver(audit, salt))
+    audit.start()
+    try:
+        yield
+    finally:
+        audit.close()
+        guard.close()

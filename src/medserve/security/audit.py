@@ -1,0 +1,267 @@
+"""The tamper-evident audit trail: an append-only, hash-chained table.
+
+Every row has a dense sequence number and ``hash = sha256(canonical fields + prev_hash)``. Editing
+a row breaks its own hash; deleting or reordering rows breaks the link to the previous hash (and
+the dense sequence), so ``verify`` names the first row that no longer fits. Appends from all
+worker processes are serialised by the database (SQLite ``BEGIN IMMEDIATE``, a PostgreSQL
+advisory lock), so the chain stays one line.
+
+Changes are appended synchronously before the response is sent. Predictions are enqueued
+(O(1), never blocking the event loop) and written in batches by a writer thread; ``close``
+drains the queue, which the server does on a clean shutdown and on SIGTERM. If the queue
+overflows, the number of lost entries is itself written to the chain.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import queue
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from medserve.store.tables_security import sec_audit
+
+log = logging.getLogger(__name__)
+
+GENESIS = "0" * 64
+_BATCH = 2000
+_ADVISORY_LOCK = 727003
+_FIELDS = (
+    "actor",
+    "key_id",
+    "action",
+    "model",
+    "version",
+    "client",
+    "outcome",
+    "request_id",
+    "patient_hash",
+    "detail",
+)
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    actor: str
+    action: str
+    outcome: int
+    key_id: str | None = None
+    model: str | None = None
+    version: str | None = None
+    client: str | None = None
+    request_id: str | None = None
+    patient_hash: str | None = None
+    detail: str = ""
+    at: datetime | None = None
+
+
+def _at_text(at: datetime) -> str:
+    at = at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)
+    return at.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _as_utc(value: datetime | None) -> datetime | None:
+    if value is None:
+        return None
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def row_hash(row: dict[str, Any], prev_hash: str) -> str:
+    """The chain hash of one row (its sequence, time, every field and the previous hash)."""
+    canonical = [row["seq"], _at_text(row["at"]), *(row[f] for f in _FIELDS), prev_hash]
+    return hashlib.sha256(orjson.dumps(canonical)).hexdigest()
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    ok: bool
+    checked: int
+    first_bad_seq: int | None = None
+    reason: str = ""
+
+
+class AuditLog:
+    def __init__(self, engine: Engine, *, queue_size: int = 200_000) -> None:
+        self.engine = engine
+        self._queue: queue.Queue[AuditEntry | None] = queue.Queue(maxsize=queue_size)
+        self._dropped = 0
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    # -- writing ----------------------------------------------------------------------------
+    def _append(self, conn: Connection, entries: list[AuditEntry]) -> None:
+        if conn.dialect.name == "postgresql":
+            conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_ADVISORY_LOCK})")
+        last = conn.execute(
+            sa.select(sec_audit.c.seq, sec_audit.c.hash).order_by(sec_audit.c.seq.desc()).limit(1)
+        ).first()
+        seq, prev = (int(last[0]), str(last[1])) if last is not None else (0, GENESIS)
+        now = datetime.now(UTC)
+        rows = []
+        for e in entries:
+            seq += 1
+            row: dict[str, Any] = {
+                "seq": seq,
+                "at": e.at or now,
+                "actor": e.actor[:256],
+                "key_id": e.key_id,
+                "action": e.action[:64],
+                "model": e.model[:128] if e.model else None,
+                "version": e.version[:64] if e.version else None,
+                "client": e.client[:64] if e.client else None,
+                "outcome": int(e.outcome),
+                "request_id": e.request_id[:64] if e.request_id else None,
+                "patient_hash": e.patient_hash,
+                "detail": e.detail,
+            }
+            # The stored time is what verify will read back: hash exactly that (microseconds).
+            row["at"] = row["at"].astimezone(UTC)
+            row["prev_hash"] = prev
+            row["hash"] = prev = row_hash(row, prev)
+            rows.append(row)
+        conn.execute(sec_audit.insert(), rows)
+
+    def append(self, entries: list[AuditEntry]) -> None:
+        """Write ``entries`` durably now (committed when this returns)."""
+        if not entries:
+            return
+        with (
+            self.engine.connect().execution_options(medserve_write=True) as conn,
+            conn.begin(),
+        ):
+            self._append(conn, entries)
+
+    def enqueue(self, entry: AuditEntry) -> None:
+        """Queue an entry for the background writer; never blocks."""
+        try:
+            self._queue.put_nowait(entry)
+        except queue.Full:
+            self._dropped += 1
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(
+                target=self._run, name="medserve-audit-writer", daemon=True
+            )
+            self._thread.start()
+
+    def _run(self) -> None:
+        stopping = False
+        while not stopping:
+            item = self._queue.get()
+            batch: list[AuditEntry] = []
+            if item is None:
+                stopping = True
+            else:
+                batch.append(item)
+            while len(batch) < _BATCH:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    stopping = True
+                    continue
+                batch.append(item)
+            if self._dropped:
+                lost, self._dropped = self._dropped, 0
+                batch.append(
+                    AuditEntry(
+                        actor="medserve",
+                        action="audit_overflow",
+                        outcome=500,
+                        detail=f"{lost} prediction audit entries were lost: queue full",
+                    )
+                )
+            if batch:
+                self._write_batch(batch)
+
+    def _write_batch(self, batch: list[AuditEntry]) -> None:
+        for attempt in range(5):
+            try:
+                self.append(batch)
+                return
+            except Exception:
+                if attempt == 4:
+                    log.exception("audit trail: could not write %d entries", len(batch))
+                threading.Event().wait(0.2 * (attempt + 1))
+
+    def flush(self) -> None:
+        """Write everything queued so far (stops and restarts the writer)."""
+        self.close()
+        self.start()
+
+    def close(self) -> None:
+        """Drain the queue to the database and stop the writer."""
+        with self._lock:
+            thread, self._thread = self._thread, None
+            if thread is not None:
+                self._queue.put(None)
+                thread.join()
+
+    # -- reading ----------------------------------------------------------------------------
+    def verify(self) -> VerifyResult:
+        prev = GENESIS
+        expected_seq = 1
+        checked = 0
+        with self.engine.connect() as conn:
+            result = conn.execution_options(stream_results=True).execute(
+                sa.select(sec_audit).order_by(sec_audit.c.seq)
+            )
+            for raw in result.mappings():
+                row = dict(raw)
+                seq = int(row["seq"])
+                if seq != expected_seq:
+                    return VerifyResult(
+                        False, checked, expected_seq, f"entry {expected_seq} is missing"
+                    )
+                if row["prev_hash"] != prev:
+                    return VerifyResult(
+                        False,
+                        checked,
+                        seq,
+                        f"entry {seq} does not follow entry {seq - 1} "
+                        "(an entry was removed or reordered)",
+                    )
+                if row_hash(row, prev) != row["hash"]:
+                    return VerifyResult(False, checked, seq, f"entry {seq} was modified")
+                prev = row["hash"]
+                expected_seq += 1
+                checked += 1
+        return VerifyResult(True, checked)
+
+    def entries(
+        self,
+        *,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        after_seq: int = 0,
+        actor: str | None = None,
+        model: str | None = None,
+        limit: int | None = None,
+    ) -> Iterator[dict[str, Any]]:
+        query = sa.select(sec_audit).where(sec_audit.c.seq > after_seq).order_by(sec_audit.c.seq)
+        since, until = _as_utc(since), _as_utc(until)
+        if since is not None:
+            query = query.where(sec_audit.c.at >= since)
+        if until is not None:
+            query = query.where(sec_audit.c.at < until)
+        if actor:
+            query = query.where(sec_audit.c.actor == actor)
+        if model:
+            query = query.where(sec_audit.c.model == model)
+        if limit is not None:
+            query = query.limit(limit)
+        with self.engine.connect() as conn:
+            for raw in conn.execute(query).mappings():
+                row = dict(raw)
+                row["at"] = _at_text(row["at"])
+                yield row
