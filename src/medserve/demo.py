@@ -78,8 +78,124 @@ def demo_models() -> list[DemoModel]:
     ]
 
 
+def _demo_card(name: str, what: str, population: str, extra_caveat: str) -> dict[str, Any]:
+    """Author statements for a demo card: honest about being a demonstration."""
+    return {
+        "developer": "medserve demo (medserve maintainers); contact: the medserve issue tracker",
+        "funding": "none: open-source demonstration",
+        "output_description": what,
+        "intended_use": "Demonstrating medserve's registration, evaluation, gating and serving. "
+        "NOT for clinical decisions.",
+        "intended_population": population,
+        "intended_users": "engineers and data scientists evaluating medserve",
+        "decision_role": "none (demonstration); a clinical model of this kind would inform, "
+        "not replace, clinical judgement",
+        "cautioned_uses": "Any clinical use; any population other than the source study; "
+        "any decision about a real patient.",
+        "known_risks": "Small single-source research data set; no external or local "
+        "validation; subgroup results partly synthetic (see caveats).",
+        "training_criteria": "All rows of the public scikit-learn data set; no exclusions.",
+        "demographic_representativeness": "Unknown: the public data set does not describe its "
+        "population beyond the variables it contains.",
+        "deployment_relevance": "None: a demonstration, not a deployment.",
+        "fairness_approach": "Per-subgroup metrics with bootstrap CIs and a minimum n; "
+        "acceptance criteria on every reportable subgroup.",
+        "bias_management": "Subgroup performance is checked by the promotion gate; "
+        "no reweighting was applied.",
+        "external_validation": {
+            "source": "none performed",
+            "party": "none",
+            "representativeness": "not applicable (no external data)",
+            "process": "none performed; a clinical model would need one before use",
+            "validity": "no external validation performed",
+            "fairness": "no external validation performed",
+        },
+        "outcome_references": "none: no study of the model's effect on outcomes",
+        "monitoring": {
+            "validity_process": "medserve live performance monitoring once outcomes are "
+            "recorded (monthly review)",
+            "fairness_process": "per-subgroup live metrics reviewed monthly",
+            "local_validity": "no local evaluation yet",
+            "local_fairness": "no local evaluation yet",
+        },
+        "update": {
+            "process": "retrain through `medserve train`, re-evaluate, pass the promotion gate",
+            "frequency": "on demand (demonstration)",
+        },
+        "ethical_considerations": "Public de-identified research data; no patient can be "
+        "re-identified from the model. Not validated for care.",
+        "caveats": extra_caveat,
+    }
+
+
+def _demo_spec(demo: DemoModel) -> tuple[dict[str, Any], pd.DataFrame]:
+    """The training spec (and frame) each demo model goes through."""
+    common: dict[str, Any] = {
+        "name": demo.name,
+        "description": demo.description,
+        "cv_folds": 3,
+        "seed": SEED,
+        "final_fit": "all",
+        "evaluation": {"bootstrap": 200, "min_n": 20},
+    }
+    if demo.name.startswith("breast-cancer"):
+        frame = demo.frame.copy()
+        frame["diagnosis"] = demo.target.to_numpy()
+        spec = {
+            **common,
+            "data": "sklearn:breast_cancer",
+            "task": "binary",
+            "target": "diagnosis",
+            "positive_label": "malignant",
+            "synthetic_subgroups": ["sex", "age_band"],
+            "acceptance": [
+                {"metric": "auroc", "statistic": "ci_low", "min": 0.9},
+                {"metric": "brier", "max": 0.08},
+                {"metric": "oe_ratio", "min": 0.8, "max": 1.25},
+                {"metric": "auroc", "scope": "each_subgroup", "min": 0.85},
+            ],
+            "card": _demo_card(
+                demo.name,
+                "probability that a breast mass is malignant, and a malignant/benign label",
+                "women with a breast mass sampled by fine-needle aspiration (Wisconsin study)",
+                "The sex and age-band subgroups are synthetic: the data set has neither.",
+            ),
+        }
+        return spec, frame
+    from medserve.training.data import builtin
+
+    frame = builtin("sklearn:diabetes")
+    spec = {
+        **common,
+        "data": "sklearn:diabetes",
+        "task": "regression",
+        "target": "progression",
+        "algorithms": ["hist_gradient_boosting"],  # listed for the record; the estimator is given
+        "subgroups": ["sex_code"],
+        "age_bands": {"column": "age_years", "edges": [40, 60]},
+        "features": {"drop": ["age_years"]},
+        "acceptance": [
+            {"metric": "r2", "min": 0.2},
+            {"metric": "mae", "scope": "each_subgroup", "max": 70},
+        ],
+        "card": _demo_card(
+            demo.name,
+            "predicted disease-progression score one year after baseline",
+            "adults with diabetes in the source study (442 patients)",
+            "Sex is evaluated by the data set's codes 1/2 (it does not say which is which); "
+            "age bands come from the unscaled ages.",
+        ),
+    }
+    return spec, frame
+
+
 def register_demo_models(registry: Registry, console: Console | None = None) -> list[ModelVersion]:
-    """Train and register each demo model unless it already has a production version."""
+    """Train each demo model through the training pipeline (evaluation, card) and promote it
+    through the gate, unless it already has a production version."""
+    from medserve.registry.gate import set_alias_gated
+    from medserve.training.pipeline import train
+    from medserve.training.spec import parse_spec
+
     versions = []
     for demo in demo_models():
         try:
@@ -90,23 +206,23 @@ def register_demo_models(registry: Registry, console: Console | None = None) -> 
             continue
         except (ModelNotFoundError, AliasNotFoundError):
             pass
-        demo.estimator.fit(demo.frame, demo.target)
-        signature = infer_signature(demo.frame, range_margin=0.5)
-        version = registry.register(
-            demo.name,
-            demo.estimator,
-            sample=demo.frame,
-            signature=signature,
-            alias="production",
-            description=demo.description,
-            tags={"demo": "true", "dataset": "scikit-learn bundled"},
+        raw, frame = _demo_spec(demo)
+        result = train(
+            parse_spec(raw),
+            registry,
+            frame=frame,
+            estimator=demo.estimator,
+            signature=infer_signature(demo.frame, range_margin=0.5),
             created_by="medserve-demo",
+            tags={"demo": "true", "dataset": "scikit-learn bundled"},
         )
+        version = result.version
+        set_alias_gated(registry, demo.name, "production", version.version, actor="medserve-demo")
         versions.append(version)
         if console:
             console.print(
-                f"registered [bold]{demo.name}[/] v{version.version} → production "
-                f"([cyan]{version.runtime}[/]: {version.runtime_reason})"
+                f"registered [bold]{demo.name}[/] v{version.version} → production through the "
+                f"gate ([cyan]{version.runtime}[/]: {version.runtime_reason})"
             )
     return versions
 

@@ -117,3 +117,9 @@ class RateLimitedError(MedserveError):
     def __init__(self, message: str, *, retry_after_s: float = 1.0) -> None:
         super().__init__(message)
         self.retry_after_s = retry_after_s
+
+
+class PromotionBlockedError(MedserveError):
+    """The promotion gate refused to move the ``production`` alias; ``details`` lists why."""
+
+    code = "promotion_blocked"

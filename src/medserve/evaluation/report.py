@@ -48,7 +48,7 @@ def _pyplot() -> Any:
 
 def _png(fig: Any) -> str:
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=90, bbox_inches="tight")
+    fig.savefig(buffer, format="png", dpi=72, bbox_inches="tight")
     _pyplot().close(fig)
     return base64.b64encode(buffer.getvalue()).decode("ascii")
 

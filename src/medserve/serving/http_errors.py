@@ -14,6 +14,7 @@ _STATUS: list[tuple[type[errors.MedserveError], int]] = [
     (errors.InvalidRequestError, 400),
     (errors.NotFoundError, 404),
     (errors.AlreadyExistsError, 409),
+    (errors.PromotionBlockedError, 409),
     (errors.UnsafeArtifactError, 400),
     (errors.ModelUnavailableError, 503),
     (errors.ModelLoadError, 503),

@@ -135,3 +135,12 @@ def test_subgroup_below_min_n_is_flagged_not_reported() -> None:
     expected = skm.roc_auc_score(pred.y[:200], pred.score[:200])
     assert levels["female"]["metrics"]["auroc"]["value"] == pytest.approx(expected, abs=1e-6)
     assert [row["threshold"] for row in result["decision_curve"]][0] == 0.05
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_fast_auroc_and_auprc_equal_sklearn_with_ties(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    y = (rng.uniform(size=300) < 0.3).astype(float)
+    p = np.round(rng.uniform(size=300) * 0.5 + y * 0.3, 1)  # heavy ties
+    assert m.auroc(y, p) == pytest.approx(skm.roc_auc_score(y, p))
+    assert m.auprc(y, p) == pytest.approx(skm.average_precision_score(y, p))
