@@ -19,6 +19,7 @@ points that sum exactly to ``p(x) - p(base)``.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -154,7 +155,11 @@ class TreeShapExplainer:
     method = "tree_shap"
 
     def __init__(self, estimator: Any, target: str | None) -> None:
-        import shap
+        with warnings.catch_warnings():
+            # shap imports matplotlib, whose colormap set-up warns about its own API.
+            warnings.simplefilter("ignore", PendingDeprecationWarning)
+            warnings.simplefilter("ignore", DeprecationWarning)
+            import shap
 
         self.estimator = estimator
         self.explainer = shap.TreeExplainer(estimator)

@@ -26,13 +26,15 @@ def calibration_slope(y: np.ndarray, p: np.ndarray) -> float | None:
     X = np.column_stack([np.ones_like(x), x])
     beta = np.zeros(2)
     for _ in range(50):  # Newton-Raphson; converges in a handful of steps
-        mu = 1 / (1 + np.exp(-(X @ beta)))
+        mu = 1 / (1 + np.exp(-np.clip(X @ beta, -30, 30)))
         w = mu * (1 - mu)
         hessian = X.T @ (X * w[:, None]) + 1e-9 * np.eye(2)
         step = np.linalg.solve(hessian, X.T @ (y - mu))
         beta += step
         if np.max(np.abs(step)) < 1e-8:
             break
+    if not np.isfinite(beta[1]) or abs(beta[1]) > 20:
+        return None  # (quasi-)separated outcomes: the slope is not estimable
     return float(beta[1])
 
 
