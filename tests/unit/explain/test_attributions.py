@@ -89,7 +89,8 @@ def test_attributions_sum_to_the_prediction(
     loaded = _loaded(models, name)
     X = _rows(loaded)
     result = ExplainService(models.store, models.artifacts).explain(loaded, X)
-    assert result["method"] == method and result["output"] == output
+    assert result["method"] == method
+    assert result["output"] == output
     served = _served_output(loaded, X, result["target"])
     for i, entry in enumerate(result["explanations"]):
         total = entry["base_value"] + sum(entry["attributions"].values())
@@ -102,7 +103,8 @@ def test_attributions_sum_to_the_prediction(
             assert p_base + points == pytest.approx(p, abs=1e-9)
         else:
             assert entry["prediction"] == pytest.approx(served[i], rel=1e-4, abs=1e-4)
-        assert entry["top"] and len(entry["top"]) <= 3
+        assert entry["top"]
+        assert len(entry["top"]) <= 3
 
 
 def test_classifier_target_and_plain_words(models: Registry) -> None:
@@ -115,7 +117,8 @@ def test_classifier_target_and_plain_words(models: Registry) -> None:
     for name, value in malignant["attributions"].items():
         assert value == pytest.approx(-benign["attributions"][name], abs=1e-9)
     top = malignant["top"][0]
-    assert "the probability of malignant by" in top and "points" in top
+    assert "the probability of malignant by" in top
+    assert "points" in top
     assert (
         top.split(" raised")[0].split(" lowered")[0].rsplit(" ", 1)[0]
         in loaded.signature.feature_names
@@ -126,10 +129,13 @@ def test_global_importance_is_stored_at_registration(models: Registry) -> None:
     store = MonitoringStore(models.store)
     for name, method in (("linear", "linear_exact"), ("forest", "tree_shap")):
         reference, importance = store.reference(name, 1)
-        assert importance is not None and importance["method"] == method
+        assert importance is not None
+        assert importance["method"] == method
         ranked = list(importance["features"].values())
-        assert ranked == sorted(ranked, reverse=True) and ranked[0] > 0
-        assert "rows" not in reference and reference["n"] == 569
+        assert ranked == sorted(ranked, reverse=True)
+        assert ranked[0] > 0
+        assert "rows" not in reference
+        assert reference["n"] == 569
         assert set(reference["features"]["mean radius"]) >= {"quantiles", "edges", "proportions"}
 
 

@@ -129,7 +129,8 @@ def test_shifted_stream_fires_each_rule_once_with_retry(
     assert summary["psi_max"] > 0.25
     assert "mean radius" in summary["features_alert"]
     radius = first["drift"]["features"]["mean radius"]
-    assert radius["ks_pvalue"] < 0.01 and radius["ks_drift"] is True
+    assert radius["ks_pvalue"] < 0.01
+    assert radius["ks_drift"] is True
     assert radius["out_of_range_rate"] > 0  # pushed past the largest value seen at registration
     assert len(first["alerts_fired"]) == 1  # the 2-window rule has not fired yet
 
@@ -153,7 +154,8 @@ def test_shifted_stream_fires_each_rule_once_with_retry(
     ]
     assert alerts[0]["attempts"] == 2
     acked = store.acknowledge(alerts[0]["id"], "dr-owner", "assay change confirmed")
-    assert acked["state"] == "acknowledged" and acked["acknowledged_by"] == "dr-owner"
+    assert acked["state"] == "acknowledged"
+    assert acked["acknowledged_by"] == "dr-owner"
 
     # A third window still drifting: nothing new is sent.
     run_model(store, bc_registry.store, MODEL, window_s=3600, now=now + timedelta(seconds=2))
@@ -197,7 +199,8 @@ def test_recovery_resolves_and_rearms(bc_registry: Registry) -> None:
     assert result["drift"]["summary"]["psi_max"] < 0.25
     assert result["alerts_fired"] == []
     assert store.alerts(MODEL)[0]["state"] == "resolved"
-    assert store.rules(MODEL)[0].id == rule.id and store.rules(MODEL)[0].streak == 0
+    assert store.rules(MODEL)[0].id == rule.id
+    assert store.rules(MODEL)[0].streak == 0
 
 
 def test_outcomes_join_late_and_count_only_matured_windows(bc_registry: Registry) -> None:
@@ -243,7 +246,8 @@ def test_outcomes_join_late_and_count_only_matured_windows(bc_registry: Registry
             }
         ],
     )
-    assert by_patient == [1] and len(patient_ids) == 1
+    assert by_patient == [1]
+    assert len(patient_ids) == 1
 
     still_early = run_model(
         store, bc_registry.store, MODEL, window_s=3600, now=now + timedelta(hours=12)
@@ -261,6 +265,7 @@ def test_outcomes_join_late_and_count_only_matured_windows(bc_registry: Registry
     )
     assert overall["auroc"] > 0.95  # the training data, so near perfect
     assert 0.8 < overall["observed_expected"] < 1.25
-    assert overall["sensitivity"] > 0.9 and overall["ppv"] > 0.9
+    assert overall["sensitivity"] > 0.9
+    assert overall["ppv"] > 0.9
     assert set(perf["subgroups"]["site"]) == {"north", "south"}
     assert perf["subgroups"]["site"]["north"]["n"] == 100
