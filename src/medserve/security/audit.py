@@ -262,6 +262,6 @@ class AuditLog:
             query = query.limit(limit)
         with self.engine.connect() as conn:
             for raw in conn.execute(query).mappings():
-                row = dict(raw)
+                row = {str(k): v for k, v in raw.items()}  # plain str keys for JSON encoders
                 row["at"] = _at_text(row["at"])
                 yield row

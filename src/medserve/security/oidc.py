@@ -85,10 +85,13 @@ class JwtVerifier:
         try:
             header = jwt.get_unverified_header(token)
             key = self.jwks.key(header.get("kid"))
+            # Only the key's own algorithm: a token cannot pick a weaker or mismatched one.
+            if key.algorithm_name not in self.algorithms:
+                raise AuthenticationError("bearer token key uses an algorithm not accepted here")
             claims: dict[str, Any] = jwt.decode(
                 token,
                 key.key,
-                algorithms=self.algorithms,
+                algorithms=[key.algorithm_name],
                 audience=self.audience,
                 issuer=self.issuer,
                 leeway=self.leeway_s,
@@ -100,7 +103,7 @@ class JwtVerifier:
             raise AuthenticationError("bearer token is not for this audience") from exc
         except jwt.InvalidIssuerError as exc:
             raise AuthenticationError("bearer token is from an untrusted issuer") from exc
-        except jwt.PyJWTError as exc:
+        except (jwt.PyJWTError, TypeError, ValueError) as exc:
             raise AuthenticationError(f"invalid bearer token ({type(exc).__name__})") from exc
         principal = self._principal(claims)
         if len(self._cache) >= _CACHE_MAX:

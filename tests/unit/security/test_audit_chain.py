@@ -1,0 +1,124 @@
+"""The hash-chained audit trail: verify, tamper detection (edit/delete/reorder), the writer."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+import sqlalchemy as sa
+from typer.testing import CliRunner
+
+from medserve.cli import app
+from medserve.registry.service import Registry
+from medserve.security.audit import AuditEntry, AuditLog
+from medserve.store.tables_security import sec_audit
+
+
+@pytest.fixture
+def audit(registry: Registry) -> AuditLog:
+    log = AuditLog(registry.store.engine)  # type: ignore[attr-defined]
+    log.append(
+        [
+            AuditEntry(actor=f"key:user{i}", action="predict", outcome=200, model="m", version="1")
+            for i in range(10)
+        ]
+    )
+    return log
+
+
+def _run(sql: str, audit: AuditLog) -> None:
+    with audit.engine.begin() as conn:
+        conn.exec_driver_sql(sql)
+
+
+def test_intact_chain_verifies(audit: AuditLog) -> None:
+    result = audit.verify()
+    assert result.ok
+    assert result.checked == 10
+
+
+def test_edited_row_is_located(audit: AuditLog) -> None:
+    _run("UPDATE sec_audit SET outcome = 403 WHERE seq = 4", audit)
+    result = audit.verify()
+    assert not result.ok
+    assert result.first_bad_seq == 4
+    assert "modified" in result.reason
+
+
+def test_deleted_row_is_located(audit: AuditLog) -> None:
+    _run("DELETE FROM sec_audit WHERE seq = 6", audit)
+    result = audit.verify()
+    assert not result.ok
+    assert result.first_bad_seq == 6
+    assert "missing" in result.reason
+
+
+def test_deleted_and_renumbered_rows_are_located(audit: AuditLog) -> None:
+    # A careful forger closes the gap: the link to the previous hash still breaks.
+    _run("DELETE FROM sec_audit WHERE seq = 6", audit)
+    _run("UPDATE sec_audit SET seq = seq - 1 WHERE seq > 6", audit)
+    result = audit.verify()
+    assert not result.ok
+    assert result.first_bad_seq == 6
+
+
+def test_reordered_rows_are_located(audit: AuditLog) -> None:
+    _run("UPDATE sec_audit SET seq = -3 WHERE seq = 3", audit)
+    _run("UPDATE sec_audit SET seq = 3 WHERE seq = 7", audit)
+    _run("UPDATE sec_audit SET seq = 7 WHERE seq = -3", audit)
+    result = audit.verify()
+    assert not result.ok
+    assert result.first_bad_seq == 3
+
+
+def test_appends_continue_the_chain_across_logs(audit: AuditLog, registry: Registry) -> None:
+    other = AuditLog(registry.store.engine)  # type: ignore[attr-defined]
+    other.append([AuditEntry(actor="cli:x", action="key_revoke", outcome=200)])
+    assert audit.verify().checked == 11
+    assert audit.verify().ok
+
+
+def test_writer_drains_queue_on_close(registry: Registry) -> None:
+    log = AuditLog(registry.store.engine)  # type: ignore[attr-defined]
+    log.start()
+    for i in range(5000):
+        log.enqueue(AuditEntry(actor="key:app", action="predict", outcome=200, request_id=str(i)))
+    log.close()
+    rows = list(log.entries())
+    assert len(rows) == 5000
+    assert [r["request_id"] for r in rows] == [str(i) for i in range(5000)]
+    assert log.verify().ok
+
+
+def test_overflow_is_recorded_in_the_chain(registry: Registry) -> None:
+    log = AuditLog(registry.store.engine, queue_size=3)  # type: ignore[attr-defined]
+    for _ in range(5):
+        log.enqueue(AuditEntry(actor="key:app", action="predict", outcome=200))
+    log.start()
+    log.close()
+    rows = list(log.entries())
+    assert [r["action"] for r in rows] == ["predict"] * 3 + ["audit_overflow"]
+    assert "2 prediction audit entries were lost" in rows[-1]["detail"]
+
+
+def test_entries_filters(audit: AuditLog) -> None:
+    assert len(list(audit.entries(actor="key:user3"))) == 1
+    assert len(list(audit.entries(after_seq=8))) == 2
+    future = datetime.now(UTC) + timedelta(hours=1)
+    assert list(audit.entries(since=future)) == []
+    assert len(list(audit.entries(since=datetime.now(UTC) - timedelta(hours=1)))) == 10
+
+
+def test_cli_verify_and_export(audit: AuditLog) -> None:
+    runner = CliRunner()
+    ok = runner.invoke(app, ["audit", "verify"])
+    assert ok.exit_code == 0, ok.output
+    assert "10 entries verified" in ok.output
+    exported = runner.invoke(app, ["audit", "export", "--since", "1d"])
+    assert exported.exit_code == 0
+    assert len(exported.stdout.strip().splitlines()) == 10
+    with audit.engine.begin() as conn:
+        conn.execute(sa.update(sec_audit).where(sec_audit.c.seq == 2).values(actor="key:nobody"))
+    broken = runner.invoke(app, ["audit", "verify"])
+    assert broken.exit_code == 1
+    assert "entry 2" in broken.output
