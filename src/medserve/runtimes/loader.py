@@ -8,7 +8,7 @@ from typing import Final
 from medserve.errors import UnsupportedFormatError
 from medserve.runtimes.base import Runtime
 
-FLAVORS: Final = ("onnx", "skops", "xgboost", "lightgbm", "pickle")
+FLAVORS: Final = ("onnx", "skops", "xgboost", "lightgbm", "pickle", "image", "text", "sequence")
 
 
 def load_runtime(
@@ -40,6 +40,18 @@ def load_runtime(
         from medserve.runtimes.pickle_runtime import PickleRuntime
 
         return PickleRuntime.from_path(path, trust_pickle=trust_pickle)
+    if flavor == "image":  # bundle: ONNX + declared preprocessing ([imaging] extra)
+        from medserve.modalities.image_runtime import ImageRuntime
+
+        return ImageRuntime.from_path(path, intra_op_threads=intra_op_threads)
+    if flavor == "text":  # bundle: tokenizer + ONNX encoder + head ([text] extra)
+        from medserve.modalities.text_runtime import TextRuntime
+
+        return TextRuntime.from_path(path, intra_op_threads=intra_op_threads)
+    if flavor == "sequence":  # bundle: k-mer featuriser + inner ONNX/skops model
+        from medserve.modalities.sequence import SequenceRuntime
+
+        return SequenceRuntime.from_path(path, intra_op_threads=intra_op_threads)
     raise UnsupportedFormatError(
         f"unknown runtime flavor {flavor!r}; expected one of: {', '.join(FLAVORS)}"
     )

@@ -1,0 +1,86 @@
+"""DICOM decoding and PS3.15 Annex E de-identification on pydicom's bundled files."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pydicom
+import pytest
+from tests.unit.modalities.helpers import ct_with_phi, dicom_file, phi_strings
+
+from medserve.errors import UnsupportedMediaTypeError, ValidationFailedError
+from medserve.modalities.dicom_deid import anonymous_uid, deidentify_dataset
+from medserve.modalities.image_io import read_dicom, read_png
+from medserve.modalities.image_preprocessing import ImagePreprocessing, Window, preprocess
+
+SALT = b"s" * 32
+
+
+def test_deidentification_removes_every_planted_identifier() -> None:
+    ds = pydicom.dcmread(io.BytesIO(ct_with_phi()))
+    study_uid = str(ds.StudyInstanceUID)
+    deidentify_dataset(ds, salt=SALT)
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    dumped = buffer.getvalue() + str(ds).encode()
+    for value in phi_strings():
+        assert value.encode() not in dumped, value
+    assert ds.PatientIdentityRemoved == "YES"
+    assert ds.StudyInstanceUID == anonymous_uid(study_uid, SALT)
+    assert str(ds.StudyInstanceUID).startswith("2.25.")
+    assert ds.SOPClassUID == pydicom.uid.CTImageStorage  # a class, not an identifier: kept
+    assert "ContentSequence" not in ds
+    assert not any(elem.tag.is_private for elem in ds)
+
+
+def test_uid_replacement_is_stable_under_one_salt_only() -> None:
+    uid = "1.2.840.113619.2.1.1.322987881.621.736170080.681"
+    assert anonymous_uid(uid, SALT) == anonymous_uid(uid, SALT)
+    assert anonymous_uid(uid, SALT) != anonymous_uid(uid, b"t" * 32)
+
+
+def test_ct_is_read_in_hounsfield_units_and_described_without_phi() -> None:
+    image = read_dicom(ct_with_phi(), modalities=["CT", "MR"], salt=SALT)
+    raw = pydicom.dcmread(dicom_file("CT_small.dcm"))
+    expected = raw.pixel_array * float(raw.RescaleSlope) + float(raw.RescaleIntercept)
+    np.testing.assert_allclose(image.pixels, expected)
+    assert image.modality == "CT"
+    assert image.describe() == "dicom:CT:128x128"
+    assert image.header["SOPClassName"] == "CT Image Storage"
+    assert not any(v in str(image.header) for v in phi_strings())
+
+
+@pytest.mark.parametrize("name", ["reportsi.dcm", "rtplan.dcm", "waveform_ecg.dcm"])
+def test_non_image_objects_are_refused_naming_pixel_data(name: str) -> None:
+    with pytest.raises(ValidationFailedError) as caught:
+        read_dicom(dicom_file(name).read_bytes())
+    assert caught.value.details[0]["field"] == "PixelData"
+    assert "no pixel data" in caught.value.message
+
+
+def test_modality_outside_the_model_is_refused() -> None:
+    with pytest.raises(ValidationFailedError) as caught:
+        read_dicom(dicom_file("examples_rgb_color.dcm").read_bytes(), modalities=["CT", "MR"])
+    assert caught.value.details[0]["field"] == "Modality"
+    assert "US" in caught.value.message
+
+
+def test_bytes_that_are_not_dicom_are_unsupported_media() -> None:
+    with pytest.raises(UnsupportedMediaTypeError):
+        read_dicom(b"\x00" * 200 + b"not dicom")
+    with pytest.raises(UnsupportedMediaTypeError):
+        read_png(b"GIF89a....")
+
+
+def test_ct_window_maps_hounsfield_units_to_unit_range() -> None:
+    spec = ImagePreprocessing(
+        size=(2, 3), window=Window(center=40, width=400), class_labels=["a", "b"], mean=0, std=1
+    )
+    hu = np.array([[-1000, -160, 40], [240, 1000, 140]], dtype=np.float32)
+    tensor, unit, mode = preprocess(hu, "CT", spec)
+    assert mode == "window"
+    np.testing.assert_allclose(unit, [[0, 0, 0.5], [1, 1, 0.75]], atol=1e-6)
+    assert tensor.shape == (1, 2, 3)
+    _, _, mr_mode = preprocess(hu, "MR", spec)
+    assert mr_mode == "percentile"
