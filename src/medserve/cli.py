@@ -262,8 +262,19 @@ def models_alias(
     version: Annotated[int | None, typer.Argument(help="Version to point at.")] = None,
     delete: Annotated[bool, typer.Option(help="Remove the alias.")] = False,
     reason: Annotated[str, typer.Option(help="Why (kept in the alias history).")] = "",
+    override_approver: Annotated[
+        str | None,
+        typer.Option(
+            help="Move production despite the promotion gate: the approver's name "
+            "(needs --reason; recorded in the alias history)."
+        ),
+    ] = None,
 ) -> None:
-    """Point an alias (production, staging, ...) at a version, or delete it."""
+    """Point an alias (production, staging, ...) at a version, or delete it.
+
+    Moving ``production`` goes through the promotion gate (complete card, acceptance criteria
+    met, no train/test patient overlap)."""
+    from medserve.registry.gate import set_alias_gated
     from medserve.registry.service import current_user
 
     try:
@@ -274,13 +285,21 @@ def models_alias(
                 return
             if version is None:
                 raise InvalidRequestError("give a VERSION, or --delete")
-            event = registry.store.set_alias(
-                name, alias, version, actor=current_user(), reason=reason
+            event = set_alias_gated(
+                registry,
+                name,
+                alias,
+                version,
+                actor=current_user(),
+                reason=reason,
+                override_approver=override_approver,
             )
     except MedserveError as exc:
         raise _fail(exc) from exc
     moved = f"from v{event.from_version} " if event.from_version else ""
     console.print(f"{name}@{alias} moved {moved}to v{event.to_version}")
+    if event.reason.startswith("OVERRIDE"):
+        console.print(f"[yellow]{event.reason}[/]", highlight=False)
 
 
 @models_app.command("signature")

@@ -1,13 +1,85 @@
-"""HTTP extension: governance (see serving/extensions/__init__.py for the contract)."""
+"""HTTP extension: governance — model cards, evaluations and reports, the promotion gate.
+
+Cards are built on request from stored statements and evaluations (cheap: a few small queries),
+so they always reflect the latest evaluation. Nothing here touches the prediction hot path.
+"""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
-from fastapi import APIRouter, FastAPI
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 
-router = APIRouter()
+from medserve.errors import NotFoundError
+from medserve.evaluation.store import GovernanceStore
+from medserve.registry.cards import build_card, render_card_html
+from medserve.registry.service import Registry
+
+router = APIRouter(tags=["governance"])
+
+
+def _registry(request: Request) -> Registry:
+    registry: Registry = request.app.state.registry
+    return registry
+
+
+def _wants_html(request: Request, fmt: str | None) -> bool:
+    if fmt is not None:
+        return fmt == "html"
+    accept = request.headers.get("accept", "")
+    return "text/html" in accept and "application/json" not in accept
+
+
+@router.get("/v1/models/{name}/versions/{version}/card", response_model=None)
+async def model_card(
+    request: Request, name: str, version: str, format: str | None = None
+) -> Response:
+    """The model card as JSON, or HTML with ``Accept: text/html`` or ``?format=html``."""
+    registry = _registry(request)
+    mv = registry.store.resolve(name, version)
+    card = build_card(GovernanceStore(registry.store), mv)
+    if _wants_html(request, format):
+        return HTMLResponse(render_card_html(card))
+    return JSONResponse(card)
+
+
+@router.get("/v1/models/{name}/versions/{version}/evaluations")
+async def evaluations(request: Request, name: str, version: str) -> dict[str, Any]:
+    registry = _registry(request)
+    mv = registry.store.resolve(name, version)
+    items = GovernanceStore(registry.store).evaluations(name, mv.version)
+    return {"model": name, "version": mv.version, "evaluations": items}
+
+
+@router.get("/v1/models/{name}/versions/{version}/report", response_class=HTMLResponse)
+async def report(request: Request, name: str, version: str) -> HTMLResponse:
+    """The HTML report of the most recent evaluation with one."""
+    registry = _registry(request)
+    mv = registry.store.resolve(name, version)
+    items = GovernanceStore(registry.store).evaluations(name, mv.version)
+    sha = next((e["report_sha256"] for e in items if e["report_sha256"]), None)
+    if sha is None:
+        raise NotFoundError(f"{name} v{mv.version} has no evaluation report")
+    return HTMLResponse(registry.artifacts.read_bytes(sha).decode())
+
+
+@router.get("/v1/models/{name}/versions/{version}/gate")
+async def gate(request: Request, name: str, version: str) -> dict[str, Any]:
+    """Whether this version may become production, and if not, everything missing."""
+    from medserve.registry.gate import check
+
+    registry = _registry(request)
+    mv = registry.store.resolve(name, version)
+    result = check(registry, name, mv.version)
+    return {
+        "model": name,
+        "version": mv.version,
+        "passed": result.passed,
+        "problems": result.problems,
+    }
 
 
 @asynccontextmanager
