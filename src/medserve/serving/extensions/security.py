@@ -18,22 +18,24 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from contextlib import asynccontextmanager
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import orjson
 from fastapi import APIRouter, FastAPI, Query, Request
 from fastapi.routing import APIRoute
+from pydantic import BaseModel, Field
 
 from medserve.errors import (
     AuthenticationError,
     InvalidRequestError,
     MedserveError,
+    PermissionDeniedError,
     RateLimitedError,
 )
 from medserve.security.audit import AuditEntry, AuditLog
 from medserve.security.guard import PRINCIPAL_SCOPE_KEY, SecurityGuard
-from medserve.security.keys import ChangeCounter, SecurityStore
+from medserve.security.keys import ApiKey, ChangeCounter, SecurityStore
 from medserve.security.oidc import JwksSource, JwtVerifier
 from medserve.security.phi import deidentify_text, load_or_create_salt, pseudonymize
 from medserve.serving.context import Principal
@@ -80,11 +82,17 @@ def route_action(method: str, path: str, params: dict[str, Any], extra: dict[str
         return "read_audit"
     if path.startswith(("/v1/security", "/v1/keys", "/v1/tenants")):
         return "admin"
-    if path == "/metrics" or path.startswith(("/v1/monitoring", "/v1/drift", "/v1/alerts")):
+    if path.startswith("/v1/alerts") and method not in _READ_METHODS:
+        return "write"  # acknowledging an alert changes its state (as monitoring checks too)
+    if (
+        path == "/metrics"
+        or path.startswith(("/v1/monitoring", "/v1/drift", "/v1/alerts"))
+        or path.endswith("/monitoring")
+    ):
         return "read_monitoring"
     if path.startswith("/v1/outcomes"):
         return "read_monitoring" if method in _READ_METHODS else "predict"
-    if path.startswith("/v2") or path.endswith(("/predict", "/infer")):
+    if path.startswith("/v2") or path.endswith(("/predict", "/infer", "/explain")):
         return "predict"
     if path.startswith(("/fhir", "/v1/fhir", "/cds-services")):
         return "predict"
@@ -183,6 +191,8 @@ class SecurityMiddleware:
                 _headers_with_security(headers, tls, docs)
                 message["headers"] = headers
                 status = int(message["status"])
+                if status == 401:
+                    headers.append((b"www-authenticate", b'Bearer realm="medserve"'))
                 if hot is not None:
                     if status != 200:  # successes are audited by the prediction observer
                         audit.enqueue(self._entry(scope, status, "predict", hot[1], hot[2], path))
@@ -319,6 +329,93 @@ async def read_audit(
     )
     nxt = entries[-1]["seq"] if len(entries) == limit else None
     return {"entries": entries, "next_after_seq": nxt}
+
+
+class KeyRequest(BaseModel):
+    name: str = Field(min_length=1, max_length=256)
+    roles: list[str] = Field(min_length=1)
+    models: list[str] | None = None
+    tenant: str | None = None
+    expires_in_days: float | None = Field(default=None, gt=0)
+    rate_limit: int | None = Field(default=None, gt=0)
+
+
+class TenantRequest(BaseModel):
+    tenant: str | None = Field(default=None, max_length=128)
+
+
+def _store(request: Request) -> SecurityStore:
+    guard = request.app.state.guard
+    if not isinstance(guard, SecurityGuard):
+        raise InvalidRequestError("security is off on this server")
+    return guard.store
+
+
+def _key_view(key: ApiKey) -> dict[str, Any]:
+    return {
+        "key_id": key.key_id,
+        "name": key.name,
+        "roles": list(key.roles),
+        "models": list(key.models) if key.models is not None else None,
+        "tenant": key.tenant,
+        "rate_limit": key.rate_limit,
+        "created_at": key.created_at.isoformat(),
+        "expires_at": key.expires_at.isoformat() if key.expires_at else None,
+        "state": key.state(),
+    }
+
+
+@router.get("/v1/security/keys", tags=["security"])
+async def list_keys(request: Request) -> dict[str, Any]:
+    """API keys (never their secrets)."""
+    principal: Principal | None = request.scope.get(PRINCIPAL_SCOPE_KEY)
+    tenant = principal.tenant if principal else None
+    keys = await asyncio.to_thread(_store(request).list_keys)
+    return {"keys": [_key_view(k) for k in keys if tenant is None or k.tenant == tenant]}
+
+
+def _same_tenant(request: Request, tenant: str | None) -> None:
+    """A tenant's admin manages only that tenant's keys (no escalation to operator keys)."""
+    principal: Principal | None = request.scope.get(PRINCIPAL_SCOPE_KEY)
+    if principal is not None and principal.tenant is not None and tenant != principal.tenant:
+        raise PermissionDeniedError("a tenant administrator manages only its own tenant's keys")
+
+
+@router.post("/v1/security/keys", tags=["security"], status_code=201)
+async def create_key(request: Request, body: KeyRequest) -> dict[str, Any]:
+    """Create a key; the response is the only time its token is shown."""
+    principal: Principal | None = request.scope.get(PRINCIPAL_SCOPE_KEY)
+    _same_tenant(request, body.tenant)
+    issued = await asyncio.to_thread(
+        lambda: _store(request).create_key(
+            body.name,
+            body.roles,
+            models=body.models,
+            tenant=body.tenant,
+            expires_in=timedelta(days=body.expires_in_days) if body.expires_in_days else None,
+            rate_limit=body.rate_limit,
+            created_by=principal.subject if principal else "unknown",
+        )
+    )
+    return {**_key_view(issued.key), "token": issued.token}
+
+
+@router.delete("/v1/security/keys/{key_id}", tags=["security"])
+async def revoke_key(request: Request, key_id: str) -> dict[str, Any]:
+    """Revoke a key: refused from the next request on, in every worker."""
+    store = _store(request)
+    current = {k.key_id: k for k in await asyncio.to_thread(store.list_keys)}
+    target = current.get(key_id)
+    _same_tenant(request, target.tenant if target else None)
+    key = await asyncio.to_thread(store.revoke_key, key_id)
+    return _key_view(key)
+
+
+@router.put("/v1/security/tenants/{name}", tags=["security"])
+async def assign_tenant(request: Request, name: str, body: TenantRequest) -> dict[str, Any]:
+    """Assign a model to a tenant (null clears it)."""
+    await asyncio.to_thread(_store(request).set_model_tenant, name, body.tenant)
+    return {"model": name, "tenant": body.tenant}
 
 
 # --------------------------------------------------------------------------------------------
