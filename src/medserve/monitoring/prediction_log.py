@@ -36,12 +36,33 @@ log = logging.getLogger(__name__)
 _STOP = object()
 _WRITE_ATTEMPTS = 5
 
+_COLUMNS = (
+    "id",
+    "model_name",
+    "version",
+    "at",
+    "patient",
+    "site",
+    "inputs",
+    "outputs",
+    "latency_ms",
+)
+
+
+def _sqlite_time(value: datetime) -> str:
+    return value.replace(tzinfo=None).isoformat(sep=" ", timespec="microseconds")
+
+
+def _same(value: datetime) -> datetime:
+    return value
+
+
 SignatureLookup = Callable[[str, int], Signature | None]
-RowEncoder = Callable[[np.ndarray], list[bytes]]
+RowEncoder = Callable[[np.ndarray], list[str]]
 
 
-def _numeric_rows(X: np.ndarray) -> list[bytes]:
-    return [orjson.dumps(row, option=orjson.OPT_SERIALIZE_NUMPY) for row in X]
+def _numeric_rows(X: np.ndarray) -> list[str]:
+    return [orjson.dumps(row, option=orjson.OPT_SERIALIZE_NUMPY).decode() for row in X]
 
 
 def make_row_encoder(signature: Signature | None, salt: bytes) -> RowEncoder:
@@ -69,19 +90,19 @@ def make_row_encoder(signature: Signature | None, salt: bytes) -> RowEncoder:
             return deidentify_text(value)
         return value
 
-    def encode(X: np.ndarray) -> list[bytes]:
-        return [orjson.dumps([clean(i, v) for i, v in enumerate(row)]) for row in X]
+    def encode(X: np.ndarray) -> list[str]:
+        return [orjson.dumps([clean(i, v) for i, v in enumerate(row)]).decode() for row in X]
 
     return encode
 
 
-def encode_outputs(outputs: dict[str, np.ndarray], n: int) -> list[bytes]:
+def encode_outputs(outputs: dict[str, np.ndarray], n: int) -> list[str]:
     columns: dict[str, list[Any]] = {}
     for key, value in outputs.items():
         array = np.asarray(value)
         columns[key] = array.tolist() if array.shape[:1] == (n,) else [None] * n
     keys = list(columns)
-    return [orjson.dumps({k: columns[k][i] for k in keys}) for i in range(n)]
+    return [orjson.dumps({k: columns[k][i] for k in keys}).decode() for i in range(n)]
 
 
 class PredictionLog:
@@ -102,6 +123,14 @@ class PredictionLog:
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=max(1, settings.queue_size))
         self._block_s = settings.block_ms / 1000 if settings.queue_full == "block" else 0.0
         self._encoders: dict[tuple[str, int], RowEncoder] = {}
+        sqlite = engine.dialect.name == "sqlite"
+        marker = "?" if engine.dialect.paramstyle == "qmark" else "%s"
+        self._insert_sql = (
+            f"INSERT INTO {mon_predictions.name} ({', '.join(_COLUMNS)}) "
+            f"VALUES ({', '.join([marker] * len(_COLUMNS))})"
+        )
+        # SQLite keeps SQLAlchemy's DateTime text form; other drivers take datetimes.
+        self._time_param: Callable[[datetime], Any] = _sqlite_time if sqlite else _same
         self._thread = threading.Thread(target=self._run, name="medserve-prediction-log")
         self._thread.daemon = True
         self._closed = False
@@ -190,7 +219,9 @@ class PredictionLog:
             )
         return encoder
 
-    def rows_for(self, event: PredictionEvent, at: float) -> list[dict[str, Any]]:
+    def rows_for(self, event: PredictionEvent, at: float) -> list[tuple[Any, ...]]:
+        """Row tuples in ``_COLUMNS`` order (raw DB-API parameters: this is the bulk of the
+        writer's work, and SQLAlchemy's per-row type processing would double it)."""
         from medserve.security.phi import pseudonymize
 
         context = event.context
@@ -198,25 +229,16 @@ class PredictionLog:
         inputs = self._encoder(event.model, event.version)(event.inputs)
         outputs = encode_outputs(event.outputs, n)
         patient = pseudonymize(context.patient_id, salt=self.salt) if context.patient_id else None
-        when = datetime.fromtimestamp(at, UTC)
+        when = self._time_param(datetime.fromtimestamp(at, UTC))
         latency_ms = event.latency_s * 1000.0
+        model, version, site = event.model, event.version, context.site
         return [
-            {
-                "id": pid,
-                "model_name": event.model,
-                "version": event.version,
-                "at": when,
-                "patient": patient,
-                "site": context.site,
-                "inputs": inputs[i].decode(),
-                "outputs": outputs[i].decode(),
-                "latency_ms": latency_ms,
-            }
+            (pid, model, version, when, patient, site, inputs[i], outputs[i], latency_ms)
             for i, pid in enumerate(event.prediction_ids)
         ]
 
     def _write(self, batch: list[tuple[PredictionEvent, float]]) -> None:
-        rows: list[dict[str, Any]] = []
+        rows: list[tuple[Any, ...]] = []
         for event, at in batch:
             rows.extend(self.rows_for(event, at))
         started = time.perf_counter()
@@ -226,7 +248,7 @@ class PredictionLog:
                     self.engine.connect().execution_options(medserve_write=True) as conn,
                     conn.begin(),
                 ):
-                    conn.execute(mon_predictions.insert(), rows)
+                    conn.exec_driver_sql(self._insert_sql, rows)
                 break
             except SQLAlchemyError:
                 if attempt == _WRITE_ATTEMPTS - 1:
