@@ -106,6 +106,10 @@ class ImageRuntime:
         drop: np.ndarray = np.clip(base - occluded, 0.0, None).reshape(rows, cols)
         return drop.astype(np.float32)
 
+    def explain(self, X: npt.NDArray[Any]) -> list[dict[str, Any]]:
+        """One occlusion saliency explanation per row (the optional Runtime ``explain``)."""
+        return [self.explain_image(_as_image(value)) for value in X[:, 0]]
+
     def explain_image(self, image: DecodedImage, target_label: str | None = None) -> dict[str, Any]:
         tensor, unit, mode = self.prepare(image)
         probabilities = self.probabilities(tensor[None])[0]

@@ -127,6 +127,12 @@ class TextRuntime:
         }
 
     # -- explanation ---------------------------------------------------------------------------
+    def explain(self, X: npt.NDArray[Any]) -> list[dict[str, Any]]:
+        """One word-occlusion explanation per row (the optional Runtime ``explain``)."""
+        return [
+            self.explain_text(_as_text(v, i, self.spec.text_field)) for i, v in enumerate(X[:, 0])
+        ]
+
     def explain_text(self, text: str, target_label: str | None = None) -> dict[str, Any]:
         """Word-occlusion attributions: ``[{"word", "start", "end", "attribution"}]``."""
         encoding = self._tokenizer.encode(text)

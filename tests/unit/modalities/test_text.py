@@ -68,3 +68,10 @@ def test_unseen_notes_are_classified_and_explained(runtime: TextRuntime) -> None
 def test_empty_text_is_refused(runtime: TextRuntime) -> None:
     with pytest.raises(ValidationFailedError):
         runtime.predict(np.array([["   "]], dtype=object))
+
+
+def test_runtime_explain_gives_one_explanation_per_row(runtime: TextRuntime) -> None:
+    rows = np.array([["Vomiting blood since this morning."], ["Mild dry skin."]], dtype=object)
+    explanations = runtime.explain(rows)
+    assert [e["target"] for e in explanations] == ["urgent", "urgent"]
+    assert [len(e["tokens"]) for e in explanations] == [6, 4]
