@@ -64,8 +64,10 @@ class AuditEntry:
 
 
 def _at_text(at: datetime) -> str:
-    at = at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)
-    return at.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    """UTC, microseconds, ``Z``: the form hashed (isoformat is C-fast; strftime is not)."""
+    if at.tzinfo is not None:
+        at = at.astimezone(UTC).replace(tzinfo=None)
+    return at.isoformat(timespec="microseconds") + "Z"
 
 
 def _as_utc(value: datetime | None) -> datetime | None:
@@ -76,8 +78,11 @@ def _as_utc(value: datetime | None) -> datetime | None:
 
 def row_hash(row: dict[str, Any], prev_hash: str) -> str:
     """The chain hash of one row (its sequence, time, every field and the previous hash)."""
-    canonical = [row["seq"], _at_text(row["at"]), *(row[f] for f in _FIELDS), prev_hash]
-    return hashlib.sha256(orjson.dumps(canonical)).hexdigest()
+    return _hash(row["seq"], _at_text(row["at"]), tuple(row[f] for f in _FIELDS), prev_hash)
+
+
+def _hash(seq: int, at_text: str, fields: tuple[Any, ...], prev_hash: str) -> str:
+    return hashlib.sha256(orjson.dumps([seq, at_text, *fields, prev_hash])).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -105,29 +110,33 @@ class AuditLog:
         ).first()
         seq, prev = (int(last[0]), str(last[1])) if last is not None else (0, GENESIS)
         now = datetime.now(UTC)
-        rows = []
+        sqlite = conn.dialect.name == "sqlite"
+        rows: list[tuple[Any, ...]] = []
         for e in entries:
             seq += 1
-            row: dict[str, Any] = {
-                "seq": seq,
-                "at": e.at or now,
-                "actor": e.actor[:256],
-                "key_id": e.key_id,
-                "action": e.action[:64],
-                "model": e.model[:128] if e.model else None,
-                "version": e.version[:64] if e.version else None,
-                "client": e.client[:64] if e.client else None,
-                "outcome": int(e.outcome),
-                "request_id": e.request_id[:64] if e.request_id else None,
-                "patient_hash": e.patient_hash,
-                "detail": e.detail,
-            }
-            # The stored time is what verify will read back: hash exactly that (microseconds).
-            row["at"] = row["at"].astimezone(UTC)
-            row["prev_hash"] = prev
-            row["hash"] = prev = row_hash(row, prev)
-            rows.append(row)
-        conn.execute(sec_audit.insert(), rows)
+            at = (e.at or now).astimezone(UTC).replace(tzinfo=None)
+            at_text = _at_text(at)
+            fields = (
+                e.actor[:256],
+                e.key_id,
+                e.action[:64],
+                e.model[:128] if e.model else None,
+                e.version[:64] if e.version else None,
+                e.client[:64] if e.client else None,
+                int(e.outcome),
+                e.request_id[:64] if e.request_id else None,
+                e.patient_hash,
+                e.detail,
+            )
+            digest = _hash(seq, at_text, fields, prev)
+            # SQLite keeps DateTime as SQLAlchemy's text form; the driver-level insert below
+            # skips SQLAlchemy's per-value processing (the cost of a batch is in that loop).
+            stored_at: Any = at_text[:-1].replace("T", " ") if sqlite else at.replace(tzinfo=UTC)
+            rows.append((seq, stored_at, *fields, prev, digest))
+            prev = digest
+        marks = ", ".join(["?" if conn.dialect.paramstyle == "qmark" else "%s"] * 14)
+        columns = ", ".join(["seq", "at", *_FIELDS, "prev_hash", "hash"])
+        conn.exec_driver_sql(f"INSERT INTO sec_audit ({columns}) VALUES ({marks})", rows)
 
     def append(self, entries: list[AuditEntry]) -> None:
         """Write ``entries`` durably now (committed when this returns)."""
