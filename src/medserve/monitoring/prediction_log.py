@@ -28,6 +28,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from medserve.monitoring import metrics
 from medserve.monitoring.config import MonitoringSettings
 from medserve.registry.signature import Signature
+from medserve.security.phi import deidentify_text, pseudonymize
 from medserve.serving.events import PredictionEvent
 from medserve.store.tables_monitoring import mon_predictions
 
@@ -71,8 +72,6 @@ def make_row_encoder(signature: Signature | None, salt: bytes) -> RowEncoder:
     Numbers are kept (drift needs them); identifier-flagged fields become salted pseudonyms and
     every other string goes through Safe Harbor text de-identification.
     """
-    from medserve.security.phi import deidentify_text, pseudonymize
-
     if signature is None:
         return _numeric_rows
     identifiers = {i for i, f in enumerate(signature.inputs) if f.identifier}
@@ -96,7 +95,13 @@ def make_row_encoder(signature: Signature | None, salt: bytes) -> RowEncoder:
     return encode
 
 
+def _plain(value: Any) -> Any:
+    return value.tolist() if isinstance(value, np.ndarray | np.generic) else value
+
+
 def encode_outputs(outputs: dict[str, np.ndarray], n: int) -> list[str]:
+    if n == 1:  # the common single-row request: one dict, one dump
+        return [orjson.dumps({k: _plain(np.asarray(v)[0]) for k, v in outputs.items()}).decode()]
     columns: dict[str, list[Any]] = {}
     for key, value in outputs.items():
         array = np.asarray(value)
@@ -222,8 +227,6 @@ class PredictionLog:
     def rows_for(self, event: PredictionEvent, at: float) -> list[tuple[Any, ...]]:
         """Row tuples in ``_COLUMNS`` order (raw DB-API parameters: this is the bulk of the
         writer's work, and SQLAlchemy's per-row type processing would double it)."""
-        from medserve.security.phi import pseudonymize
-
         context = event.context
         n = event.inputs.shape[0]
         inputs = self._encoder(event.model, event.version)(event.inputs)
