@@ -64,7 +64,7 @@ def image_handler(media: str, salt: bytes | None = None) -> Handler:
         runtime = model.runtime
         if not isinstance(runtime, ImageRuntime):
             raise UnsupportedMediaTypeError(
-                f"model {name!r} is not an image model: send JSON records to it"
+                f"model {name!r} is not an image model: send application/json records to it"
             )
         if media == "dicom":
             image = read_dicom(raw, modalities=runtime.spec.modalities, salt=salt)
@@ -124,7 +124,10 @@ async def text_handler(
         response = await plane.predict_records(name, ref, {"instances": rows}, context)
         return 200, _dump(response), _JSON
     if not isinstance(runtime, TextRuntime):
-        raise UnsupportedMediaTypeError(f"model {name!r} takes JSON records, not text/plain")
+        raise UnsupportedMediaTypeError(
+            f"model {name!r} takes Content-Type application/json records; text/plain is only "
+            "for text and sequence models"
+        )
     response = await plane.predict_records(name, ref, {"instances": [{field: body}]}, context)
     if _explain_requested(scope):
         explanation = await asyncio.to_thread(runtime.explain_text, body)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import os
+import tempfile
 from pathlib import Path
 
 import pydicom
@@ -58,7 +60,12 @@ def text_bundle(config: pytest.Config) -> Path:
     """The demo text bundle (~90 MB), built once and kept in pytest's cache directory."""
     from medserve.modalities.recipes.build_text_classifier import build
 
-    folder = config.cache.mkdir("medserve-text-bundle")
+    cache = getattr(config, "cache", None)  # absent under -p no:cacheprovider
+    if cache is not None:
+        folder = Path(cache.mkdir("medserve-text-bundle"))
+    else:
+        folder = Path(tempfile.gettempdir()) / f"medserve-text-bundle-{os.getuid()}"
+        folder.mkdir(exist_ok=True)
     path = folder / "triage-text.zip"
     if not path.exists():
         tmp = folder / "triage-text.zip.partial"
