@@ -45,10 +45,13 @@ def _model(name: str, task: str, seed: int, balanced: bool) -> Any:
             return HistGradientBoostingClassifier(class_weight=cw, random_state=seed)
         return HistGradientBoostingRegressor(random_state=seed)
     if name == "svm":
+        from sklearn.calibration import CalibratedClassifierCV
         from sklearn.svm import SVC, SVR
 
-        if classify:
-            return SVC(probability=True, class_weight=cw, random_state=seed)
+        if classify:  # Platt scaling by cross-validation (SVC(probability=True) is deprecated)
+            return CalibratedClassifierCV(
+                SVC(class_weight=cw, random_state=seed), method="sigmoid", cv=3
+            )
         return SVR()
     if name == "mlp":
         from sklearn.neural_network import MLPClassifier, MLPRegressor

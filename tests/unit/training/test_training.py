@@ -106,7 +106,7 @@ def trained_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     spec = (
         spec.replace(
             "algorithms: [logistic_regression, random_forest, hist_gradient_boosting]",
-            "algorithms: [logistic_regression, hist_gradient_boosting]",
+            "algorithms: [logistic_regression, svm, mlp]",
         )
         .replace("cv_folds: 5", "cv_folds: 3")
         .replace("bootstrap: 300", "bootstrap: 60")
