@@ -6,8 +6,9 @@ the dense sequence), so ``verify`` names the first row that no longer fits. Appe
 worker processes are serialised by the database (SQLite ``BEGIN IMMEDIATE``, a PostgreSQL
 advisory lock), so the chain stays one line.
 
-Changes are appended synchronously before the response is sent. Predictions are enqueued
-(O(1), never blocking the event loop) and written in batches by a writer thread; ``close``
+Changes are appended synchronously before the response is sent. Predictions are appended
+to a bounded deque (O(1), never blocking the event loop) and written in batches by a writer
+thread every 100 ms; ``close``
 drains the queue, which the server does on a clean shutdown and on SIGTERM. If the queue
 overflows, the number of lost entries is itself written to the chain.
 """
@@ -16,8 +17,9 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import queue
 import threading
+import time
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -33,6 +35,7 @@ log = logging.getLogger(__name__)
 
 GENESIS = "0" * 64
 _BATCH = 2000
+_WRITE_INTERVAL_S = 0.1
 _ADVISORY_LOCK = 727003
 _FIELDS = (
     "actor",
@@ -96,7 +99,9 @@ class VerifyResult:
 class AuditLog:
     def __init__(self, engine: Engine, *, queue_size: int = 200_000) -> None:
         self.engine = engine
-        self._queue: queue.Queue[AuditEntry | None] = queue.Queue(maxsize=queue_size)
+        self._queue: deque[AuditEntry] = deque()
+        self._queue_size = queue_size
+        self._stop = threading.Event()
         self._dropped = 0
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -149,49 +154,40 @@ class AuditLog:
             self._append(conn, entries)
 
     def enqueue(self, entry: AuditEntry) -> None:
-        """Queue an entry for the background writer; never blocks."""
-        try:
-            self._queue.put_nowait(entry)
-        except queue.Full:
+        """Queue an entry for the background writer; never blocks (a deque append)."""
+        if len(self._queue) >= self._queue_size:
             self._dropped += 1
+        else:
+            self._queue.append(entry)
 
     def start(self) -> None:
         if self._thread is None:
+            self._stop.clear()
             self._thread = threading.Thread(
                 target=self._run, name="medserve-audit-writer", daemon=True
             )
             self._thread.start()
 
     def _run(self) -> None:
-        stopping = False
-        while not stopping:
-            item = self._queue.get()
-            batch: list[AuditEntry] = []
-            if item is None:
-                stopping = True
-            else:
-                batch.append(item)
-            while len(batch) < _BATCH:
-                try:
-                    item = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if item is None:
-                    stopping = True
-                    continue
-                batch.append(item)
-            if self._dropped:
-                lost, self._dropped = self._dropped, 0
-                batch.append(
-                    AuditEntry(
-                        actor="medserve",
-                        action="audit_overflow",
-                        outcome=500,
-                        detail=f"{lost} prediction audit entries were lost: queue full",
+        while True:
+            stopping = self._stop.wait(_WRITE_INTERVAL_S)
+            while self._queue or self._dropped:
+                batch: list[AuditEntry] = []
+                while self._queue and len(batch) < _BATCH:
+                    batch.append(self._queue.popleft())
+                if self._dropped:
+                    lost, self._dropped = self._dropped, 0
+                    batch.append(
+                        AuditEntry(
+                            actor="medserve",
+                            action="audit_overflow",
+                            outcome=500,
+                            detail=f"{lost} prediction audit entries were lost: queue full",
+                        )
                     )
-                )
-            if batch:
                 self._write_batch(batch)
+            if stopping:
+                return
 
     def _write_batch(self, batch: list[AuditEntry]) -> None:
         for attempt in range(5):
@@ -201,7 +197,7 @@ class AuditLog:
             except Exception:
                 if attempt == 4:
                     log.exception("audit trail: could not write %d entries", len(batch))
-                threading.Event().wait(0.2 * (attempt + 1))
+                time.sleep(0.2 * (attempt + 1))
 
     def flush(self) -> None:
         """Write everything queued so far (stops and restarts the writer)."""
@@ -213,7 +209,7 @@ class AuditLog:
         with self._lock:
             thread, self._thread = self._thread, None
             if thread is not None:
-                self._queue.put(None)
+                self._stop.set()
                 thread.join()
 
     # -- reading ----------------------------------------------------------------------------
