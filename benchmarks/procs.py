@@ -65,9 +65,16 @@ def tree_rss_mb(root: int) -> float:
     return total / 2**20
 
 
+def auth_headers() -> dict[str, str]:
+    """The credential medserve (security on by default) needs; peers ignore the header."""
+    value = os.environ.get("BENCH_AUTHORIZATION")
+    return {"Authorization": value} if value else {}
+
+
 def http_ok(url: str, timeout: float = 1.0) -> bool:
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
+        request = urllib.request.Request(url, headers=auth_headers())
+        with urllib.request.urlopen(request, timeout=timeout) as response:
             return 200 <= int(response.status) < 300
     except (urllib.error.URLError, OSError, ValueError):
         return False

@@ -24,7 +24,7 @@ from typing import Any
 from rich.console import Console
 
 from benchmarks.floor import measure_floor
-from benchmarks.procs import BenchError, free_port, running
+from benchmarks.procs import BenchError, auth_headers, free_port, running
 from benchmarks.report import LaunchInfo, Measurement, Report, print_report, write_report
 from benchmarks.servers import CACHE, ROOT, SERVERS, Endpoint, Launch, Server
 from benchmarks.training import load_data, train_models
@@ -77,7 +77,8 @@ def machine() -> dict[str, Any]:
 
 def probe(url: str, body: bytes) -> str | None:
     """One request before the load, so a wrong body is reported with the server's own words."""
-    request = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
+    headers = {"Content-Type": "application/json", **auth_headers()}
+    request = urllib.request.Request(url, data=body, headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=30) as response:
             response.read()
@@ -178,7 +179,16 @@ def main(argv: list[str] | None = None) -> int:
         "--only", default=",".join(SERVERS), help=f"comma-separated subset of {','.join(SERVERS)}"
     )
     parser.add_argument("--duration", type=float, help="seconds of the c=32 load (default 15)")
+    parser.add_argument(
+        "--governance",
+        choices=["on", "off"],
+        default="on",
+        help="medserve with auth + audit + prediction log (default, as deployed) or without",
+    )
     args = parser.parse_args(argv)
+    if args.governance == "off":
+        os.environ["MEDSERVE_SECURITY"] = "false"
+        os.environ["MEDSERVE_MONITOR_LOG_PREDICTIONS"] = "false"
     chosen = [s.strip() for s in args.only.split(",") if s.strip()]
     unknown = sorted(set(chosen) - set(SERVERS))
     if unknown:

@@ -180,6 +180,19 @@ class Medserve(Server):
                     f"`medserve models register {name}` failed (exit {done.returncode}):\n"
                     f"{done.stdout}{done.stderr}"
                 )
+        if os.environ.get("MEDSERVE_SECURITY", "true").lower() not in {"false", "0", "off"}:
+            created = subprocess.run(
+                [str(self.cli), "keys", "create", "bench", "--role", "app"],
+                env=self._env(),
+                capture_output=True,
+                text=True,
+            )
+            key = next((w for w in created.stdout.split() if w.startswith("msk_")), None)
+            if created.returncode != 0 or key is None:
+                raise BenchError(
+                    f"`medserve keys create` failed:\n{created.stdout}{created.stderr}"
+                )
+            os.environ["BENCH_AUTHORIZATION"] = f"Bearer {key}"
         self.version = _package_version(Path(sys.executable), "medserve")
 
     def launches(self, port: Callable[[], int]) -> list[tuple[int, Launch]]:

@@ -22,6 +22,9 @@ LUA = r"""
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
 
+local auth = os.getenv("BENCH_AUTHORIZATION")
+if auth and auth ~= "" then wrk.headers["Authorization"] = auth end
+
 function init(args)
   local f = assert(io.open(args[1], "rb"))
   wrk.body = f:read("*a")

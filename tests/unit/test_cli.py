@@ -65,9 +65,30 @@ def test_register_list_alias_show_predict(home: Path, model_files: dict[str, Pat
     code, out = run("models", "register", "bc", str(model_files["skops"]))
     assert code == 0, out
     assert "version 2" in out
-    code, out = run("models", "alias", "bc", "production", "1", "--reason", "approved")
+    # These versions have no evaluation, so the promotion gate needs a named override.
+    code, out = run(
+        "models",
+        "alias",
+        "bc",
+        "production",
+        "1",
+        "--reason",
+        "approved",
+        "--override-approver",
+        "Dr Test",
+    )
     assert code == 0, out
-    code, out = run("models", "alias", "bc", "production", "2", "--reason", "retrained")
+    code, out = run(
+        "models",
+        "alias",
+        "bc",
+        "production",
+        "2",
+        "--reason",
+        "retrained",
+        "--override-approver",
+        "Dr Test",
+    )
     assert code == 0, out
     assert "from v1 to v2" in out
     code, out = run("models", "list")
