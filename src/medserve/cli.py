@@ -419,6 +419,9 @@ def demo(
         bool, typer.Option("--serve/--no-serve", help="Serve on 127.0.0.1:8000 after registering.")
     ] = True,
     port: int = 8000,
+    drift: Annotated[
+        bool, typer.Option(help="Play a drift scenario: shifted stream, alert, report.")
+    ] = False,
 ) -> None:
     """Train the demo models on scikit-learn's bundled data, register them, and serve them."""
     from medserve.demo import run_demo
@@ -426,7 +429,7 @@ def demo(
     # The demo alone runs open (loopback only; the server refuses any other host without auth).
     os.environ["MEDSERVE_SECURITY"] = "false"
     try:
-        run_demo(console, serve=serve_models, port=port)
+        run_demo(console, serve=serve_models, port=port, drift=drift)
     except MedserveError as exc:
         raise _fail(exc) from exc
 

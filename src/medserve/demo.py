@@ -254,20 +254,25 @@ def write_examples(home: Path) -> dict[str, Path]:
     return written
 
 
-def run_demo(console: Console, *, serve: bool, port: int = 8000) -> None:
-    settings = Settings()
-    if serve:
-        settings = settings.model_copy(update={"port": port})
+def run_demo(console: Console, *, serve: bool, port: int = 8000, drift: bool = False) -> None:
+    from medserve.modalities.demo import register_modality_demos
+
+    settings = Settings().model_copy(update={"port": port})
+    base = f"http://{settings.host}:{settings.port}"
     registry = Registry.open(settings)
     try:
         with console.status("training and registering the demo models..."):
             register_demo_models(registry, console)
         examples = write_examples(settings.home)
+        with console.status("registering the image, text and sequence demo models..."):
+            modalities = register_modality_demos(registry, settings.home, base)
+        extra_commands = [*modalities.commands, *_interop_demo(registry, settings, base)]
     finally:
         registry.close()
     console.rule("demo models")
     console.print("List them: [bold].venv/bin/medserve models list[/]")
-    base = f"http://{settings.host}:{settings.port}"
+    for skipped in modalities.skipped:
+        console.print(f"[yellow]skipped[/] {skipped}")
     console.rule("call them")
     for name in ("breast-cancer", "breast-cancer-rf", "diabetes-progression"):
         records, v2 = examples[f"{name}:records"], examples[f"{name}:v2"]
@@ -283,6 +288,8 @@ def run_demo(console: Console, *, serve: bool, port: int = 8000) -> None:
             highlight=False,
             soft_wrap=True,
         )
+    for command in extra_commands:
+        console.print(command, highlight=False, soft_wrap=True)
     console.print(
         "Python: from medserve.client import Client; "
         f"Client('{base}').predict('breast-cancer', [{{...one record...}}])",
@@ -290,6 +297,8 @@ def run_demo(console: Console, *, serve: bool, port: int = 8000) -> None:
         soft_wrap=True,
     )
     console.print(f"OpenAPI docs: {base}/docs   metrics: {base}/metrics")
+    if drift:
+        _drift_scenario(console, settings)
     if not serve:
         return
     console.rule(f"serving on {base} (Ctrl-C to stop)")
@@ -299,3 +308,28 @@ def run_demo(console: Console, *, serve: bool, port: int = 8000) -> None:
     from medserve.serving.server import run_server
 
     run_server(settings)
+
+
+def _interop_demo(registry: Registry, settings: Settings, base: str) -> list[str]:
+    """FHIR and CDS Hooks calls on a demo model, when the interop package is installed."""
+    try:
+        from medserve.interop.demo import register_interop_demo
+    except ImportError:  # pragma: no cover - the interop package ships with medserve
+        return []
+    return list(register_interop_demo(registry, settings.home, base))
+
+
+def _drift_scenario(console: Console, settings: Settings) -> None:
+    """``medserve demo --drift``: a real server, a stable then a shifted stream, the alert."""
+    from medserve.monitoring.drift_demo import run_drift_demo
+    from medserve.serving.server import start_background_server
+
+    console.rule("drift scenario: breast-cancer receives a shifted stream")
+    with start_background_server(settings) as url:
+        registry = Registry.open(settings)
+        try:
+            run_drift_demo(
+                registry, console, url=url, report_path=settings.home / "drift-report.html"
+            )
+        finally:
+            registry.close()

@@ -18,6 +18,7 @@ import shutil
 import socket
 import ssl
 import sys
+from collections.abc import Iterator
 from typing import Any
 
 import uvicorn
@@ -124,3 +125,35 @@ def run_server(settings: Settings) -> None:
         date_header=False,
         **tls,
     )
+
+
+@contextlib.contextmanager
+def start_background_server(settings: Settings, timeout_s: float = 120.0) -> Iterator[str]:
+    """``medserve serve`` in a child process for scripted scenarios; yields its base URL."""
+    import subprocess
+    import sys
+    import time
+    import urllib.error
+    import urllib.request
+
+    url = f"http://{settings.host}:{settings.port}"
+    env = {**os.environ, "MEDSERVE_HOME": str(settings.home.resolve())}
+    command = [sys.executable, "-m", "medserve", "serve", "--host", settings.host]
+    command += ["--port", str(settings.port), "--workers", "1"]
+    process = subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"the demo server exited with code {process.returncode}")
+            try:
+                with urllib.request.urlopen(f"{url}/v2/health/ready", timeout=1):
+                    break
+            except (urllib.error.URLError, OSError):
+                if time.monotonic() > deadline:
+                    raise RuntimeError("the demo server did not become ready") from None
+                time.sleep(0.2)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=60)
