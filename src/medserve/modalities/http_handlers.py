@@ -71,7 +71,7 @@ def image_handler(media: str, salt: bytes | None = None) -> Handler:
         else:
             image = read_png(raw)
         X = np.array([[image]], dtype=object)
-        outputs = await plane._run(model, X)
+        outputs = await plane.run_model(model, X)
         response = model.records_response(outputs)
         if _explain_requested(scope):
             explanation = await asyncio.to_thread(runtime.explain_image, image)
@@ -79,8 +79,7 @@ def image_handler(media: str, salt: bytes | None = None) -> Handler:
         response["input"] = image.header  # de-identified summary only
         response["request_id"] = context.request_id
         logged = np.array([[image.describe()]], dtype=object)
-        latency = plane._notify(model, context, logged, outputs, started)
-        plane._metrics_for(model).observe("records", latency, 1)
+        plane.record(model, context, logged, outputs, started)
         return 200, _dump(response), _JSON
 
     return handle

@@ -111,6 +111,25 @@ class DataPlane:
                 observer.on_prediction(event)
         return latency
 
+    async def run_model(self, model: LoadedModel, X: np.ndarray) -> dict[str, np.ndarray]:
+        """Predict an already-validated matrix (batched when the version asks for it); for
+        transports whose inputs are not JSON records (images, FASTA)."""
+        return await self._run(model, X)
+
+    def record(
+        self,
+        model: LoadedModel,
+        context: RequestContext,
+        logged: np.ndarray,
+        outputs: dict[str, np.ndarray],
+        started: float,
+        protocol: str = "records",
+    ) -> None:
+        """Tell observers and metrics about a prediction made through :meth:`run_model`;
+        ``logged`` is what observers may keep (already de-identified)."""
+        latency = self._notify(model, context, logged, outputs, started)
+        self._metrics_for(model).observe(protocol, latency, logged.shape[0])
+
     async def infer_v2(
         self,
         name: str,
