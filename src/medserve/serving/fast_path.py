@@ -122,6 +122,18 @@ MediaHandler = Callable[
 ]
 
 
+FHIR_JSON = b"application/fhir+json"
+
+
+def wants_fhir(accept: bytes | None, scope: Scope) -> bool:
+    """A FHIR answer was asked for: ``Accept: application/fhir+json`` or ``?format=fhir``
+    (FHIR's own ``_format`` parameter is honoured too)."""
+    if accept and FHIR_JSON in accept.lower():
+        return True
+    query: bytes = scope.get("query_string") or b""
+    return b"format=fhir" in query or b"format=application/fhir" in query
+
+
 def _header_text(value: bytes | None, limit: int = 256) -> str | None:
     if not value:
         return None
@@ -155,6 +167,7 @@ class HotPathApp:
         request_id: bytes | None = None
         patient: bytes | None = None
         site: bytes | None = None
+        accept: bytes | None = None
         for key, value in scope["headers"]:
             if key == b"content-type":
                 content_type = value
@@ -168,6 +181,8 @@ class HotPathApp:
                 patient = value
             elif key == b"x-site":
                 site = value
+            elif key == b"accept":
+                accept = value
         rid = _header_text(request_id, 64) or new_request_id()
         extra = [(b"x-request-id", rid.encode("latin-1"))]
         try:
@@ -185,6 +200,8 @@ class HotPathApp:
             )
             media = content_type.split(b";", 1)[0].strip().lower() if content_type else b""
             handler: MediaHandler | None = self.state.media_handlers.get((protocol, media))
+            if handler is None and protocol == "records" and wants_fhir(accept, scope):
+                handler = self.state.media_handlers.get((protocol, FHIR_JSON))
             binary_ok = protocol == "v2" and header_length is not None
             if handler is None and not content_type_ok(content_type, binary_ok):
                 raise UnsupportedMediaTypeError(
