@@ -255,6 +255,7 @@ def write_examples(home: Path) -> dict[str, Path]:
 
 
 def run_demo(console: Console, *, serve: bool, port: int = 8000, drift: bool = False) -> None:
+    from medserve.composition.demo import ENSEMBLE_MODEL, register_demo_ensemble
     from medserve.modalities.demo import register_modality_demos
 
     settings = Settings().model_copy(update={"port": port})
@@ -263,7 +264,15 @@ def run_demo(console: Console, *, serve: bool, port: int = 8000, drift: bool = F
     try:
         with console.status("training and registering the demo models..."):
             register_demo_models(registry, console)
+            ensemble = register_demo_ensemble(registry)
+        console.print(
+            f"registered [bold]{ENSEMBLE_MODEL}[/] v{ensemble.version} → production "
+            f"([cyan]{ensemble.runtime}[/]: {ensemble.runtime_reason})"
+        )
         examples = write_examples(settings.home)
+        # same inputs as breast-cancer (its members share that signature)
+        examples[f"{ENSEMBLE_MODEL}:records"] = examples["breast-cancer:records"]
+        examples[f"{ENSEMBLE_MODEL}:v2"] = examples["breast-cancer:v2"]
         with console.status("registering the image, text and sequence demo models..."):
             modalities = register_modality_demos(registry, settings.home, base)
         extra_commands = [*modalities.commands, *_interop_demo(registry, settings, base)]
@@ -274,7 +283,7 @@ def run_demo(console: Console, *, serve: bool, port: int = 8000, drift: bool = F
     for skipped in modalities.skipped:
         console.print(f"[yellow]skipped[/] {skipped}")
     console.rule("call them")
-    for name in ("breast-cancer", "breast-cancer-rf", "diabetes-progression"):
+    for name in ("breast-cancer", "breast-cancer-rf", "diabetes-progression", ENSEMBLE_MODEL):
         records, v2 = examples[f"{name}:records"], examples[f"{name}:v2"]
         console.print(
             f"curl -s -X POST {base}/v1/models/{name}/predict "

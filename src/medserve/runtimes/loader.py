@@ -3,21 +3,40 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from medserve.errors import UnsupportedFormatError
 from medserve.runtimes.base import Runtime
 
-FLAVORS: Final = ("onnx", "skops", "xgboost", "lightgbm", "pickle", "image", "text", "sequence")
+if TYPE_CHECKING:
+    from medserve.artifacts import ArtifactStore
+
+FLAVORS: Final = (
+    "onnx",
+    "skops",
+    "xgboost",
+    "lightgbm",
+    "pickle",
+    "image",
+    "text",
+    "sequence",
+    "ensemble",
+)
 
 
 def load_runtime(
-    flavor: str, path: Path, *, intra_op_threads: int = 1, trust_pickle: bool = False
+    flavor: str,
+    path: Path,
+    *,
+    intra_op_threads: int = 1,
+    trust_pickle: bool = False,
+    artifacts: ArtifactStore | None = None,
 ) -> Runtime:
     """Load ``path`` (already integrity-checked by the artifact store) into its runtime.
 
     Framework imports happen here, lazily, so a server that serves only ONNX never imports
-    xgboost or lightgbm.
+    xgboost or lightgbm. ``artifacts`` is needed only by ensembles, which load their members
+    from the store (each member's sha256 checked as any load is).
     """
     path = Path(path)
     if flavor == "onnx":
@@ -52,6 +71,12 @@ def load_runtime(
         from medserve.modalities.sequence import SequenceRuntime
 
         return SequenceRuntime.from_path(path, intra_op_threads=intra_op_threads)
+    if flavor == "ensemble":  # JSON pinning member versions + a combiner
+        from medserve.composition.ensemble import EnsembleRuntime
+
+        return EnsembleRuntime.from_path(
+            path, artifacts=artifacts, intra_op_threads=intra_op_threads
+        )
     raise UnsupportedFormatError(
         f"unknown runtime flavor {flavor!r}; expected one of: {', '.join(FLAVORS)}"
     )

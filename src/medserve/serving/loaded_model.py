@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -32,6 +32,15 @@ class BatchingConfig:
         )
 
 
+@runtime_checkable
+class MemberReporting(Protocol):
+    """A runtime made of other models (an ensemble) that reports each member in records."""
+
+    def member_records(self, outputs: dict[str, np.ndarray]) -> list[list[dict[str, Any]]]: ...
+
+    def combiner_summary(self) -> dict[str, Any]: ...
+
+
 @dataclass
 class LoadedModel:
     version: ModelVersion
@@ -41,12 +50,15 @@ class LoadedModel:
     validator: Validator = field(init=False)
     batching: BatchingConfig | None = field(init=False)
     class_keys: list[str] | None = field(init=False)
+    members: MemberReporting | None = field(init=False)
 
     def __post_init__(self) -> None:
         self.validator = self.signature.validator()
         self.batching = BatchingConfig.from_serving_config(self.version.serving_config)
         labels = self.metadata.class_labels
         self.class_keys = [str(_plain(c)) for c in labels] if labels is not None else None
+        # decided once here, so other models pay nothing per row
+        self.members = self.runtime if isinstance(self.runtime, MemberReporting) else None
 
     @property
     def name(self) -> str:
@@ -69,22 +81,32 @@ class LoadedModel:
         return self.records_response(self.predict(X))
 
     def records_response(self, outputs: dict[str, np.ndarray]) -> dict[str, Any]:
-        return {
+        response = {
             "model": self.name,
             "version": self.number,
             "predictions": self.records_predictions(outputs),
         }
+        if self.members is not None:
+            response["ensemble"] = self.members.combiner_summary()
+        return response
 
     def records_predictions(self, outputs: dict[str, np.ndarray]) -> list[dict[str, Any]]:
         if self.is_classifier and self.class_keys is not None:
             labels = outputs["label"].tolist()
             probabilities = outputs["probabilities"].tolist()
             keys = self.class_keys
-            return [
+            predictions = [
                 {"label": label, "probabilities": dict(zip(keys, row, strict=True))}
                 for label, row in zip(labels, probabilities, strict=True)
             ]
-        return [{"value": value} for value in outputs["value"].tolist()]
+        else:
+            predictions = [{"value": value} for value in outputs["value"].tolist()]
+        if self.members is not None:
+            for prediction, members in zip(
+                predictions, self.members.member_records(outputs), strict=True
+            ):
+                prediction["members"] = members
+        return predictions
 
 
 def _plain(value: Any) -> Any:

@@ -45,6 +45,7 @@ def load_version(
             intra_op_threads=intra_op_threads,
             # pickle versions exist only if an admin registered them with the trust flag
             trust_pickle=version.flavor == "pickle",
+            artifacts=artifacts,  # ensembles load their members from the store
         )
         signature = Signature.model_validate(version.signature)
         return LoadedModel(version, runtime, signature, runtime.metadata())
