@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import platform
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from medserve.composition.ensemble import (
     RUNTIME_NAME,
@@ -31,6 +31,9 @@ from medserve.registry.signature import FeatureSpec, OutputSpec, Signature
 from medserve.runtimes._common import plain_labels, versions
 from medserve.runtimes.base import Runtime, Task
 
+if TYPE_CHECKING:
+    import pandas as pd
+
 # FeatureSpec fields that must agree when two members read the same input: a value that is
 # valid, or a missing value that is imputed, must mean the same thing to both.
 _MUST_AGREE = ("type", "required", "missing", "impute_value", "categories", "identifier", "unit")
@@ -46,8 +49,12 @@ def register_ensemble(
     tags: dict[str, str] | None = None,
     serving_config: dict[str, Any] | None = None,
     created_by: str | None = None,
+    sample: pd.DataFrame | None = None,
 ) -> ModelVersion:
     """Register ``name`` as an ensemble of already registered versions.
+
+    ``sample`` (rows with the ensemble's inputs), when given, becomes the version's monitoring
+    reference and global importance, as for any registration.
 
     Member versions given as aliases are resolved now and pinned to their numbers. Refused (with
     an ``InvalidRequestError`` or a not-found error naming the member): unknown members, members
@@ -117,6 +124,9 @@ def register_ensemble(
         registry.store.set_alias(
             name, alias, version.version, actor=actor, reason="set at registration"
         )
+    from medserve.monitoring.reference import record_reference
+
+    record_reference(registry, version, sample)  # drift reference + global importance
     return version
 
 

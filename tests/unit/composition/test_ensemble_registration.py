@@ -26,6 +26,7 @@ from medserve.errors import (
     ModelNotFoundError,
     VersionNotFoundError,
 )
+from medserve.monitoring.store import MonitoringStore
 from medserve.registry.service import Registry
 from medserve.registry.signature import FeatureSpec, Signature
 from medserve.serving.loaded_model import LoadedModel
@@ -191,7 +192,11 @@ def test_regressors_are_averaged(
         reg,
         "score-mean",
         {"members": [{"model": "score-a", "version": 1}, {"model": "score-b", "version": 1}]},
+        sample=data[0][["age", "lactate", "heart_rate"]],
     )
+    reference, importance = MonitoringStore(reg.store).reference("score-mean", 1)
+    assert set(reference["features"]) == {"age", "lactate", "heart_rate"}  # drift reference
+    assert importance is not None
     ensemble = load_version(reg.artifacts, version)
     assert ensemble.signature.all_numeric
     rows = _rows(data[0], ensemble.signature.feature_names)
