@@ -59,6 +59,12 @@ class ValidationFailedError(InvalidRequestError):
     code = "validation_failed"
 
 
+class PreconditionFailedError(MedserveError):
+    """The request lacks data the service needs and cannot fetch (CDS Hooks prefetch: 412)."""
+
+    code = "precondition_failed"
+
+
 class UnsupportedFormatError(InvalidRequestError):
     code = "unsupported_format"
 

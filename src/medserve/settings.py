@@ -125,6 +125,21 @@ class Settings(BaseSettings):
         default=None,
         description="CA bundle (PEM) for client certificates; set: clients must present one.",
     )
+    cds_fhir_servers: list[str] = Field(
+        default_factory=list,
+        description=(
+            "FHIR base URLs a CDS Hooks call may make medserve query when its prefetch is "
+            "incomplete. Empty (default): never query, answer 412 instead: a URL taken from a "
+            "request is otherwise a server-side request forgery vector."
+        ),
+    )
+    public_url: str | None = Field(
+        default=None,
+        description=(
+            "Base URL clients reach this server at, for links in CDS cards and FHIR resources; "
+            "unset: taken from the request's Host header."
+        ),
+    )
 
     @cached_property
     def resolved_store_uri(self) -> str:

@@ -1,15 +1,123 @@
-"""HTTP extension: interop (see serving/extensions/__init__.py for the contract)."""
+"""HTTP extension: interop (see serving/extensions/__init__.py for the contract).
+
+FHIR on the records endpoint (a media handler: ``application/fhir+json`` in, RiskAssessment out
+on ``Accept: application/fhir+json`` or ``?format=fhir``) and the CDS Hooks 2.0 service:
+``GET /cds-services``, ``POST /cds-services/{id}``, ``POST /cds-services/{id}/feedback``, plus
+``GET /v1/models/{name}/cds-feedback`` (accepted/overridden counts per version) for monitoring.
+"""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
-from fastapi import APIRouter, FastAPI
+from fastapi import APIRouter, Body, FastAPI, Request
 
-router = APIRouter()
+from medserve.interop.cds_hooks import CdsHooks
+from medserve.interop.feedback_store import CdsStore
+from medserve.interop.http_handlers import media_handlers
+from medserve.security.guard import PRINCIPAL_SCOPE_KEY
+from medserve.serving.context import ANONYMOUS, Principal, RequestContext, new_request_id
+from medserve.serving.extensions.security import visible
+
+router = APIRouter(tags=["cds-hooks"])
+
+HOOK_EXAMPLE = {
+    "hook": "patient-view",
+    "hookInstance": "d1577c69-dfbe-44ad-ba6d-3e05e953b2ea",
+    "context": {"userId": "Practitioner/example", "patientId": "1288992"},
+    "prefetch": {"patient": {"resourceType": "Patient", "id": "1288992", "gender": "male"}},
+}
+FEEDBACK_EXAMPLE = {
+    "feedback": [
+        {
+            "card": "9368d37b-283f-44a0-93ea-547cebab93ed",
+            "outcome": "overridden",
+            "overrideReason": {
+                "reason": {
+                    "code": "not-relevant",
+                    "system": "urn:medserve:cds-override-reason",
+                    "display": "Not relevant for this patient",
+                },
+                "userComment": "Recent labs pending",
+            },
+            "outcomeTimestamp": "2026-11-30T10:00:00Z",
+        }
+    ]
+}
+
+
+def _cds(request: Request) -> CdsHooks:
+    cds: CdsHooks = request.app.state.cds
+    return cds
+
+
+def _principal(request: Request) -> Principal:
+    principal = request.scope.get(PRINCIPAL_SCOPE_KEY)
+    return principal if isinstance(principal, Principal) else ANONYMOUS
+
+
+def _base_url(request: Request) -> str:
+    configured = request.app.state.settings.public_url
+    return str(configured or request.base_url).rstrip("/")
+
+
+@router.get("/cds-services")
+async def discovery(request: Request) -> dict[str, Any]:
+    """CDS Hooks discovery: a service per served model whose FHIR map declares hooks."""
+    services = await _cds(request).services()
+    return {"services": [s.discovery() for s in services if visible(request, s.model)]}
+
+
+@router.post("/cds-services/{service_id}")
+async def call_service(
+    request: Request, service_id: str, body: Any = Body(examples=[HOOK_EXAMPLE])
+) -> dict[str, Any]:
+    """A hook call: cards from the model's production version (412 when data is absent)."""
+    cds = _cds(request)
+    service = await cds.service(service_id)
+    principal = _principal(request)
+    request.app.state.guard.authorize(principal, "predict", service.model)
+    client = request.client
+    context = RequestContext(
+        request_id=request.headers.get("x-request-id", "")[:64] or new_request_id(),
+        protocol="cds-hooks",
+        principal=principal,
+        client=client.host if client else None,
+        site=request.headers.get("x-site"),
+    )
+    return await cds.call(service, body, context, _base_url(request))
+
+
+@router.post("/cds-services/{service_id}/feedback")
+async def feedback(
+    request: Request, service_id: str, body: Any = Body(examples=[FEEDBACK_EXAMPLE])
+) -> dict[str, Any]:
+    """What the clinician did with the cards (accepted / overridden, with a reason)."""
+    cds = _cds(request)
+    service = await cds.service(service_id)
+    principal = _principal(request)
+    request.app.state.guard.authorize(principal, "predict", service.model)
+    return await asyncio.to_thread(cds.feedback, service, body, principal.subject)
+
+
+@router.get(
+    "/v1/models/{name}/cds-feedback",
+    tags=["monitoring"],
+    openapi_extra={"x-medserve-action": "read_monitoring"},
+)
+async def feedback_summary(request: Request, name: str) -> dict[str, Any]:
+    """CDS cards issued and the feedback on them, per version (acceptance, override reasons)."""
+    return await asyncio.to_thread(_cds(request).store.feedback_summary, name)
 
 
 @asynccontextmanager
 async def lifespan(api: FastAPI) -> AsyncIterator[None]:
+    state = api.state
+    state.media_handlers.update(media_handlers())
+    state.cds = CdsHooks(
+        state.plane, CdsStore(state.registry.store), state.settings.cds_fhir_servers
+    )
     yield
