@@ -185,6 +185,12 @@ def main(argv: list[str] | None = None) -> int:
         default="on",
         help="medserve with auth + audit + prediction log (default, as deployed) or without",
     )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=RESULTS,
+        help="folder for latest.json/latest.md (A/B runs: keep the committed results intact)",
+    )
     args = parser.parse_args(argv)
     if args.governance == "off":
         os.environ["MEDSERVE_SECURITY"] = "false"
@@ -229,8 +235,8 @@ def main(argv: list[str] | None = None) -> int:
         report.failures["interrupted"] = "run interrupted before the end"
 
     print_report(report, console)
-    json_path, md_path = write_report(report, RESULTS)
-    console.print(f"wrote {json_path.relative_to(ROOT)} and {md_path.relative_to(ROOT)}")
+    json_path, md_path = write_report(report, args.out)
+    console.print(f"wrote {json_path} and {md_path}")
     return 1 if report.failures else 0
 
 

@@ -167,6 +167,7 @@ class Medserve(Server):
         self._fresh_workdir()
         save_skops(train_models(), self.workdir)
         log = CACHE / "logs" / "medserve-register.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
         log.unlink(missing_ok=True)
         for name in MODEL_NAMES:
             command = [str(self.cli), "models", "register", name]

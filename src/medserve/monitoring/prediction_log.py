@@ -1,9 +1,17 @@
 """The prediction log: every prediction recorded, de-identified, off the hot path.
 
 ``on_prediction`` runs on the event loop for every request, so it only timestamps the event and
-puts it on a bounded queue (about a microsecond). A writer thread per worker process drains the
-queue, de-identifies, and writes batches in one transaction each. ``close()`` drains everything
-that was accepted: the server calls it on shutdown (SIGTERM included), so entries are not lost.
+appends it to a bounded deque (a few hundred nanoseconds, no lock). A writer thread per worker
+process wakes every ``write_interval_s`` (or when the queue passes half full), de-identifies and
+writes everything queued in one transaction. ``close()`` drains everything that was accepted:
+the server calls it on shutdown (SIGTERM included), so entries are not lost.
+
+Why the writer is shaped this way: it shares the GIL with the event loop, and a thread that
+released the GIL may wait a whole switch interval (5 ms) to get it back from a busy event loop.
+``executemany`` releases it once per row (each ``sqlite3_step``) and holds SQLite's single write
+lock meanwhile, stalling the home's other writers (the audit trail, the other workers). So rows
+go in as multi-row ``INSERT ... VALUES (...), (...)`` statements of up to 256 rows: one
+GIL release and one B-tree pass per chunk, a few transactions per second per worker.
 
 When the writer cannot keep up the queue fills, and the declared policy applies: ``block`` waits
 up to ``block_ms`` for room (back-pressure on the callers), then drops; ``drop`` drops at once.
@@ -13,10 +21,10 @@ Every dropped row is counted in ``medserve_monitor_log_dropped_total`` and logge
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 import time
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -34,8 +42,13 @@ from medserve.store.tables_monitoring import mon_predictions
 
 log = logging.getLogger(__name__)
 
-_STOP = object()
 _WRITE_ATTEMPTS = 5
+# Rows per INSERT statement: 256, then powers of two for the rest, so that a handful of
+# statements are ever compiled (9 columns x 256 rows: 2,304 parameters, under SQLite's 32,766).
+_CHUNKS = (256, 128, 64, 32, 16, 8, 4, 2, 1)
+# Longest pause between batches: a batch per 50 ms keeps transactions few (SQLite has one write
+# lock for the whole home) and rows in memory briefly.
+_WRITE_INTERVAL_S = 0.05
 
 _COLUMNS = (
     "id",
@@ -48,6 +61,7 @@ _COLUMNS = (
     "outputs",
     "latency_ms",
 )
+_JSON_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
 
 
 def _sqlite_time(value: datetime) -> str:
@@ -58,19 +72,33 @@ def _same(value: datetime) -> datetime:
     return value
 
 
+def _json_default(value: Any) -> Any:
+    """What orjson does not take natively: non-contiguous or object/str numpy arrays."""
+    if isinstance(value, np.ndarray | np.generic):
+        return value.tolist()
+    raise TypeError(f"not JSON serializable: {type(value).__name__}")
+
+
+def dumps(value: Any) -> bytes:
+    return orjson.dumps(value, default=_json_default, option=_JSON_OPTIONS)
+
+
 SignatureLookup = Callable[[str, int], Signature | None]
-RowEncoder = Callable[[np.ndarray], list[str]]
+# One version's input matrix -> one JSON-able value per row (numpy rows are fine: orjson
+# encodes them natively, without a Python float per value).
+RowEncoder = Callable[[np.ndarray], Sequence[Any]]
 
 
-def _numeric_rows(X: np.ndarray) -> list[str]:
-    return [orjson.dumps(row, option=orjson.OPT_SERIALIZE_NUMPY).decode() for row in X]
+def _numeric_rows(X: np.ndarray) -> Sequence[Any]:
+    return list(X)
 
 
 def make_row_encoder(signature: Signature | None, salt: bytes) -> RowEncoder:
     """How one version's input rows become de-identified JSON (feature order of the signature).
 
     Numbers are kept (drift needs them); identifier-flagged fields become salted pseudonyms and
-    every other string goes through Safe Harbor text de-identification.
+    every other string goes through Safe Harbor text de-identification. An all-numeric signature
+    without identifiers costs nothing per value: its rows are logged as they are.
     """
     if signature is None:
         return _numeric_rows
@@ -89,25 +117,21 @@ def make_row_encoder(signature: Signature | None, salt: bytes) -> RowEncoder:
             return deidentify_text(value)
         return value
 
-    def encode(X: np.ndarray) -> list[str]:
-        return [orjson.dumps([clean(i, v) for i, v in enumerate(row)]).decode() for row in X]
+    def encode(X: np.ndarray) -> list[list[Any]]:
+        return [[clean(i, v) for i, v in enumerate(row)] for row in X]
 
     return encode
 
 
-def _plain(value: Any) -> Any:
-    return value.tolist() if isinstance(value, np.ndarray | np.generic) else value
-
-
-def encode_outputs(outputs: dict[str, np.ndarray], n: int) -> list[str]:
-    if n == 1:  # the common single-row request: one dict, one dump
-        return [orjson.dumps({k: _plain(np.asarray(v)[0]) for k, v in outputs.items()}).decode()]
-    columns: dict[str, list[Any]] = {}
+def output_rows(outputs: dict[str, np.ndarray], n: int) -> list[dict[str, Any]]:
+    """One ``{output: value}`` per row (numpy values as they are; orjson encodes them)."""
+    columns: dict[str, Any] = {}
     for key, value in outputs.items():
-        array = np.asarray(value)
-        columns[key] = array.tolist() if array.shape[:1] == (n,) else [None] * n
-    keys = list(columns)
-    return [orjson.dumps({k: columns[k][i] for k in keys}).decode() for i in range(n)]
+        array = value if isinstance(value, np.ndarray) else np.asarray(value)
+        columns[key] = array if array.ndim and array.shape[0] == n else None
+    if n == 1:  # the common single-row request
+        return [{k: (c[0] if c is not None else None) for k, c in columns.items()}]
+    return [{k: (c[i] if c is not None else None) for k, c in columns.items()} for i in range(n)]
 
 
 class PredictionLog:
@@ -125,15 +149,24 @@ class PredictionLog:
         self.settings = settings
         self.salt = salt
         self.signature_of = signature_of
-        self._queue: queue.Queue[Any] = queue.Queue(maxsize=max(1, settings.queue_size))
+        self._queue: deque[tuple[PredictionEvent, float]] = deque()
+        self._max = max(1, settings.queue_size)
+        self._soon = max(1, self._max // 2)
         self._block_s = settings.block_ms / 1000 if settings.queue_full == "block" else 0.0
+        self._interval_s = max(0.001, min(_WRITE_INTERVAL_S, settings.flush_interval_s))
+        self._wake = threading.Event()  # the writer: write now (queue half full, flush, close)
+        self._room = threading.Condition()  # callers blocked on a full queue
+        self._stop = False
+        self._busy = False  # the writer holds popped events not yet written
         self._encoders: dict[tuple[str, int], RowEncoder] = {}
+        self._patients: dict[str, str] = {}
         sqlite = engine.dialect.name == "sqlite"
         marker = "?" if engine.dialect.paramstyle == "qmark" else "%s"
-        self._insert_sql = (
-            f"INSERT INTO {mon_predictions.name} ({', '.join(_COLUMNS)}) "
-            f"VALUES ({', '.join([marker] * len(_COLUMNS))})"
-        )
+        self._values = f"({', '.join([marker] * len(_COLUMNS))})"
+        self._insert_head = f"INSERT INTO {mon_predictions.name} ({', '.join(_COLUMNS)}) VALUES "
+        self._sqls: dict[int, str] = {}
+        self._second = -1
+        self._second_text = ""
         # SQLite keeps SQLAlchemy's DateTime text form; other drivers take datetimes.
         self._time_param: Callable[[datetime], Any] = _sqlite_time if sqlite else _same
         self._thread = threading.Thread(target=self._run, name="medserve-prediction-log")
@@ -145,18 +178,27 @@ class PredictionLog:
 
     # -- hot path ---------------------------------------------------------------------------
     def on_prediction(self, event: PredictionEvent) -> None:
-        item = (event, time.time())
-        try:
-            self._queue.put_nowait(item)
+        queue = self._queue
+        size = len(queue)
+        if size < self._max:
+            queue.append((event, time.time()))
+            if size == self._soon:
+                self._wake.set()
             return
-        except queue.Full:
-            pass
+        self._full(event)
+
+    def _full(self, event: PredictionEvent) -> None:
+        self._wake.set()
         if self._block_s > 0:
-            try:
-                self._queue.put(item, timeout=self._block_s)
+            deadline = time.monotonic() + self._block_s
+            with self._room:
+                while len(self._queue) >= self._max:
+                    left = deadline - time.monotonic()
+                    if left <= 0 or not self._room.wait(left):
+                        break
+            if len(self._queue) < self._max:
+                self._queue.append((event, time.time()))
                 return
-            except queue.Full:
-                pass
         self._drop(event.inputs.shape[0], "queue_full")
 
     def _drop(self, rows: int, reason: str) -> None:
@@ -170,50 +212,46 @@ class PredictionLog:
         if self._closed:
             return
         self._closed = True
-        self._queue.put(_STOP)
+        self._stop = True
+        self._wake.set()
         self._thread.join(timeout)
 
     def flush(self, timeout: float = 30.0) -> None:
         """Wait until every event queued before this call is written (tests, CLI)."""
         deadline = time.monotonic() + timeout
-        while self._queue.unfinished_tasks and time.monotonic() < deadline:
+        while (self._queue or self._busy) and time.monotonic() < deadline:
+            self._wake.set()
             time.sleep(0.005)
 
     def _run(self) -> None:
-        stop = False
-        while not stop:
-            try:
-                first = self._queue.get(timeout=self.settings.flush_interval_s)
-            except queue.Empty:
-                continue
-            batch: list[tuple[PredictionEvent, float]] = []
-            taken = 1
-            if first is _STOP:
-                stop = True
-            else:
-                batch.append(first)
-            rows = sum(e.inputs.shape[0] for e, _ in batch)
-            while rows < self.settings.batch_rows:
+        while True:
+            self._wake.wait(self._interval_s)
+            self._wake.clear()
+            stopping = self._stop
+            while self._queue:
+                self._busy = True
+                batch: list[tuple[PredictionEvent, float]] = []
+                rows = 0
+                queue = self._queue
+                while queue and rows < self.settings.batch_rows:
+                    item = queue.popleft()
+                    batch.append(item)
+                    rows += item[0].inputs.shape[0]
+                if self._block_s > 0:
+                    with self._room:
+                        self._room.notify_all()
                 try:
-                    item = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                taken += 1
-                if item is _STOP:
-                    stop = True
-                    continue
-                batch.append(item)
-                rows += item[0].inputs.shape[0]
-            try:
-                if batch:
                     self._write(batch)
-            except Exception:  # the writer must survive anything; the rows are counted
-                log.exception("prediction log writer failed on a batch")
-                self._drop(rows, "write_failed")
-            finally:
-                for _ in range(taken):
-                    self._queue.task_done()
-                metrics.LOG_QUEUE_DEPTH.set(self._queue.qsize())
+                except Exception:  # the writer must survive anything; the rows are counted
+                    log.exception("prediction log writer failed on a batch")
+                    self._drop(rows, "write_failed")
+                finally:
+                    self._busy = False
+                    metrics.LOG_QUEUE_DEPTH.set(len(self._queue))
+                if not stopping and len(self._queue) < self._soon:
+                    break  # let more arrive: fewer, larger transactions
+            if stopping and not self._queue:
+                return
 
     def _encoder(self, model: str, version: int) -> RowEncoder:
         key = (model, version)
@@ -224,21 +262,55 @@ class PredictionLog:
             )
         return encoder
 
+    def _patient(self, patient_id: str) -> str:
+        token = self._patients.get(patient_id)
+        if token is None:
+            if len(self._patients) > 4096:
+                self._patients.clear()
+            token = self._patients[patient_id] = pseudonymize(patient_id, salt=self.salt)
+        return token
+
+    def _when(self, at: float) -> Any:
+        """The row time: SQLite's text form, with the date part formatted once a second."""
+        if self._time_param is not _sqlite_time:
+            return datetime.fromtimestamp(at, UTC)
+        second = int(at)
+        if second != self._second:
+            self._second = second
+            self._second_text = _sqlite_time(datetime.fromtimestamp(second, UTC))[:19]
+        return f"{self._second_text}.{int((at - second) * 1e6):06d}"
+
     def rows_for(self, event: PredictionEvent, at: float) -> list[tuple[Any, ...]]:
-        """Row tuples in ``_COLUMNS`` order (raw DB-API parameters: this is the bulk of the
-        writer's work, and SQLAlchemy's per-row type processing would double it)."""
+        """Row tuples in ``_COLUMNS`` order (raw DB-API parameters: SQLAlchemy's per-value
+        type processing would double the writer's work)."""
         context = event.context
         n = event.inputs.shape[0]
         inputs = self._encoder(event.model, event.version)(event.inputs)
-        outputs = encode_outputs(event.outputs, n)
-        patient = pseudonymize(context.patient_id, salt=self.salt) if context.patient_id else None
-        when = self._time_param(datetime.fromtimestamp(at, UTC))
+        outputs = output_rows(event.outputs, n)
+        patient = self._patient(context.patient_id) if context.patient_id else None
+        when = self._when(at)
         latency_ms = event.latency_s * 1000.0
-        model, version, site = event.model, event.version, context.site
+        model, version, site, rid = event.model, event.version, context.site, context.request_id
         return [
-            (pid, model, version, when, patient, site, inputs[i], outputs[i], latency_ms)
-            for i, pid in enumerate(event.prediction_ids)
+            (
+                f"{rid}-{i}",
+                model,
+                version,
+                when,
+                patient,
+                site,
+                dumps(inputs[i]).decode(),
+                dumps(outputs[i]).decode(),
+                latency_ms,
+            )
+            for i in range(n)
         ]
+
+    def _sql(self, rows: int) -> str:
+        sql = self._sqls.get(rows)
+        if sql is None:
+            sql = self._sqls[rows] = self._insert_head + ", ".join([self._values] * rows)
+        return sql
 
     def _write(self, batch: list[tuple[PredictionEvent, float]]) -> None:
         rows: list[tuple[Any, ...]] = []
@@ -251,7 +323,13 @@ class PredictionLog:
                     self.engine.connect().execution_options(medserve_write=True) as conn,
                     conn.begin(),
                 ):
-                    conn.exec_driver_sql(self._insert_sql, rows)
+                    start = 0
+                    for size in _CHUNKS:
+                        while len(rows) - start >= size:
+                            chunk = rows[start : start + size]
+                            flat = tuple([value for row in chunk for value in row])
+                            conn.exec_driver_sql(self._sql(size), flat)
+                            start += size
                 break
             except SQLAlchemyError:
                 if attempt == _WRITE_ATTEMPTS - 1:

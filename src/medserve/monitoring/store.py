@@ -324,7 +324,21 @@ class MonitoringStore:
                 t.update().where(t.c.id == alert_id).values(delivery=delivery, attempts=attempts)
             )
 
-    def acknowledge(self, alert_id: int, actor: str, note: str | None = None) -> dict[str, Any]:
+    def acknowledge(
+        self,
+        alert_id: int,
+        actor: str,
+        note: str | None = None,
+        *,
+        key_id: str | None = None,
+        request_id: str | None = None,
+        audit: bool = True,
+    ) -> dict[str, Any]:
+        """Acknowledge an alert; with ``audit`` the audit trail gets an ``alert_acknowledge``
+        entry in the same transaction (who, which alert and model; the note is not copied:
+        free text may hold PHI)."""
+        from medserve.security.audit import AuditEntry, AuditLog
+
         t = mon_alerts
         with self._write() as conn:
             row = conn.execute(sa.select(t).where(t.c.id == alert_id)).mappings().first()
@@ -341,6 +355,18 @@ class MonitoringStore:
                 )
             )
             updated = conn.execute(sa.select(t).where(t.c.id == alert_id)).mappings().one()
+            if audit:
+                entry = AuditEntry(
+                    actor=actor,
+                    key_id=key_id,
+                    action="alert_acknowledge",
+                    model=str(row["model_name"]),
+                    outcome=200,
+                    request_id=request_id,
+                    detail=f"alert {alert_id} ({row['metric']}) {updated['state']}"
+                    + (" with a note" if note else ""),
+                )
+                AuditLog(self.engine).append_in(conn, [entry])
         return _alert(updated)
 
 

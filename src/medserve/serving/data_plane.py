@@ -102,7 +102,7 @@ class DataPlane:
                 context,
                 model.name,
                 model.number,
-                model.signature.feature_names,
+                model.validator.feature_names,  # built once per version, not per request
                 X,
                 outputs,
                 latency,

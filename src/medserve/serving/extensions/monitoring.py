@@ -142,7 +142,17 @@ async def acknowledge(
     model = alerts[0]["model"] if alerts else None
     principal = await _allow(request, "write", model)
     note = (body or {}).get("note")
-    return store.acknowledge(alert_id, principal.subject, str(note) if note else None)
+    result: dict[str, Any] = await asyncio.to_thread(
+        store.acknowledge,
+        alert_id,
+        principal.subject,
+        str(note) if note else None,
+        key_id=principal.key_id,
+        request_id=request.headers.get("x-request-id"),
+        # Audited where the audit trail is kept (security on), in the acknowledging transaction.
+        audit=getattr(request.app.state, "audit", None) is not None,
+    )
+    return result
 
 
 async def _explain(request: Request, name: str, ref: str | None, body: Any) -> dict[str, Any]:

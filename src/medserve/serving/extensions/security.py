@@ -37,11 +37,13 @@ from medserve.security.audit import AuditEntry, AuditLog
 from medserve.security.guard import PRINCIPAL_SCOPE_KEY, SecurityGuard
 from medserve.security.keys import ApiKey, ChangeCounter, SecurityStore
 from medserve.security.oidc import JwksSource, JwtVerifier
+from medserve.security.permissions import ROLES
 from medserve.security.phi import deidentify_text, load_or_create_salt, pseudonymize
 from medserve.serving.context import Principal
 from medserve.serving.events import PredictionEvent
 from medserve.serving.fast_path import match_hot_path
 from medserve.serving.http_errors import status_for
+from medserve.serving.params import IsoDateTime
 from medserve.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -53,6 +55,7 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 OPEN_PATHS = frozenset({"/v2/health/live", "/v2/health/ready"})
 ACTION_SCOPE_KEY = "medserve.action"
+SQL_INT_MAX = 2**63 - 1  # the largest integer a SQL BIGINT (and SQLite) holds
 _READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 SECURITY_HEADERS: list[tuple[bytes, bytes]] = [
@@ -260,30 +263,31 @@ class SecurityMiddleware:
 
 
 class AuditObserver:
-    """Queues one audit entry per prediction request (O(1): no I/O on the event loop)."""
+    """Queues one audit entry per prediction request: O(1) on the event loop (the entry, and
+    the patient pseudonym in it, are made by the audit writer thread)."""
 
     def __init__(self, audit: AuditLog, salt: bytes) -> None:
         self.audit = audit
         self.salt = salt
 
     def on_prediction(self, event: PredictionEvent) -> None:
+        self.audit.enqueue_deferred(self.entry, event)
+
+    def entry(self, event: PredictionEvent, at: datetime) -> AuditEntry:
         ctx = event.context
         principal = ctx.principal
-        self.audit.enqueue(
-            AuditEntry(
-                actor=principal.subject,
-                key_id=principal.key_id,
-                action="predict",
-                model=event.model,
-                version=str(event.version),
-                client=ctx.client,
-                outcome=200,
-                request_id=ctx.request_id,
-                patient_hash=pseudonymize(ctx.patient_id, salt=self.salt)
-                if ctx.patient_id
-                else None,
-                detail=f"{ctx.protocol} rows={event.inputs.shape[0]}",
-            )
+        return AuditEntry(
+            actor=principal.subject,
+            key_id=principal.key_id,
+            action="predict",
+            model=event.model,
+            version=str(event.version),
+            client=ctx.client,
+            outcome=200,
+            request_id=ctx.request_id,
+            patient_hash=pseudonymize(ctx.patient_id, salt=self.salt) if ctx.patient_id else None,
+            detail=f"{ctx.protocol} rows={event.inputs.shape[0]}",
+            at=at,
         )
 
 
@@ -292,21 +296,14 @@ class AuditObserver:
 # --------------------------------------------------------------------------------------------
 
 
-def _parse_time(value: str | None, name: str) -> datetime | None:
-    if value is None:
-        return None
-    try:
-        return datetime.fromisoformat(value)
-    except ValueError as exc:
-        raise InvalidRequestError(f"{name} must be an ISO 8601 date or time") from exc
-
-
 @router.get("/v1/audit", tags=["security"])
 async def read_audit(
     request: Request,
-    since: str | None = Query(default=None, description="ISO 8601 date/time (inclusive)."),
-    until: str | None = Query(default=None, description="ISO 8601 date/time (exclusive)."),
-    after_seq: int = Query(default=0, ge=0, description="Entries after this sequence number."),
+    since: IsoDateTime | None = Query(default=None, description="ISO 8601 (inclusive)."),
+    until: IsoDateTime | None = Query(default=None, description="ISO 8601 (exclusive)."),
+    after_seq: int = Query(
+        default=0, ge=0, le=SQL_INT_MAX, description="Entries after this sequence number."
+    ),
     actor: str | None = None,
     model: str | None = None,
     limit: int = Query(default=100, ge=1, le=1000),
@@ -318,8 +315,8 @@ async def read_audit(
     entries = await asyncio.to_thread(
         lambda: list(
             audit.entries(
-                since=_parse_time(since, "since"),
-                until=_parse_time(until, "until"),
+                since=since,
+                until=until,
                 after_seq=after_seq,
                 actor=actor,
                 model=model,
@@ -333,11 +330,11 @@ async def read_audit(
 
 class KeyRequest(BaseModel):
     name: str = Field(min_length=1, max_length=256)
-    roles: list[str] = Field(min_length=1)
+    roles: list[str] = Field(min_length=1, json_schema_extra={"items": {"enum": list(ROLES)}})
     models: list[str] | None = None
     tenant: str | None = None
-    expires_in_days: float | None = Field(default=None, gt=0)
-    rate_limit: int | None = Field(default=None, gt=0)
+    expires_in_days: float | None = Field(default=None, gt=0, le=36_500)
+    rate_limit: int | None = Field(default=None, gt=0, le=1_000_000)
 
 
 class TenantRequest(BaseModel):
