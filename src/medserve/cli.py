@@ -336,6 +336,40 @@ def models_signature(
     console.print_json(json.dumps(version.signature))
 
 
+@models_app.command("fhir-map")
+def models_fhir_map(
+    ref: str,
+    set_: Annotated[
+        Path | None,
+        typer.Option(
+            "--set", help="JSON/YAML file with the FHIR feature map (serving_config.fhir)."
+        ),
+    ] = None,
+) -> None:
+    """Print a version's FHIR feature map, or set it with --set FILE (checked against the
+    signature; servers pick it up on their next registry poll, no reload of the model)."""
+    import yaml
+
+    from medserve.interop.feature_map import FhirMap
+
+    try:
+        name, version_ref = split_ref(ref)
+        with _registry() as registry:
+            version = registry.store.resolve(name, version_ref)
+            if set_ is not None:
+                fmap = FhirMap.model_validate(yaml.safe_load(set_.read_text()))
+                fmap.check_against(Signature.model_validate(version.signature))
+                config = {**version.serving_config, "fhir": fmap.model_dump(mode="json")}
+                version = registry.store.update_version(
+                    name, version.version, serving_config=config
+                )
+    except MedserveError as exc:
+        raise _fail(exc) from exc
+    except (OSError, KeyError, ValueError) as exc:
+        raise _fail(exc) from exc
+    console.print_json(json.dumps(version.serving_config.get("fhir")))
+
+
 @app.command()
 def predict(
     ref: Annotated[str, typer.Argument(help="NAME[@VERSION|ALIAS]; NAME alone means production.")],

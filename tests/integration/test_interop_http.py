@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import sqlite3
+import subprocess
+import sys
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
@@ -416,3 +421,56 @@ def test_cds_service_respects_model_grants(server: ServerProcess) -> None:
     assert listing.status_code == 200
     assert all(s["id"] != MODEL for s in listing.json()["services"])
     assert httpx.get(f"{server.url}/cds-services", timeout=30).status_code == 401
+
+
+def test_feature_map_set_from_the_cli_applies_without_restart(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    from sklearn.linear_model import LogisticRegression
+
+    from medserve.interop.demo import FEATURES, FHIR_MAP, synthetic_cohort
+
+    cohort = synthetic_cohort(400)
+    registry = Registry.open(Settings(home=server.home))
+    try:
+        model = LogisticRegression(max_iter=2000).fit(cohort[FEATURES], cohort["event"])
+        registry.register("cardio-plain", model, sample=cohort[FEATURES], alias="production")
+    finally:
+        registry.close()
+
+    def call() -> httpx.Response:
+        return httpx.post(
+            f"{server.url}/v1/models/cardio-plain/predict",
+            content=json.dumps(example_bundle()),
+            headers={**server.headers, "Content-Type": FHIR},
+            timeout=60,
+        )
+
+    deadline = time.monotonic() + 30
+    while (response := call()).status_code == 404 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert response.status_code == 415
+    assert (
+        "declares no FHIR feature map"
+        in OperationOutcome.model_validate(response.json()).issue[0].diagnostics
+    )  # type: ignore[operator]
+
+    bad = tmp_path / "bad.json"
+    bad.write_text(
+        json.dumps({**FHIR_MAP, "features": {"lactate": {"loinc": "2524-7", "unit": "mmol/L"}}})
+    )
+    env = {**os.environ, "MEDSERVE_HOME": str(server.home)}
+    cli = [sys.executable, "-m", "medserve", "models", "fhir-map", "cardio-plain@1", "--set"]
+    refused = subprocess.run([*cli, str(bad)], env=env, capture_output=True, text=True)
+    assert refused.returncode != 0
+    assert "not model inputs: lactate" in " ".join((refused.stdout + refused.stderr).split())
+
+    good = tmp_path / "map.json"
+    good.write_text(json.dumps(FHIR_MAP))
+    done = subprocess.run([*cli, str(good)], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+    deadline = time.monotonic() + 30
+    while (response := call()).status_code != 200 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert response.status_code == 200, response.text
+    assert response.json()["predictions"][0]["probabilities"]["1"] > 0

@@ -9,6 +9,7 @@ during a switch. A version that fails to load makes only its own model unavailab
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 from collections import OrderedDict
@@ -117,6 +118,7 @@ class ModelManager:
             failed = {k: msg for k, msg in self._failed.items() if k in wanted}
             for key in wanted:
                 if key in loaded:
+                    loaded[key] = self._refreshed(loaded[key])
                     continue
                 try:
                     version = self.store.get_version(*key)
@@ -134,6 +136,18 @@ class ModelManager:
             self._token = token
             self.synced_once = True
             return True
+
+    def _refreshed(self, model: LoadedModel) -> LoadedModel:
+        """The same runtime with the version's current editable fields (signature, serving
+        config, tags): an edit takes effect without reloading the artifact."""
+        try:
+            current = self.store.get_version(model.name, model.number)
+        except MedserveError:
+            return model
+        if current == model.version:
+            return model
+        signature = Signature.model_validate(current.signature)
+        return dataclasses.replace(model, version=current, signature=signature)
 
     # -- lookup ---------------------------------------------------------------------------
     def cached(self, name: str, ref: str) -> LoadedModel | None:
