@@ -8,9 +8,10 @@ from dataclasses import asdict
 from typing import Any
 
 import orjson
-from fastapi import Body, Depends, FastAPI, Request
+from fastapi import Body, Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from medserve import __version__
@@ -21,18 +22,21 @@ from medserve.serving import metrics
 from medserve.serving.data_plane import DataPlane
 from medserve.serving.extensions import EXTENSIONS
 from medserve.serving.extensions import security as security_ext
-from medserve.serving.fast_path import HotPathApp
+from medserve.serving.fast_path import HotPathApp, match_hot_path
 from medserve.serving.guard import OpenGuard
-from medserve.serving.http_errors import status_for
+from medserve.serving.http_errors import code_for_status, document_errors, status_for
 from medserve.serving.model_manager import ModelManager
 from medserve.serving.server import tune_gc
 from medserve.settings import Settings
+from medserve.store.sql import MAX_PAGE
 
 INFER_EXAMPLE = {
     "id": "req-1",
     "inputs": [{"name": "input", "shape": [1, 3], "datatype": "FP32", "data": [1.0, 2.0, 3.0]}],
 }
 RECORDS_EXAMPLE = {"instances": [{"feature_a": 1.0, "feature_b": "x"}]}
+# The not-ready answer of the readiness probes: the same body as 200, with ready false.
+NOT_READY: dict[int | str, dict[str, Any]] = {503: {"description": "Not ready"}}
 
 
 class ORJSONResponse(JSONResponse):
@@ -44,6 +48,48 @@ def _version_view(v: ModelVersion, aliases: list[str]) -> dict[str, Any]:
     view = asdict(v)
     view["aliases"] = aliases
     return view
+
+
+def error_statuses(method: str, path: str, operation: dict[str, Any]) -> list[int]:
+    """The error statuses an operation can answer, for the OpenAPI document."""
+    if path in security_ext.OPEN_PATHS:
+        return []
+    statuses = {401, 403, 429}  # every other route authenticates, authorizes, rate-limits
+    if operation.get("parameters") or "requestBody" in operation:
+        statuses.add(400)
+    if "{" in path:
+        statuses.add(404)
+    if match_hot_path(method, path) is not None:
+        statuses |= {413, 415, 422, 503}
+    elif path.endswith("/explain"):
+        statuses |= {422, 503}
+    elif path.startswith("/v2/models/"):
+        statuses.add(503)
+    return sorted(statuses)
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    """Every method some route serves at this request's path (for the Allow of a 405)."""
+    path = request.scope["path"]
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        if isinstance(route, APIRoute) and route.methods and route.path_regex.match(path):
+            methods |= route.methods
+    return sorted(methods)
+
+
+def document_security(openapi: dict[str, Any]) -> None:
+    """Declare the bearer credential every route but the health probes needs."""
+    schemes = openapi.setdefault("components", {}).setdefault("securitySchemes", {})
+    schemes["bearer"] = {
+        "type": "http",
+        "scheme": "bearer",
+        "description": "A medserve API key (msk_...) or, where configured, an OIDC access token.",
+    }
+    openapi["security"] = [{"bearer": []}]
+    for path in security_ext.OPEN_PATHS:
+        for operation in openapi.get("paths", {}).get(path, {}).values():
+            operation["security"] = []
 
 
 def create_api(settings: Settings) -> FastAPI:
@@ -82,6 +128,18 @@ def create_api(settings: Settings) -> FastAPI:
         dependencies=[Depends(security_ext.authorize_route)],
     )
 
+    default_openapi = api.openapi
+
+    def openapi_with_errors() -> dict[str, Any]:
+        if api.openapi_schema is None:
+            schema = document_errors(default_openapi(), error_statuses)
+            if settings.security:
+                document_security(schema)
+            api.openapi_schema = schema
+        return api.openapi_schema
+
+    api.openapi = openapi_with_errors  # type: ignore[method-assign]
+
     def plane(request: Request) -> DataPlane:
         result: DataPlane = request.app.state.plane
         return result
@@ -95,8 +153,12 @@ def create_api(settings: Settings) -> FastAPI:
         return ORJSONResponse(exc.to_dict(), status_code=status_for(exc))
 
     @api.exception_handler(StarletteHTTPException)
-    async def _http_error(_: Request, exc: StarletteHTTPException) -> Response:
-        return ORJSONResponse({"error": str(exc.detail)}, status_code=exc.status_code)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        body = {"error": str(exc.detail), "code": code_for_status(exc.status_code)}
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:  # Starlette lists one route's methods: list the path's
+            headers["Allow"] = ", ".join(_allowed_methods(request))
+        return ORJSONResponse(body, status_code=exc.status_code, headers=headers)
 
     @api.exception_handler(RequestValidationError)
     async def _request_error(_: Request, exc: RequestValidationError) -> Response:
@@ -105,14 +167,15 @@ def create_api(settings: Settings) -> FastAPI:
             for e in exc.errors()
         ]
         message = "; ".join(f"{p['field']}: {p['message']}" for p in problems)
-        return ORJSONResponse({"error": message, "details": problems}, status_code=400)
+        body = {"error": message, "code": "invalid_request", "details": problems}
+        return ORJSONResponse(body, status_code=400)
 
     # -- Open Inference Protocol v2 -------------------------------------------------------
     @api.get("/v2/health/live", tags=["v2"])
     async def live() -> dict[str, bool]:
         return {"live": True}
 
-    @api.get("/v2/health/ready", tags=["v2"])
+    @api.get("/v2/health/ready", tags=["v2"], responses=NOT_READY)
     async def ready(request: Request) -> Response:
         ok = plane(request).ready()
         return ORJSONResponse({"ready": ok}, status_code=200 if ok else 503)
@@ -133,11 +196,11 @@ def create_api(settings: Settings) -> FastAPI:
         ok = await plane(request).model_ready(name, version)
         return ORJSONResponse({"name": name, "ready": ok}, status_code=200 if ok else 503)
 
-    @api.get("/v2/models/{name}/ready", tags=["v2"])
+    @api.get("/v2/models/{name}/ready", tags=["v2"], responses=NOT_READY)
     async def model_ready(request: Request, name: str) -> Response:
         return await _ready(request, name, None)
 
-    @api.get("/v2/models/{name}/versions/{version}/ready", tags=["v2"])
+    @api.get("/v2/models/{name}/versions/{version}/ready", tags=["v2"], responses=NOT_READY)
     async def version_ready(request: Request, name: str, version: str) -> Response:
         return await _ready(request, name, version)
 
@@ -180,7 +243,7 @@ def create_api(settings: Settings) -> FastAPI:
     async def list_models(
         request: Request,
         search: str | None = None,
-        page_size: int = 100,
+        page_size: int = Query(default=100, ge=1, le=MAX_PAGE),
         page_token: str | None = None,
     ) -> dict[str, Any]:
         store = registry_of(request).store
@@ -237,7 +300,7 @@ def create_api(settings: Settings) -> FastAPI:
     for extension in EXTENSIONS:
         api.include_router(extension.router)
 
-    @api.get("/metrics", tags=["ops"])
+    @api.get("/metrics", tags=["ops"], response_class=PlainTextResponse)
     async def prometheus() -> Response:
         return Response(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 

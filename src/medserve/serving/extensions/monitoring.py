@@ -14,9 +14,10 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, FastAPI, Request
+from pydantic import BaseModel, Field
 
 from medserve.errors import InvalidRequestError, MedserveError
 from medserve.monitoring.config import MonitoringSettings
@@ -24,6 +25,7 @@ from medserve.monitoring.prediction_log import PredictionLog
 from medserve.monitoring.store import MonitoringStore
 from medserve.registry.signature import Signature
 from medserve.serving.context import Principal
+from medserve.serving.params import IsoDateTime
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +46,37 @@ OUTCOMES_EXAMPLE = {
 EXPLAIN_EXAMPLE = {"instances": [{"feature_a": 1.0}], "class": "malignant"}
 
 
+# A label or a value: what the prediction log stores (integers as JSON holds them in 64 bits).
+Outcome = Annotated[
+    bool | Annotated[int, Field(ge=-(2**63), lt=2**63)] | float | str | None,
+    Field(description="The observed outcome: a class label or a value."),
+]
+
+
+class OutcomeByPrediction(BaseModel):
+    prediction_id: str = Field(min_length=1, description="An id a prediction response returned.")
+    outcome: Outcome
+
+
+class OutcomeByPatient(BaseModel):
+    patient_id: str = Field(min_length=1, description="Pseudonymized before use; never stored.")
+    model: str = Field(min_length=1)
+    start: IsoDateTime = Field(description="Window start, ISO 8601 (inclusive).")
+    end: IsoDateTime = Field(description="Window end, ISO 8601 (exclusive), after start.")
+    outcome: Outcome
+
+
+class OutcomesRequest(BaseModel):
+    outcomes: list[OutcomeByPrediction | OutcomeByPatient] = Field(min_length=1)
+
+
+class ExplainRequest(BaseModel):
+    instances: list[dict[str, Any]] = Field(min_length=1)
+    target_class: str | int | None = Field(
+        default=None, alias="class", description="Explain this class (default: the predicted)."
+    )
+
+
 async def _allow(request: Request, action: str, model: str | None) -> Principal:
     guard = request.app.state.guard
     principal: Principal = await guard.authenticate(request.scope)
@@ -56,17 +89,14 @@ def _mstore(request: Request) -> MonitoringStore:
     return store
 
 
-def _parse_time(value: Any, field: str) -> datetime:
-    try:
-        parsed = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
-    except ValueError as exc:
-        raise InvalidRequestError(f"{field} must be an ISO 8601 time") from exc
-    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+def _utc(value: datetime) -> datetime:
+    """A time without a zone is taken as UTC."""
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 @router.post("/v1/outcomes")
 async def post_outcomes(
-    request: Request, body: dict[str, Any] = Body(examples=[OUTCOMES_EXAMPLE])
+    request: Request, body: OutcomesRequest = Body(examples=[OUTCOMES_EXAMPLE])
 ) -> dict[str, Any]:
     """Attach outcomes by prediction id, or by (patient id, model, time window).
 
@@ -75,34 +105,24 @@ async def post_outcomes(
     """
     from medserve.security.phi import pseudonymize
 
-    items = body.get("outcomes")
-    if not isinstance(items, list) or not items:
-        raise InvalidRequestError('the body must be {"outcomes": [{...}, ...]}')
     salt: bytes = request.app.state.monitoring_salt
     parsed: list[dict[str, Any]] = []
-    for i, item in enumerate(items):
-        if not isinstance(item, dict) or "outcome" not in item:
-            raise InvalidRequestError(f"outcomes[{i}] needs an 'outcome'")
-        if item.get("prediction_id"):
+    for i, item in enumerate(body.outcomes):
+        if isinstance(item, OutcomeByPrediction):
             await _allow(request, "predict", None)
-            parsed.append({"prediction_id": str(item["prediction_id"]), "outcome": item["outcome"]})
+            parsed.append({"prediction_id": item.prediction_id, "outcome": item.outcome})
             continue
-        if not (item.get("patient_id") and item.get("model")):
-            raise InvalidRequestError(
-                f"outcomes[{i}] needs a prediction_id, or patient_id + model + start/end"
-            )
-        await _allow(request, "predict", str(item["model"]))
-        start = _parse_time(item.get("start"), f"outcomes[{i}].start")
-        end = _parse_time(item.get("end"), f"outcomes[{i}].end")
+        await _allow(request, "predict", item.model)
+        start, end = _utc(item.start), _utc(item.end)
         if end <= start:
             raise InvalidRequestError(f"outcomes[{i}]: end must be after start")
         parsed.append(
             {
-                "patient": pseudonymize(str(item["patient_id"]), salt=salt),
-                "model": str(item["model"]),
+                "patient": pseudonymize(item.patient_id, salt=salt),
+                "model": item.model,
                 "start": start,
                 "end": end,
-                "outcome": item["outcome"],
+                "outcome": item.outcome,
             }
         )
     counts = await asyncio.to_thread(_mstore(request).attach_outcomes, None, parsed)
@@ -155,16 +175,16 @@ async def acknowledge(
     return result
 
 
-async def _explain(request: Request, name: str, ref: str | None, body: Any) -> dict[str, Any]:
+async def _explain(
+    request: Request, name: str, ref: str | None, body: ExplainRequest
+) -> dict[str, Any]:
     from medserve.explain.service import service_for
 
     await _allow(request, "predict", name)
-    if not isinstance(body, dict) or not isinstance(body.get("instances"), list):
-        raise InvalidRequestError('the body must be {"instances": [{"feature": value, ...}, ...]}')
     plane = request.app.state.plane
     model = await plane.model(name, ref)
-    X = model.validator.records_to_matrix(body["instances"])
-    target = body.get("class")
+    X = model.validator.records_to_matrix(body.instances)
+    target = body.target_class
     service = service_for(plane.manager)
     result: dict[str, Any] = await asyncio.to_thread(
         service.explain, model, X, str(target) if target is not None else None
@@ -174,7 +194,7 @@ async def _explain(request: Request, name: str, ref: str | None, body: Any) -> d
 
 @router.post("/v1/models/{name}/explain")
 async def explain(
-    request: Request, name: str, body: dict[str, Any] = Body(examples=[EXPLAIN_EXAMPLE])
+    request: Request, name: str, body: ExplainRequest = Body(examples=[EXPLAIN_EXAMPLE])
 ) -> dict[str, Any]:
     """Per-feature attributions (base value + attributions = prediction) and plain words."""
     return await _explain(request, name, None, body)
@@ -185,7 +205,7 @@ async def explain_version(
     request: Request,
     name: str,
     version: str,
-    body: dict[str, Any] = Body(examples=[EXPLAIN_EXAMPLE]),
+    body: ExplainRequest = Body(examples=[EXPLAIN_EXAMPLE]),
 ) -> dict[str, Any]:
     return await _explain(request, name, version, body)
 

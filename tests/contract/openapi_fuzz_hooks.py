@@ -1,0 +1,23 @@
+"""schemathesis hooks for the unauthenticated fuzz run (see test_openapi_fuzz.py)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import schemathesis
+
+OPEN_PATHS = frozenset({"/v2/health/live", "/v2/health/ready"})
+
+
+@schemathesis.check
+def refused_without_credentials(ctx: Any, response: Any, case: Any) -> bool | None:
+    """Without a credential every operation but the health probes answers 401 (never 5xx)."""
+    if case.path in OPEN_PATHS:
+        return None
+    if response.status_code != 401:
+        raise AssertionError(
+            f"{case.method} {case.path} answered {response.status_code} without credentials"
+        )
+    if not response.headers.get("www-authenticate", [""])[0].startswith("Bearer"):
+        raise AssertionError("a 401 must carry WWW-Authenticate: Bearer")
+    return None
