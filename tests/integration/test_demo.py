@@ -49,6 +49,8 @@ def test_demo_prints_commands_that_work(tmp_path: Path) -> None:
             line.strip() for line in printed.splitlines() if line.strip().startswith("curl ")
         ]
         assert len(commands) >= 6
+        assert any("application/fhir+json" in c for c in commands)  # FHIR in and out
+        assert any("/cds-services/" in c for c in commands)  # a CDS Hooks call
         for command in commands:
             result = subprocess.run(
                 shlex.split(command), capture_output=True, text=True, timeout=30, cwd=tmp_path
@@ -56,6 +58,11 @@ def test_demo_prints_commands_that_work(tmp_path: Path) -> None:
             assert result.returncode == 0, (command, result.stderr)
             body = json.loads(result.stdout)
             assert "error" not in body, (command, body)
+            if "/cds-services/" in command:
+                assert body["cards"][0]["indicator"] in {"info", "warning", "critical"}
+            if "application/fhir+json" in command:
+                assert body["resourceType"] == "Bundle", body
+                assert body["entry"][0]["resource"]["resourceType"] == "RiskAssessment"
     finally:
         os.killpg(process.pid, signal.SIGTERM)
         process.wait(timeout=30)
