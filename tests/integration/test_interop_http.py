@@ -305,6 +305,14 @@ def test_hook_call_with_prefetch_returns_a_card(server: ServerProcess) -> None:
     assert "raised the risk" in card["detail"]
     card_page = httpx.get(card["source"]["url"], headers=server.headers, timeout=30)
     assert card_page.status_code == 200
+    audit = httpx.get(
+        f"{server.url}/v1/audit",
+        params={"model": MODEL, "limit": 1000},
+        headers=server.headers,
+        timeout=30,
+    ).json()["entries"]
+    calls = [e for e in audit if e["action"] == "predict" and e["outcome"] == 200]
+    assert any(e["version"] == "1" and "/cds-services/" in e["detail"] for e in calls), audit[-3:]
 
 
 def test_spec_example_without_needed_prefetch_is_412(server: ServerProcess) -> None:

@@ -15,12 +15,12 @@ from typing import Any
 
 from fastapi import APIRouter, Body, FastAPI, Request
 
-from medserve.interop.cds_hooks import CdsHooks
+from medserve.interop.cds_hooks import CdsHooks, CdsService
 from medserve.interop.feedback_store import CdsStore
 from medserve.interop.http_handlers import media_handlers
 from medserve.security.guard import PRINCIPAL_SCOPE_KEY
 from medserve.serving.context import ANONYMOUS, Principal, RequestContext, new_request_id
-from medserve.serving.extensions.security import visible
+from medserve.serving.extensions.security import ACTION_SCOPE_KEY, visible
 
 router = APIRouter(tags=["cds-hooks"])
 
@@ -59,6 +59,16 @@ def _principal(request: Request) -> Principal:
     return principal if isinstance(principal, Principal) else ANONYMOUS
 
 
+def _authorize(request: Request, service: CdsService, action: str) -> Principal:
+    """Per-model authorization (the path names a service, not a model) and the audit entry's
+    model and version."""
+    principal = _principal(request)
+    request.app.state.guard.authorize(principal, "predict", service.model)
+    template = request.scope.get(ACTION_SCOPE_KEY, (None, None, None, request.url.path))[3]
+    request.scope[ACTION_SCOPE_KEY] = (action, service.model, str(service.version), template)
+    return principal
+
+
 def _base_url(request: Request) -> str:
     configured = request.app.state.settings.public_url
     return str(configured or request.base_url).rstrip("/")
@@ -78,8 +88,7 @@ async def call_service(
     """A hook call: cards from the model's production version (412 when data is absent)."""
     cds = _cds(request)
     service = await cds.service(service_id)
-    principal = _principal(request)
-    request.app.state.guard.authorize(principal, "predict", service.model)
+    principal = _authorize(request, service, "predict")
     client = request.client
     context = RequestContext(
         request_id=request.headers.get("x-request-id", "")[:64] or new_request_id(),
@@ -98,8 +107,7 @@ async def feedback(
     """What the clinician did with the cards (accepted / overridden, with a reason)."""
     cds = _cds(request)
     service = await cds.service(service_id)
-    principal = _principal(request)
-    request.app.state.guard.authorize(principal, "predict", service.model)
+    principal = _authorize(request, service, "cds_feedback")
     return await asyncio.to_thread(cds.feedback, service, body, principal.subject)
 
 
