@@ -41,6 +41,24 @@ def _py_spy(pids: list[int], seconds: float, out: Path) -> list[subprocess.Popen
     return procs
 
 
+def _thread_cpu(pids: list[int]) -> dict[str, float]:
+    """CPU seconds per thread name, summed over the worker processes (Linux /proc)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out: dict[str, float] = {}
+    for pid in pids:
+        for task in Path(f"/proc/{pid}/task").glob("*"):
+            try:
+                stat = (task / "stat").read_text()
+            except OSError:
+                continue
+            name = stat[stat.index("(") + 1 : stat.rindex(")")]
+            fields = stat[stat.rindex(")") + 2 :].split()
+            seconds = (int(fields[11]) + int(fields[12])) / tick
+            key = "main" if task.name == str(pid) else name
+            out[key] = out.get(key, 0.0) + seconds
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seconds", type=float, default=5.0, help="length of each c=32 load")
@@ -49,6 +67,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", choices=["on", "off", "both"], default="both")
     parser.add_argument("--profile", type=Path, help="py-spy the governance-on workers here")
     parser.add_argument("--env", action="append", default=[], help="extra KEY=VALUE for 'on'")
+    parser.add_argument(
+        "--cpu", action="store_true", help="CPU µs per request, per worker thread (Linux)"
+    )
     args = parser.parse_args(argv)
     wrk = ensure_wrk()
     os.environ.pop("MEDSERVE_SECURITY", None)
@@ -85,9 +106,21 @@ def main(argv: list[str] | None = None) -> int:
                         out.mkdir(parents=True, exist_ok=True)
                         workers = process_tree(proc.process.pid)[1:]
                         spies = _py_spy(workers, args.seconds, out)
+                    workers = process_tree(proc.process.pid)[1:]
+                    before = _thread_cpu(workers) if args.cpu else {}
                     result = run_wrk(wrk, url, body, Load(2, 32, args.seconds), body_dir)
                     for spy in spies:
                         spy.wait(30)
+                    if args.cpu:
+                        after = _thread_cpu(workers)
+                        requests = max(1.0, result.rps * args.seconds)
+                        per = {
+                            k: (after[k] - before.get(k, 0.0)) * 1e6 / requests
+                            for k in after
+                            if after[k] - before.get(k, 0.0) > 0
+                        }
+                        shown = ", ".join(f"{k} {v:.0f}" for k, v in sorted(per.items()))
+                        print(f"  cpu µs/request ({side}): total {sum(per.values()):.0f}: {shown}")
                     results[(rnd, side, model)] = result.rps
                     bad = f", {result.non_2xx} non-2xx" if result.non_2xx else ""
                     print(

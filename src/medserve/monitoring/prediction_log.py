@@ -2,8 +2,8 @@
 
 ``on_prediction`` runs on the event loop for every request, so it only timestamps the event and
 appends it to a bounded deque (a few hundred nanoseconds, no lock). A writer thread per worker
-process wakes every ``write_interval_s`` (or when the queue passes half full), de-identifies and
-writes everything queued in one transaction. ``close()`` drains everything that was accepted:
+process wakes every ``flush_interval_s`` (1 s, or when the queue passes half full), de-identifies
+and writes everything queued in one transaction. ``close()`` drains everything that was accepted:
 the server calls it on shutdown (SIGTERM included), so entries are not lost.
 
 Why the writer is shaped this way: it shares the GIL with the event loop, and a thread that
@@ -11,7 +11,9 @@ released the GIL may wait a whole switch interval (5 ms) to get it back from a b
 ``executemany`` releases it once per row (each ``sqlite3_step``) and holds SQLite's single write
 lock meanwhile, stalling the home's other writers (the audit trail, the other workers). So rows
 go in as multi-row ``INSERT ... VALUES (...), (...)`` statements of up to 256 rows: one
-GIL release and one B-tree pass per chunk, a few transactions per second per worker.
+GIL release and one B-tree pass per chunk. And it wakes rarely: every wakeup starts a tug of
+war for the GIL with the event loop, and at 20 wakeups a second that cost more CPU than the
+writing itself (measured with ``python -m benchmarks.governance --cpu``).
 
 When the writer cannot keep up the queue fills, and the declared policy applies: ``block`` waits
 up to ``block_ms`` for room (back-pressure on the callers), then drops; ``drop`` drops at once.
@@ -46,9 +48,6 @@ _WRITE_ATTEMPTS = 5
 # Rows per INSERT statement: 256, then powers of two for the rest, so that a handful of
 # statements are ever compiled (9 columns x 256 rows: 2,304 parameters, under SQLite's 32,766).
 _CHUNKS = (256, 128, 64, 32, 16, 8, 4, 2, 1)
-# Longest pause between batches: a batch per 50 ms keeps transactions few (SQLite has one write
-# lock for the whole home) and rows in memory briefly.
-_WRITE_INTERVAL_S = 0.05
 
 _COLUMNS = (
     "id",
@@ -153,7 +152,7 @@ class PredictionLog:
         self._max = max(1, settings.queue_size)
         self._soon = max(1, self._max // 2)
         self._block_s = settings.block_ms / 1000 if settings.queue_full == "block" else 0.0
-        self._interval_s = max(0.001, min(_WRITE_INTERVAL_S, settings.flush_interval_s))
+        self._interval_s = max(0.001, settings.flush_interval_s)
         self._wake = threading.Event()  # the writer: write now (queue half full, flush, close)
         self._room = threading.Condition()  # callers blocked on a full queue
         self._stop = False

@@ -8,16 +8,20 @@ guessed from a dictionary, and SHA-256 keeps verification in microseconds.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
+import mmap
+import os
 import secrets
-import sqlite3
+import struct
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine, RowMapping
@@ -110,6 +114,9 @@ class SecurityStore:
                 .where(sec_state.c.id == 1)
                 .values(counter=sec_state.c.counter + 1)
             )
+        generation = generation_file(self.engine)  # after the commit: readers then see it
+        if generation is not None:
+            generation.bump()
 
     def counter(self) -> int:
         with self.engine.connect() as conn:
@@ -215,28 +222,70 @@ class SecurityStore:
             return {r["model_name"]: r["tenant"] for r in rows}
 
 
+class GenerationFile:
+    """An 8-byte counter in a file next to the SQLite database, memory-mapped by every process.
+
+    Bumped after each committed security change; read on every request for a fraction of a
+    microsecond (a SQL read of the counter row cost tens of microseconds under write load).
+    """
+
+    def __init__(self, path: Path) -> None:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            if os.fstat(fd).st_size < 8:
+                os.pwrite(fd, b"\0" * 8, 0)
+            self._map = mmap.mmap(fd, 8)
+        finally:
+            os.close(fd)
+        self._lock = threading.Lock()
+
+    def read(self) -> int:
+        value: int = struct.unpack_from("<Q", self._map, 0)[0]
+        return value
+
+    def bump(self) -> None:
+        # Readers only compare for inequality: a lost increment between two processes still
+        # changes the value, so no cross-process lock is needed.
+        with self._lock:
+            struct.pack_into("<Q", self._map, 0, (self.read() + 1) % 2**64)
+
+
+_GENERATIONS: dict[str, GenerationFile] = {}
+_GENERATIONS_LOCK = threading.Lock()
+
+
+def generation_file(engine: Engine) -> GenerationFile | None:
+    """The generation file of a SQLite database file (None for other databases)."""
+    url = engine.url
+    if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:"):
+        return None
+    path = str(Path(str(url.database)).resolve()) + ".security-generation"
+    with _GENERATIONS_LOCK:
+        found = _GENERATIONS.get(path)
+        if found is None:
+            found = _GENERATIONS[path] = GenerationFile(Path(path))
+        return found
+
+
 class ChangeCounter:
     """The security change counter, read cheaply enough to do it on every request.
 
-    SQLite: a private read-only ``sqlite3`` connection reads the counter row (~3 µs in WAL mode),
-    so a revocation committed by any process is seen by the very next request in every worker.
+    SQLite (one machine): the memory-mapped generation file that every security change bumps
+    after its commit, so a revocation by any process (CLI, another worker) is seen by the very
+    next request in every worker; the counter row itself is re-read at most every
+    ``db_check_s`` as a safety net (a change made by a tool that bypasses medserve).
     Other databases: a daemon thread polls every ``poll_s`` and ``read`` returns the last value.
     """
 
-    def __init__(self, store: SecurityStore, poll_s: float = 0.5) -> None:
+    def __init__(self, store: SecurityStore, poll_s: float = 0.5, db_check_s: float = 1.0) -> None:
         self._store = store
-        self._cursor: sqlite3.Cursor | None = None
+        self._file = generation_file(store.engine)
         self._value = store.counter()
+        self._db_check_s = db_check_s
+        self._next_db_check = time.monotonic() + db_check_s
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        url = store.engine.url
-        if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
-            conn = sqlite3.connect(
-                f"file:{url.database}?mode=ro", uri=True, check_same_thread=False
-            )
-            conn.execute("PRAGMA busy_timeout=5000")
-            self._cursor = conn.cursor()
-        else:
+        if self._file is None:
             self._thread = threading.Thread(
                 target=self._poll, args=(poll_s,), name="medserve-security-poll", daemon=True
             )
@@ -250,12 +299,15 @@ class ChangeCounter:
                 time.sleep(poll_s)
 
     def read(self) -> int:
-        if self._cursor is not None:
-            row = self._cursor.execute("SELECT counter FROM sec_state WHERE id = 1").fetchone()
-            return int(row[0])
-        return self._value
+        if self._file is None:
+            return self._value
+        now = time.monotonic()
+        if now >= self._next_db_check:
+            self._next_db_check = now + self._db_check_s
+            # on failure keep the last value: the file still carries changes
+            with contextlib.suppress(Exception):
+                self._value = self._store.counter()
+        return self._file.read() * 2**40 + self._value
 
     def close(self) -> None:
         self._stop.set()
-        if self._cursor is not None:
-            self._cursor.connection.close()

@@ -122,3 +122,57 @@ def test_cli_verify_and_export(audit: AuditLog) -> None:
     broken = runner.invoke(app, ["audit", "verify"])
     assert broken.exit_code == 1
     assert "entry 2" in broken.output
+
+
+def _packed_record(i: int, at: str) -> list[object]:
+    actor = "key:a" if i % 2 else "key:b"
+    model = "m1" if i < 6 else "m2"
+    return [at, actor, "kid", "predict", model, "1", "127.0.0.1", 200, f"r{i}", None, "v2 rows=1"]
+
+
+def test_packed_prediction_entries_read_back_one_by_one(registry: Registry) -> None:
+    log = AuditLog(registry.store.engine)  # type: ignore[attr-defined]
+    log.append([AuditEntry(actor="cli:x", action="key_create", outcome=200)])
+    for i in range(10):
+        log.enqueue_packed(_packed_record, i)
+    log.enqueue(AuditEntry(actor="key:a", action="predict", outcome=422, request_id="bad"))
+    log.start()
+    log.close()
+    rows = list(log.entries())
+    assert [r["request_id"] for r in rows] == [None, *[f"r{i}" for i in range(10)], "bad"]
+    assert len({r["seq"] for r in rows}) == 3  # one row before, one packed row, one after
+    assert {r["action"] for r in rows[1:11]} == {"predict"}
+    assert [r["request_id"] for r in log.entries(actor="key:a")] == [
+        "r1",
+        "r3",
+        "r5",
+        "r7",
+        "r9",
+        "bad",
+    ]
+    assert [r["request_id"] for r in log.entries(model="m2")] == ["r6", "r7", "r8", "r9"]
+    packed_seq = rows[1]["seq"]
+    after = list(log.entries(after_seq=packed_seq))
+    assert [r["request_id"] for r in after] == ["bad"]
+    page = list(log.entries(limit=2))  # a packed row comes whole, so paging by seq is exact
+    assert [r["request_id"] for r in page][-1] == "r9"
+    assert log.verify().ok
+
+
+def test_tampering_inside_a_packed_row_is_detected(registry: Registry) -> None:
+    log = AuditLog(registry.store.engine)  # type: ignore[attr-defined]
+    for i in range(4):
+        log.enqueue_packed(_packed_record, i)
+    log.start()
+    log.close()
+    assert log.verify().ok
+    with log.engine.begin() as conn:
+        conn.execute(
+            sa.update(sec_audit)
+            .where(sec_audit.c.action == "predict_batch")
+            .values(detail=sa.func.replace(sec_audit.c.detail, '"r2"', '"r2-forged"'))
+        )
+    result = log.verify()
+    assert not result.ok
+    assert result.first_bad_seq == 1
+    assert "modified" in result.reason

@@ -18,7 +18,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from contextlib import asynccontextmanager
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import orjson
@@ -271,24 +271,26 @@ class AuditObserver:
         self.salt = salt
 
     def on_prediction(self, event: PredictionEvent) -> None:
-        self.audit.enqueue_deferred(self.entry, event)
+        self.audit.enqueue_packed(self.record, event)
 
-    def entry(self, event: PredictionEvent, at: datetime) -> AuditEntry:
+    def record(self, event: PredictionEvent, at: str) -> list[Any]:
+        """The packed entry: ``at`` and the audit fields, in ``audit._FIELDS`` order."""
         ctx = event.context
         principal = ctx.principal
-        return AuditEntry(
-            actor=principal.subject,
-            key_id=principal.key_id,
-            action="predict",
-            model=event.model,
-            version=str(event.version),
-            client=ctx.client,
-            outcome=200,
-            request_id=ctx.request_id,
-            patient_hash=pseudonymize(ctx.patient_id, salt=self.salt) if ctx.patient_id else None,
-            detail=f"{ctx.protocol} rows={event.inputs.shape[0]}",
-            at=at,
-        )
+        patient = pseudonymize(ctx.patient_id, salt=self.salt) if ctx.patient_id else None
+        return [
+            at,
+            principal.subject,
+            principal.key_id,
+            "predict",
+            event.model,
+            str(event.version),
+            ctx.client,
+            200,
+            ctx.request_id,
+            patient,
+            f"{ctx.protocol} rows={event.inputs.shape[0]}",
+        ]
 
 
 # --------------------------------------------------------------------------------------------
@@ -324,7 +326,7 @@ async def read_audit(
             )
         )
     )
-    nxt = entries[-1]["seq"] if len(entries) == limit else None
+    nxt = entries[-1]["seq"] if len(entries) >= limit else None  # packed rows come whole
     return {"entries": entries, "next_after_seq": nxt}
 
 
