@@ -136,6 +136,9 @@ def bench_launch(
             path = files[(model, pattern.key, endpoint.label)]
             url = base + endpoint.path
             warm = Load(pattern.load.threads, pattern.load.connections, warmup_s)
+            waited = server.settle(base)
+            if waited >= 1.0:
+                console.print(f"  (waited {waited:.1f} s for the previous load's log backlog)")
             run_wrk(wrk, url, path, warm, body_dir)
             result = run_wrk(wrk, url, path, pattern.load, body_dir)
             m = Measurement(

@@ -12,6 +12,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -129,6 +130,10 @@ class Server:
     def launches(self, port: Callable[[], int]) -> list[tuple[int, Launch]]:
         raise NotImplementedError
 
+    def settle(self, base: str, limit_s: float = 180.0) -> float:
+        """Wait until work a previous load left behind is done; seconds waited."""
+        return 0.0
+
     def endpoints(self, model: str, rows: Any) -> list[Endpoint]:
         raise NotImplementedError
 
@@ -153,8 +158,35 @@ class Medserve(Server):
         super().__init__("medserve", "medserve")
         self.cli = Path(sys.executable).with_name("medserve")
 
+    monitor_key: str | None = None
+
     def _env(self) -> dict[str, str]:
         return {**os.environ, "MEDSERVE_HOME": str(self.workdir / "home")}
+
+    def settle(self, base: str, limit_s: float = 180.0) -> float:
+        """Wait for the prediction-log queue to drain, so that a pattern is not measured while
+        the writers still work off the previous one's backlog (100-row batches log far more
+        rows per second than one SQLite file takes)."""
+        import urllib.request
+
+        started = time.monotonic()
+        headers = {"Authorization": f"Bearer {self.monitor_key}"} if self.monitor_key else {}
+        while time.monotonic() - started < limit_s:
+            try:
+                request = urllib.request.Request(base + "/metrics", headers=headers)
+                with urllib.request.urlopen(request, timeout=5) as response:
+                    text = response.read().decode()
+            except OSError:
+                return time.monotonic() - started
+            depth = sum(
+                float(line.split()[-1])
+                for line in text.splitlines()
+                if line.startswith("medserve_monitor_log_queue_depth")
+            )
+            if depth <= 0:
+                break
+            time.sleep(0.5)
+        return time.monotonic() - started
 
     def prepare(self) -> None:
         if not self.cli.exists():
@@ -194,6 +226,15 @@ class Medserve(Server):
                     f"`medserve keys create` failed:\n{created.stdout}{created.stderr}"
                 )
             os.environ["BENCH_AUTHORIZATION"] = f"Bearer {key}"
+            auditor = subprocess.run(
+                [str(self.cli), "keys", "create", "bench-monitor", "--role", "auditor"],
+                env=self._env(),
+                capture_output=True,
+                text=True,
+            )
+            self.monitor_key = next(
+                (w for w in auditor.stdout.split() if w.startswith("msk_")), None
+            )
         self.version = _package_version(Path(sys.executable), "medserve")
 
     def launches(self, port: Callable[[], int]) -> list[tuple[int, Launch]]:

@@ -19,7 +19,11 @@ class MonitoringSettings(BaseSettings):
         default=True, description="Record every prediction (de-identified) in the prediction log."
     )
     queue_size: int = Field(
-        default=20_000, description="Bound of the in-process log queue (events, not rows)."
+        default=50_000,
+        description=(
+            "Bound of the in-process log queue, in rows (a 100-row request counts 100): what a "
+            "worker may hold in memory before the queue_full policy applies."
+        ),
     )
     queue_full: Literal["block", "drop"] = Field(
         default="block",

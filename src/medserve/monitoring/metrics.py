@@ -6,7 +6,7 @@ from prometheus_client import Counter, Gauge, Histogram
 
 LOG_QUEUE_DEPTH = Gauge(
     "medserve_monitor_log_queue_depth",
-    "Prediction-log events waiting to be written, per worker process (summed).",
+    "Prediction-log rows waiting to be written, per worker process (summed).",
     multiprocess_mode="livesum",
 )
 LOG_WRITTEN = Counter(

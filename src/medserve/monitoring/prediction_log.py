@@ -157,6 +157,10 @@ class PredictionLog:
         self._room = threading.Condition()  # callers blocked on a full queue
         self._stop = False
         self._busy = False  # the writer holds popped events not yet written
+        # The bound counts rows (a 100-row request is 100 rows): two counters, each written
+        # by one thread only (the event loop / the writer), so no lock on the hot path.
+        self._in_rows = 0
+        self._out_rows = 0
         self._encoders: dict[tuple[str, int], RowEncoder] = {}
         self._patients: dict[str, str] = {}
         sqlite = engine.dialect.name == "sqlite"
@@ -177,28 +181,30 @@ class PredictionLog:
 
     # -- hot path ---------------------------------------------------------------------------
     def on_prediction(self, event: PredictionEvent) -> None:
-        queue = self._queue
-        size = len(queue)
-        if size < self._max:
-            queue.append((event, time.time()))
-            if size == self._soon:
+        rows = event.inputs.shape[0]
+        queued = self._in_rows - self._out_rows
+        if queued < self._max:
+            self._queue.append((event, time.time()))
+            self._in_rows += rows
+            if queued < self._soon <= queued + rows:
                 self._wake.set()
             return
-        self._full(event)
+        self._full(event, rows)
 
-    def _full(self, event: PredictionEvent) -> None:
+    def _full(self, event: PredictionEvent, rows: int) -> None:
         self._wake.set()
         if self._block_s > 0:
             deadline = time.monotonic() + self._block_s
             with self._room:
-                while len(self._queue) >= self._max:
+                while self._in_rows - self._out_rows >= self._max:
                     left = deadline - time.monotonic()
                     if left <= 0 or not self._room.wait(left):
                         break
-            if len(self._queue) < self._max:
+            if self._in_rows - self._out_rows < self._max:
                 self._queue.append((event, time.time()))
+                self._in_rows += rows
                 return
-        self._drop(event.inputs.shape[0], "queue_full")
+        self._drop(rows, "queue_full")
 
     def _drop(self, rows: int, reason: str) -> None:
         self.dropped += rows
@@ -236,6 +242,7 @@ class PredictionLog:
                     item = queue.popleft()
                     batch.append(item)
                     rows += item[0].inputs.shape[0]
+                self._out_rows += rows
                 if self._block_s > 0:
                     with self._room:
                         self._room.notify_all()
@@ -246,8 +253,8 @@ class PredictionLog:
                     self._drop(rows, "write_failed")
                 finally:
                     self._busy = False
-                    metrics.LOG_QUEUE_DEPTH.set(len(self._queue))
-                if not stopping and len(self._queue) < self._soon:
+                    metrics.LOG_QUEUE_DEPTH.set(self._in_rows - self._out_rows)
+                if not stopping and self._in_rows - self._out_rows < self._soon:
                     break  # let more arrive: fewer, larger transactions
             if stopping and not self._queue:
                 return
