@@ -482,3 +482,30 @@ def test_feature_map_set_from_the_cli_applies_without_restart(
         time.sleep(0.2)
     assert response.status_code == 200, response.text
     assert response.json()["predictions"][0]["probabilities"]["1"] > 0
+
+
+def test_cds_services_allow_browser_clients(server: ServerProcess) -> None:
+    preflight = httpx.request(
+        "OPTIONS",
+        f"{server.url}/cds-services/{MODEL}",
+        headers={
+            "Origin": "https://sandbox.cds-hooks.org",
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "authorization, content-type",
+        },
+        timeout=30,
+    )
+    assert preflight.status_code == 204  # answered without a credential
+    assert preflight.headers["access-control-allow-origin"] == "*"
+    assert "POST" in preflight.headers["access-control-allow-methods"]
+    assert "Authorization" in preflight.headers["access-control-allow-headers"]
+    listing = httpx.get(
+        f"{server.url}/cds-services",
+        headers={**server.headers, "Origin": "https://sandbox.cds-hooks.org"},
+        timeout=30,
+    )
+    assert listing.status_code == 200
+    assert listing.headers["access-control-allow-origin"] == "*"
+    # elsewhere no CORS: the rest of the API is not for browsers
+    other = httpx.request("OPTIONS", f"{server.url}/v1/models", timeout=30)
+    assert "access-control-allow-origin" not in other.headers

@@ -22,6 +22,7 @@ from medserve.serving import metrics
 from medserve.serving.data_plane import DataPlane
 from medserve.serving.extensions import EXTENSIONS
 from medserve.serving.extensions import security as security_ext
+from medserve.serving.extensions.interop import CdsCors
 from medserve.serving.fast_path import HotPathApp, match_hot_path
 from medserve.serving.guard import OpenGuard
 from medserve.serving.http_errors import code_for_status, document_errors, status_for
@@ -307,9 +308,11 @@ def create_api(settings: Settings) -> FastAPI:
     return api
 
 
-def create_app(settings: Settings | None = None) -> security_ext.SecurityMiddleware:
+def create_app(settings: Settings | None = None) -> CdsCors:
     settings = settings or Settings()
     api = create_api(settings)
-    return security_ext.SecurityMiddleware(
-        HotPathApp(api, api.state, settings.max_body_bytes), api.state
+    return CdsCors(
+        security_ext.SecurityMiddleware(
+            HotPathApp(api, api.state, settings.max_body_bytes), api.state
+        )
     )

@@ -129,3 +129,38 @@ async def lifespan(api: FastAPI) -> AsyncIterator[None]:
         state.plane, CdsStore(state.registry.store), state.settings.cds_fhir_servers
     )
     yield
+
+
+CORS_HEADERS = [
+    (b"access-control-allow-origin", b"*"),
+    (b"access-control-allow-methods", b"GET, POST, OPTIONS"),
+    (b"access-control-allow-headers", b"Authorization, Content-Type, X-Request-ID"),
+    (b"access-control-max-age", b"600"),
+]
+
+
+class CdsCors:
+    """CORS for ``/cds-services`` (the CDS Hooks specification asks services to allow
+    browser-based CDS clients): preflights are answered before authentication, since a
+    browser sends them without credentials, and every answer carries the allow headers.
+    ``*`` is safe here because credentials travel in the Authorization header, never cookies."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or not scope["path"].startswith("/cds-services"):
+            await self.app(scope, receive, send)
+            return
+        if scope["method"] == "OPTIONS":
+            headers = [*CORS_HEADERS, (b"content-length", b"0")]
+            await send({"type": "http.response.start", "status": 204, "headers": headers})
+            await send({"type": "http.response.body", "body": b""})
+            return
+
+        async def send_with_cors(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), *CORS_HEADERS[:1]]
+            await send(message)
+
+        await self.app(scope, receive, send_with_cors)
