@@ -130,6 +130,50 @@ def models_register(
     )
 
 
+@models_app.command("ensemble")
+def models_ensemble(
+    name: str,
+    spec_path: Annotated[
+        Path,
+        typer.Argument(
+            help="YAML/JSON: {members: [{model, version, weight}], combiner: weighted_mean|"
+            "logistic, ...}; versions may be aliases (pinned to their numbers now)."
+        ),
+    ],
+    alias: Annotated[str | None, typer.Option(help="Point this alias at the new version.")] = None,
+    sample: Annotated[
+        Path | None, typer.Option(help="Sample rows: the drift reference and global importance.")
+    ] = None,
+    description: str = "",
+    tag: Annotated[list[str] | None, typer.Option(help="KEY=VALUE, repeatable.")] = None,
+) -> None:
+    """Register a version that combines registered versions (see README, Ensembles)."""
+    import yaml
+
+    from medserve.composition.register import register_ensemble
+
+    try:
+        spec = yaml.safe_load(spec_path.read_text())
+        with console.status("registering..."), _registry() as registry:
+            version = register_ensemble(
+                registry,
+                name,
+                spec,
+                alias=alias,
+                description=description,
+                tags=_parse_tags(tag),
+                sample=sample_from_file(sample) if sample else None,
+            )
+    except MedserveError as exc:
+        raise _fail(exc) from exc
+    except (OSError, ValueError) as exc:
+        raise _fail(exc) from exc
+    console.print(
+        f"registered ensemble [bold]{name}[/] version [bold]{version.version}[/] "
+        f"({version.runtime_reason})" + (f", alias [green]{alias}[/]" if alias else "")
+    )
+
+
 @models_app.command("list")
 def models_list(
     search: Annotated[str | None, typer.Option(help="Only names containing this.")] = None,

@@ -160,3 +160,38 @@ def test_signature_edit(home: Path, model_files: dict[str, Path], tmp_path: Path
     code, out = run("predict", "bc@1", "--input", str(model_files["rows"]))
     assert code == 1  # mean radius ~ 17.99 is now above the edited maximum
     assert "maximum" in out
+
+
+def test_ensemble_from_the_cli(home: Path, model_files: dict[str, Path], tmp_path: Path) -> None:
+    for name in ("bc-a", "bc-b"):
+        code, out = run(
+            "models",
+            "register",
+            name,
+            str(model_files["skops"]),
+            "--sample",
+            str(model_files["sample"]),
+            "--alias",
+            "production",
+        )
+        assert code == 0, out
+    spec = tmp_path / "ensemble.yaml"
+    spec.write_text(
+        "members:\n"
+        "  - {model: bc-a, version: production, weight: 2}\n"
+        "  - {model: bc-b, version: '1', weight: 1}\n"
+        "combiner: weighted_mean\n"
+    )
+    code, out = run("models", "ensemble", "bc-mix", str(spec), "--alias", "production")
+    assert code == 0, out
+    assert "registered ensemble bc-mix version 1" in " ".join(out.split())
+    code, out = run("predict", "bc-mix", "--input", str(model_files["rows"]), "--output", "json")
+    assert code == 0, out
+    assert "members" in out  # each member's output and contribution
+    spec.write_text(
+        "members:\n  - {model: nope, version: '1'}\n  - {model: bc-b, version: '1'}\n"
+        "combiner: weighted_mean\n"
+    )
+    code, out = run("models", "ensemble", "bc-bad", str(spec))
+    assert code == 1
+    assert "nope" in out
