@@ -7,7 +7,6 @@ runtime and why, and a signature whose inputs are the union of the members' inpu
 
 from __future__ import annotations
 
-import contextlib
 import platform
 from typing import TYPE_CHECKING, Any
 
@@ -20,9 +19,7 @@ from medserve.composition.ensemble import (
     load_member,
 )
 from medserve.errors import (
-    AlreadyExistsError,
     InvalidRequestError,
-    ModelNotFoundError,
     NotFoundError,
 )
 from medserve.registry.entities import ModelVersion
@@ -90,14 +87,12 @@ def register_ensemble(
         }
     )
     sha = registry.artifacts.put_bytes(artifact.to_bytes())
-    try:
-        registry.store.get_model(name)
-    except ModelNotFoundError:
-        with contextlib.suppress(AlreadyExistsError):
-            registry.store.create_model(name, description=description, created_by=actor)
     described = ", ".join(f"{m.model} v{m.version} ({m.flavor})" for m in pinned)
-    version = registry.store.create_version(
+    version = registry.add_version(
         name,
+        alias=alias,
+        actor=actor,
+        description=description,
         artifact_sha256=sha,
         artifact_filename="ensemble.json",
         flavor="ensemble",
@@ -117,13 +112,7 @@ def register_ensemble(
         signature=signature.model_dump(mode="json"),
         tags={"composition": "ensemble", **(tags or {})},
         serving_config=serving_config or {},
-        description=description,
-        created_by=actor,
     )
-    if alias:
-        registry.store.set_alias(
-            name, alias, version.version, actor=actor, reason="set at registration"
-        )
     from medserve.monitoring.reference import record_reference
 
     record_reference(registry, version, sample)  # drift reference + global importance

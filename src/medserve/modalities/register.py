@@ -7,14 +7,12 @@ one string input (the image, the note, or the sequence), outputs and class label
 
 from __future__ import annotations
 
-import contextlib
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from medserve.errors import AlreadyExistsError, ModelNotFoundError
 from medserve.modalities.bundle import write_bundle
 from medserve.modalities.image_preprocessing import ImagePreprocessing
 from medserve.modalities.sequence import KmerFeaturizer, KmerSpec
@@ -60,13 +58,11 @@ def register_bundle(
         if meta.class_labels is not None
         else None,
     )
-    try:
-        registry.store.get_model(name)
-    except ModelNotFoundError:
-        with contextlib.suppress(AlreadyExistsError):
-            registry.store.create_model(name, description=description, created_by=actor)
-    version = registry.store.create_version(
+    version = registry.add_version(
         name,
+        alias=alias,
+        actor=actor,
+        description=description,
         artifact_sha256=sha,
         artifact_filename=f"{flavor}-bundle.zip",
         flavor=flavor,
@@ -78,13 +74,7 @@ def register_bundle(
         signature=signature.model_dump(mode="json"),
         tags={"modality": flavor, **(tags or {})},
         serving_config=serving_config or {},
-        description=description,
-        created_by=actor,
     )
-    if alias:
-        registry.store.set_alias(
-            name, alias, version.version, actor=actor, reason="set at registration"
-        )
     return version
 
 

@@ -116,13 +116,11 @@ class Registry:
             prepared = self._prepare_path(Path(source), sample, signature, trust_pickle)
         else:
             prepared = self._prepare_estimator(source, sample, signature, "sklearn", {})
-        try:
-            self.store.get_model(name)
-        except ModelNotFoundError:
-            with contextlib.suppress(AlreadyExistsError):  # a concurrent registration won
-                self.store.create_model(name, description=description, created_by=actor)
-        version = self.store.create_version(
+        version = self.add_version(
             name,
+            alias=alias,
+            actor=actor,
+            description=description,
             artifact_sha256=prepared.serving_sha,
             artifact_filename=prepared.serving_filename,
             flavor=prepared.flavor,
@@ -134,16 +132,30 @@ class Registry:
             signature=prepared.signature.model_dump(mode="json"),
             tags=tags or {},
             serving_config=serving_config or {},
-            description=description,
-            created_by=actor,
+        )
+        from medserve.monitoring.reference import record_reference
+
+        record_reference(self, version, sample)  # drift reference + global importance
+        return version
+
+    def add_version(
+        self, name: str, *, alias: str | None, actor: str, description: str, **fields: Any
+    ) -> ModelVersion:
+        """Create the model if it is new, then the version, then the alias: the steps every kind
+        of registration shares (files, estimators, modality bundles, ensembles). ``fields`` are
+        the version's own (artifact, flavor, runtime and why, signature, tags, ...)."""
+        try:
+            self.store.get_model(name)
+        except ModelNotFoundError:
+            with contextlib.suppress(AlreadyExistsError):  # a concurrent registration won
+                self.store.create_model(name, description=description, created_by=actor)
+        version = self.store.create_version(
+            name, description=description, created_by=actor, **fields
         )
         if alias:
             self.store.set_alias(
                 name, alias, version.version, actor=actor, reason="set at registration"
             )
-        from medserve.monitoring.reference import record_reference
-
-        record_reference(self, version, sample)  # drift reference + global importance
         return version
 
     # ---------------------------------------------------------------------------------------
