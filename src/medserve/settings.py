@@ -71,7 +71,11 @@ class Settings(BaseSettings):
         default=None, description="OIDC issuer (`iss`) accepted for bearer JWTs; unset: no JWTs."
     )
     oidc_audience: str | None = Field(
-        default=None, description="Audience (`aud`) a bearer JWT must carry."
+        default=None,
+        description=(
+            "Audience (`aud`) a bearer JWT must carry; several, comma-separated, accept any of "
+            "them (CDS Hooks clients send the called service's URL)."
+        ),
     )
     oidc_jwks: str | None = Field(
         default=None,

@@ -62,7 +62,7 @@ class JwtVerifier:
         self,
         *,
         issuer: str,
-        audience: str,
+        audience: str | list[str],
         jwks: JwksSource,
         leeway_s: float = 60.0,
         algorithms: list[str] | None = None,
@@ -70,7 +70,10 @@ class JwtVerifier:
         tenant_claim: str = "tenant",
     ) -> None:
         self.issuer = issuer
-        self.audience = audience
+        # several audiences, comma-separated: a CDS Hooks client puts the called service's URL in
+        # `aud`, so a deployment lists its service URLs (any one of them is accepted)
+        parts = audience.split(",") if isinstance(audience, str) else audience
+        self.audience = [a.strip() for a in parts if a.strip()]
         self.jwks = jwks
         self.leeway_s = leeway_s
         self.algorithms = algorithms or ["RS256", "ES256"]

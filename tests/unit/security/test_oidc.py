@@ -104,3 +104,19 @@ def test_missing_subject_refused(verifier: JwtVerifier, rsa_key: rsa.RSAPrivateK
     claims = {"iss": ISSUER, "aud": AUDIENCE, "exp": now + 60}
     with pytest.raises(AuthenticationError):
         verifier.verify(jwt.encode(claims, rsa_key, algorithm="RS256", headers={"kid": "k1"}))
+
+
+def test_several_audiences_accept_any_of_them(tmp_path: Path, rsa_key: rsa.RSAPrivateKey) -> None:
+    public = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(rsa_key.public_key()))
+    public.update(kid="k1", use="sig", alg="RS256")
+    path = tmp_path / "jwks.json"
+    path.write_text(json.dumps({"keys": [public]}))
+    services = "https://medserve.example/cds-services/cardio-risk, https://medserve.example/api"
+    verifier = JwtVerifier(issuer=ISSUER, audience=services, jwks=JwksSource(str(path)))
+    for aud in (
+        "https://medserve.example/cds-services/cardio-risk",
+        "https://medserve.example/api",
+    ):
+        assert verifier.verify(token(rsa_key, aud=aud, sub=aud)).subject == f"jwt:{aud}"
+    with pytest.raises(AuthenticationError, match="audience"):
+        verifier.verify(token(rsa_key, aud="https://medserve.example/cds-services/other"))
