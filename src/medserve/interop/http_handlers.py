@@ -16,7 +16,6 @@ import asyncio
 import dataclasses
 import logging
 from typing import Any
-from urllib.parse import parse_qs
 
 import orjson
 
@@ -26,7 +25,7 @@ from medserve.interop.fhir_input import FhirInputError, PatientInput, Problem, b
 from medserve.interop.fhir_output import collection, outcome_for_error, risk_assessment
 from medserve.serving.context import RequestContext
 from medserve.serving.data_plane import DataPlane
-from medserve.serving.fast_path import FHIR_JSON, wants_fhir
+from medserve.serving.fast_path import FHIR_JSON, explain_requested, wants_fhir
 from medserve.serving.http_errors import status_for
 from medserve.serving.loaded_model import LoadedModel
 
@@ -54,13 +53,6 @@ def _header(scope: Any, name: bytes) -> bytes | None:
         if key == name:
             return bytes(value)
     return None
-
-
-def _query_flag(scope: Any, name: str, default: bool) -> bool:
-    query = parse_qs((scope.get("query_string") or b"").decode("latin-1"))
-    if name not in query:
-        return default
-    return query[name][-1].lower() not in {"false", "0", "no"}
 
 
 def positive_probability(
@@ -133,7 +125,7 @@ async def fhir_handler(
                 "a FHIR RiskAssessment answer needs a classifier; ask for application/json"
             )
         assert isinstance(rows, list)
-        explain = _query_flag(scope, "explain", True)
+        explain = explain_requested(scope)
         reasons = await rationales(plane, model, rows, fmap) if explain else [None] * len(rows)
         assessments = []
         for i, prediction in enumerate(response["predictions"]):

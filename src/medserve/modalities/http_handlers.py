@@ -20,7 +20,6 @@ import os
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
-from urllib.parse import parse_qs
 
 import numpy as np
 import orjson
@@ -28,16 +27,12 @@ import orjson
 from medserve.errors import InvalidRequestError, UnsupportedMediaTypeError
 from medserve.serving.context import RequestContext
 from medserve.serving.data_plane import DataPlane
+from medserve.serving.fast_path import explain_requested
 
 Handler = Callable[
     [DataPlane, str, str | None, bytes, RequestContext, Any], Awaitable[tuple[int, bytes, bytes]]
 ]
 _JSON = b"application/json"
-
-
-def _explain_requested(scope: Any) -> bool:
-    query = parse_qs((scope.get("query_string") or b"").decode("latin-1"))
-    return query.get("explain", ["true"])[-1].lower() not in {"false", "0", "no"}
 
 
 def _dump(payload: dict[str, Any]) -> bytes:
@@ -73,7 +68,7 @@ def image_handler(media: str, salt: bytes | None = None) -> Handler:
         X = np.array([[image]], dtype=object)
         outputs = await plane.run_model(model, X)
         response = model.records_response(outputs)
-        if _explain_requested(scope):
+        if explain_requested(scope):
             explanation = await asyncio.to_thread(runtime.explain_image, image)
             response["predictions"][0]["explanation"] = explanation
         response["input"] = image.header  # de-identified summary only
@@ -128,7 +123,7 @@ async def text_handler(
             "for text and sequence models"
         )
     response = await plane.predict_records(name, ref, {"instances": [{field: body}]}, context)
-    if _explain_requested(scope):
+    if explain_requested(scope):
         explanation = await asyncio.to_thread(runtime.explain_text, body)
         response["predictions"][0]["explanation"] = explanation
     return 200, _dump(response), _JSON

@@ -12,7 +12,7 @@ thread once a second; ``close`` drains the queue, which the server does on a cle
 on SIGTERM. If the queue overflows, the number of lost entries is itself written to the chain.
 
 The event loop does as little as it can: a prediction's entry is queued as ``(build, event,
-time)`` and built in the writer (``enqueue_deferred``); the writer chains the hashes and inserts
+time)`` and built in the writer (``enqueue_packed``); the writer chains the hashes and inserts
 a batch as multi-row ``INSERT ... VALUES`` statements (one GIL release and one B-tree pass per
 256 rows instead of one per row, which under load left the writer waiting for the GIL).
 
@@ -101,7 +101,6 @@ def _hash(seq: int, at_text: str, fields: tuple[Any, ...], prev_hash: str) -> st
     return hashlib.sha256(orjson.dumps([seq, at_text, *fields, prev_hash])).hexdigest()
 
 
-_PACK = object()
 _PACKED_SPAN = timedelta(minutes=15)  # longest a backlog can hold a prediction entry back
 
 
@@ -217,28 +216,7 @@ class AuditLog:
         if len(self._queue) >= self._queue_size:
             self._dropped += 1
         else:
-            self._queue.append((_PACK, build, argument, time.time()))
-
-    def enqueue_deferred(self, build: Callable[[Any, datetime], AuditEntry], argument: Any) -> None:
-        """Queue ``build(argument, at)`` for the writer to make; ``at`` is the time of this call."""
-        if len(self._queue) >= self._queue_size:
-            self._dropped += 1
-        else:
             self._queue.append((build, argument, time.time()))
-
-    def _entry(self, item: Any) -> AuditEntry:
-        if type(item) is not tuple:
-            return item  # type: ignore[no-any-return]
-        build, argument, at = item
-        when = datetime.fromtimestamp(at, UTC)
-        try:
-            entry: AuditEntry = build(argument, when)
-        except Exception:  # a bug must not cost the entry its place in the chain
-            log.exception("audit trail: could not build a queued entry")
-            entry = AuditEntry(
-                actor="medserve", action="audit_error", outcome=500, detail="entry lost", at=when
-            )
-        return entry
 
     def start(self) -> None:
         if self._thread is None:
@@ -257,14 +235,12 @@ class AuditLog:
                 while self._queue and taken < _BATCH:
                     item = self._queue.popleft()
                     taken += 1
-                    if type(item) is tuple and item[0] is _PACK:
-                        record = self._packed(item)
-                        if batch and type(batch[-1]) is list:
-                            batch[-1].append(record)
-                        else:
-                            batch.append([record])
+                    if type(item) is not tuple:  # an AuditEntry: a row of its own
+                        batch.append(item)
+                    elif batch and type(batch[-1]) is list:
+                        batch[-1].append(self._packed(item))
                     else:
-                        batch.append(self._entry(item))
+                        batch.append([self._packed(item)])
                 if self._dropped:
                     lost, self._dropped = self._dropped, 0
                     batch.append(
@@ -280,7 +256,7 @@ class AuditLog:
                 return
 
     def _packed(self, item: tuple[Any, ...]) -> list[Any]:
-        _, build, argument, at = item
+        build, argument, at = item
         at_text = _at_text(datetime.fromtimestamp(at, UTC))
         try:
             record: list[Any] = build(argument, at_text)

@@ -12,6 +12,7 @@ import logging
 import math
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
+from urllib.parse import parse_qs
 
 import orjson
 
@@ -132,6 +133,12 @@ def wants_fhir(accept: bytes | None, scope: Scope) -> bool:
         return True
     query: bytes = scope.get("query_string") or b""
     return b"format=fhir" in query or b"format=application/fhir" in query
+
+
+def explain_requested(scope: Scope) -> bool:
+    """``?explain=false`` (or 0/no) turns off the explanation a media handler adds by default."""
+    query = parse_qs((scope.get("query_string") or b"").decode("latin-1"))
+    return query.get("explain", ["true"])[-1].lower() not in {"false", "0", "no"}
 
 
 def _header_text(value: bytes | None, limit: int = 256) -> str | None:
