@@ -4,7 +4,7 @@ Starts medserve (2 workers, the bench models) with governance off and on, altern
 same home, and loads each with wrk (single-row v2 requests, c=32) for each model. Rounds are
 taken back to back so that on a shared, noisy machine the on/off ratio of one round is
 meaningful even when the absolute figures drift. ``--profile DIR`` records py-spy (collapsed
-stacks per thread, from every worker process) during the governance-on loads.
+stacks per thread, from every worker process) during each load.
 
 Governance on = authentication (API key), hash-chained audit, de-identified prediction log:
 what ``medserve serve`` does by default. Off = ``MEDSERVE_SECURITY=false`` and
@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=2, help="off/on pairs")
     parser.add_argument("--models", default=",".join(MODEL_NAMES))
     parser.add_argument("--only", choices=["on", "off", "both"], default="both")
-    parser.add_argument("--profile", type=Path, help="py-spy the governance-on workers here")
+    parser.add_argument("--profile", type=Path, help="py-spy the workers here (each side)")
     parser.add_argument("--env", action="append", default=[], help="extra KEY=VALUE for 'on'")
     parser.add_argument(
         "--cpu", action="store_true", help="CPU µs per request, per worker thread (Linux)"
@@ -101,8 +101,8 @@ def main(argv: list[str] | None = None) -> int:
                     url = f"{base}/v2/models/{model}/infer"
                     run_wrk(wrk, url, body, Load(2, 32, 1.0), body_dir)
                     spies = []
-                    if args.profile and side == "on":
-                        out = args.profile / f"r{rnd}-{model}"
+                    if args.profile:
+                        out = args.profile / f"r{rnd}-{side}-{model}"
                         out.mkdir(parents=True, exist_ok=True)
                         workers = process_tree(proc.process.pid)[1:]
                         spies = _py_spy(workers, args.seconds, out)

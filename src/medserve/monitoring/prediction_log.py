@@ -6,14 +6,19 @@ process wakes every ``flush_interval_s`` (1 s, or when the queue passes half ful
 and writes everything queued in one transaction. ``close()`` drains everything that was accepted:
 the server calls it on shutdown (SIGTERM included), so entries are not lost.
 
-Why the writer is shaped this way: it shares the GIL with the event loop, and a thread that
-released the GIL may wait a whole switch interval (5 ms) to get it back from a busy event loop.
-``executemany`` releases it once per row (each ``sqlite3_step``) and holds SQLite's single write
-lock meanwhile, stalling the home's other writers (the audit trail, the other workers). So rows
-go in as multi-row ``INSERT ... VALUES (...), (...)`` statements of up to 256 rows: one
-GIL release and one B-tree pass per chunk. And it wakes rarely: every wakeup starts a tug of
-war for the GIL with the event loop, and at 20 wakeups a second that cost more CPU than the
-writing itself (measured with ``python -m benchmarks.governance --cpu``).
+Why the writer is shaped this way: it shares the GIL (and, under load, the CPU) with the event
+loop, so what it costs per prediction is taken from the requests. An indexed SQL row per
+prediction (JSON per row, four B-tree inserts) cost 30 µs of writer CPU per prediction, and
+under load twice that in GIL hand-offs: 20-30% of single-row throughput. So the log is *packed*:
+the predictions of one batch and model version become one row whose columns are JSON arrays
+(ids, times, inputs as one matrix, outputs by column), encoded by orjson from numpy in one call
+each. Per prediction the writer appends to a few lists. And it wakes rarely: every wakeup starts
+a tug of war for the GIL with the event loop (measured with ``python -m benchmarks.governance
+--cpu``).
+
+Outcomes find their rows through the ids: medserve's request ids start with their time in
+microseconds, so the batches that can hold one are an index range; a caller's own
+``X-Request-ID`` is written to ``mon_prediction_ids`` instead (see ``MonitoringStore``).
 
 When the writer cannot keep up the queue fills, and the declared policy applies: ``block`` waits
 up to ``block_ms`` for room (back-pressure on the callers), then drops; ``drop`` drops at once.
@@ -22,12 +27,13 @@ Every dropped row is counted in ``medserve_monitor_log_dropped_total`` and logge
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import numpy as np
@@ -39,36 +45,25 @@ from medserve.monitoring import metrics
 from medserve.monitoring.config import MonitoringSettings
 from medserve.registry.signature import Signature
 from medserve.security.phi import deidentify_text, pseudonymize
+from medserve.serving.context import request_id_time_us
 from medserve.serving.events import PredictionEvent
-from medserve.store.tables_monitoring import mon_predictions
+from medserve.store.tables_monitoring import (
+    PACKED_SPAN_S,
+    mon_prediction_batches,
+    mon_prediction_ids,
+)
 
 log = logging.getLogger(__name__)
 
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
 _WRITE_ATTEMPTS = 5
-# Rows per INSERT statement: 256, then powers of two for the rest, so that a handful of
-# statements are ever compiled (9 columns x 256 rows: 2,304 parameters, under SQLite's 32,766).
-_CHUNKS = (256, 128, 64, 32, 16, 8, 4, 2, 1)
-
-_COLUMNS = (
-    "id",
-    "model_name",
-    "version",
-    "at",
-    "patient",
-    "site",
-    "inputs",
-    "outputs",
-    "latency_ms",
-)
+_SLICE_ROWS = 256  # rows packed on the event loop between requests (about 2 ms)
 _JSON_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
-
-
-def _sqlite_time(value: datetime) -> str:
-    return value.replace(tzinfo=None).isoformat(sep=" ", timespec="microseconds")
-
-
-def _same(value: datetime) -> datetime:
-    return value
+_NUMERIC_KINDS = frozenset("fiub")
+# How long after its request id was made a prediction may be logged and still be found by the
+# time in its id (clock noise .. 15 minutes); others are written to mon_prediction_ids.
+OWN_ID_LAG_US = (-1_000_000, 900_000_000)
 
 
 def _json_default(value: Any) -> Any:
@@ -82,14 +77,20 @@ def dumps(value: Any) -> bytes:
     return orjson.dumps(value, default=_json_default, option=_JSON_OPTIONS)
 
 
+def carries_time(request_id: str, at_us: int) -> bool:
+    """Whether ``request_id`` is medserve's own, made shortly before ``at_us``."""
+    made = request_id_time_us(request_id)
+    return made is not None and OWN_ID_LAG_US[0] <= at_us - made <= OWN_ID_LAG_US[1]
+
+
 SignatureLookup = Callable[[str, int], Signature | None]
-# One version's input matrix -> one JSON-able value per row (numpy rows are fine: orjson
-# encodes them natively, without a Python float per value).
-RowEncoder = Callable[[np.ndarray], Sequence[Any]]
+# One version's input matrix -> its de-identified rows: the matrix itself where nothing needs
+# cleaning (orjson encodes a numeric matrix natively), else one list of values per row.
+RowEncoder = Callable[[np.ndarray], "np.ndarray | list[list[Any]]"]
 
 
-def _numeric_rows(X: np.ndarray) -> Sequence[Any]:
-    return list(X)
+def _as_is(X: np.ndarray) -> np.ndarray:
+    return X
 
 
 def make_row_encoder(signature: Signature | None, salt: bytes) -> RowEncoder:
@@ -100,10 +101,10 @@ def make_row_encoder(signature: Signature | None, salt: bytes) -> RowEncoder:
     without identifiers costs nothing per value: its rows are logged as they are.
     """
     if signature is None:
-        return _numeric_rows
+        return _as_is
     identifiers = {i for i, f in enumerate(signature.inputs) if f.identifier}
     if not identifiers and signature.all_numeric:
-        return _numeric_rows
+        return _as_is
 
     def clean(index: int, value: Any) -> Any:
         if isinstance(value, np.generic):
@@ -122,19 +123,45 @@ def make_row_encoder(signature: Signature | None, salt: bytes) -> RowEncoder:
     return encode
 
 
-def output_rows(outputs: dict[str, np.ndarray], n: int) -> list[dict[str, Any]]:
-    """One ``{output: value}`` per row (numpy values as they are; orjson encodes them)."""
+def _stack(parts: list[Any]) -> Any:
+    """Rows of several requests as one JSON-able value: one numeric matrix where they all are
+    numeric arrays of one width (encoded natively by orjson), else a list."""
+    if all(type(p) is np.ndarray for p in parts):
+        try:
+            stacked = parts[0] if len(parts) == 1 else np.concatenate(parts)
+        except ValueError:
+            pass
+        else:
+            if stacked.dtype.kind in _NUMERIC_KINDS:
+                return np.ascontiguousarray(stacked)
+    out: list[Any] = []
+    for part in parts:
+        out.extend(part.tolist() if isinstance(part, np.ndarray) else part)
+    return out
+
+
+def output_columns(outputs: list[dict[str, Any]], sizes: list[int]) -> dict[str, Any]:
+    """``{output: value per row}`` for the requests of one batch (``sizes``: rows of each); an
+    output a request lacks, or that is not one value per row, is ``null`` for its rows."""
+    keys: dict[str, None] = {}
+    for out in outputs:
+        keys.update(dict.fromkeys(out))
     columns: dict[str, Any] = {}
-    for key, value in outputs.items():
-        array = value if isinstance(value, np.ndarray) else np.asarray(value)
-        columns[key] = array if array.ndim and array.shape[0] == n else None
-    if n == 1:  # the common single-row request
-        return [{k: (c[0] if c is not None else None) for k, c in columns.items()}]
-    return [{k: (c[i] if c is not None else None) for k, c in columns.items()} for i in range(n)]
+    for key in keys:
+        parts: list[Any] = []
+        for out, n in zip(outputs, sizes, strict=True):
+            value = out.get(key)
+            array = value if isinstance(value, np.ndarray) or value is None else np.asarray(value)
+            if array is None or not array.ndim or array.shape[0] != n:
+                parts.append([None] * n)
+            else:
+                parts.append(array)
+        columns[key] = _stack(parts)
+    return columns
 
 
 class PredictionLog:
-    """A ``PredictionObserver`` writing to ``mon_predictions`` through its own thread."""
+    """A ``PredictionObserver`` writing to ``mon_prediction_batches`` through its own thread."""
 
     def __init__(
         self,
@@ -163,15 +190,10 @@ class PredictionLog:
         self._out_rows = 0
         self._encoders: dict[tuple[str, int], RowEncoder] = {}
         self._patients: dict[str, str] = {}
-        sqlite = engine.dialect.name == "sqlite"
-        marker = "?" if engine.dialect.paramstyle == "qmark" else "%s"
-        self._values = f"({', '.join([marker] * len(_COLUMNS))})"
-        self._insert_head = f"INSERT INTO {mon_predictions.name} ({', '.join(_COLUMNS)}) VALUES "
-        self._sqls: dict[int, str] = {}
-        self._second = -1
-        self._second_text = ""
-        # SQLite keeps SQLAlchemy's DateTime text form; other drivers take datetimes.
-        self._time_param: Callable[[datetime], Any] = _sqlite_time if sqlite else _same
+        self._ready: deque[tuple[dict[str, Any], set[str]]] = deque()  # packed, to insert
+        self._loop: asyncio.AbstractEventLoop | None = None  # set by drive()
+        self._tick_later: asyncio.TimerHandle | None = None
+        self._pack_here = False  # flush(): the writer packs too
         self._thread = threading.Thread(target=self._run, name="medserve-prediction-log")
         self._thread.daemon = True
         self._closed = False
@@ -187,11 +209,22 @@ class PredictionLog:
             self._queue.append((event, time.time()))
             self._in_rows += rows
             if queued < self._soon <= queued + rows:
-                self._wake.set()
+                self._hurry()
             return
         self._full(event, rows)
 
+    def _hurry(self) -> None:
+        """The queue passed half full: pack (driven) or write (not driven) now."""
+        if self._loop is None:
+            self._wake.set()
+        elif self._tick_later is not None:
+            self._tick_later.cancel()
+            self._tick_later = None
+            self._loop.call_soon(self._tick)
+
     def _full(self, event: PredictionEvent, rows: int) -> None:
+        if self._loop is not None:  # the writer can only free room by writing packs
+            self._pack_pending()
         self._wake.set()
         if self._block_s > 0:
             deadline = time.monotonic() + self._block_s
@@ -211,6 +244,54 @@ class PredictionLog:
         metrics.LOG_DROPPED.labels(reason).inc(rows)
         log.warning("prediction log dropped %d row(s): %s", rows, reason)
 
+    # -- packing on the event loop ----------------------------------------------------------
+    def drive(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Pack on ``loop`` (the server's event loop; call from it), the writer thread only
+        inserting finished packs.
+
+        Packing is Python work: done by the writer thread it would compete with the event loop
+        for the GIL, and a thread that waits for the GIL gets it at the event loop's next
+        system call and keeps it for a switch interval (5 ms), so every socket write could
+        stall the loop behind the writer (measured: the writer's CPU per request doubled in the
+        server, and the event loop's grew as much again). Packed here, in slices of
+        ``_SLICE_ROWS`` between requests, it costs its CPU once; the SQL insert releases the
+        GIL while SQLite works.
+        """
+        self._loop = loop
+        self._tick_later = loop.call_later(self._interval_s, self._tick)
+
+    def _tick(self) -> None:
+        assert self._loop is not None
+        self._tick_later = None
+        if self._stop:
+            return
+        self._pack_pending(_SLICE_ROWS)
+        if self._queue:
+            self._loop.call_soon(self._tick)  # requests that arrived meanwhile go first
+        else:
+            self._wake.set()
+            self._tick_later = self._loop.call_later(self._interval_s, self._tick)
+
+    def _pack_pending(self, most_rows: int | None = None) -> None:
+        """Queued events -> packs ready for the writer (every queued event when ``None``)."""
+        queue = self._queue
+        while queue:
+            batch: list[tuple[PredictionEvent, float]] = []
+            rows = 0
+            limit = self.settings.batch_rows if most_rows is None else most_rows
+            while queue and rows < limit:
+                item = queue.popleft()
+                batch.append(item)
+                rows += item[0].inputs.shape[0]
+            try:
+                self._ready.extend(self._packs(batch))
+            except Exception:  # a bug in packing must not stop the log; the rows are counted
+                log.exception("prediction log could not pack a batch")
+                self._out_rows += rows
+                self._drop(rows, "write_failed")
+            if most_rows is not None:
+                return
+
     # -- writer -----------------------------------------------------------------------------
     def close(self, timeout: float = 60.0) -> None:
         """Write everything accepted so far, then stop the writer (idempotent)."""
@@ -224,39 +305,44 @@ class PredictionLog:
     def flush(self, timeout: float = 30.0) -> None:
         """Wait until every event queued before this call is written (tests, CLI)."""
         deadline = time.monotonic() + timeout
-        while (self._queue or self._busy) and time.monotonic() < deadline:
-            self._wake.set()
-            time.sleep(0.005)
+        self._pack_here = True
+        try:
+            while (self._queue or self._ready or self._busy) and time.monotonic() < deadline:
+                self._wake.set()
+                time.sleep(0.005)
+        finally:
+            self._pack_here = False
 
     def _run(self) -> None:
         while True:
             self._wake.wait(self._interval_s)
             self._wake.clear()
             stopping = self._stop
-            while self._queue:
+            if stopping or self._loop is None or self._pack_here:
+                self._pack_pending()
+            while self._ready:
                 self._busy = True
-                batch: list[tuple[PredictionEvent, float]] = []
+                packs: list[tuple[dict[str, Any], set[str]]] = []
                 rows = 0
-                queue = self._queue
-                while queue and rows < self.settings.batch_rows:
-                    item = queue.popleft()
-                    batch.append(item)
-                    rows += item[0].inputs.shape[0]
+                while self._ready and rows < self.settings.batch_rows:
+                    pack = self._ready.popleft()
+                    packs.append(pack)
+                    rows += pack[0]["n"]
                 self._out_rows += rows
                 if self._block_s > 0:
                     with self._room:
                         self._room.notify_all()
                 try:
-                    self._write(batch)
+                    self._write(packs)
                 except Exception:  # the writer must survive anything; the rows are counted
                     log.exception("prediction log writer failed on a batch")
                     self._drop(rows, "write_failed")
                 finally:
                     self._busy = False
                     metrics.LOG_QUEUE_DEPTH.set(self._in_rows - self._out_rows)
-                if not stopping and self._in_rows - self._out_rows < self._soon:
-                    break  # let more arrive: fewer, larger transactions
-            if stopping and not self._queue:
+                if stopping or self._pack_here:
+                    self._pack_pending()
+            if stopping and not self._queue and not self._ready:
                 return
 
     def _encoder(self, model: str, version: int) -> RowEncoder:
@@ -276,52 +362,87 @@ class PredictionLog:
             token = self._patients[patient_id] = pseudonymize(patient_id, salt=self.salt)
         return token
 
-    def _when(self, at: float) -> Any:
-        """The row time: SQLite's text form, with the date part formatted once a second."""
-        if self._time_param is not _sqlite_time:
-            return datetime.fromtimestamp(at, UTC)
-        second = int(at)
-        if second != self._second:
-            self._second = second
-            self._second_text = _sqlite_time(datetime.fromtimestamp(second, UTC))[:19]
-        return f"{self._second_text}.{int((at - second) * 1e6):06d}"
+    def pack(
+        self, model: str, version: int, items: list[tuple[PredictionEvent, float]]
+    ) -> tuple[dict[str, Any], set[str]]:
+        """One ``mon_prediction_batches`` row for ``items`` (one model version, in queue order),
+        and the request ids that must be findable by id (see ``carries_time``)."""
+        ids: list[str] = []
+        times: list[int] = []
+        patients: list[str | None] = []
+        sites: list[str | None] = []
+        latency: list[float] = []
+        inputs: list[Any] = []
+        outputs: list[dict[str, Any]] = []
+        sizes: list[int] = []
+        by_id: set[str] = set()
+        encode = self._encoder(model, version)
+        for event, at in items:
+            context = event.context
+            rid = context.request_id
+            at_us = round(at * 1_000_000)
+            n = event.inputs.shape[0]
+            patient = self._patient(context.patient_id) if context.patient_id else None
+            if n == 1:
+                ids.append(rid + "-0")
+                times.append(at_us)
+                patients.append(patient)
+                sites.append(context.site)
+                latency.append(event.latency_s * 1000.0)
+            else:
+                ids.extend([f"{rid}-{i}" for i in range(n)])
+                times.extend([at_us] * n)
+                patients.extend([patient] * n)
+                sites.extend([context.site] * n)
+                latency.extend([event.latency_s * 1000.0] * n)
+            if not carries_time(rid, at_us):
+                by_id.add(rid)
+            inputs.append(encode(event.inputs))
+            outputs.append(event.outputs)
+            sizes.append(n)
+        row = {
+            "model_name": model,
+            "version": version,
+            "first_at": _from_us(min(times)),
+            "last_at": _from_us(max(times)),
+            "n": len(ids),
+            "ids": dumps(ids).decode(),
+            "times": dumps(times).decode(),
+            "patients": dumps(patients).decode() if any(patients) else None,
+            "sites": dumps(sites).decode() if any(sites) else None,
+            "inputs": dumps(_stack(inputs)).decode(),
+            "outputs": dumps(output_columns(outputs, sizes)).decode(),
+            "latency_ms": dumps(latency).decode(),
+        }
+        return row, by_id
 
-    def rows_for(self, event: PredictionEvent, at: float) -> list[tuple[Any, ...]]:
-        """Row tuples in ``_COLUMNS`` order (raw DB-API parameters: SQLAlchemy's per-value
-        type processing would double the writer's work)."""
-        context = event.context
-        n = event.inputs.shape[0]
-        inputs = self._encoder(event.model, event.version)(event.inputs)
-        outputs = output_rows(event.outputs, n)
-        patient = self._patient(context.patient_id) if context.patient_id else None
-        when = self._when(at)
-        latency_ms = event.latency_s * 1000.0
-        model, version, site, rid = event.model, event.version, context.site, context.request_id
-        return [
-            (
-                f"{rid}-{i}",
-                model,
-                version,
-                when,
-                patient,
-                site,
-                dumps(inputs[i]).decode(),
-                dumps(outputs[i]).decode(),
-                latency_ms,
-            )
-            for i in range(n)
-        ]
+    def _packs(
+        self, batch: list[tuple[PredictionEvent, float]]
+    ) -> list[tuple[dict[str, Any], set[str]]]:
+        """The batch grouped by model version, each group cut where it would span more than
+        ``PACKED_SPAN_S`` (the bound the store's time-window queries rely on)."""
+        groups: dict[tuple[str, int], list[tuple[PredictionEvent, float]]] = {}
+        for item in batch:
+            event = item[0]
+            key = (event.model, event.version)
+            group = groups.get(key)
+            if group is None:
+                groups[key] = [item]
+            else:
+                group.append(item)
+        packs = []
+        for (model, version), items in groups.items():
+            start = 0
+            low = high = items[0][1]
+            for i, (_, at) in enumerate(items):
+                low, high = min(low, at), max(high, at)
+                if high - low > PACKED_SPAN_S:
+                    packs.append(self.pack(model, version, items[start:i]))
+                    start, low, high = i, at, at
+            packs.append(self.pack(model, version, items[start:]))
+        return packs
 
-    def _sql(self, rows: int) -> str:
-        sql = self._sqls.get(rows)
-        if sql is None:
-            sql = self._sqls[rows] = self._insert_head + ", ".join([self._values] * rows)
-        return sql
-
-    def _write(self, batch: list[tuple[PredictionEvent, float]]) -> None:
-        rows: list[tuple[Any, ...]] = []
-        for event, at in batch:
-            rows.extend(self.rows_for(event, at))
+    def _write(self, packs: list[tuple[dict[str, Any], set[str]]]) -> None:
         started = time.perf_counter()
         for attempt in range(_WRITE_ATTEMPTS):
             try:
@@ -329,18 +450,26 @@ class PredictionLog:
                     self.engine.connect().execution_options(medserve_write=True) as conn,
                     conn.begin(),
                 ):
-                    start = 0
-                    for size in _CHUNKS:
-                        while len(rows) - start >= size:
-                            chunk = rows[start : start + size]
-                            flat = tuple([value for row in chunk for value in row])
-                            conn.exec_driver_sql(self._sql(size), flat)
-                            start += size
+                    for row, by_id in packs:
+                        seq = conn.execute(
+                            mon_prediction_batches.insert().returning(mon_prediction_batches.c.seq),
+                            row,
+                        ).scalar_one()
+                        if by_id:
+                            conn.execute(
+                                mon_prediction_ids.insert(),
+                                [{"request_id": r[:96], "batch_seq": seq} for r in by_id],
+                            )
                 break
             except SQLAlchemyError:
                 if attempt == _WRITE_ATTEMPTS - 1:
                     raise
                 time.sleep(0.1 * 2**attempt)
+        rows = sum(row["n"] for row, _ in packs)
         metrics.LOG_WRITE_SECONDS.observe(time.perf_counter() - started)
-        metrics.LOG_WRITTEN.inc(len(rows))
-        self.written += len(rows)
+        metrics.LOG_WRITTEN.inc(rows)
+        self.written += rows
+
+
+def _from_us(us: int) -> datetime:
+    return EPOCH + timedelta(microseconds=us)

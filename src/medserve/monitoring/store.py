@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
@@ -19,11 +19,16 @@ from sqlalchemy.exc import OperationalError
 
 from medserve.errors import InvalidRequestError, NotFoundError, StoreError
 from medserve.monitoring.config import ModelMonitoringConfig
+from medserve.monitoring.prediction_log import OWN_ID_LAG_US
+from medserve.serving.context import request_id_time_us
 from medserve.store.base import RegistryStore
 from medserve.store.tables_monitoring import (
+    PACKED_SPAN_S,
     mon_alerts,
     mon_configs,
-    mon_predictions,
+    mon_outcomes,
+    mon_prediction_batches,
+    mon_prediction_ids,
     mon_references,
     mon_rules,
     mon_runs,
@@ -33,8 +38,11 @@ RULE_OPS = (">", ">=", "<", "<=")
 
 
 def _utc(value: datetime | None) -> datetime | None:
-    if value is None:
-        return None
+    return None if value is None else _aware(value)
+
+
+def _aware(value: datetime) -> datetime:
+    """UTC; a naive time is taken to be UTC already (SQLite hands times back naive)."""
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
@@ -50,6 +58,7 @@ class LoggedPrediction:
     outputs: dict[str, Any]
     outcome: Any
     outcome_at: datetime | None
+    latency_ms: float | None = None
 
 
 @dataclass(frozen=True)
@@ -159,54 +168,117 @@ class MonitoringStore:
             )
 
     # -- prediction log ---------------------------------------------------------------------
+    # Rows are packed one batch per table row (see monitoring/prediction_log.py); these
+    # methods unpack them, so callers see one ``LoggedPrediction`` per prediction.
     def count_predictions(self, model: str | None = None) -> int:
-        query = sa.select(sa.func.count()).select_from(mon_predictions)
+        b = mon_prediction_batches
+        query = sa.select(sa.func.coalesce(sa.func.sum(b.c.n), 0))
         if model is not None:
-            query = query.where(mon_predictions.c.model_name == model)
+            query = query.where(b.c.model_name == model)
         with self._read() as conn:
             return int(conn.execute(query).scalar_one())
 
     def prediction_ids(self, model: str) -> list[str]:
-        t = mon_predictions
+        b = mon_prediction_batches
+        query = sa.select(b.c.ids).where(b.c.model_name == model).order_by(b.c.seq)
         with self._read() as conn:
-            return [r[0] for r in conn.execute(sa.select(t.c.id).where(t.c.model_name == model))]
+            return [i for (ids,) in conn.execute(query) for i in orjson.loads(ids)]
 
     def predictions(self, model: str, start: datetime, end: datetime) -> list[LoggedPrediction]:
-        t = mon_predictions
-        query = (
-            sa.select(t)
-            .where(t.c.model_name == model, t.c.at >= start, t.c.at < end)
-            .order_by(t.c.seq)
-        )
+        """Predictions logged in ``[start, end)``, oldest batch first, with their outcomes."""
+        start, end = _aware(start), _aware(end)
+        b = mon_prediction_batches
+        window = sa.and_(_overlapping(start, end), b.c.model_name == model)
         with self._read() as conn:
-            rows = conn.execute(query).mappings().all()
-        return [_prediction(r) for r in rows]
+            batches = conn.execute(sa.select(b).where(window).order_by(b.c.seq)).mappings().all()
+            o = mon_outcomes
+            joined = sa.select(o).join(b, b.c.seq == o.c.batch_seq).where(window)
+            outcomes = {(r.batch_seq, r.idx): r for r in conn.execute(joined)}
+        low, high = _us(start), _us(end)
+        found: list[LoggedPrediction] = []
+        for batch in batches:
+            found.extend(_unpack(batch, outcomes, low, high))
+        return found
 
     def attach_outcomes(self, model: str | None, items: list[dict[str, Any]]) -> list[int]:
         """Attach outcomes; each item names ``prediction_id`` or ``patient`` + a time window.
 
         Returns the number of predictions each item labelled (0 means nothing matched yet).
+        An outcome attached again replaces the earlier one.
         """
-        t = mon_predictions
         now = datetime.now(UTC)
         counts = []
+        seen: dict[int, tuple[str, list[str]]] = {}  # batch seq -> (model, ids), read once
         with self._write() as conn:
             for item in items:
-                outcome = orjson.dumps(item["outcome"]).decode()
-                query = t.update().values(outcome=outcome, outcome_at=now)
                 if item.get("prediction_id"):
-                    query = query.where(t.c.id == str(item["prediction_id"]))
-                    if model is not None:
-                        query = query.where(t.c.model_name == model)
+                    hits = self._rows_by_id(conn, model, str(item["prediction_id"]), seen)
                 else:
-                    query = query.where(
-                        t.c.patient == item["patient"],
-                        t.c.model_name == item["model"],
-                        t.c.at >= item["start"],
-                        t.c.at < item["end"],
+                    hits = self._rows_by_patient(conn, item)
+                if hits:
+                    keys = sa.tuple_(mon_outcomes.c.batch_seq, mon_outcomes.c.idx)
+                    conn.execute(mon_outcomes.delete().where(keys.in_(hits)))
+                    outcome = orjson.dumps(item["outcome"]).decode()
+                    conn.execute(
+                        mon_outcomes.insert(),
+                        [
+                            {"batch_seq": s, "idx": i, "outcome": outcome, "outcome_at": now}
+                            for s, i in hits
+                        ],
                     )
-                counts.append(int(conn.execute(query).rowcount or 0))
+                counts.append(len(hits))
         return counts
+
+    def _rows_by_id(
+        self,
+        conn: Connection,
+        model: str | None,
+        prediction_id: str,
+        seen: dict[int, tuple[str, list[str]]],
+    ) -> list[tuple[int, int]]:
+        request_id, _, index = prediction_id.rpartition("-")
+        if not request_id or not index.isdigit():
+            return []
+        b = mon_prediction_batches
+        seqs = set(
+            conn.execute(
+                sa.select(mon_prediction_ids.c.batch_seq).where(
+                    mon_prediction_ids.c.request_id == request_id[:96]
+                )
+            ).scalars()
+        )
+        made_us = request_id_time_us(request_id)
+        if made_us is not None:  # the batches that can hold it: logged up to 15 minutes later
+            made = _EPOCH + timedelta(microseconds=made_us + OWN_ID_LAG_US[0])
+            late = _EPOCH + timedelta(microseconds=made_us + OWN_ID_LAG_US[1])
+            seqs.update(conn.execute(sa.select(b.c.seq).where(_overlapping(made, late))).scalars())
+        missing = [s for s in seqs if s not in seen]
+        if missing:
+            query = sa.select(b.c.seq, b.c.model_name, b.c.ids).where(b.c.seq.in_(missing))
+            for seq, name, ids in conn.execute(query):
+                seen[seq] = (name, orjson.loads(ids))
+        hits: list[tuple[int, int]] = []
+        for seq in sorted(seqs):
+            name, ids = seen.get(seq, ("", []))
+            if model is None or name == model:
+                hits.extend((seq, i) for i, x in enumerate(ids) if x == prediction_id)
+        return hits
+
+    def _rows_by_patient(self, conn: Connection, item: dict[str, Any]) -> list[tuple[int, int]]:
+        start, end = _aware(item["start"]), _aware(item["end"])
+        b = mon_prediction_batches
+        query = sa.select(b.c.seq, b.c.patients, b.c.times).where(
+            _overlapping(start, end), b.c.model_name == item["model"], b.c.patients.is_not(None)
+        )
+        low, high = _us(start), _us(end)
+        hits = []
+        for seq, patients, times in conn.execute(query):
+            for i, (patient, t) in enumerate(
+                zip(orjson.loads(patients), orjson.loads(times), strict=True)
+            ):
+                if patient == item["patient"] and low <= t < high:
+                    hits.append((seq, i))
+        return hits
 
     # -- runs -------------------------------------------------------------------------------
     def add_run(self, model: str, start: datetime, end: datetime, result: dict[str, Any]) -> int:
@@ -370,21 +442,50 @@ class MonitoringStore:
         return _alert(updated)
 
 
-def _prediction(r: RowMapping) -> LoggedPrediction:
-    at = _utc(r["at"])
-    assert at is not None
-    return LoggedPrediction(
-        id=r["id"],
-        model_name=r["model_name"],
-        version=r["version"],
-        at=at,
-        patient=r["patient"],
-        site=r["site"],
-        inputs=orjson.loads(r["inputs"]),
-        outputs=orjson.loads(r["outputs"]),
-        outcome=orjson.loads(r["outcome"]) if r["outcome"] is not None else None,
-        outcome_at=_utc(r["outcome_at"]),
-    )
+_SPAN = timedelta(seconds=PACKED_SPAN_S)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _us(value: datetime) -> int:
+    return (value - _EPOCH) // timedelta(microseconds=1)
+
+
+def _overlapping(start: datetime, end: datetime) -> sa.ColumnElement[bool]:
+    """Batches that may hold a row logged in ``[start, end)``: an index range on ``first_at``,
+    since no batch spans more than ``PACKED_SPAN_S``."""
+    b = mon_prediction_batches
+    return sa.and_(b.c.first_at >= start - _SPAN, b.c.first_at < end, b.c.last_at >= start)
+
+
+def _unpack(
+    batch: RowMapping, outcomes: dict[tuple[int, int], Any], low: int, high: int
+) -> Iterator[LoggedPrediction]:
+    """The batch's rows logged in ``[low, high)`` microseconds."""
+    seq, n = batch["seq"], batch["n"]
+    times = orjson.loads(batch["times"])
+    ids = orjson.loads(batch["ids"])
+    inputs = orjson.loads(batch["inputs"])
+    outputs = orjson.loads(batch["outputs"])
+    latency = orjson.loads(batch["latency_ms"])
+    patients = orjson.loads(batch["patients"]) if batch["patients"] else [None] * n
+    sites = orjson.loads(batch["sites"]) if batch["sites"] else [None] * n
+    for i in range(n):
+        if not low <= times[i] < high:
+            continue
+        outcome = outcomes.get((seq, i))
+        yield LoggedPrediction(
+            id=ids[i],
+            model_name=batch["model_name"],
+            version=batch["version"],
+            at=_EPOCH + timedelta(microseconds=times[i]),
+            patient=patients[i],
+            site=sites[i],
+            inputs=inputs[i],
+            outputs={key: column[i] for key, column in outputs.items()},
+            outcome=orjson.loads(outcome.outcome) if outcome is not None else None,
+            outcome_at=_utc(outcome.outcome_at) if outcome is not None else None,
+            latency_ms=latency[i],
+        )
 
 
 def _alert(r: RowMapping) -> dict[str, Any]:

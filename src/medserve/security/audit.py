@@ -11,9 +11,10 @@ to a bounded deque (O(1), never blocking the event loop) and written in batches 
 thread once a second; ``close`` drains the queue, which the server does on a clean shutdown and
 on SIGTERM. If the queue overflows, the number of lost entries is itself written to the chain.
 
-The event loop does as little as it can: a prediction's entry is queued as ``(build, event,
-time)`` and built in the writer (``enqueue_packed``); the writer chains the hashes and inserts
-a batch as multi-row ``INSERT ... VALUES`` statements (one GIL release and one B-tree pass per
+The request does as little as it can: a prediction's entry is queued as ``(build, event,
+time)`` (``enqueue_packed``) and built later, in slices between requests on the server's event
+loop (``drive``; in the writer thread elsewhere); the writer chains the hashes and inserts a
+batch as multi-row ``INSERT ... VALUES`` statements (one GIL release and one B-tree pass per
 256 rows instead of one per row, which under load left the writer waiting for the GIL).
 
 Prediction entries are *packed*: the consecutive prediction entries of one writer batch are
@@ -26,6 +27,7 @@ breaks the chain at that row; ``entries`` and the export unpack them into one en
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import threading
@@ -47,6 +49,7 @@ log = logging.getLogger(__name__)
 GENESIS = "0" * 64
 _BATCH = 2000
 _CHUNKS = (256, 128, 64, 32, 16, 8, 4, 2, 1)  # rows per INSERT (14 columns x 256 = 3,584 params)
+_SLICE = 512  # queued items prepared on the event loop between requests
 _WRITE_INTERVAL_S = 1.0  # see monitoring's flush_interval_s: fewer wakeups, less GIL contention
 _ADVISORY_LOCK = 727003
 PACKED_ACTION = "predict_batch"
@@ -141,6 +144,14 @@ class AuditLog:
         self._dropped = 0
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
+        self._second = -1
+        self._second_text = ""
+        self._ready: deque[AuditEntry | list[list[Any]]] = deque()  # prepared, to chain
+        self._prepare_lock = threading.Lock()
+        # entries in _ready: two counters, each written by one thread (no lock on the hot path)
+        self._prepared = 0
+        self._written = 0
+        self._loop: asyncio.AbstractEventLoop | None = None  # set by drive()
 
     # -- writing ----------------------------------------------------------------------------
     def _append(self, conn: Connection, entries: Sequence[AuditEntry | list[list[Any]]]) -> None:
@@ -204,7 +215,7 @@ class AuditLog:
 
     def enqueue(self, entry: AuditEntry) -> None:
         """Queue an entry for the background writer; never blocks (a deque append)."""
-        if len(self._queue) >= self._queue_size:
+        if len(self._queue) + self._prepared - self._written >= self._queue_size:
             self._dropped += 1
         else:
             self._queue.append(entry)
@@ -212,8 +223,8 @@ class AuditLog:
     def enqueue_packed(self, build: Callable[[Any, str], list[Any]], argument: Any) -> None:
         """Queue a prediction entry to be packed with its neighbours into one chained row:
         ``build(argument, at_text)`` returns ``[at, actor, key_id, action, model, version,
-        client, outcome, request_id, patient_hash, detail]`` and runs in the writer."""
-        if len(self._queue) >= self._queue_size:
+        client, outcome, request_id, patient_hash, detail]`` and runs later (``drive``)."""
+        if len(self._queue) + self._prepared - self._written >= self._queue_size:
             self._dropped += 1
         else:
             self._queue.append((build, argument, time.time()))
@@ -226,21 +237,59 @@ class AuditLog:
             )
             self._thread.start()
 
+    def drive(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Build queued prediction entries on ``loop`` (the server's event loop; call from it)
+        in slices between requests; the writer thread then only chains and inserts. Same
+        reason as the prediction log's ``drive``: Python work in the writer thread competes
+        with the event loop for the GIL and stalls it at every system call."""
+        self._loop = loop
+        loop.call_later(_WRITE_INTERVAL_S, self._tick)
+
+    def _tick(self) -> None:
+        assert self._loop is not None
+        if self._stop.is_set():
+            return
+        self._prepare(_SLICE)
+        if self._queue:
+            self._loop.call_soon(self._tick)
+        else:
+            self._loop.call_later(_WRITE_INTERVAL_S, self._tick)
+
+    def _prepare(self, most: int | None = None) -> None:
+        """Queued items -> units ready to chain, in order: an ``AuditEntry`` stays a row of its
+        own, consecutive prediction entries become one packed list."""
+        with self._prepare_lock:  # the loop's slices, or the writer when it stops
+            queue = self._queue
+            taken = 0
+            units: list[AuditEntry | list[list[Any]]] = []
+            while queue and (most is None or taken < most):
+                item = queue.popleft()
+                taken += 1
+                if type(item) is not tuple:  # an AuditEntry: a row of its own
+                    units.append(item)
+                elif units and type(units[-1]) is list:
+                    units[-1].append(self._packed(item))
+                else:
+                    units.append([self._packed(item)])
+            self._ready.extend(units)
+            self._prepared += taken
+
     def _run(self) -> None:
         while True:
             stopping = self._stop.wait(_WRITE_INTERVAL_S)
-            while self._queue or self._dropped:
+            if stopping or self._loop is None:
+                self._prepare()
+            while self._ready or self._dropped:
                 batch: list[AuditEntry | list[list[Any]]] = []
                 taken = 0
-                while self._queue and taken < _BATCH:
-                    item = self._queue.popleft()
-                    taken += 1
-                    if type(item) is not tuple:  # an AuditEntry: a row of its own
-                        batch.append(item)
-                    elif batch and type(batch[-1]) is list:
-                        batch[-1].append(self._packed(item))
+                while self._ready and taken < _BATCH:
+                    unit = self._ready.popleft()
+                    taken += 1 if type(unit) is not list else len(unit)
+                    self._written += 1 if type(unit) is not list else len(unit)
+                    if type(unit) is list and batch and type(batch[-1]) is list:
+                        batch[-1].extend(unit)  # consecutive slices: one packed row
                     else:
-                        batch.append([self._packed(item)])
+                        batch.append(unit)
                 if self._dropped:
                     lost, self._dropped = self._dropped, 0
                     batch.append(
@@ -252,12 +301,23 @@ class AuditLog:
                         )
                     )
                 self._write_batch(batch)
-            if stopping:
+                if stopping:
+                    self._prepare()
+            if stopping and not self._queue:
                 return
+
+    def _at_text_of(self, at: float) -> str:
+        """``_at_text`` of a unix time, the date and time of day formatted once a second (a
+        datetime per entry cost the writer more than the rest of the entry)."""
+        second = int(at)
+        if second != self._second:
+            self._second = second
+            self._second_text = _at_text(datetime.fromtimestamp(second, UTC))[:19]
+        return f"{self._second_text}.{int((at - second) * 1e6):06d}Z"
 
     def _packed(self, item: tuple[Any, ...]) -> list[Any]:
         build, argument, at = item
-        at_text = _at_text(datetime.fromtimestamp(at, UTC))
+        at_text = self._at_text_of(at)
         try:
             record: list[Any] = build(argument, at_text)
         except Exception:  # a bug must not cost the entry its place in the chain

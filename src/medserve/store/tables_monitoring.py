@@ -1,9 +1,9 @@
 """Tables of the monitoring capability, on the shared registry metadata (own alembic branch).
 
 The prediction log holds de-identified inputs only (identifier fields as salted pseudonyms, free
-text through Safe Harbor), stored as JSON text in the signature's feature order so that a batch
-insert stays cheap. References hold summaries of the registration sample (quantiles, category
-frequencies), never rows.
+text through Safe Harbor), stored as JSON text in the signature's feature order, packed one row
+per writer batch so that logging stays cheap. References hold summaries of the registration
+sample (quantiles, category frequencies), never rows.
 """
 
 from __future__ import annotations
@@ -23,24 +23,49 @@ from sqlalchemy import (
 
 from medserve.store.schema import metadata
 
-mon_predictions = Table(
-    "mon_predictions",
+# The prediction log is packed: one row per writer batch and model version, the batch's rows as
+# JSON arrays (ids, times, de-identified inputs, outputs by column). A logged prediction costs
+# the writer a few list appends instead of an indexed row (see monitoring/prediction_log.py).
+# A batch spans at most PACKED_SPAN_S seconds, so time windows are index range scans.
+PACKED_SPAN_S = 60.0
+
+mon_prediction_batches = Table(
+    "mon_prediction_batches",
     metadata,
-    # Callers may reuse an X-Request-ID: ids are indexed, not unique, so a batch never fails.
     Column("seq", Integer, primary_key=True, autoincrement=True),
-    Column("id", String(96), nullable=False, index=True),
     Column("model_name", String(128), nullable=False),
     Column("version", Integer, nullable=False),
-    Column("at", DateTime(timezone=True), nullable=False),
-    Column("patient", String(64), nullable=True),
-    Column("site", String(128), nullable=True),
-    Column("inputs", Text, nullable=False),
-    Column("outputs", Text, nullable=False),
-    Column("latency_ms", Float, nullable=False),
-    Column("outcome", Text, nullable=True),
-    Column("outcome_at", DateTime(timezone=True), nullable=True),
-    Index("ix_mon_predictions_model_at", "model_name", "at"),
-    Index("ix_mon_predictions_patient", "patient", "model_name"),
+    Column("first_at", DateTime(timezone=True), nullable=False),
+    Column("last_at", DateTime(timezone=True), nullable=False),
+    Column("n", Integer, nullable=False),
+    Column("ids", Text, nullable=False),  # JSON [prediction id, ...]
+    Column("times", Text, nullable=False),  # JSON [unix seconds, ...]
+    Column("patients", Text, nullable=True),  # JSON [pseudonym | null, ...]; NULL: none given
+    Column("sites", Text, nullable=True),  # JSON [site | null, ...]; NULL: none given
+    Column("inputs", Text, nullable=False),  # JSON [[value, ...], ...] in signature order
+    Column("outputs", Text, nullable=False),  # JSON {output: [value per row]}
+    Column("latency_ms", Text, nullable=False),  # JSON [ms, ...]
+    Index("ix_mon_prediction_batches_model_first", "model_name", "first_at"),
+    Index("ix_mon_prediction_batches_first", "first_at"),
+)
+
+# Request ids that do not carry their own time (a caller's X-Request-ID): found by id here.
+# medserve's own ids start with their time in microseconds, so they are found by time window.
+mon_prediction_ids = Table(
+    "mon_prediction_ids",
+    metadata,
+    Column("request_id", String(96), nullable=False, index=True),
+    Column("batch_seq", Integer, nullable=False),
+)
+
+# Outcomes attached later (by prediction id or patient window), one per logged row.
+mon_outcomes = Table(
+    "mon_outcomes",
+    metadata,
+    Column("batch_seq", Integer, primary_key=True, autoincrement=False),
+    Column("idx", Integer, primary_key=True, autoincrement=False),
+    Column("outcome", Text, nullable=False),
+    Column("outcome_at", DateTime(timezone=True), nullable=False),
 )
 
 mon_references = Table(
@@ -114,7 +139,9 @@ __all__ = [
     "metadata",
     "mon_alerts",
     "mon_configs",
-    "mon_predictions",
+    "mon_outcomes",
+    "mon_prediction_batches",
+    "mon_prediction_ids",
     "mon_references",
     "mon_rules",
     "mon_runs",

@@ -272,6 +272,7 @@ async def lifespan(api: FastAPI) -> AsyncIterator[None]:
             signature_of=_signature_lookup(registry.store),
         )
         api.state.plane.observers.append(prediction_log)
+        prediction_log.drive(asyncio.get_running_loop())
     api.state.prediction_log = prediction_log
     task = None
     if settings.schedule_interval_s > 0:

@@ -462,6 +462,7 @@ async def lifespan(api: FastAPI) -> AsyncIterator[None]:
     api.state.audit = audit
     api.state.plane.observers.append(AuditObserver(audit, salt))
     audit.start()
+    audit.drive(asyncio.get_running_loop())
     try:
         yield
     finally:
