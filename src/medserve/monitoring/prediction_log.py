@@ -284,7 +284,7 @@ class PredictionLog:
                 batch.append(item)
                 rows += item[0].inputs.shape[0]
             try:
-                self._ready.extend(self._packs(batch))
+                self._ready.extend(self.packs(batch))
             except Exception:  # a bug in packing must not stop the log; the rows are counted
                 log.exception("prediction log could not pack a batch")
                 self._out_rows += rows
@@ -333,7 +333,7 @@ class PredictionLog:
                     with self._room:
                         self._room.notify_all()
                 try:
-                    self._write(packs)
+                    self.write_packs(packs)
                 except Exception:  # the writer must survive anything; the rows are counted
                     log.exception("prediction log writer failed on a batch")
                     self._drop(rows, "write_failed")
@@ -416,7 +416,7 @@ class PredictionLog:
         }
         return row, by_id
 
-    def _packs(
+    def packs(
         self, batch: list[tuple[PredictionEvent, float]]
     ) -> list[tuple[dict[str, Any], set[str]]]:
         """The batch grouped by model version, each group cut where it would span more than
@@ -442,7 +442,7 @@ class PredictionLog:
             packs.append(self.pack(model, version, items[start:]))
         return packs
 
-    def _write(self, packs: list[tuple[dict[str, Any], set[str]]]) -> None:
+    def write_packs(self, packs: list[tuple[dict[str, Any], set[str]]]) -> None:
         started = time.perf_counter()
         for attempt in range(_WRITE_ATTEMPTS):
             try:

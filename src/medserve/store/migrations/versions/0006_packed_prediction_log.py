@@ -9,7 +9,7 @@ Revises: 0004
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
@@ -22,6 +22,7 @@ branch_labels = None
 depends_on = None
 
 _TS = sa.DateTime(timezone=True)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)  # times are microseconds since then
 
 _old = sa.table(
     "mon_predictions",
@@ -122,7 +123,7 @@ def upgrade() -> None:
                 last_at=at,
                 n=1,
                 ids=_json([row["id"]]),
-                times=_json([at.timestamp()]),
+                times=_json([(at - _EPOCH) // timedelta(microseconds=1)]),
                 patients=_json([row["patient"]]) if row["patient"] else None,
                 sites=_json([row["site"]]) if row["site"] else None,
                 inputs=f"[{row['inputs']}]",
@@ -188,7 +189,7 @@ def downgrade() -> None:
                     id=pid,
                     model_name=batch["model_name"],
                     version=batch["version"],
-                    at=datetime.fromtimestamp(t, UTC),
+                    at=_EPOCH + timedelta(microseconds=t),
                     patient=patients[i],
                     site=sites[i],
                     inputs=_json(row_inputs),
