@@ -147,16 +147,27 @@ def output_columns(outputs: list[dict[str, Any]], sizes: list[int]) -> dict[str,
     for out in outputs:
         keys.update(dict.fromkeys(out))
     columns: dict[str, Any] = {}
+    single = max(sizes) == 1
     for key in keys:
-        parts: list[Any] = []
-        for out, n in zip(outputs, sizes, strict=True):
-            value = out.get(key)
+        parts = [out.get(key) for out in outputs]
+        if single and all(type(p) is np.ndarray and p.shape[:1] == (1,) for p in parts):
+            # one row per request: its value (a numpy scalar or row, encoded by orjson as is)
+            columns[key] = [p[0] for p in parts]
+            continue
+        if all(
+            type(p) is np.ndarray and p.ndim and p.shape[0] == n
+            for p, n in zip(parts, sizes, strict=True)
+        ):
+            columns[key] = _stack(parts)  # the usual case: every request has it, row by row
+            continue
+        column: list[Any] = []
+        for value, n in zip(parts, sizes, strict=True):
             array = value if isinstance(value, np.ndarray) or value is None else np.asarray(value)
             if array is None or not array.ndim or array.shape[0] != n:
-                parts.append([None] * n)
+                column.append([None] * n)
             else:
-                parts.append(array)
-        columns[key] = _stack(parts)
+                column.append(array)
+        columns[key] = _stack(column)
     return columns
 
 
@@ -367,39 +378,30 @@ class PredictionLog:
     ) -> tuple[dict[str, Any], set[str]]:
         """One ``mon_prediction_batches`` row for ``items`` (one model version, in queue order),
         and the request ids that must be findable by id (see ``carries_time``)."""
-        ids: list[str] = []
-        times: list[int] = []
-        patients: list[str | None] = []
-        sites: list[str | None] = []
-        latency: list[float] = []
-        inputs: list[Any] = []
-        outputs: list[dict[str, Any]] = []
-        sizes: list[int] = []
-        by_id: set[str] = set()
+        # Column by column with comprehensions: this runs on the event loop for every logged
+        # prediction, and a comprehension costs a third of a loop of appends.
+        events = [event for event, _ in items]
+        contexts = [event.context for event in events]
+        rids = [context.request_id for context in contexts]
+        stamps = [round(at * 1_000_000) for _, at in items]
+        sizes = [event.inputs.shape[0] for event in events]
+        pseudonym = self._patient
+        patients = [pseudonym(c.patient_id) if c.patient_id else None for c in contexts]
+        sites = [context.site for context in contexts]
+        latency = [event.latency_s * 1000.0 for event in events]
+        by_id = {
+            rid for rid, at_us in zip(rids, stamps, strict=True) if not carries_time(rid, at_us)
+        }
+        if max(sizes) == 1:
+            ids = [rid + "-0" for rid in rids]
+            times = stamps
+        else:  # a request's rows share its id (with the row number), time, patient and site
+            ids = [f"{rid}-{i}" for rid, n in zip(rids, sizes, strict=True) for i in range(n)]
+            times = _repeat(stamps, sizes)
+            patients, sites, latency = (_repeat(c, sizes) for c in (patients, sites, latency))
         encode = self._encoder(model, version)
-        for event, at in items:
-            context = event.context
-            rid = context.request_id
-            at_us = round(at * 1_000_000)
-            n = event.inputs.shape[0]
-            patient = self._patient(context.patient_id) if context.patient_id else None
-            if n == 1:
-                ids.append(rid + "-0")
-                times.append(at_us)
-                patients.append(patient)
-                sites.append(context.site)
-                latency.append(event.latency_s * 1000.0)
-            else:
-                ids.extend([f"{rid}-{i}" for i in range(n)])
-                times.extend([at_us] * n)
-                patients.extend([patient] * n)
-                sites.extend([context.site] * n)
-                latency.extend([event.latency_s * 1000.0] * n)
-            if not carries_time(rid, at_us):
-                by_id.add(rid)
-            inputs.append(encode(event.inputs))
-            outputs.append(event.outputs)
-            sizes.append(n)
+        inputs = [encode(event.inputs) for event in events]
+        outputs = [event.outputs for event in events]
         row = {
             "model_name": model,
             "version": version,
@@ -469,6 +471,10 @@ class PredictionLog:
         metrics.LOG_WRITE_SECONDS.observe(time.perf_counter() - started)
         metrics.LOG_WRITTEN.inc(rows)
         self.written += rows
+
+
+def _repeat(values: list[Any], sizes: list[int]) -> list[Any]:
+    return [value for value, n in zip(values, sizes, strict=True) for _ in range(n)]
 
 
 def _from_us(us: int) -> datetime:

@@ -80,6 +80,7 @@ class AuditEntry:
     patient_hash: str | None = None
     detail: str = ""
     at: datetime | None = None
+    packed: int = 0  # prediction entries in a packed row (not stored: the detail holds them)
 
 
 def _at_text(at: datetime) -> str:
@@ -124,7 +125,12 @@ def _packed_entry(records: list[list[Any]], now: datetime) -> AuditEntry:
         outcome=200,
         detail=orjson.dumps(records).decode(),
         at=first,
+        packed=len(records),
     )
+
+
+def _entries_in(entry: AuditEntry) -> int:
+    return entry.packed if entry.action == PACKED_ACTION else 1
 
 
 @dataclass(frozen=True)
@@ -146,7 +152,7 @@ class AuditLog:
         self._lock = threading.Lock()
         self._second = -1
         self._second_text = ""
-        self._ready: deque[AuditEntry | list[list[Any]]] = deque()  # prepared, to chain
+        self._ready: deque[AuditEntry] = deque()  # prepared, to chain
         self._prepare_lock = threading.Lock()
         # entries in _ready: two counters, each written by one thread (no lock on the hot path)
         self._prepared = 0
@@ -256,21 +262,26 @@ class AuditLog:
             self._loop.call_later(_WRITE_INTERVAL_S, self._tick)
 
     def _prepare(self, most: int | None = None) -> None:
-        """Queued items -> units ready to chain, in order: an ``AuditEntry`` stays a row of its
-        own, consecutive prediction entries become one packed list."""
+        """Queued items -> entries ready to chain, in order: an ``AuditEntry`` stays a row of
+        its own, consecutive prediction entries become one packed entry (its JSON made here, so
+        that the writer thread only hashes and inserts)."""
         with self._prepare_lock:  # the loop's slices, or the writer when it stops
             queue = self._queue
             taken = 0
-            units: list[AuditEntry | list[list[Any]]] = []
+            units: list[AuditEntry] = []
+            records: list[list[Any]] = []
             while queue and (most is None or taken < most):
                 item = queue.popleft()
                 taken += 1
-                if type(item) is not tuple:  # an AuditEntry: a row of its own
-                    units.append(item)
-                elif units and type(units[-1]) is list:
-                    units[-1].append(self._packed(item))
-                else:
-                    units.append([self._packed(item)])
+                if type(item) is tuple:
+                    records.append(self._packed(item))
+                    continue
+                if records:
+                    units.append(_packed_entry(records, datetime.now(UTC)))
+                    records = []
+                units.append(item)
+            if records:
+                units.append(_packed_entry(records, datetime.now(UTC)))
             self._ready.extend(units)
             self._prepared += taken
 
@@ -281,15 +292,10 @@ class AuditLog:
                 self._prepare()
             while self._ready or self._dropped:
                 batch: list[AuditEntry | list[list[Any]]] = []
-                taken = 0
-                while self._ready and taken < _BATCH:
-                    unit = self._ready.popleft()
-                    taken += 1 if type(unit) is not list else len(unit)
-                    self._written += 1 if type(unit) is not list else len(unit)
-                    if type(unit) is list and batch and type(batch[-1]) is list:
-                        batch[-1].extend(unit)  # consecutive slices: one packed row
-                    else:
-                        batch.append(unit)
+                while self._ready and len(batch) < _BATCH:
+                    entry = self._ready.popleft()
+                    batch.append(entry)
+                    self._written += _entries_in(entry)
                 if self._dropped:
                     lost, self._dropped = self._dropped, 0
                     batch.append(

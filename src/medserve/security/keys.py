@@ -8,7 +8,6 @@ guessed from a dictionary, and SHA-256 keeps verification in microseconds.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import hmac
 import mmap
@@ -272,24 +271,22 @@ class ChangeCounter:
 
     SQLite (one machine): the memory-mapped generation file that every security change bumps
     after its commit, so a revocation by any process (CLI, another worker) is seen by the very
-    next request in every worker; the counter row itself is re-read at most every
-    ``db_check_s`` as a safety net (a change made by a tool that bypasses medserve).
-    Other databases: a daemon thread polls every ``poll_s`` and ``read`` returns the last value.
+    next request in every worker; a daemon thread re-reads the counter row every ``db_check_s``
+    as a safety net (a change made by a tool that bypasses medserve). Not on the request: a SQL
+    read on the event loop, once a second, stalled it for milliseconds under load.
+    Other databases: the daemon thread polls every ``poll_s`` and ``read`` returns the last value.
     """
 
     def __init__(self, store: SecurityStore, poll_s: float = 0.5, db_check_s: float = 1.0) -> None:
         self._store = store
         self._file = generation_file(store.engine)
         self._value = store.counter()
-        self._db_check_s = db_check_s
-        self._next_db_check = time.monotonic() + db_check_s
         self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        if self._file is None:
-            self._thread = threading.Thread(
-                target=self._poll, args=(poll_s,), name="medserve-security-poll", daemon=True
-            )
-            self._thread.start()
+        every = poll_s if self._file is None else db_check_s
+        self._thread = threading.Thread(
+            target=self._poll, args=(every,), name="medserve-security-poll", daemon=True
+        )
+        self._thread.start()
 
     def _poll(self, poll_s: float) -> None:
         while not self._stop.wait(poll_s):
@@ -301,12 +298,6 @@ class ChangeCounter:
     def read(self) -> int:
         if self._file is None:
             return self._value
-        now = time.monotonic()
-        if now >= self._next_db_check:
-            self._next_db_check = now + self._db_check_s
-            # on failure keep the last value: the file still carries changes
-            with contextlib.suppress(Exception):
-                self._value = self._store.counter()
         return self._file.read() * 2**40 + self._value
 
     def close(self) -> None:

@@ -19,16 +19,15 @@ def new_request_id() -> str:
 
 
 def request_id_time_us(request_id: str) -> int | None:
-    """When ``new_request_id`` made ``request_id`` (µs since the epoch); None for any other
-    form (a caller's own ``X-Request-ID``)."""
+    """The time ``new_request_id`` put in ``request_id`` (µs since the epoch); None where the
+    id has another form (a caller's own ``X-Request-ID``, unless it happens to look the same:
+    the prediction log checks the time against the log time before relying on it)."""
     if len(request_id) != 25:
         return None
     try:
-        made = int(request_id[:13], 16)
-        int(request_id[13:], 16)
+        return int(request_id[:13], 16)
     except ValueError:
         return None
-    return made
 
 
 @dataclass(frozen=True)
