@@ -152,7 +152,7 @@ def output_columns(outputs: list[dict[str, Any]], sizes: list[int]) -> dict[str,
         parts = [out.get(key) for out in outputs]
         if single and all(type(p) is np.ndarray and p.shape[:1] == (1,) for p in parts):
             # one row per request: its value (a numpy scalar or row, encoded by orjson as is)
-            columns[key] = [p[0] for p in parts]
+            columns[key] = [p[0] for p in parts if p is not None]
             continue
         if all(
             type(p) is np.ndarray and p.ndim and p.shape[0] == n
@@ -434,6 +434,10 @@ class PredictionLog:
                 group.append(item)
         packs = []
         for (model, version), items in groups.items():
+            times = [at for _, at in items]
+            if max(times) - min(times) <= PACKED_SPAN_S:  # the usual case: one pack
+                packs.append(self.pack(model, version, items))
+                continue
             start = 0
             low = high = items[0][1]
             for i, (_, at) in enumerate(items):

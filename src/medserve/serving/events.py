@@ -14,8 +14,10 @@ import numpy as np
 from medserve.serving.context import RequestContext
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # not frozen: a frozen dataclass costs ~1 µs more per request to make
 class PredictionEvent:
+    """What observers learn of one prediction; read-only by convention (observers share it)."""
+
     context: RequestContext
     model: str
     version: int
