@@ -217,7 +217,9 @@ class MonitoringStore:
                     hits = self._rows_by_patient(conn, item)
                 if hits:
                     keys = sa.tuple_(mon_outcomes.c.batch_seq, mon_outcomes.c.idx)
-                    conn.execute(mon_outcomes.delete().where(keys.in_(hits)))
+                    for at in range(0, len(hits), 400):  # under SQLite's bound on parameters
+                        chunk = hits[at : at + 400]
+                        conn.execute(mon_outcomes.delete().where(keys.in_(chunk)))
                     outcome = orjson.dumps(item["outcome"]).decode()
                     conn.execute(
                         mon_outcomes.insert(),
