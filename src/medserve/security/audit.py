@@ -255,7 +255,10 @@ class AuditLog:
         assert self._loop is not None
         if self._stop.is_set():
             return
-        self._prepare(_SLICE)
+        try:
+            self._prepare(_SLICE)
+        except Exception:  # keep ticking: the next slices, and the overflow count, still matter
+            log.exception("audit trail: could not prepare queued entries")
         if self._queue:
             self._loop.call_soon(self._tick)
         else:
