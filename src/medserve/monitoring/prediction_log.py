@@ -10,12 +10,12 @@ shutdown (SIGTERM included), so entries are not lost.
 
 Why it is shaped this way: the writer shares the GIL (and, under load, the CPU) with the event
 loop, so what logging costs per prediction is taken from the requests. An indexed SQL row per
-prediction (JSON per row, four B-tree inserts) cost 30 µs of writer CPU per prediction, and
-under load twice that in GIL hand-offs: 20-30% of single-row throughput. So the log is packed:
-the predictions of one batch and model version become one row whose columns are JSON arrays
-(ids, times, inputs as one matrix, outputs by column), encoded by orjson from numpy in a few
-calls; per prediction that is a few list items (4-6 µs), and the SQL insert (GIL released
-while SQLite works) about 3 µs. Measured with ``python -m benchmarks.governance --cpu``.
+prediction (JSON per row, four B-tree inserts) made the writer threads use 39-84 µs of CPU per
+request in the server and stalled the event loop at GIL hand-offs: 20-30% of single-row
+throughput. So the log is packed: the predictions of one batch and model version become one row
+whose columns are JSON arrays (ids, times, inputs as one matrix, outputs by column), encoded by
+orjson from numpy in a few calls, and the writer threads use 4-11 µs per request (both measured
+with ``python -m benchmarks.governance --cpu``).
 
 Outcomes find their rows through the ids: medserve's request ids start with their time in
 microseconds, so the batches that can hold one are an index range; a caller's own

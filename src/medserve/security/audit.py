@@ -17,10 +17,11 @@ loop (``drive``; in the writer thread elsewhere); the writer chains the hashes a
 batch as multi-row ``INSERT ... VALUES`` statements (one GIL release and one B-tree pass per
 256 rows instead of one per row, which under load left the writer waiting for the GIL).
 
-Prediction entries are *packed*: the consecutive prediction entries of one writer batch are
-stored as one chained row (action ``predict_batch``, the entries as a JSON array in ``detail``),
-so that a prediction costs the writer one small list instead of a hashed, indexed row (measured:
-the per-row writer competed with request handling for the GIL and cost more than the request).
+Prediction entries are *packed*: the consecutive prediction entries of one prepared slice (up
+to ``_SLICE``) are stored as one chained row (action ``predict_batch``, the entries as a JSON
+array in ``detail``), so that a prediction costs the writer one small list instead of a hashed,
+indexed row (measured: the per-row writer competed with request handling for the GIL and cost
+more than the request).
 The packed row is hashed like any other, so editing, removing or reordering an entry inside it
 breaks the chain at that row; ``entries`` and the export unpack them into one entry each.
 """
@@ -108,14 +109,14 @@ def _hash(seq: int, at_text: str, fields: tuple[Any, ...], prev_hash: str) -> st
 _PACKED_SPAN = timedelta(minutes=15)  # longest a backlog can hold a prediction entry back
 
 
-def _packed_entry(records: list[list[Any]], now: datetime) -> AuditEntry:
+def _packed_entry(records: list[list[Any]]) -> AuditEntry:
     """The chained row that holds consecutive prediction entries (see the module docstring)."""
 
     def common(index: int) -> Any:
         values = {r[index] for r in records}
         return values.pop() if len(values) == 1 else None
 
-    first = datetime.fromisoformat(records[0][0].replace("Z", "+00:00")) if records else now
+    first = datetime.fromisoformat(records[0][0].replace("Z", "+00:00"))
     return AuditEntry(
         actor=common(1) or "*",
         key_id=common(2),
@@ -160,7 +161,7 @@ class AuditLog:
         self._loop: asyncio.AbstractEventLoop | None = None  # set by drive()
 
     # -- writing ----------------------------------------------------------------------------
-    def _append(self, conn: Connection, entries: Sequence[AuditEntry | list[list[Any]]]) -> None:
+    def _append(self, conn: Connection, entries: Sequence[AuditEntry]) -> None:
         if conn.dialect.name == "postgresql":
             conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_ADVISORY_LOCK})")
         last = conn.execute(
@@ -170,8 +171,7 @@ class AuditLog:
         now = datetime.now(UTC)
         sqlite = conn.dialect.name == "sqlite"
         rows: list[tuple[Any, ...]] = []
-        for unit in entries:
-            e = unit if isinstance(unit, AuditEntry) else _packed_entry(unit, now)
+        for e in entries:
             seq += 1
             at = (e.at or now).astimezone(UTC).replace(tzinfo=None)
             at_text = _at_text(at)
@@ -209,7 +209,7 @@ class AuditLog:
         if entries:
             self._append(conn, entries)
 
-    def append(self, entries: Sequence[AuditEntry | list[list[Any]]]) -> None:
+    def append(self, entries: Sequence[AuditEntry]) -> None:
         """Write ``entries`` durably now (committed when this returns)."""
         if not entries:
             return
@@ -280,11 +280,11 @@ class AuditLog:
                     records.append(self._packed(item))
                     continue
                 if records:
-                    units.append(_packed_entry(records, datetime.now(UTC)))
+                    units.append(_packed_entry(records))
                     records = []
                 units.append(item)
             if records:
-                units.append(_packed_entry(records, datetime.now(UTC)))
+                units.append(_packed_entry(records))
             self._ready.extend(units)
             self._prepared += taken
 
@@ -294,7 +294,7 @@ class AuditLog:
             if stopping or self._loop is None:
                 self._prepare()
             while self._ready or self._dropped:
-                batch: list[AuditEntry | list[list[Any]]] = []
+                batch: list[AuditEntry] = []
                 while self._ready and len(batch) < _BATCH:
                     entry = self._ready.popleft()
                     batch.append(entry)
@@ -346,7 +346,7 @@ class AuditLog:
             ]
         return record
 
-    def _write_batch(self, batch: list[AuditEntry | list[list[Any]]]) -> None:
+    def _write_batch(self, batch: list[AuditEntry]) -> None:
         for attempt in range(5):
             try:
                 self.append(batch)
