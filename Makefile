@@ -41,6 +41,8 @@ test: lint typecheck unit
 
 bench: $(STAMP_DEV)
 	$(BIN)/python -m benchmarks.run
+	$(BIN)/python -m benchmarks.governance --log-only --rounds 12 --seconds 3 \
+		--out benchmarks/results/prediction-log-cost.md
 
 clean:
 	rm -rf $(VENV) .medserve .pytest_cache .mypy_cache .ruff_cache

@@ -1,10 +1,12 @@
 """``python -m benchmarks.governance``: the cost of governance, A/B in one run.
 
-Starts medserve (2 workers, the bench models) with governance off and on, alternately, on the
-same home, and loads each with wrk (single-row v2 requests, c=32) for each model. Rounds are
-taken back to back so that on a shared, noisy machine the on/off ratio of one round is
-meaningful even when the absolute figures drift. ``--profile DIR`` records py-spy (collapsed
-stacks per thread, from every worker process) during each load.
+Starts two medserve servers (2 workers each, the bench models, one home): governance off and
+on. Both stay up, and wrk loads them in turn (single-row v2 requests, c=32), one side then the
+other in each round, the order reversed every round: on a shared, noisy machine whose speed
+drifts by more than the effect measured, the on/off ratio of one round is what is meaningful,
+and the median over rounds is the figure. An idle server costs nothing to the loaded one.
+``--profile DIR`` records py-spy (collapsed stacks per thread, from every worker process)
+during each load.
 
 Governance on = authentication (API key), hash-chained audit, de-identified prediction log:
 what ``medserve serve`` does by default. Off = ``MEDSERVE_SECURITY=false`` and
@@ -14,8 +16,10 @@ what ``medserve serve`` does by default. Off = ``MEDSERVE_SECURITY=false`` and
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -42,7 +46,8 @@ def _py_spy(pids: list[int], seconds: float, out: Path) -> list[subprocess.Popen
 
 
 def _thread_cpu(pids: list[int]) -> dict[str, float]:
-    """CPU seconds per thread name, summed over the worker processes (Linux /proc)."""
+    """CPU seconds per thread name (user, and "NAME sys" for the kernel's part), summed over the
+    worker processes (Linux /proc)."""
     tick = os.sysconf("SC_CLK_TCK")
     out: dict[str, float] = {}
     for pid in pids:
@@ -53,10 +58,52 @@ def _thread_cpu(pids: list[int]) -> dict[str, float]:
                 continue
             name = stat[stat.index("(") + 1 : stat.rindex(")")]
             fields = stat[stat.rindex(")") + 2 :].split()
-            seconds = (int(fields[11]) + int(fields[12])) / tick
             key = "main" if task.name == str(pid) else name
-            out[key] = out.get(key, 0.0) + seconds
+            for part, index in (("", 11), (" sys", 12)):
+                out[key + part] = out.get(key + part, 0.0) + int(fields[index]) / tick
     return out
+
+
+def _measure(
+    args: argparse.Namespace,
+    wrk: str,
+    body: Path,
+    body_dir: Path,
+    base: str,
+    root: int,
+    model: str,
+    rnd: int,
+    side: str,
+) -> float:
+    """One load on one side: req/s (CPU per request per thread and py-spy when asked)."""
+    url = f"{base}/v2/models/{model}/infer"
+    workers = process_tree(root)[1:]
+    spies = []
+    if args.profile:
+        out = args.profile / f"r{rnd}-{side}-{model}"
+        out.mkdir(parents=True, exist_ok=True)
+        spies = _py_spy(workers, args.seconds, out)
+    before = _thread_cpu(workers) if args.cpu else {}
+    result = run_wrk(wrk, url, body, Load(2, 32, args.seconds), body_dir)
+    for spy in spies:
+        spy.wait(30)
+    if args.cpu:
+        after = _thread_cpu(workers)
+        requests = max(1.0, result.rps * args.seconds)
+        per = {
+            k: (after[k] - before.get(k, 0.0)) * 1e6 / requests
+            for k in after
+            if after[k] - before.get(k, 0.0) > 0
+        }
+        shown = ", ".join(f"{k} {v:.0f}" for k, v in sorted(per.items()))
+        print(f"  cpu µs/request ({side}): total {sum(per.values()):.0f}: {shown}")
+    bad = f", {result.non_2xx} non-2xx" if result.non_2xx else ""
+    print(
+        f"round {rnd} {side:3} {model}: {result.rps:,.0f} req/s, "
+        f"p50 {result.p50_ms:.2f} ms, p99 {result.p99_ms:.2f} ms{bad}",
+        flush=True,
+    )
+    return result.rps
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -67,6 +114,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", choices=["on", "off", "both"], default="both")
     parser.add_argument("--profile", type=Path, help="py-spy the workers here (each side)")
     parser.add_argument("--env", action="append", default=[], help="extra KEY=VALUE for 'on'")
+    parser.add_argument(
+        "--log-only",
+        action="store_true",
+        help="'on' is the prediction log alone (security off on both sides): issue 6's budget",
+    )
+    parser.add_argument("--out", type=Path, help="also write the ratios here (markdown)")
     parser.add_argument(
         "--cpu", action="store_true", help="CPU µs per request, per worker thread (Linux)"
     )
@@ -81,56 +134,42 @@ def main(argv: list[str] | None = None) -> int:
     body_dir.mkdir(parents=True, exist_ok=True)
     body = body_dir / "one-row.json"
     body.write_bytes(v2_body(x.iloc[:1]))
+    warm = Load(2, 32, 1.0)
     extra = dict(item.split("=", 1) for item in args.env)
+    if args.log_only:
+        extra.setdefault("MEDSERVE_SECURITY", "false")
     sides = {"both": ["off", "on"], "on": ["on"], "off": ["off"]}[args.only]
     results: dict[tuple[int, str, str], float] = {}
-    for rnd in range(args.rounds):
-        for side in sides:
+    with contextlib.ExitStack() as stack:
+        bases: dict[str, str] = {}
+        roots: dict[str, int] = {}
+        for side in sides:  # one after the other: the first migrates the shared home
             ((port, launch),) = server.launches(free_port)
             env = {**launch.env, **(OFF if side == "off" else extra)}
-            log = CACHE / "logs" / f"governance-{side}.log"
             base = f"http://127.0.0.1:{port}"
-            with running(
-                launch.command,
-                env=env,
-                cwd=launch.cwd,
-                log=log,
-                ready_urls=[base + p for p in launch.ready_paths],
-            ) as proc:
-                for model in models:
-                    url = f"{base}/v2/models/{model}/infer"
-                    run_wrk(wrk, url, body, Load(2, 32, 1.0), body_dir)
-                    spies = []
-                    if args.profile:
-                        out = args.profile / f"r{rnd}-{side}-{model}"
-                        out.mkdir(parents=True, exist_ok=True)
-                        workers = process_tree(proc.process.pid)[1:]
-                        spies = _py_spy(workers, args.seconds, out)
-                    workers = process_tree(proc.process.pid)[1:]
-                    before = _thread_cpu(workers) if args.cpu else {}
-                    result = run_wrk(wrk, url, body, Load(2, 32, args.seconds), body_dir)
-                    for spy in spies:
-                        spy.wait(30)
-                    if args.cpu:
-                        after = _thread_cpu(workers)
-                        requests = max(1.0, result.rps * args.seconds)
-                        per = {
-                            k: (after[k] - before.get(k, 0.0)) * 1e6 / requests
-                            for k in after
-                            if after[k] - before.get(k, 0.0) > 0
-                        }
-                        shown = ", ".join(f"{k} {v:.0f}" for k, v in sorted(per.items()))
-                        print(f"  cpu µs/request ({side}): total {sum(per.values()):.0f}: {shown}")
-                    results[(rnd, side, model)] = result.rps
-                    bad = f", {result.non_2xx} non-2xx" if result.non_2xx else ""
-                    print(
-                        f"round {rnd} {side:3} {model}: {result.rps:,.0f} req/s, "
-                        f"p50 {result.p50_ms:.2f} ms, p99 {result.p99_ms:.2f} ms{bad}",
-                        flush=True,
+            proc = stack.enter_context(
+                running(
+                    launch.command,
+                    env=env,
+                    cwd=launch.cwd,
+                    log=CACHE / "logs" / f"governance-{side}.log",
+                    ready_urls=[base + p for p in launch.ready_paths],
+                )
+            )
+            bases[side], roots[side] = base, proc.process.pid
+        for model in models:
+            for side in sides:  # warm-up: first requests, ONNX sessions, the log's first write
+                run_wrk(wrk, f"{bases[side]}/v2/models/{model}/infer", body, warm, body_dir)
+            for rnd in range(args.rounds):
+                # off/on, then on/off: a machine that speeds up or slows down during the run
+                # favours neither side
+                for side in sides if rnd % 2 == 0 else sides[::-1]:
+                    results[(rnd, side, model)] = _measure(
+                        args, wrk, body, body_dir, bases[side], roots[side], model, rnd, side
                     )
-                time.sleep(0.2)
     if len(sides) == 2:
-        print("governance on / off, same round:")
+        what = "prediction log only" if args.log_only else "governance"
+        lines = [f"{what} on / off, same round (median over {args.rounds} rounds):"]
         for model in models:
             ratios = [
                 results[(r, "on", model)] / results[(r, "off", model)]
@@ -138,7 +177,16 @@ def main(argv: list[str] | None = None) -> int:
                 if results.get((r, "off", model))
             ]
             shown = ", ".join(f"{v:.0%}" for v in ratios)
-            print(f"  {model}: {shown}")
+            middle = f"median {statistics.median(ratios):.0%}: " if ratios else ""
+            lines.append(f"  {model}: {middle}{shown}")
+        print("\n".join(lines))
+        if args.out:
+            command = "python -m benchmarks.governance " + " ".join(argv or sys.argv[1:])
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(
+                f"# {what}: on / off\n\n`{command}`, {time.strftime('%Y-%m-%d %H:%M')}, "
+                f"{os.cpu_count()} CPUs\n\n```\n" + "\n".join(lines) + "\n```\n"
+            )
     return 0
 
 

@@ -19,7 +19,7 @@ from sqlalchemy.exc import OperationalError
 
 from medserve.errors import InvalidRequestError, NotFoundError, StoreError
 from medserve.monitoring.config import ModelMonitoringConfig
-from medserve.monitoring.prediction_log import EPOCH, OWN_ID_LAG_US
+from medserve.monitoring.prediction_log import EPOCH, OWN_ID_LAG_US, npy_rows
 from medserve.serving.context import request_id_time_us
 from medserve.store.base import RegistryStore
 from medserve.store.tables_monitoring import (
@@ -465,7 +465,8 @@ def _unpack(
     seq, n = batch["seq"], batch["n"]
     times = orjson.loads(batch["times"])
     ids = orjson.loads(batch["ids"])
-    inputs = orjson.loads(batch["inputs"])
+    blob = batch["inputs_npy"]
+    inputs = npy_rows(blob) if blob is not None else orjson.loads(batch["inputs"])
     outputs = orjson.loads(batch["outputs"])
     latency = orjson.loads(batch["latency_ms"])
     patients = orjson.loads(batch["patients"]) if batch["patients"] else [None] * n

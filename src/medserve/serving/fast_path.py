@@ -24,7 +24,7 @@ from medserve.errors import (
     UnsupportedMediaTypeError,
 )
 from medserve.serving import metrics
-from medserve.serving.context import RequestContext, new_request_id
+from medserve.serving.context import RequestContext, new_request_id, now_us
 from medserve.serving.data_plane import DataPlane
 from medserve.serving.http_errors import status_for
 
@@ -190,7 +190,11 @@ class HotPathApp:
                 site = value
             elif key == b"accept":
                 accept = value
-        rid = _header_text(request_id, 64) or new_request_id()
+        rid = _header_text(request_id, 64)
+        made: int | None = None
+        if not rid:
+            made = now_us()
+            rid = new_request_id(made)
         extra = [(b"x-request-id", rid.encode("latin-1"))]
         try:
             guard = self.state.guard
@@ -204,6 +208,7 @@ class HotPathApp:
                 client=client[0] if client else None,
                 patient_id=_header_text(patient),
                 site=_header_text(site),
+                id_time_us=made,
             )
             media = content_type.split(b";", 1)[0].strip().lower() if content_type else b""
             handler: MediaHandler | None = self.state.media_handlers.get((protocol, media))

@@ -16,6 +16,7 @@ from sqlalchemy import (
     Float,
     Index,
     Integer,
+    LargeBinary,
     String,
     Table,
     Text,
@@ -42,7 +43,9 @@ mon_prediction_batches = Table(
     Column("times", Text, nullable=False),  # JSON [unix seconds, ...]
     Column("patients", Text, nullable=True),  # JSON [pseudonym | null, ...]; NULL: none given
     Column("sites", Text, nullable=True),  # JSON [site | null, ...]; NULL: none given
-    Column("inputs", Text, nullable=False),  # JSON [[value, ...], ...] in signature order
+    # In signature order: a numeric matrix as .npy bytes, other inputs as JSON [[value, ...], ...]
+    Column("inputs", Text, nullable=True),
+    Column("inputs_npy", LargeBinary, nullable=True),
     Column("outputs", Text, nullable=False),  # JSON {output: [value per row]}
     Column("latency_ms", Text, nullable=False),  # JSON [ms, ...]
     Index("ix_mon_prediction_batches_model_first", "model_name", "first_at"),

@@ -13,6 +13,7 @@ import pytest
 import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
+from orjson import loads as orjson_loads
 
 from medserve.monitoring.config import MonitoringSettings
 from medserve.monitoring.prediction_log import PredictionLog
@@ -142,9 +143,10 @@ def test_batches_span_at_most_the_bound_and_windows_cut_inside_them(
     store: SqlRegistryStore,
 ) -> None:
     log = _log(store)
-    base = float(int(time.time()) - 3600)  # whole seconds: the window edges are exact
+    base = int(time.time()) - 3600  # whole seconds: the window edges are exact
+    step_us = PACKED_SPAN_S * 1_000_000 // 3  # queued events carry their log time in µs
     items = [
-        (_event(f"r{i}", [[60 + i, 1.0, "x"]]), base + i * PACKED_SPAN_S / 3) for i in range(9)
+        (_event(f"r{i}", [[60 + i, 1.0, "x"]]), base * 1_000_000 + i * step_us) for i in range(9)
     ]
     packs = log.packs(items)
     assert len(packs) >= 3
@@ -227,5 +229,59 @@ def test_migration_moves_rows_logged_before_packing(store_uri: str) -> None:
         ) == [1]
         with store.engine.connect() as conn:
             assert "mon_predictions" not in sa.inspect(conn).get_table_names()
+    finally:
+        store.close()
+
+
+NUMERIC = Signature(
+    inputs=[FeatureSpec(name="age", type="float"), FeatureSpec(name="creatinine", type="float")]
+)
+
+
+def test_numeric_inputs_are_stored_as_npy_and_read_back_as_json_gave_them(
+    store_uri: str,
+) -> None:
+    store = SqlRegistryStore(store_uri)
+    log = PredictionLog(
+        store.engine,
+        MonitoringSettings(flush_interval_s=60),
+        salt=SALT,
+        signature_of=lambda m, v: NUMERIC,
+    )
+    rows = [[[61.0, 0.1]], [[40.5, 1.3], [72.0, 2.7]]]
+    for i, matrix in enumerate(rows):
+        X = np.array(matrix, dtype=np.float32)
+        outputs = {"label": np.arange(len(matrix), dtype=np.int64), "score": X[:, 1] / 10}
+        context = RequestContext(request_id=f"caller-{i}")
+        log.on_prediction(
+            PredictionEvent(context, "risk", 1, ["age", "creatinine"], X, outputs, 0.001)
+        )
+    log.close()
+    try:
+        with store.engine.connect() as conn:
+            stored = conn.execute(
+                sa.select(mon_prediction_batches.c.inputs, mon_prediction_batches.c.inputs_npy)
+            ).one()
+        assert stored.inputs is None
+        assert bytes(stored.inputs_npy).startswith(b"\x93NUMPY")
+        got = _all(MonitoringStore(store.engine))
+        # float32 values come back by their shortest text, as when inputs were JSON
+        assert {k: p.inputs for k, p in got.items()} == {
+            "caller-0-0": [61.0, 0.1],
+            "caller-1-0": [40.5, 1.3],
+            "caller-1-1": [72.0, 2.7],
+        }
+        assert got["caller-1-1"].outputs["label"] == 1
+
+        config = Config()
+        config.set_main_option(
+            "script_location", str(resources.files("medserve.store") / "migrations")
+        )
+        with store.engine.connect().execution_options(medserve_write=True) as conn, conn.begin():
+            config.attributes["connection"] = conn
+            command.downgrade(config, "0006")  # the matrix goes back into the JSON column
+            text = conn.execute(sa.select(mon_prediction_batches.c.inputs)).scalar_one()
+        assert text is not None
+        assert np.allclose(np.array(orjson_loads(text)), [[61.0, 0.1], [40.5, 1.3], [72.0, 2.7]])
     finally:
         store.close()

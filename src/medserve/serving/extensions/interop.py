@@ -19,7 +19,13 @@ from medserve.interop.cds_hooks import CdsHooks, CdsService
 from medserve.interop.feedback_store import CdsStore
 from medserve.interop.http_handlers import media_handlers
 from medserve.security.guard import PRINCIPAL_SCOPE_KEY
-from medserve.serving.context import ANONYMOUS, Principal, RequestContext, new_request_id
+from medserve.serving.context import (
+    ANONYMOUS,
+    Principal,
+    RequestContext,
+    new_request_id,
+    now_us,
+)
 from medserve.serving.extensions.security import ACTION_SCOPE_KEY, visible
 
 router = APIRouter(tags=["cds-hooks"])
@@ -90,12 +96,15 @@ async def call_service(
     service = await cds.service(service_id)
     principal = _authorize(request, service, "predict")
     client = request.client
+    given = request.headers.get("x-request-id", "")[:64]
+    made = None if given else now_us()
     context = RequestContext(
-        request_id=request.headers.get("x-request-id", "")[:64] or new_request_id(),
+        request_id=given or new_request_id(made),
         protocol="cds-hooks",
         principal=principal,
         client=client.host if client else None,
         site=request.headers.get("x-site"),
+        id_time_us=made,
     )
     return await cds.call(service, body, context, _base_url(request))
 
