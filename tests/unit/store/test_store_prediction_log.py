@@ -20,7 +20,7 @@ from medserve.monitoring.prediction_log import PredictionLog
 from medserve.monitoring.store import MonitoringStore
 from medserve.registry.signature import FeatureSpec, Signature
 from medserve.security.phi import pseudonymize
-from medserve.serving.context import RequestContext, new_request_id
+from medserve.serving.context import RequestContext, local_context, new_request_id, now_us
 from medserve.serving.events import PredictionEvent
 from medserve.store.sql import SqlRegistryStore, create_engine_for
 from medserve.store.tables_monitoring import PACKED_SPAN_S, mon_prediction_batches
@@ -285,3 +285,23 @@ def test_numeric_inputs_are_stored_as_npy_and_read_back_as_json_gave_them(
         assert np.allclose(np.array(orjson_loads(text)), [[61.0, 0.1], [40.5, 1.3], [72.0, 2.7]])
     finally:
         store.close()
+
+
+def test_only_ids_that_do_not_carry_their_log_time_are_indexed(store: SqlRegistryStore) -> None:
+    log = _log(store)
+    now = now_us()
+    own = local_context("v2")  # made by medserve: its time is in the context
+    caller = RequestContext(request_id="order-77")
+    stale = RequestContext(
+        request_id=new_request_id(now - 3_600_000_000), id_time_us=now - 3_600_000_000
+    )
+    items = [(_event_for(c), now) for c in (own, caller, stale)]
+    _, by_id = log.pack("risk", 1, items)
+    log.close()
+    assert by_id == {"order-77", stale.request_id}  # an hour before its log time: by id
+
+
+def _event_for(context: RequestContext) -> PredictionEvent:
+    X = np.array([[50.0, 1.0, "x"]], dtype=object)
+    outputs = {"label": np.array([0], dtype=np.int64)}
+    return PredictionEvent(context, "risk", 1, NAMES, X, outputs, 0.001)

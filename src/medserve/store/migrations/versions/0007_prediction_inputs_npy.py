@@ -1,10 +1,10 @@
 """Monitoring: a logged batch's numeric inputs as ``.npy`` bytes (``inputs_npy``).
 
 Formatting every value as JSON cost the event loop ~1.4 µs per logged row of 30 features and
-more than doubled the bytes written; a numeric matrix is now stored as NumPy's ``.npy`` (dtype
-and shape in its header). ``inputs`` (JSON) stays for inputs that are not all numbers and for
-rows logged before this revision, so it becomes nullable. Downgrading writes the matrices back
-as JSON.
+nearly doubled the bytes written (212 against 120 bytes a row for the breast-cancer features); a
+numeric matrix is now stored as NumPy's ``.npy`` (dtype and shape in its header). ``inputs``
+(JSON) stays for inputs that are not all numbers and for rows logged before this revision, so it
+becomes nullable. Downgrading writes the matrices back as JSON.
 
 Revision ID: 0007
 Revises: 0006
