@@ -79,9 +79,10 @@ def dumps(value: Any) -> bytes:
     return orjson.dumps(value, default=_json_default, option=_JSON_OPTIONS)
 
 
-def carries_time(request_id: str, at_us: int) -> bool:
-    """Whether ``request_id`` is medserve's own, made shortly before ``at_us``."""
-    made = request_id_time_us(request_id)
+def carries_time(request_id: str, at_us: int, made_us: int | None = None) -> bool:
+    """Whether ``request_id`` is medserve's own, made shortly before ``at_us`` (``made_us``: its
+    time where the request context knows it, else read from the id)."""
+    made = request_id_time_us(request_id) if made_us is None else made_us
     return made is not None and OWN_ID_LAG_US[0] <= at_us - made <= OWN_ID_LAG_US[1]
 
 
@@ -405,12 +406,10 @@ class PredictionLog:
         patients = [pseudonym(c.patient_id) if c.patient_id else None for c in contexts]
         sites = [context.site for context in contexts]
         latency = [event.latency_s * 1000.0 for event in events]
-        low, high = OWN_ID_LAG_US
         by_id = {
             c.request_id
             for c, at in zip(contexts, stamps, strict=True)
-            if (c.id_time_us is None and not carries_time(c.request_id, at))
-            or (c.id_time_us is not None and not low <= at - c.id_time_us <= high)
+            if not carries_time(c.request_id, at, c.id_time_us)
         }
         if max(sizes) == 1:
             ids = [rid + "-0" for rid in rids]
@@ -421,6 +420,7 @@ class PredictionLog:
             patients, sites, latency = (_repeat(c, sizes) for c in (patients, sites, latency))
         encode = self._encoder(model, version)
         inputs = _stack([encode(event.inputs) for event in events])
+        numeric = type(inputs) is np.ndarray
         outputs = [event.outputs for event in events]
         row = {
             "model_name": model,
@@ -433,8 +433,8 @@ class PredictionLog:
             "patients": dumps(patients).decode() if any(patients) else None,
             "sites": dumps(sites).decode() if any(sites) else None,
             # a numeric matrix as .npy bytes: JSON would format every value (1.4 µs a row of 30)
-            "inputs": None if type(inputs) is np.ndarray else dumps(inputs).decode(),
-            "inputs_npy": npy_bytes(inputs) if type(inputs) is np.ndarray else None,
+            "inputs": None if numeric else dumps(inputs).decode(),
+            "inputs_npy": npy_bytes(inputs) if numeric else None,
             "outputs": dumps(output_columns(outputs, sizes)).decode(),
             "latency_ms": dumps(latency).decode(),
         }

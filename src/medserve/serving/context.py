@@ -22,6 +22,12 @@ def new_request_id(at_us: int | None = None) -> str:
     return f"{now_us() if at_us is None else at_us:013x}{random.getrandbits(48):012x}"
 
 
+def made_request_id() -> tuple[str, int]:
+    """A new request id and the time in it (µs), for ``RequestContext.id_time_us``."""
+    made = now_us()
+    return new_request_id(made), made
+
+
 def request_id_time_us(request_id: str) -> int | None:
     """The time ``new_request_id`` put in ``request_id`` (µs since the epoch); None where the
     id has another form (a caller's own ``X-Request-ID``, unless it happens to look the same:
@@ -68,5 +74,5 @@ class RequestContext:
 
 
 def local_context(protocol: str = "python") -> RequestContext:
-    made = now_us()
-    return RequestContext(request_id=new_request_id(made), protocol=protocol, id_time_us=made)
+    request_id, made = made_request_id()
+    return RequestContext(request_id=request_id, protocol=protocol, id_time_us=made)

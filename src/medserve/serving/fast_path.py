@@ -24,7 +24,7 @@ from medserve.errors import (
     UnsupportedMediaTypeError,
 )
 from medserve.serving import metrics
-from medserve.serving.context import RequestContext, new_request_id, now_us
+from medserve.serving.context import RequestContext, made_request_id
 from medserve.serving.data_plane import DataPlane
 from medserve.serving.http_errors import status_for
 
@@ -193,8 +193,7 @@ class HotPathApp:
         rid = _header_text(request_id, 64)
         made: int | None = None
         if not rid:
-            made = now_us()
-            rid = new_request_id(made)
+            rid, made = made_request_id()
         extra = [(b"x-request-id", rid.encode("latin-1"))]
         try:
             guard = self.state.guard

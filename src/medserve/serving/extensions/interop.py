@@ -19,13 +19,7 @@ from medserve.interop.cds_hooks import CdsHooks, CdsService
 from medserve.interop.feedback_store import CdsStore
 from medserve.interop.http_handlers import media_handlers
 from medserve.security.guard import PRINCIPAL_SCOPE_KEY
-from medserve.serving.context import (
-    ANONYMOUS,
-    Principal,
-    RequestContext,
-    new_request_id,
-    now_us,
-)
+from medserve.serving.context import ANONYMOUS, Principal, RequestContext, made_request_id
 from medserve.serving.extensions.security import ACTION_SCOPE_KEY, visible
 
 router = APIRouter(tags=["cds-hooks"])
@@ -96,10 +90,11 @@ async def call_service(
     service = await cds.service(service_id)
     principal = _authorize(request, service, "predict")
     client = request.client
-    given = request.headers.get("x-request-id", "")[:64]
-    made = None if given else now_us()
+    request_id, made = request.headers.get("x-request-id", "")[:64], None
+    if not request_id:
+        request_id, made = made_request_id()
     context = RequestContext(
-        request_id=given or new_request_id(made),
+        request_id=request_id,
         protocol="cds-hooks",
         principal=principal,
         client=client.host if client else None,
