@@ -41,7 +41,7 @@ test: lint typecheck unit
 
 bench: $(STAMP_DEV)
 	$(BIN)/python -m benchmarks.run
-	$(BIN)/python -m benchmarks.governance --log-only --rounds 12 --seconds 3 \
+	$(BIN)/python -m benchmarks.governance --log-only --restarts 3 --rounds 8 --seconds 3 \
 		--out benchmarks/results/prediction-log-cost.md
 
 clean:

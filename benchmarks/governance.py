@@ -5,6 +5,9 @@ on. Both stay up, and wrk loads them in turn (single-row v2 requests, c=32), one
 other in each round, the order reversed every round: on a shared, noisy machine whose speed
 drifts by more than the effect measured, the on/off ratio of one round is what is meaningful,
 and the median over rounds is the figure. An idle server costs nothing to the loaded one.
+A server pair also keeps a speed of its own for as long as it runs (measured: medians of 88% to
+99% for the same build, one pair after another), so ``--restarts N`` starts N pairs in turn and
+the figure is the median over all their rounds, with a 95% bootstrap interval.
 ``--profile DIR`` records py-spy (collapsed stacks per thread, from every worker process)
 during each load.
 
@@ -18,6 +21,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import random
 import shutil
 import statistics
 import subprocess
@@ -25,7 +29,7 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks.procs import free_port, process_tree, running
+from benchmarks.procs import BenchError, free_port, process_tree, running
 from benchmarks.servers import CACHE, Medserve, v2_body
 from benchmarks.training import MODEL_NAMES, load_data
 from benchmarks.wrk import Load, ensure_wrk, run_wrk
@@ -38,7 +42,8 @@ def _py_spy(pids: list[int], seconds: float, out: Path) -> list[subprocess.Popen
     procs = []
     for pid in pids:
         command = [exe, "record", "--pid", str(pid), "--duration", str(max(1, round(seconds)))]
-        command += ["--rate", "200", "--threads", "--format", "raw", "-o", str(out / f"{pid}.txt")]
+        command += ["--rate", "200", "--threads", "--nonblocking", "--format", "raw"]
+        command += ["-o", str(out / f"{pid}.txt")]
         procs.append(
             subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         )
@@ -97,49 +102,52 @@ def _measure(
         }
         shown = ", ".join(f"{k} {v:.0f}" for k, v in sorted(per.items()))
         print(f"  cpu µs/request ({side}): total {sum(per.values()):.0f}: {shown}")
-    bad = f", {result.non_2xx} non-2xx" if result.non_2xx else ""
+    if result.non_2xx or result.socket_errors:
+        raise BenchError(
+            f"{side} {model}: {result.non_2xx} non-2xx responses, {result.socket_errors} "
+            f"socket errors: a ratio of failing requests would mean nothing"
+        )
     print(
         f"round {rnd} {side:3} {model}: {result.rps:,.0f} req/s, "
-        f"p50 {result.p50_ms:.2f} ms, p99 {result.p99_ms:.2f} ms{bad}",
+        f"p50 {result.p50_ms:.2f} ms, p99 {result.p99_ms:.2f} ms",
         flush=True,
     )
     return result.rps
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--seconds", type=float, default=5.0, help="length of each c=32 load")
-    parser.add_argument("--rounds", type=int, default=2, help="off/on pairs")
-    parser.add_argument("--models", default=",".join(MODEL_NAMES))
-    parser.add_argument("--only", choices=["on", "off", "both"], default="both")
-    parser.add_argument("--profile", type=Path, help="py-spy the workers here (each side)")
-    parser.add_argument("--env", action="append", default=[], help="extra KEY=VALUE for 'on'")
-    parser.add_argument(
-        "--log-only",
-        action="store_true",
-        help="'on' is the prediction log alone (security off on both sides): issue 6's budget",
-    )
-    parser.add_argument("--out", type=Path, help="also write the ratios here (markdown)")
-    parser.add_argument(
-        "--cpu", action="store_true", help="CPU µs per request, per worker thread (Linux)"
-    )
-    args = parser.parse_args(argv)
-    wrk = ensure_wrk()
-    os.environ.pop("MEDSERVE_SECURITY", None)
-    server = Medserve()
-    server.prepare()  # fresh home, models registered, an app key in BENCH_AUTHORIZATION
-    x, _ = load_data()
-    models = [m.strip() for m in args.models.split(",") if m.strip()]
-    body_dir = CACHE / "work" / "governance"
-    body_dir.mkdir(parents=True, exist_ok=True)
-    body = body_dir / "one-row.json"
-    body.write_bytes(v2_body(x.iloc[:1]))
+def _median_interval(
+    by_restart: list[list[float]], rng: random.Random, draws: int = 2000
+) -> tuple[float, float]:
+    """95% bootstrap interval of the median ratio: restarts resampled, then rounds within each.
+
+    Two stages because a server pair has its own speed for as long as it runs (hash seeds,
+    memory layout, how the kernel spreads its threads): rounds of one pair are not independent
+    draws, so resampling only rounds would give too narrow an interval.
+    """
+    medians = []
+    for _ in range(draws):
+        pooled: list[float] = []
+        for ratios in rng.choices(by_restart, k=len(by_restart)):
+            pooled.extend(rng.choices(ratios, k=len(ratios)))
+        medians.append(statistics.median(pooled))
+    medians.sort()
+    return medians[int(0.025 * draws)], medians[int(0.975 * draws) - 1]
+
+
+def _run_pair(
+    args: argparse.Namespace,
+    server: Medserve,
+    wrk: str,
+    body: Path,
+    body_dir: Path,
+    models: list[str],
+    sides: list[str],
+    extra: dict[str, str],
+    restart: int,
+    results: dict[tuple[int, int, str, str], float],
+) -> None:
+    """Start both servers, load them in turn for every round, stop them."""
     warm = Load(2, 32, 1.0)
-    extra = dict(item.split("=", 1) for item in args.env)
-    if args.log_only:
-        extra.setdefault("MEDSERVE_SECURITY", "false")
-    sides = {"both": ["off", "on"], "on": ["on"], "off": ["off"]}[args.only]
-    results: dict[tuple[int, str, str], float] = {}
     with contextlib.ExitStack() as stack:
         bases: dict[str, str] = {}
         roots: dict[str, int] = {}
@@ -164,21 +172,77 @@ def main(argv: list[str] | None = None) -> int:
                 # off/on, then on/off: a machine that speeds up or slows down during the run
                 # favours neither side
                 for side in sides if rnd % 2 == 0 else sides[::-1]:
-                    results[(rnd, side, model)] = _measure(
+                    results[(restart, rnd, side, model)] = _measure(
                         args, wrk, body, body_dir, bases[side], roots[side], model, rnd, side
                     )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--seconds", type=float, default=5.0, help="length of each c=32 load")
+    parser.add_argument("--rounds", type=int, default=2, help="off/on pairs per restart")
+    parser.add_argument(
+        "--restarts", type=int, default=1, help="server pairs started one after the other"
+    )
+    parser.add_argument("--models", default=",".join(MODEL_NAMES))
+    parser.add_argument("--only", choices=["on", "off", "both"], default="both")
+    parser.add_argument("--profile", type=Path, help="py-spy the workers here (each side)")
+    parser.add_argument("--env", action="append", default=[], help="extra KEY=VALUE for 'on'")
+    parser.add_argument(
+        "--log-only",
+        action="store_true",
+        help="'on' is the prediction log alone (security off on both sides): issue 6's budget",
+    )
+    parser.add_argument("--out", type=Path, help="also write the ratios here (markdown)")
+    parser.add_argument(
+        "--cpu", action="store_true", help="CPU µs per request, per worker thread (Linux)"
+    )
+    args = parser.parse_args(argv)
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    unknown = sorted(set(models) - set(MODEL_NAMES))
+    if unknown:
+        parser.error(f"--models: {', '.join(unknown)} not among {', '.join(MODEL_NAMES)}")
+    wrk = ensure_wrk()
+    os.environ.pop("MEDSERVE_SECURITY", None)
+    server = Medserve()
+    server.prepare()  # fresh home, models registered, an app key in BENCH_AUTHORIZATION
+    x, _ = load_data()
+    body_dir = CACHE / "work" / "governance"
+    body_dir.mkdir(parents=True, exist_ok=True)
+    body = body_dir / "one-row.json"
+    body.write_bytes(v2_body(x.iloc[:1]))
+    extra = dict(item.split("=", 1) for item in args.env)
+    if args.log_only:
+        extra.setdefault("MEDSERVE_SECURITY", "false")
+    sides = {"both": ["off", "on"], "on": ["on"], "off": ["off"]}[args.only]
+    results: dict[tuple[int, int, str, str], float] = {}
+    for restart in range(args.restarts):
+        if args.restarts > 1:
+            print(f"-- server pair {restart + 1} of {args.restarts}", flush=True)
+        _run_pair(args, server, wrk, body, body_dir, models, sides, extra, restart, results)
     if len(sides) == 2:
         what = "prediction log only" if args.log_only else "governance"
-        lines = [f"{what} on / off, same round (median over {args.rounds} rounds):"]
+        lines = [
+            f"{what} on / off, same round: median of {args.rounds} rounds x {args.restarts} "
+            "server pair(s), 95% bootstrap interval"
+        ]
+        rng = random.Random(0)
         for model in models:
-            ratios = [
-                results[(r, "on", model)] / results[(r, "off", model)]
-                for r in range(args.rounds)
-                if results.get((r, "off", model))
+            by_restart = [
+                [
+                    results[(k, r, "on", model)] / results[(k, r, "off", model)]
+                    for r in range(args.rounds)
+                ]
+                for k in range(args.restarts)
             ]
-            shown = ", ".join(f"{v:.0%}" for v in ratios)
-            middle = f"median {statistics.median(ratios):.0%}: " if ratios else ""
-            lines.append(f"  {model}: {middle}{shown}")
+            pooled = [v for ratios in by_restart for v in ratios]
+            low, high = _median_interval(by_restart, rng)
+            lines.append(
+                f"  {model}: median {statistics.median(pooled):.1%} ({low:.1%} - {high:.1%})"
+            )
+            for k, ratios in enumerate(by_restart):
+                shown = ", ".join(f"{v:.0%}" for v in ratios)
+                lines.append(f"    pair {k + 1}: median {statistics.median(ratios):.0%}: {shown}")
         print("\n".join(lines))
         if args.out:
             command = "python -m benchmarks.governance " + " ".join(argv or sys.argv[1:])
