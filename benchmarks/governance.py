@@ -120,9 +120,9 @@ def _median_interval(
 ) -> tuple[float, float]:
     """95% bootstrap interval of the median ratio: restarts resampled, then rounds within each.
 
-    Two stages because a server pair has its own speed for as long as it runs (hash seeds,
-    memory layout, how the kernel spreads its threads): rounds of one pair are not independent
-    draws, so resampling only rounds would give too narrow an interval.
+    Two stages because a server pair keeps a speed of its own for as long as it runs (measured;
+    hash seeds or memory layout would do it, not shown which): rounds of one pair are not
+    independent draws, so resampling only rounds would give too narrow an interval.
     """
     medians = []
     for _ in range(draws):
