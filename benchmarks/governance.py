@@ -5,9 +5,10 @@ on. Both stay up, and wrk loads them in turn (single-row v2 requests, c=32), one
 other in each round, the order reversed every round: on a shared, noisy machine whose speed
 drifts by more than the effect measured, the on/off ratio of one round is what is meaningful,
 and the median over rounds is the figure. An idle server costs nothing to the loaded one.
-A server pair also keeps a speed of its own for as long as it runs (measured: medians of 88% to
-99% for the same build, one pair after another), so ``--restarts N`` starts N pairs in turn and
-the figure is the median over all their rounds, with a 95% bootstrap interval.
+A server pair also keeps a speed of its own for as long as it runs (measured: four pairs of one
+build, one after the other, gave LogisticRegression medians of 91%, 93%, 103% and 91%), so
+``--restarts N`` starts N pairs in turn and the figure is the median over all their rounds, with
+a 95% bootstrap interval.
 ``--profile DIR`` records py-spy (collapsed stacks per thread, from every worker process)
 during each load.
 
