@@ -28,12 +28,13 @@ import statistics
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from benchmarks.procs import BenchError, free_port, process_tree, running
 from benchmarks.servers import CACHE, Medserve, v2_body
 from benchmarks.training import MODEL_NAMES, load_data
-from benchmarks.wrk import Load, ensure_wrk, run_wrk
+from benchmarks.wrk import Load, WrkResult, ensure_wrk, run_wrk
 
 OFF = {"MEDSERVE_SECURITY": "false", "MEDSERVE_MONITOR_LOG_PREDICTIONS": "false"}
 
@@ -70,18 +71,25 @@ def _thread_cpu(pids: list[int]) -> dict[str, float]:
     return out
 
 
-def _measure(
-    args: argparse.Namespace,
-    wrk: str,
-    body: Path,
-    body_dir: Path,
-    base: str,
-    root: int,
-    model: str,
-    rnd: int,
-    side: str,
-) -> float:
+@dataclass(frozen=True)
+class _Bench:
+    """What every load of a run shares: the options, wrk, the request body, the servers' setup."""
+
+    args: argparse.Namespace
+    wrk: str
+    body: Path
+    server: Medserve
+    models: list[str]
+    sides: list[str]
+    extra: dict[str, str]  # environment of the 'on' side
+
+    def load(self, url: str, load: Load) -> WrkResult:
+        return run_wrk(self.wrk, url, self.body, load, self.body.parent)
+
+
+def _measure(bench: _Bench, base: str, root: int, model: str, rnd: int, side: str) -> float:
     """One load on one side: req/s (CPU per request per thread and py-spy when asked)."""
+    args = bench.args
     url = f"{base}/v2/models/{model}/infer"
     workers = process_tree(root)[1:]
     spies = []
@@ -90,7 +98,7 @@ def _measure(
         out.mkdir(parents=True, exist_ok=True)
         spies = _py_spy(workers, args.seconds, out)
     before = _thread_cpu(workers) if args.cpu else {}
-    result = run_wrk(wrk, url, body, Load(2, 32, args.seconds), body_dir)
+    result = bench.load(url, Load(2, 32, args.seconds))
     for spy in spies:
         spy.wait(30)
     if args.cpu:
@@ -135,26 +143,16 @@ def _median_interval(
     return medians[int(0.025 * draws)], medians[int(0.975 * draws) - 1]
 
 
-def _run_pair(
-    args: argparse.Namespace,
-    server: Medserve,
-    wrk: str,
-    body: Path,
-    body_dir: Path,
-    models: list[str],
-    sides: list[str],
-    extra: dict[str, str],
-    restart: int,
-    results: dict[tuple[int, int, str, str], float],
-) -> None:
+def _run_pair(bench: _Bench, restart: int, results: dict[tuple[int, int, str, str], float]) -> None:
     """Start both servers, load them in turn for every round, stop them."""
     warm = Load(2, 32, 1.0)
+    sides = bench.sides
     with contextlib.ExitStack() as stack:
         bases: dict[str, str] = {}
         roots: dict[str, int] = {}
         for side in sides:  # one after the other: the first migrates the shared home
-            ((port, launch),) = server.launches(free_port)
-            env = {**launch.env, **(OFF if side == "off" else extra)}
+            ((port, launch),) = bench.server.launches(free_port)
+            env = {**launch.env, **(OFF if side == "off" else bench.extra)}
             base = f"http://127.0.0.1:{port}"
             proc = stack.enter_context(
                 running(
@@ -166,15 +164,15 @@ def _run_pair(
                 )
             )
             bases[side], roots[side] = base, proc.process.pid
-        for model in models:
+        for model in bench.models:
             for side in sides:  # warm-up: first requests, ONNX sessions, the log's first write
-                run_wrk(wrk, f"{bases[side]}/v2/models/{model}/infer", body, warm, body_dir)
-            for rnd in range(args.rounds):
+                bench.load(f"{bases[side]}/v2/models/{model}/infer", warm)
+            for rnd in range(bench.args.rounds):
                 # off/on, then on/off: a machine that speeds up or slows down during the run
                 # favours neither side
                 for side in sides if rnd % 2 == 0 else sides[::-1]:
                     results[(restart, rnd, side, model)] = _measure(
-                        args, wrk, body, body_dir, bases[side], roots[side], model, rnd, side
+                        bench, bases[side], roots[side], model, rnd, side
                     )
 
 
@@ -216,11 +214,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.log_only:
         extra.setdefault("MEDSERVE_SECURITY", "false")
     sides = {"both": ["off", "on"], "on": ["on"], "off": ["off"]}[args.only]
+    bench = _Bench(args, wrk, body, server, models, sides, extra)
     results: dict[tuple[int, int, str, str], float] = {}
     for restart in range(args.restarts):
         if args.restarts > 1:
             print(f"-- server pair {restart + 1} of {args.restarts}", flush=True)
-        _run_pair(args, server, wrk, body, body_dir, models, sides, extra, restart, results)
+        _run_pair(bench, restart, results)
     if len(sides) == 2:
         what = "prediction log only" if args.log_only else "governance"
         lines = [

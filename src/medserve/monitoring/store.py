@@ -19,7 +19,7 @@ from sqlalchemy.exc import OperationalError
 
 from medserve.errors import InvalidRequestError, NotFoundError, StoreError
 from medserve.monitoring.config import ModelMonitoringConfig
-from medserve.monitoring.prediction_log import EPOCH, OWN_ID_LAG_US, npy_rows
+from medserve.monitoring.prediction_log import EPOCH, OWN_ID_LAG_US, from_us, npy_rows
 from medserve.serving.context import request_id_time_us
 from medserve.store.base import RegistryStore
 from medserve.store.tables_monitoring import (
@@ -251,8 +251,8 @@ class MonitoringStore:
         )
         made_us = request_id_time_us(request_id)
         if made_us is not None:  # the batches that can hold it: logged up to 15 minutes later
-            made = EPOCH + timedelta(microseconds=made_us + OWN_ID_LAG_US[0])
-            late = EPOCH + timedelta(microseconds=made_us + OWN_ID_LAG_US[1])
+            made = from_us(made_us + OWN_ID_LAG_US[0])
+            late = from_us(made_us + OWN_ID_LAG_US[1])
             seqs.update(conn.execute(sa.select(b.c.seq).where(_overlapping(made, late))).scalars())
         missing = [s for s in seqs if s not in seen]
         if missing:
@@ -479,7 +479,7 @@ def _unpack(
             id=ids[i],
             model_name=batch["model_name"],
             version=batch["version"],
-            at=EPOCH + timedelta(microseconds=times[i]),
+            at=from_us(times[i]),
             patient=patients[i],
             site=sites[i],
             inputs=inputs[i],

@@ -40,7 +40,7 @@ mon_prediction_batches = Table(
     Column("last_at", DateTime(timezone=True), nullable=False),
     Column("n", Integer, nullable=False),
     Column("ids", Text, nullable=False),  # JSON [prediction id, ...]
-    Column("times", Text, nullable=False),  # JSON [unix seconds, ...]
+    Column("times", Text, nullable=False),  # JSON [µs since the epoch, ...]
     Column("patients", Text, nullable=True),  # JSON [pseudonym | null, ...]; NULL: none given
     Column("sites", Text, nullable=True),  # JSON [site | null, ...]; NULL: none given
     # In signature order: a numeric matrix as .npy bytes, other inputs as JSON [[value, ...], ...]
