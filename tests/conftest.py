@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from tests.support import ServerProcess, start_server
 
-from medserve.registry.service import Registry
-from medserve.settings import Settings
+from medserve.core.registry.service import Registry
+from medserve.core.settings import Settings
 
 
 @pytest.fixture
@@ -31,7 +31,7 @@ def registry(home: Path) -> Iterator[Registry]:
 @pytest.fixture(scope="session")
 def demo_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A home with the demo models registered once for the whole session (read-only use)."""
-    from medserve.demo import register_demo_models
+    from medserve.faces.demo import register_demo_models
 
     path = tmp_path_factory.mktemp("demo-home")
     reg = Registry.open(Settings(home=path))

@@ -46,9 +46,9 @@ class ServerProcess:
 
 def create_key(home: Path, roles: list[str], name: str = "test", **kwargs: Any) -> str:
     """A new API key in ``home`` (made before or while a server runs there)."""
-    from medserve.registry.service import Registry
-    from medserve.security.keys import SecurityStore
-    from medserve.settings import Settings
+    from medserve.core.registry.service import Registry
+    from medserve.core.settings import Settings
+    from medserve.features.security.keys import SecurityStore
 
     registry = Registry.open(Settings(home=home))
     try:

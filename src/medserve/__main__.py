@@ -1,3 +1,3 @@
-from medserve.cli import app
+from medserve.faces.cli import app
 
 app()

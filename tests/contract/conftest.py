@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from tests.support import ServerProcess
 
-from medserve.demo import DemoModel, demo_models
+from medserve.faces.demo import DemoModel, demo_models
 
 
 class Reference:

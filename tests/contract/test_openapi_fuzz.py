@@ -29,7 +29,7 @@ import httpx
 import pytest
 from tests.support import ServerProcess, start_server
 
-from medserve.demo import demo_models
+from medserve.faces.demo import demo_models
 
 REPO = Path(__file__).resolve().parents[2]
 SEED = 20240605

@@ -1,4 +1,5 @@
-"""medserve's own SDK (``medserve.client``) against a real server process over the demo models."""
+"""medserve's own SDK (``medserve.faces.client``)
+against a real server process over the demo models."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from medserve.client import (
+from medserve.faces.client import (
     AsyncClient,
     BadRequest,
     Client,

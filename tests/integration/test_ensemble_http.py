@@ -17,9 +17,9 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from tests.support import ServerProcess, start_server
 
-from medserve.composition.register import register_ensemble
-from medserve.registry.service import Registry
-from medserve.settings import Settings
+from medserve.core.registry.service import Registry
+from medserve.core.settings import Settings
+from medserve.features.composition.register import register_ensemble
 
 FRAME, TARGET = load_breast_cancer(as_frame=True, return_X_y=True)
 LR_COLUMNS = list(FRAME.columns[:10])

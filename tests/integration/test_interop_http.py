@@ -23,15 +23,15 @@ from fhir.resources.R4B.operationoutcome import OperationOutcome
 from fhir.resources.R4B.riskassessment import RiskAssessment
 from tests.support import ServerProcess, auth, create_key, free_port, start_server
 
-from medserve.interop.demo import (
+from medserve.core.registry.service import Registry
+from medserve.core.settings import Settings
+from medserve.faces.demo.interop import (
     MODEL,
     example_bundle,
     example_hook_request,
     example_resources,
     register_cardio_model,
 )
-from medserve.registry.service import Registry
-from medserve.settings import Settings
 
 FHIR = "application/fhir+json"
 GLUCOSE_PER_MMOL = 18.0156
@@ -436,7 +436,7 @@ def test_feature_map_set_from_the_cli_applies_without_restart(
 ) -> None:
     from sklearn.linear_model import LogisticRegression
 
-    from medserve.interop.demo import FEATURES, FHIR_MAP, synthetic_cohort
+    from medserve.faces.demo.interop import FEATURES, FHIR_MAP, synthetic_cohort
 
     cohort = synthetic_cohort(400)
     registry = Registry.open(Settings(home=server.home))

@@ -14,16 +14,16 @@ from sklearn.linear_model import LogisticRegression
 from tests.support import ServerProcess, start_server
 from tests.unit.modalities.helpers import ct_with_phi, dicom_file, phi_strings, text_bundle
 
-from medserve.modalities.demo import image_bundle_path
-from medserve.modalities.register import (
+from medserve.core.registry.service import Registry
+from medserve.core.settings import Settings
+from medserve.faces.demo.modalities import image_bundle_path
+from medserve.features.modalities.register import (
     register_image_bundle,
     register_sequence_model,
     register_text_model,
 )
-from medserve.modalities.sequence import KmerFeaturizer, KmerSpec
-from medserve.modalities.sequence_demo_data import MOTIF, sequences
-from medserve.registry.service import Registry
-from medserve.settings import Settings
+from medserve.features.modalities.sequence import KmerFeaturizer, KmerSpec
+from medserve.features.modalities.sequence_demo_data import MOTIF, sequences
 
 
 @pytest.fixture(scope="module")

@@ -9,10 +9,10 @@ from rich.console import Console
 from tests.integration.test_monitoring_http import _register
 from tests.support import start_server
 
-from medserve.monitoring.drift_demo import run_drift_demo
-from medserve.monitoring.store import MonitoringStore
-from medserve.registry.service import Registry
-from medserve.settings import Settings
+from medserve.core.registry.service import Registry
+from medserve.core.settings import Settings
+from medserve.core.store.monitoring import MonitoringStore
+from medserve.faces.demo.drift import run_drift_demo
 
 
 def test_drift_demo_fires_one_alert_and_writes_the_report(tmp_path: Path) -> None:

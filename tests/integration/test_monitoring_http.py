@@ -13,10 +13,10 @@ import httpx
 import pytest
 from tests.support import ServerProcess, start_server
 
-from medserve.monitoring.store import MonitoringStore
-from medserve.registry.service import Registry
-from medserve.security.phi import load_or_create_salt, pseudonymize
-from medserve.settings import Settings
+from medserve.core.phi import load_or_create_salt, pseudonymize
+from medserve.core.registry.service import Registry
+from medserve.core.settings import Settings
+from medserve.core.store.monitoring import MonitoringStore
 
 MODEL = "breast-cancer"
 RAW_PATIENT = "MRN-778899"
@@ -27,8 +27,8 @@ def _register(home: Path) -> list[dict[str, float]]:
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    from medserve.demo import breast_cancer_frame
-    from medserve.registry.signature import infer_signature
+    from medserve.core.registry.signature import infer_signature
+    from medserve.faces.demo import breast_cancer_frame
 
     X, y = breast_cancer_frame()
     model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000)).fit(X, y)

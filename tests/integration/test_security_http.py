@@ -17,12 +17,12 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from tests.support import ServerProcess, auth, create_key, start_server
 from typer.testing import CliRunner
 
-from medserve.cli import app as cli_app
-from medserve.registry.service import Registry
-from medserve.security.audit import AuditLog
-from medserve.security.keys import SecurityStore
-from medserve.security.phi import load_or_create_salt, pseudonymize
-from medserve.settings import Settings
+from medserve.core.audit import AuditLog
+from medserve.core.phi import load_or_create_salt, pseudonymize
+from medserve.core.registry.service import Registry
+from medserve.core.settings import Settings
+from medserve.faces.cli import app as cli_app
+from medserve.features.security.keys import SecurityStore
 
 ISSUER = "https://idp.test"
 AUDIENCE = "medserve-tests"
@@ -71,7 +71,7 @@ def store_for(home: Path) -> tuple[Registry, SecurityStore]:
 
 
 def one_record() -> dict[str, float]:
-    from medserve.demo import demo_models
+    from medserve.faces.demo import demo_models
 
     demo = next(d for d in demo_models() if d.name == BC)
     return {str(k): float(v) for k, v in demo.frame.iloc[0].items()}

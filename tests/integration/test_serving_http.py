@@ -11,7 +11,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from tests.support import ServerProcess
 
-from medserve.demo import demo_models
+from medserve.faces.demo import demo_models
 
 pytestmark = pytest.mark.usefixtures("demo_server")
 

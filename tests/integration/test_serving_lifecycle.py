@@ -21,9 +21,9 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from tests.support import start_server
 
-from medserve.demo import breast_cancer_frame, demo_models
-from medserve.registry.service import Registry
-from medserve.settings import Settings
+from medserve.core.registry.service import Registry
+from medserve.core.settings import Settings
+from medserve.faces.demo import breast_cancer_frame, demo_models
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ from sklearn.datasets import load_breast_cancer
 from sklearn.linear_model import LogisticRegression
 from typer.testing import CliRunner
 
-from medserve.cli import app
+from medserve.faces.cli import app
 
 runner = CliRunner()
 

@@ -18,7 +18,7 @@ import numpy as np
 import orjson
 import pytest
 
-from medserve.client import (
+from medserve.faces.client import (
     AsyncClient,
     BadRequest,
     Client,

@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from medserve.serving.loaded_model import BatchingConfig
+from medserve.core.loaded_model import BatchingConfig
 
 Predict = Callable[[np.ndarray], dict[str, np.ndarray]]
 Observer = Callable[[int], None]

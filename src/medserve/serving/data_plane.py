@@ -13,14 +13,13 @@ from typing import Any
 import numpy as np
 
 from medserve import __version__
-from medserve.errors import InvalidRequestError, ModelLoadError, ModelUnavailableError
-from medserve.registry.entities import ModelVersion
+from medserve.core.context import RequestContext, local_context
+from medserve.core.errors import InvalidRequestError, ModelLoadError, ModelUnavailableError
+from medserve.core.events import PredictionEvent, PredictionObserver
+from medserve.core.loaded_model import LoadedModel
 from medserve.serving.batching import AdaptiveBatcher
-from medserve.serving.context import RequestContext, local_context
-from medserve.serving.events import PredictionEvent, PredictionObserver
-from medserve.serving.loaded_model import LoadedModel
 from medserve.serving.metrics import ModelMetrics
-from medserve.serving.model_manager import ModelManager, load_version
+from medserve.serving.model_manager import ModelManager
 from medserve.serving.protocols import oip_v2
 
 DEFAULT_REF = "production"
@@ -171,7 +170,7 @@ class DataPlane:
         response = model.records_response(outputs)
         response["request_id"] = context.request_id
         if body.get("explain") is True or context.explain:
-            from medserve.explain.service import service_for
+            from medserve.features.explain.service import service_for
 
             target = body.get("class")
             response["explanation"] = await asyncio.to_thread(
@@ -190,10 +189,3 @@ class DataPlane:
         for name, alias, number in self.manager.served():
             by_model.setdefault(name, {})[alias] = number
         return [{"name": name, "aliases": aliases} for name, aliases in sorted(by_model.items())]
-
-
-def load_version_locally(registry: Any, version: ModelVersion) -> LoadedModel:
-    """Load a version in-process (``medserve predict``), with the same checks as the server."""
-    return load_version(
-        registry.artifacts, version, intra_op_threads=registry.settings.onnx_intra_op_threads
-    )

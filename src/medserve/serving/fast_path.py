@@ -16,7 +16,8 @@ from urllib.parse import parse_qs
 
 import orjson
 
-from medserve.errors import (
+from medserve.core.context import RequestContext, made_request_id
+from medserve.core.errors import (
     InvalidRequestError,
     MedserveError,
     PayloadTooLargeError,
@@ -24,7 +25,6 @@ from medserve.errors import (
     UnsupportedMediaTypeError,
 )
 from medserve.serving import metrics
-from medserve.serving.context import RequestContext, made_request_id
 from medserve.serving.data_plane import DataPlane
 from medserve.serving.http_errors import status_for
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import MutableMapping
 from typing import Any, Protocol
 
-from medserve.serving.context import ANONYMOUS, Principal
+from medserve.core.context import ANONYMOUS, Principal
 
 
 class Guard(Protocol):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from medserve import errors
+from medserve.core import errors
 
 _STATUS: list[tuple[type[errors.MedserveError], int]] = [
     (errors.AuthenticationError, 401),

@@ -13,52 +13,20 @@ import dataclasses
 import logging
 import threading
 from collections import OrderedDict
-from pathlib import Path
 
-from medserve.artifacts import ArtifactStore
-from medserve.errors import (
+from medserve.core.artifacts import ArtifactStore
+from medserve.core.errors import (
     AliasNotFoundError,
     MedserveError,
-    ModelLoadError,
     ModelUnavailableError,
 )
-from medserve.registry.entities import ModelVersion
-from medserve.registry.signature import Signature
-from medserve.serving.loaded_model import LoadedModel
-from medserve.store.base import RegistryStore
+from medserve.core.loaded_model import LoadedModel, load_version
+from medserve.core.registry.signature import Signature
+from medserve.core.store.base import RegistryStore
 
 log = logging.getLogger(__name__)
 
 Key = tuple[str, int]
-
-
-def load_version(
-    artifacts: ArtifactStore, version: ModelVersion, *, intra_op_threads: int = 1
-) -> LoadedModel:
-    """Load one version into its runtime, verifying the artifact's sha256 first."""
-    from medserve.runtimes.loader import load_runtime
-
-    try:
-        path: Path = artifacts.path(version.artifact_sha256)
-        runtime = load_runtime(
-            version.flavor,
-            path,
-            intra_op_threads=intra_op_threads,
-            # pickle versions exist only if an admin registered them with the trust flag
-            trust_pickle=version.flavor == "pickle",
-            artifacts=artifacts,  # ensembles load their members from the store
-        )
-        signature = Signature.model_validate(version.signature)
-        return LoadedModel(version, runtime, signature, runtime.metadata())
-    except MedserveError as exc:
-        raise ModelLoadError(
-            f"model {version.model_name!r} version {version.version} failed to load: {exc.message}"
-        ) from exc
-    except Exception as exc:
-        raise ModelLoadError(
-            f"model {version.model_name!r} version {version.version} failed to load: "
-            f"{type(exc).__name__}"
-        ) from exc
 
 
 class ModelManager:

@@ -24,8 +24,8 @@ from typing import Any
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from medserve.errors import InvalidRequestError
-from medserve.settings import Settings
+from medserve.core.errors import InvalidRequestError
+from medserve.core.settings import Settings
 
 
 class NoDelayHttpToolsProtocol(HttpToolsProtocol):
@@ -41,12 +41,6 @@ def tune_gc() -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(50_000, 20, 20)
-
-
-def app_factory() -> Any:
-    from medserve.serving.app import create_app
-
-    return create_app(Settings())
 
 
 def _is_loopback(host: str) -> bool:
@@ -91,7 +85,9 @@ def _tls_options(settings: Settings) -> dict[str, Any]:
     return options
 
 
-def run_server(settings: Settings) -> None:
+def run_server(settings: Settings, app_factory: str) -> None:
+    """Serve ``app_factory`` (``module:callable`` building the ASGI app from the environment) in
+    uvicorn workers: the faces layer names its app, so this backend imports nothing above it."""
     check_exposure(settings)
     tls = _tls_options(settings)
     settings.home.mkdir(parents=True, exist_ok=True)
@@ -99,7 +95,7 @@ def run_server(settings: Settings) -> None:
     # Workers rebuild Settings from the environment: carry what the command line decided.
     os.environ["MEDSERVE_SECURITY"] = "true" if settings.security else "false"
     os.environ["MEDSERVE_WORKERS"] = str(settings.workers)
-    from medserve.registry.service import Registry
+    from medserve.core.registry.service import Registry
 
     Registry.open(settings).close()  # migrate once here, not in every worker
     os.environ["MEDSERVE_MIGRATE_ON_START"] = "false"
@@ -109,7 +105,7 @@ def run_server(settings: Settings) -> None:
         metrics_dir.mkdir(parents=True)
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir.resolve())
     uvicorn.run(
-        "medserve.serving.server:app_factory",
+        app_factory,
         factory=True,
         host=settings.host,
         port=settings.port,

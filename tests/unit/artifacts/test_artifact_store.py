@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from medserve.artifacts import ArtifactStore
-from medserve.errors import ArtifactIntegrityError, InvalidRequestError, NotFoundError
+from medserve.core.artifacts import ArtifactStore
+from medserve.core.errors import ArtifactIntegrityError, InvalidRequestError, NotFoundError
 
 
 def _flip_a_byte(path: Path) -> None:
@@ -91,8 +91,8 @@ def test_a_tampered_model_never_reaches_a_runtime(store: ArtifactStore) -> None:
     from sklearn.datasets import load_breast_cancer
     from sklearn.linear_model import LogisticRegression
 
-    from medserve.runtimes.convert import convert_sklearn_to_onnx
-    from medserve.runtimes.loader import load_runtime
+    from medserve.core.runtimes.convert import convert_sklearn_to_onnx
+    from medserve.core.runtimes.loader import load_runtime
 
     features, y = load_breast_cancer(return_X_y=True)
     model = LogisticRegression(max_iter=5000).fit(features, y)

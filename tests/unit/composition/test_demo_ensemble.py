@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 from sklearn.datasets import load_breast_cancer
 
-from medserve.composition.demo import ENSEMBLE_MODEL, MEMBERS, register_demo_ensemble
-from medserve.registry.service import Registry
-from medserve.serving.model_manager import load_version
-from medserve.settings import Settings
+from medserve.core.loaded_model import load_version
+from medserve.core.registry.service import Registry
+from medserve.core.settings import Settings
+from medserve.faces.demo.composition import ENSEMBLE_MODEL, MEMBERS, register_demo_ensemble
 
 
 def test_demo_ensemble_is_production_and_averages_the_demo_models(

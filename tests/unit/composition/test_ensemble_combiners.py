@@ -7,7 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from medserve.composition.ensemble import (
+from medserve.core.errors import InvalidRequestError
+from medserve.features.composition.ensemble import (
     LOGIT_EPS,
     EnsembleSpec,
     PinnedMember,
@@ -17,7 +18,6 @@ from medserve.composition.ensemble import (
     member_keys,
     sigmoid,
 )
-from medserve.errors import InvalidRequestError
 
 
 def test_weighted_mean_of_probabilities_and_each_share() -> None:

@@ -18,21 +18,20 @@ from sklearn.linear_model import LinearRegression, LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import OneHotEncoder
 
-from medserve.composition.register import register_ensemble
-from medserve.errors import (
+from medserve.core.errors import (
     AliasNotFoundError,
     InvalidRequestError,
     ModelLoadError,
     ModelNotFoundError,
     VersionNotFoundError,
 )
-from medserve.monitoring.store import MonitoringStore
-from medserve.registry.service import Registry
-from medserve.registry.signature import FeatureSpec, Signature
-from medserve.serving.loaded_model import LoadedModel
-from medserve.serving.model_manager import load_version
+from medserve.core.loaded_model import LoadedModel, load_version
+from medserve.core.registry.service import Registry
+from medserve.core.registry.signature import FeatureSpec, Signature
+from medserve.core.settings import Settings
+from medserve.core.store.monitoring import MonitoringStore
+from medserve.features.composition.register import register_ensemble
 from medserve.serving.protocols import oip_v2
-from medserve.settings import Settings
 
 
 def _frame(n: int = 300, seed: int = 7) -> tuple[pd.DataFrame, pd.Series, pd.Series]:

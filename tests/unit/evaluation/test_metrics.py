@@ -10,9 +10,9 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from medserve.evaluation import metrics as m
-from medserve.evaluation import survival_metrics as sm
-from medserve.evaluation.evaluate import Predictions, evaluate
+from medserve.core.evaluation import metrics as m
+from medserve.core.evaluation import survival_metrics as sm
+from medserve.core.evaluation.evaluate import Predictions, evaluate
 
 
 @pytest.fixture(scope="module")

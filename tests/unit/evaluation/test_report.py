@@ -7,8 +7,8 @@ import base64
 import numpy as np
 import pytest
 
-from medserve.evaluation.evaluate import Predictions, evaluate
-from medserve.evaluation.report import PLOT_IDS, render_report
+from medserve.core.evaluation.evaluate import Predictions, evaluate
+from medserve.core.evaluation.report import PLOT_IDS, render_report
 
 
 def _predictions(task: str) -> Predictions:

@@ -10,14 +10,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from medserve.explain.explainers import PermutationExplainer, quantile_background
-from medserve.explain.service import ExplainService
-from medserve.monitoring.store import MonitoringStore
-from medserve.registry.service import Registry
-from medserve.registry.signature import infer_signature
-from medserve.serving.loaded_model import LoadedModel
-from medserve.serving.model_manager import load_version
-from medserve.settings import Settings
+from medserve.core.loaded_model import LoadedModel, load_version
+from medserve.core.registry.service import Registry
+from medserve.core.registry.signature import infer_signature
+from medserve.core.settings import Settings
+from medserve.core.store.monitoring import MonitoringStore
+from medserve.features.explain.explainers import PermutationExplainer, quantile_background
+from medserve.features.explain.service import ExplainService
 
 
 def _frames() -> tuple[pd.DataFrame, pd.Series, pd.DataFrame, pd.Series]:

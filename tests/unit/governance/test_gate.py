@@ -8,18 +8,18 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from medserve.errors import InvalidRequestError, PromotionBlockedError
-from medserve.evaluation.store import GovernanceStore
-from medserve.registry.cards import build_card, derive_demographic_inputs
-from medserve.registry.gate import check_criteria, set_alias_gated
-from medserve.registry.service import Registry
-from medserve.registry.signature import infer_signature
-from medserve.training.pipeline import train
-from medserve.training.spec import parse_spec
+from medserve.core.errors import InvalidRequestError, PromotionBlockedError
+from medserve.core.registry.service import Registry
+from medserve.core.registry.signature import infer_signature
+from medserve.core.store.governance import GovernanceStore
+from medserve.features.governance.cards import build_card, derive_demographic_inputs
+from medserve.features.governance.gate import check_criteria, set_alias_gated
+from medserve.features.training.pipeline import train
+from medserve.features.training.spec import parse_spec
 
 
 def _complete_card() -> dict[str, Any]:
-    from medserve.demo import _demo_card
+    from medserve.faces.demo import _demo_card
 
     return _demo_card("m", "risk", "adults", "demo caveat")
 

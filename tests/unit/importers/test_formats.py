@@ -15,10 +15,10 @@ import xgboost as xgb
 from sklearn.datasets import load_breast_cancer
 from sklearn.linear_model import LogisticRegression
 
-from medserve.artifacts import ArtifactStore
-from medserve.errors import UnsafeArtifactError, UnsupportedFormatError
-from medserve.importers import FORMATS, detect_format, ensure_safe
-from medserve.runtimes.convert import convert_sklearn_to_onnx
+from medserve.core.artifacts import ArtifactStore
+from medserve.core.errors import UnsafeArtifactError, UnsupportedFormatError
+from medserve.core.importers import FORMATS, detect_format, ensure_safe
+from medserve.core.runtimes.convert import convert_sklearn_to_onnx
 
 
 @pytest.fixture(scope="module")

@@ -13,9 +13,9 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from medserve.errors import UnsafeArtifactError, UnsupportedFormatError
-from medserve.importers import detect_format
-from medserve.importers.mlflow import read_mlflow_model
+from medserve.core.errors import UnsafeArtifactError, UnsupportedFormatError
+from medserve.core.importers import detect_format
+from medserve.core.importers.mlflow import read_mlflow_model
 
 pytestmark = [
     # mlflow's pyfunc module warns about its own Any type hints when first imported
@@ -102,7 +102,7 @@ def test_non_sklearn_flavor_is_unsupported(tmp_path: Path) -> None:
 
 
 def test_mlmodel_cannot_point_outside_its_directory(tmp_path: Path, skops_dir: Path) -> None:
-    from medserve.errors import InvalidRequestError
+    from medserve.core.errors import InvalidRequestError
 
     (tmp_path / "MLmodel").write_text(
         "flavors:\n  sklearn:\n    pickled_model: ../../etc/passwd\n"

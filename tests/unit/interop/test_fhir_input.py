@@ -9,12 +9,12 @@ from typing import Any
 import pytest
 from fhir.resources.R4B.operationoutcome import OperationOutcome
 
-from medserve.errors import InvalidRequestError
-from medserve.interop.demo import FEATURES, FHIR_MAP, example_bundle, synthetic_cohort
-from medserve.interop.feature_map import FhirMap
-from medserve.interop.fhir_input import FhirInputError, bundle_to_records
-from medserve.interop.fhir_output import operation_outcome
-from medserve.registry.signature import Signature, infer_signature
+from medserve.core.errors import InvalidRequestError
+from medserve.core.registry.signature import Signature, infer_signature
+from medserve.faces.demo.interop import FEATURES, FHIR_MAP, example_bundle, synthetic_cohort
+from medserve.features.interop.feature_map import FhirMap
+from medserve.features.interop.fhir_input import FhirInputError, bundle_to_records
+from medserve.features.interop.fhir_output import operation_outcome
 
 NOW = datetime(2026, 6, 1, 12, tzinfo=UTC)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from medserve.interop.units import UnitConversionError, convert, normalise
+from medserve.features.interop.units import UnitConversionError, convert, normalise
 
 
 @pytest.mark.parametrize(

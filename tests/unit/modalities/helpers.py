@@ -58,7 +58,7 @@ def phi_strings() -> list[str]:
 
 def text_bundle(config: pytest.Config) -> Path:
     """The demo text bundle (~90 MB), built once and kept in pytest's cache directory."""
-    from medserve.modalities.recipes.build_text_classifier import build
+    from medserve.features.modalities.recipes.build_text_classifier import build
 
     cache = getattr(config, "cache", None)  # absent under -p no:cacheprovider
     if cache is not None:

@@ -8,14 +8,14 @@ from pathlib import Path
 import pytest
 from tests.unit.modalities.helpers import text_bundle
 
-from medserve.modalities.demo import (
+from medserve.core.loaded_model import load_version_locally
+from medserve.core.registry.service import Registry
+from medserve.faces.demo.modalities import (
     IMAGE_MODEL,
     SEQUENCE_MODEL,
     TEXT_MODEL,
     register_modality_demos,
 )
-from medserve.registry.service import Registry
-from medserve.serving.data_plane import load_version_locally
 
 
 def test_registers_one_model_per_modality_with_examples(

@@ -9,10 +9,10 @@ import pydicom
 import pytest
 from tests.unit.modalities.helpers import ct_with_phi, dicom_file, phi_strings
 
-from medserve.errors import UnsupportedMediaTypeError, ValidationFailedError
-from medserve.modalities.dicom_deid import anonymous_uid, deidentify_dataset
-from medserve.modalities.image_io import read_dicom, read_png
-from medserve.modalities.image_preprocessing import ImagePreprocessing, Window, preprocess
+from medserve.core.errors import UnsupportedMediaTypeError, ValidationFailedError
+from medserve.features.modalities.dicom_deid import anonymous_uid, deidentify_dataset
+from medserve.features.modalities.image_io import read_dicom, read_png
+from medserve.features.modalities.image_preprocessing import ImagePreprocessing, Window, preprocess
 
 SALT = b"s" * 32
 

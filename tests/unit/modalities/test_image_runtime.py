@@ -9,11 +9,11 @@ import numpy as np
 from PIL import Image
 from tests.unit.modalities.helpers import dicom_file
 
-from medserve.modalities.demo import image_bundle_path
-from medserve.modalities.image_demo_data import add_lesion
-from medserve.modalities.image_io import DecodedImage, read_dicom, read_png
-from medserve.modalities.image_runtime import ImageRuntime
-from medserve.runtimes.loader import load_runtime
+from medserve.core.runtimes.loader import load_runtime
+from medserve.faces.demo.modalities import image_bundle_path
+from medserve.features.modalities.image_demo_data import add_lesion
+from medserve.features.modalities.image_io import DecodedImage, read_dicom, read_png
+from medserve.features.modalities.image_runtime import ImageRuntime
 
 
 def _runtime() -> ImageRuntime:

@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 from sklearn.linear_model import LogisticRegression
 
-from medserve.errors import ValidationFailedError
-from medserve.modalities.register import register_sequence_model
-from medserve.modalities.sequence import KmerFeaturizer, KmerSpec, reverse_complement
-from medserve.modalities.sequence_demo_data import MOTIF, sequences
-from medserve.registry.service import Registry
-from medserve.serving.data_plane import load_version_locally
+from medserve.core.errors import ValidationFailedError
+from medserve.core.loaded_model import load_version_locally
+from medserve.core.registry.service import Registry
+from medserve.features.modalities.register import register_sequence_model
+from medserve.features.modalities.sequence import KmerFeaturizer, KmerSpec, reverse_complement
+from medserve.features.modalities.sequence_demo_data import MOTIF, sequences
 
 
 def test_canonical_vocabulary_size_and_strand_invariance() -> None:

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from tests.unit.modalities.helpers import text_bundle
 
-from medserve.errors import ValidationFailedError
-from medserve.modalities.text_runtime import TextRuntime
-from medserve.runtimes.loader import load_runtime
+from medserve.core.errors import ValidationFailedError
+from medserve.core.runtimes.loader import load_runtime
+from medserve.features.modalities.text_runtime import TextRuntime
 
 
 @pytest.fixture(scope="module")

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from medserve.registry.service import Registry
-from medserve.settings import Settings
+from medserve.core.registry.service import Registry
+from medserve.core.settings import Settings
 
 
 def register_breast_cancer(registry: Registry) -> None:
@@ -18,8 +18,8 @@ def register_breast_cancer(registry: Registry) -> None:
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    from medserve.demo import breast_cancer_frame
-    from medserve.registry.signature import infer_signature
+    from medserve.core.registry.signature import infer_signature
+    from medserve.faces.demo import breast_cancer_frame
 
     X, y = breast_cancer_frame()
     signature = infer_signature(X, range_margin=0.5)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from medserve.monitoring.store import MonitoringStore
-from medserve.registry.service import Registry
-from medserve.security.audit import AuditLog
-from medserve.store.tables_monitoring import mon_alerts
+from medserve.core.audit import AuditLog
+from medserve.core.registry.service import Registry
+from medserve.core.store.monitoring import MonitoringStore
+from medserve.core.store.tables_monitoring import mon_alerts
 
 MODEL = "breast-cancer"
 

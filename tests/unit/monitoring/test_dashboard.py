@@ -8,7 +8,7 @@ from pathlib import Path
 
 from prometheus_client import REGISTRY
 
-import medserve.monitoring.metrics
+import medserve.core.metrics
 import medserve.serving.metrics
 
 DASHBOARD = Path(__file__).parents[3] / "deploy" / "grafana" / "medserve-dashboard.json"
@@ -23,7 +23,7 @@ def test_dashboard_queries_exported_metrics() -> None:
         suffixes = {"counter": ["_total"], "histogram": ["_bucket", "_sum", "_count"]}
         exported.add(family.name)
         exported.update(family.name + s for s in suffixes.get(family.type, []))
-    assert medserve.monitoring.metrics.LOG_QUEUE_DEPTH is not None
+    assert medserve.core.metrics.LOG_QUEUE_DEPTH is not None
     missing = sorted(m for m in used if m not in exported)
     assert missing == []
     assert len(used) >= 10

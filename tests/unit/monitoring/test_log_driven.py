@@ -10,14 +10,14 @@ from typing import Any
 
 import numpy as np
 
-from medserve.monitoring.config import MonitoringSettings
-from medserve.monitoring.prediction_log import PredictionLog
-from medserve.monitoring.store import MonitoringStore
-from medserve.security.audit import AuditLog
-from medserve.serving.context import Principal, RequestContext, new_request_id
-from medserve.serving.events import PredictionEvent
+from medserve.core.audit import AuditLog
+from medserve.core.context import Principal, RequestContext, new_request_id
+from medserve.core.events import PredictionEvent
+from medserve.core.monitoring_config import MonitoringSettings
+from medserve.core.prediction_log import PredictionLog
+from medserve.core.store.monitoring import MonitoringStore
+from medserve.core.store.sql import SqlRegistryStore
 from medserve.serving.extensions.security import AuditObserver
-from medserve.store.sql import SqlRegistryStore
 
 APP = Principal(subject="app-1", kind="api_key", key_id="k1", roles=frozenset({"app"}))
 

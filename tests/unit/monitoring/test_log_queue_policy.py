@@ -8,15 +8,15 @@ from typing import Any
 
 import pytest
 
-from medserve.demo import breast_cancer_frame
-from medserve.monitoring import metrics
-from medserve.monitoring.config import MonitoringSettings
-from medserve.monitoring.prediction_log import PredictionLog
-from medserve.monitoring.store import MonitoringStore
-from medserve.registry.service import Registry
-from medserve.serving.context import RequestContext
-from medserve.serving.events import PredictionEvent
-from medserve.serving.model_manager import load_version
+from medserve.core import metrics
+from medserve.core.context import RequestContext
+from medserve.core.events import PredictionEvent
+from medserve.core.loaded_model import load_version
+from medserve.core.monitoring_config import MonitoringSettings
+from medserve.core.prediction_log import PredictionLog
+from medserve.core.registry.service import Registry
+from medserve.core.store.monitoring import MonitoringStore
+from medserve.faces.demo import breast_cancer_frame
 
 ROWS, EVENTS, BOUND = 10, 20, 50
 

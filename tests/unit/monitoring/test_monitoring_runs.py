@@ -17,16 +17,16 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from medserve.demo import breast_cancer_frame
-from medserve.monitoring.config import ModelMonitoringConfig, MonitoringSettings
-from medserve.monitoring.prediction_log import PredictionLog
-from medserve.monitoring.runner import run_model
-from medserve.monitoring.store import MonitoringStore
-from medserve.registry.service import Registry
-from medserve.security.phi import pseudonymize
-from medserve.serving.context import RequestContext
-from medserve.serving.events import PredictionEvent
-from medserve.serving.model_manager import load_version
+from medserve.core.context import RequestContext
+from medserve.core.events import PredictionEvent
+from medserve.core.loaded_model import load_version
+from medserve.core.monitoring_config import ModelMonitoringConfig, MonitoringSettings
+from medserve.core.phi import pseudonymize
+from medserve.core.prediction_log import PredictionLog
+from medserve.core.registry.service import Registry
+from medserve.core.store.monitoring import MonitoringStore
+from medserve.faces.demo import breast_cancer_frame
+from medserve.features.monitoring.runner import run_model
 
 SALT = b"s" * 32
 MODEL = "breast-cancer"

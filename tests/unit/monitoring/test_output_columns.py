@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import orjson
 
-from medserve.monitoring.prediction_log import dumps, output_columns
+from medserve.core.prediction_log import dumps, output_columns
 
 
 def _json(columns: dict[str, object]) -> object:

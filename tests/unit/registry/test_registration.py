@@ -15,10 +15,10 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import FunctionTransformer, make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from medserve.errors import ArtifactIntegrityError, ModelLoadError, UnsafeArtifactError
-from medserve.registry.service import Registry
-from medserve.registry.signature import Signature
-from medserve.serving.model_manager import load_version
+from medserve.core.errors import ArtifactIntegrityError, ModelLoadError, UnsafeArtifactError
+from medserve.core.loaded_model import load_version
+from medserve.core.registry.service import Registry
+from medserve.core.registry.signature import Signature
 
 
 @pytest.fixture(scope="module")

@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 from sklearn.datasets import load_breast_cancer, load_diabetes
 
-from medserve.errors import InvalidRequestError
-from medserve.registry.signature import (
+from medserve.core.errors import InvalidRequestError
+from medserve.core.registry.signature import (
     FeatureSpec,
     Signature,
     infer_signature,

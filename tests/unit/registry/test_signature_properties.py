@@ -10,8 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from medserve.errors import ValidationFailedError
-from medserve.registry.signature import FeatureSpec, Signature
+from medserve.core.errors import ValidationFailedError
+from medserve.core.registry.signature import FeatureSpec, Signature
 
 RULES = {
     "required",

@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 from sklearn.datasets import load_breast_cancer
 
-from medserve.errors import ValidationFailedError
-from medserve.registry.signature import FeatureSpec, Signature, infer_signature
+from medserve.core.errors import ValidationFailedError
+from medserve.core.registry.signature import FeatureSpec, Signature, infer_signature
 
 
 @pytest.fixture(scope="module")

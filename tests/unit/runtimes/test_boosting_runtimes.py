@@ -11,10 +11,10 @@ import pytest
 import xgboost as xgb
 from sklearn.datasets import load_iris
 
-from medserve.errors import ModelLoadError, UnsupportedFormatError
-from medserve.runtimes.lightgbm_runtime import LightGBMRuntime
-from medserve.runtimes.loader import FLAVORS, load_runtime
-from medserve.runtimes.xgboost_runtime import XGBoostRuntime
+from medserve.core.errors import ModelLoadError, UnsupportedFormatError
+from medserve.core.runtimes.lightgbm_runtime import LightGBMRuntime
+from medserve.core.runtimes.loader import flavors, load_runtime
+from medserve.core.runtimes.xgboost_runtime import XGBoostRuntime
 
 Data = tuple[pd.DataFrame, pd.Series]
 
@@ -108,8 +108,18 @@ def test_corrupt_booster_files_fail_cleanly(tmp_path: Path) -> None:
 
 
 def test_unknown_flavor_is_refused(tmp_path: Path) -> None:
-    assert set(FLAVORS) >= {"onnx", "skops", "xgboost", "lightgbm", "pickle"}
-    assert "tensorflow" not in FLAVORS
+    assert set(flavors()) >= {
+        "onnx",
+        "skops",
+        "xgboost",
+        "lightgbm",
+        "pickle",
+        "image",
+        "text",
+        "sequence",
+        "ensemble",
+    }
+    assert "tensorflow" not in flavors()
     with pytest.raises(UnsupportedFormatError, match="tensorflow"):
         load_runtime("tensorflow", tmp_path)
 
@@ -118,8 +128,8 @@ def test_unknown_flavor_is_refused(tmp_path: Path) -> None:
 def test_boosters_convert_to_onnx_when_verified(
     tmp_path: Path, flavor: str, cancer: Data, cancer_matrix: np.ndarray
 ) -> None:
-    from medserve.runtimes.convert import convert_booster_to_onnx
-    from medserve.runtimes.onnx_runtime import OnnxRuntime
+    from medserve.core.runtimes.convert import convert_booster_to_onnx
+    from medserve.core.runtimes.onnx_runtime import OnnxRuntime
 
     _, y = cancer
     path = tmp_path / "model"
@@ -149,7 +159,7 @@ def test_boosters_convert_to_onnx_when_verified(
 def test_booster_regression_converts_to_onnx(
     tmp_path: Path, diabetes: Data, diabetes_matrix: np.ndarray
 ) -> None:
-    from medserve.runtimes.convert import convert_booster_to_onnx
+    from medserve.core.runtimes.convert import convert_booster_to_onnx
 
     _, y = diabetes
     reg = lgb.LGBMRegressor(n_estimators=30, verbose=-1, n_jobs=1).fit(diabetes_matrix, y)

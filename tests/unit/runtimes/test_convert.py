@@ -15,8 +15,8 @@ from sklearn.linear_model import LinearRegression, LogisticRegression
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import FunctionTransformer, OneHotEncoder, StandardScaler
 
-from medserve.runtimes.convert import convert_sklearn_to_onnx
-from medserve.runtimes.onnx_runtime import OnnxRuntime
+from medserve.core.runtimes.convert import convert_sklearn_to_onnx
+from medserve.core.runtimes.onnx_runtime import OnnxRuntime
 
 Data = tuple[pd.DataFrame, pd.Series]
 

@@ -15,10 +15,10 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from medserve.errors import UnsafeArtifactError
-from medserve.runtimes.loader import load_runtime
-from medserve.runtimes.pickle_runtime import PickleRuntime
-from medserve.runtimes.skops_runtime import SkopsRuntime, load_skops_estimator
+from medserve.core.errors import UnsafeArtifactError
+from medserve.core.runtimes.loader import load_runtime
+from medserve.core.runtimes.pickle_runtime import PickleRuntime
+from medserve.core.runtimes.skops_runtime import SkopsRuntime, load_skops_estimator
 
 Data = tuple[pd.DataFrame, pd.Series]
 

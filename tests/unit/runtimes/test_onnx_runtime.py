@@ -10,9 +10,9 @@ from skl2onnx.common.data_types import DoubleTensorType, FloatTensorType
 from sklearn.ensemble import RandomForestClassifier
 from sklearn.linear_model import LinearRegression, LogisticRegression
 
-from medserve.errors import ModelLoadError
-from medserve.runtimes.base import Runtime, TensorSpec
-from medserve.runtimes.onnx_runtime import OnnxRuntime, session_options
+from medserve.core.errors import ModelLoadError
+from medserve.core.runtimes.base import Runtime, TensorSpec
+from medserve.core.runtimes.onnx_runtime import OnnxRuntime, session_options
 
 Data = tuple[pd.DataFrame, pd.Series]
 

@@ -8,10 +8,10 @@ import pytest
 import sqlalchemy as sa
 from typer.testing import CliRunner
 
-from medserve.cli import app
-from medserve.registry.service import Registry
-from medserve.security.audit import AuditEntry, AuditLog
-from medserve.store.tables_security import sec_audit
+from medserve.core.audit import AuditEntry, AuditLog
+from medserve.core.registry.service import Registry
+from medserve.core.store.tables_security import sec_audit
+from medserve.faces.cli import app
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from medserve.security.crypto import DecryptionError, Keyring
+from medserve.core.crypto import DecryptionError, Keyring
 
 PAYLOAD = b'{"mrn": "A1234567", "name": "John Smith", "glucose": 5.6}'
 

@@ -9,19 +9,19 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from medserve.errors import (
+from medserve.core.context import Principal
+from medserve.core.errors import (
     AuthenticationError,
     InvalidRequestError,
     PermissionDeniedError,
     RateLimitedError,
 )
-from medserve.registry.service import Registry
-from medserve.security.guard import SecurityGuard
-from medserve.security.keys import ChangeCounter, SecurityStore, parse_token, secret_sha256
-from medserve.security.permissions import ACTIONS, ROLE_ACTIONS, check
-from medserve.serving.context import Principal
-from medserve.settings import Settings
-from medserve.store.tables_security import sec_api_keys
+from medserve.core.registry.service import Registry
+from medserve.core.settings import Settings
+from medserve.core.store.tables_security import sec_api_keys
+from medserve.features.security.guard import SecurityGuard
+from medserve.features.security.keys import ChangeCounter, SecurityStore, parse_token, secret_sha256
+from medserve.features.security.permissions import ACTIONS, ROLE_ACTIONS, check
 
 EXPECTED = {
     # role: actions allowed (everything else is refused)

@@ -11,8 +11,8 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from medserve.errors import AuthenticationError
-from medserve.security.oidc import JwksSource, JwtVerifier
+from medserve.core.errors import AuthenticationError
+from medserve.features.security.oidc import JwksSource, JwtVerifier
 
 ISSUER = "https://idp.hospital.example"
 AUDIENCE = "medserve"

@@ -12,14 +12,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from medserve.registry.signature import FeatureSpec, Signature
-from medserve.security.phi import (
+from medserve.core.phi import (
     deidentify_record,
     deidentify_text,
     load_or_create_salt,
     pseudonymize,
     zip3,
 )
+from medserve.core.registry.signature import FeatureSpec, Signature
 
 SALT = b"s" * 32
 

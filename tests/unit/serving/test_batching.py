@@ -7,8 +7,8 @@ import asyncio
 import numpy as np
 import pytest
 
+from medserve.core.loaded_model import BatchingConfig
 from medserve.serving.batching import AdaptiveBatcher
-from medserve.serving.loaded_model import BatchingConfig
 
 
 def doubling(calls: list[int]) -> object:

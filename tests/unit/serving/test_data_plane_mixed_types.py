@@ -10,8 +10,8 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
-from medserve.errors import InvalidRequestError, ValidationFailedError
-from medserve.registry.service import Registry
+from medserve.core.errors import InvalidRequestError, ValidationFailedError
+from medserve.core.registry.service import Registry
 from medserve.serving.data_plane import DataPlane
 from medserve.serving.model_manager import ModelManager
 

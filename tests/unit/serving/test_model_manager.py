@@ -7,13 +7,13 @@ import pytest
 from sklearn.datasets import load_diabetes
 from sklearn.linear_model import Ridge
 
-from medserve.errors import (
+from medserve.core.errors import (
     AliasNotFoundError,
     ModelNotFoundError,
     ModelUnavailableError,
     VersionNotFoundError,
 )
-from medserve.registry.service import Registry
+from medserve.core.registry.service import Registry
 from medserve.serving.model_manager import ModelManager
 
 

@@ -18,8 +18,8 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from medserve.registry.entities import ModelVersion
-from medserve.store.sql import SqlRegistryStore
+from medserve.core.registry.entities import ModelVersion
+from medserve.core.store.sql import SqlRegistryStore
 
 POSTGRES_ENV = "MEDSERVE_TEST_POSTGRES_URI"
 

@@ -7,14 +7,14 @@ from datetime import timedelta
 
 import pytest
 
-from medserve.errors import (
+from medserve.core.errors import (
     AliasNotFoundError,
     InvalidRequestError,
     ModelNotFoundError,
     VersionNotFoundError,
 )
-from medserve.registry.entities import ModelVersion
-from medserve.store.sql import SqlRegistryStore
+from medserve.core.registry.entities import ModelVersion
+from medserve.core.store.sql import SqlRegistryStore
 
 AddVersion = Callable[..., ModelVersion]
 

@@ -6,9 +6,9 @@ from collections.abc import Callable
 
 import pytest
 
-from medserve.errors import AlreadyExistsError, VersionNotFoundError
-from medserve.registry.entities import ModelVersion
-from medserve.store.sql import SqlRegistryStore
+from medserve.core.errors import AlreadyExistsError, VersionNotFoundError
+from medserve.core.registry.entities import ModelVersion
+from medserve.core.store.sql import SqlRegistryStore
 
 AddVersion = Callable[..., ModelVersion]
 

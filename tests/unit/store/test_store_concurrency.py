@@ -18,8 +18,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from medserve.registry.entities import ModelVersion
-from medserve.store.sql import SqlRegistryStore
+from medserve.core.registry.entities import ModelVersion
+from medserve.core.store.sql import SqlRegistryStore
 
 AddVersion = Callable[..., ModelVersion]
 
@@ -102,7 +102,7 @@ def test_concurrent_alias_moves_keep_a_consistent_history(
 WRITER = textwrap.dedent(
     """
     import json, os, sys, time
-    from medserve.store.sql import SqlRegistryStore
+    from medserve.core.store.sql import SqlRegistryStore
 
     uri, start_file, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
     store = SqlRegistryStore(uri)

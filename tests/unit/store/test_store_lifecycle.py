@@ -13,11 +13,11 @@ from alembic.config import Config
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 
-from medserve.errors import StoreError
-from medserve.registry.entities import ModelVersion
-from medserve.store import open_store
-from medserve.store.schema import metadata
-from medserve.store.sql import SqlRegistryStore
+from medserve.core.errors import StoreError
+from medserve.core.registry.entities import ModelVersion
+from medserve.core.store import open_store
+from medserve.core.store.schema import metadata
+from medserve.core.store.sql import SqlRegistryStore
 
 AddVersion = Callable[..., ModelVersion]
 
@@ -25,7 +25,9 @@ AddVersion = Callable[..., ModelVersion]
 def _heads() -> set[str]:
     """Every branch head: each capability migrates its own tables on its own alembic branch."""
     config = Config()
-    config.set_main_option("script_location", str(resources.files("medserve.store") / "migrations"))
+    config.set_main_option(
+        "script_location", str(resources.files("medserve.core.store") / "migrations")
+    )
     heads = set(ScriptDirectory.from_config(config).get_heads())
     assert heads
     return heads

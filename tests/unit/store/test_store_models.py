@@ -7,14 +7,14 @@ from datetime import UTC
 
 import pytest
 
-from medserve.errors import (
+from medserve.core.errors import (
     AlreadyExistsError,
     InvalidRequestError,
     ModelNotFoundError,
     VersionNotFoundError,
 )
-from medserve.registry.entities import ModelVersion
-from medserve.store.sql import SqlRegistryStore
+from medserve.core.registry.entities import ModelVersion
+from medserve.core.store.sql import SqlRegistryStore
 
 
 def test_create_and_get_model(store: SqlRegistryStore) -> None:

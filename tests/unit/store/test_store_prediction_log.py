@@ -15,15 +15,15 @@ from alembic import command
 from alembic.config import Config
 from orjson import loads as orjson_loads
 
-from medserve.monitoring.config import MonitoringSettings
-from medserve.monitoring.prediction_log import PredictionLog
-from medserve.monitoring.store import MonitoringStore
-from medserve.registry.signature import FeatureSpec, Signature
-from medserve.security.phi import pseudonymize
-from medserve.serving.context import RequestContext, local_context, new_request_id, now_us
-from medserve.serving.events import PredictionEvent
-from medserve.store.sql import SqlRegistryStore, create_engine_for
-from medserve.store.tables_monitoring import PACKED_SPAN_S, mon_prediction_batches
+from medserve.core.context import RequestContext, local_context, new_request_id, now_us
+from medserve.core.events import PredictionEvent
+from medserve.core.monitoring_config import MonitoringSettings
+from medserve.core.phi import pseudonymize
+from medserve.core.prediction_log import PredictionLog
+from medserve.core.registry.signature import FeatureSpec, Signature
+from medserve.core.store.monitoring import MonitoringStore
+from medserve.core.store.sql import SqlRegistryStore, create_engine_for
+from medserve.core.store.tables_monitoring import PACKED_SPAN_S, mon_prediction_batches
 
 SALT = b"t" * 32
 NAMES = ["age", "creatinine", "mrn"]
@@ -167,7 +167,9 @@ def test_batches_span_at_most_the_bound_and_windows_cut_inside_them(
 def test_migration_moves_rows_logged_before_packing(store_uri: str) -> None:
     engine = create_engine_for(store_uri)
     config = Config()
-    config.set_main_option("script_location", str(resources.files("medserve.store") / "migrations"))
+    config.set_main_option(
+        "script_location", str(resources.files("medserve.core.store") / "migrations")
+    )
     with engine.connect().execution_options(medserve_write=True) as conn, conn.begin():
         config.attributes["connection"] = conn
         command.upgrade(config, "0004")  # the monitoring branch before packing
@@ -275,7 +277,7 @@ def test_numeric_inputs_are_stored_as_npy_and_read_back_as_json_gave_them(
 
         config = Config()
         config.set_main_option(
-            "script_location", str(resources.files("medserve.store") / "migrations")
+            "script_location", str(resources.files("medserve.core.store") / "migrations")
         )
         with store.engine.connect().execution_options(medserve_write=True) as conn, conn.begin():
             config.attributes["connection"] = conn

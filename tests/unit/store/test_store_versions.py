@@ -9,15 +9,15 @@ from datetime import UTC
 
 import pytest
 
-from medserve.errors import (
+from medserve.core.errors import (
     AliasNotFoundError,
     InvalidRequestError,
     ModelNotFoundError,
     VersionNotFoundError,
 )
-from medserve.registry.entities import ModelVersion
-from medserve.store.base import RegistryStore
-from medserve.store.sql import SqlRegistryStore
+from medserve.core.registry.entities import ModelVersion
+from medserve.core.store.base import RegistryStore
+from medserve.core.store.sql import SqlRegistryStore
 
 AddVersion = Callable[..., ModelVersion]
 

@@ -10,12 +10,12 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from medserve.cli import app
-from medserve.evaluation.store import GovernanceStore
-from medserve.registry.service import Registry
-from medserve.training.pipeline import train
-from medserve.training.spec import parse_spec
-from medserve.training.split import cv_folds, patient_split
+from medserve.core.registry.service import Registry
+from medserve.core.store.governance import GovernanceStore
+from medserve.faces.cli import app
+from medserve.features.training.pipeline import train
+from medserve.features.training.spec import parse_spec
+from medserve.features.training.split import cv_folds, patient_split
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -88,7 +88,7 @@ def test_survival_spec_trains_and_reports_concordance(registry: Registry) -> Non
     assert {"brier_at_26", "auc_at_26", "brier_at_39"} <= set(result.evaluation["metrics"])
     assert {r["algorithm"] for r in result.record["cv"]["results"]} == {"cox_ph", "survival_forest"}
     # The served model gives the same risk ordering as the evaluated one.
-    from medserve.serving.data_plane import load_version_locally
+    from medserve.core.loaded_model import load_version_locally
 
     rossi = load_rossi()
     features = [c for c in rossi.columns if c not in ("week", "arrest", "race")]
@@ -175,7 +175,7 @@ def test_evaluate_command_stores_a_local_evaluation(trained_home: Path, tmp_path
          "--label", "diagnosis", "--subgroup", "site", "--min-n", "100", "--bootstrap", "30"],
     )  # fmt: skip
     assert result.exit_code == 0, result.output
-    from medserve.settings import Settings
+    from medserve.core.settings import Settings
 
     registry = Registry.open(Settings(home=trained_home))
     try:

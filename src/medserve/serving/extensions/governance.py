@@ -7,16 +7,17 @@ so they always reflect the latest evaluation. Nothing here touches the predictio
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 
-from medserve.errors import NotFoundError
-from medserve.evaluation.store import GovernanceStore
-from medserve.registry.cards import build_card, render_card_html
-from medserve.registry.service import Registry
+from medserve.core.errors import NotFoundError
+from medserve.core.registry.service import Registry
+from medserve.core.store.governance import GovernanceStore
+from medserve.features.governance.cards import build_card, render_card_html
+from medserve.serving.extension import ServingExtension
 
 router = APIRouter(tags=["governance"])
 
@@ -69,7 +70,7 @@ async def report(request: Request, name: str, version: str) -> HTMLResponse:
 @router.get("/v1/models/{name}/versions/{version}/gate")
 async def gate(request: Request, name: str, version: str) -> dict[str, Any]:
     """Whether this version may become production, and if not, everything missing."""
-    from medserve.registry.gate import check
+    from medserve.features.governance.gate import check
 
     registry = _registry(request)
     mv = registry.store.resolve(name, version)
@@ -85,3 +86,17 @@ async def gate(request: Request, name: str, version: str) -> dict[str, Any]:
 @asynccontextmanager
 async def lifespan(api: FastAPI) -> AsyncIterator[None]:
     yield
+
+
+class GovernanceExtension(ServingExtension):
+    """Model cards, evaluations and reports, the promotion gate."""
+
+    name = "governance"
+    order = 20
+    router = router
+
+    def lifespan(self, api: FastAPI) -> AbstractAsyncContextManager[None]:
+        return lifespan(api)
+
+
+extension = GovernanceExtension()

@@ -9,17 +9,20 @@ on ``Accept: application/fhir+json`` or ``?format=fhir``) and the CDS Hooks 2.0 
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
 from fastapi import APIRouter, Body, FastAPI, Request
+from starlette.types import ASGIApp
 
-from medserve.interop.cds_hooks import CdsHooks, CdsService
-from medserve.interop.feedback_store import CdsStore
-from medserve.interop.http_handlers import media_handlers
-from medserve.security.guard import PRINCIPAL_SCOPE_KEY
-from medserve.serving.context import ANONYMOUS, Principal, RequestContext, made_request_id
+from medserve.core.context import ANONYMOUS, Principal, RequestContext, made_request_id
+from medserve.core.store.feedback import CdsStore
+from medserve.features.interop.cds_hooks import CdsHooks, CdsService
+from medserve.features.security.guard import PRINCIPAL_SCOPE_KEY
+from medserve.serving.extension import ServingExtension
+from medserve.serving.extensions.interop_http import media_handlers, rationales
 from medserve.serving.extensions.security import ACTION_SCOPE_KEY, visible
 
 router = APIRouter(tags=["cds-hooks"])
@@ -130,7 +133,10 @@ async def lifespan(api: FastAPI) -> AsyncIterator[None]:
     state = api.state
     state.media_handlers.update(media_handlers())
     state.cds = CdsHooks(
-        state.plane, CdsStore(state.registry.store), state.settings.cds_fhir_servers
+        state.plane,
+        CdsStore(state.registry.store),
+        functools.partial(rationales, state.plane),
+        state.settings.cds_fhir_servers,
     )
     yield
 
@@ -168,3 +174,20 @@ class CdsCors:
             await send(message)
 
         await self.app(scope, receive, send_with_cors)
+
+
+class InteropExtension(ServingExtension):
+    """FHIR in and out on the records API, CDS Hooks services with their CORS."""
+
+    name = "interop"
+    order = 40
+    router = router
+
+    def lifespan(self, api: FastAPI) -> AbstractAsyncContextManager[None]:
+        return lifespan(api)
+
+    def wrap(self, app: ASGIApp, api: FastAPI) -> ASGIApp:
+        return CdsCors(app)
+
+
+extension = InteropExtension()

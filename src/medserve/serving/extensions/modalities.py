@@ -1,6 +1,7 @@
 """HTTP extension: modalities (see serving/extensions/__init__.py for the contract).
 
-Registers the media handlers of ``medserve.modalities.http_handlers`` on the records predict
+Registers the media handlers of ``medserve.serving.extensions.modalities_http``
+on the records predict
 endpoint: ``application/dicom`` and ``image/png`` for image models, ``text/plain`` for clinical
 notes and DNA sequences (FASTA). Nothing is imported from pydicom, Pillow or tokenizers until a
 request of that kind arrives, so servers without the extras start as before.
@@ -8,10 +9,15 @@ request of that kind arrives, so servers without the extras start as before.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Mapping
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from pathlib import Path
 
 from fastapi import APIRouter, FastAPI
+
+from medserve.core.extensions import FlavorLoader, FlavorOptions
+from medserve.core.runtimes.base import Runtime
+from medserve.serving.extension import ServingExtension
 
 router = APIRouter()
 
@@ -19,7 +25,7 @@ router = APIRouter()
 def _phi_salt(api: FastAPI) -> bytes | None:
     """The home's PHI salt, so de-identified DICOM UIDs are stable across workers/restarts."""
     try:
-        from medserve.security.phi import load_or_create_salt
+        from medserve.core.phi import load_or_create_salt
     except ImportError:  # security not installed in this build: a per-process salt
         return None
     return load_or_create_salt(api.state.settings.home)
@@ -27,7 +33,46 @@ def _phi_salt(api: FastAPI) -> bytes | None:
 
 @asynccontextmanager
 async def lifespan(api: FastAPI) -> AsyncIterator[None]:
-    from medserve.modalities.http_handlers import media_handlers
+    from medserve.serving.extensions.modalities_http import media_handlers
 
     api.state.media_handlers.update(media_handlers(_phi_salt(api)))
     yield
+
+
+class ModalitiesExtension(ServingExtension):
+    """Image (DICOM, PNG), clinical-text and DNA-sequence models: their runtime flavors and the
+    media types the records API accepts for them."""
+
+    name = "modalities"
+    order = 50
+    router = router
+
+    def lifespan(self, api: FastAPI) -> AbstractAsyncContextManager[None]:
+        return lifespan(api)
+
+    def runtime_flavors(self) -> Mapping[str, FlavorLoader]:
+        return {"image": _image, "text": _text, "sequence": _sequence}
+
+
+def _image(path: Path, options: FlavorOptions) -> Runtime:
+    """Bundle: ONNX + declared preprocessing ([imaging] extra)."""
+    from medserve.features.modalities.image_runtime import ImageRuntime
+
+    return ImageRuntime.from_path(path, intra_op_threads=options.intra_op_threads)
+
+
+def _text(path: Path, options: FlavorOptions) -> Runtime:
+    """Bundle: tokenizer + ONNX encoder + head ([text] extra)."""
+    from medserve.features.modalities.text_runtime import TextRuntime
+
+    return TextRuntime.from_path(path, intra_op_threads=options.intra_op_threads)
+
+
+def _sequence(path: Path, options: FlavorOptions) -> Runtime:
+    """Bundle: k-mer featuriser + inner ONNX/skops model."""
+    from medserve.features.modalities.sequence import SequenceRuntime
+
+    return SequenceRuntime.from_path(path, intra_op_threads=options.intra_op_threads)
+
+
+extension = ModalitiesExtension()

@@ -11,20 +11,23 @@ import asyncio
 import contextlib
 import fcntl
 import logging
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, FastAPI, Request
 from pydantic import BaseModel, Field
 
-from medserve.errors import InvalidRequestError, MedserveError
-from medserve.monitoring.config import MonitoringSettings
-from medserve.monitoring.prediction_log import PredictionLog
-from medserve.monitoring.store import MonitoringStore
-from medserve.registry.signature import Signature
-from medserve.serving.context import Principal
+from medserve.core.context import Principal
+from medserve.core.errors import InvalidRequestError, MedserveError
+from medserve.core.extensions import RegistryHandler
+from medserve.core.monitoring_config import MonitoringSettings
+from medserve.core.prediction_log import PredictionLog
+from medserve.core.registry.signature import Signature
+from medserve.core.store.monitoring import MonitoringStore
+from medserve.features.monitoring.reference import on_version_registered
+from medserve.serving.extension import ServingExtension
 from medserve.serving.params import IsoDateTime
 
 log = logging.getLogger(__name__)
@@ -103,7 +106,7 @@ async def post_outcomes(
     The patient id is pseudonymized with the home's salt before it is compared: it is never
     stored or logged as sent.
     """
-    from medserve.security.phi import pseudonymize
+    from medserve.core.phi import pseudonymize
 
     salt: bytes = request.app.state.monitoring_salt
     parsed: list[dict[str, Any]] = []
@@ -178,7 +181,7 @@ async def acknowledge(
 async def _explain(
     request: Request, name: str, ref: str | None, body: ExplainRequest
 ) -> dict[str, Any]:
-    from medserve.explain.service import service_for
+    from medserve.features.explain.service import service_for
 
     await _allow(request, "predict", name)
     plane = request.app.state.plane
@@ -227,7 +230,7 @@ def _signature_lookup(store: Any) -> Any:
 
 async def _schedule(api: FastAPI, settings: MonitoringSettings) -> None:
     """Run monitoring for every served model every ``schedule_interval_s`` (one worker)."""
-    from medserve.monitoring.runner import run_model
+    from medserve.features.monitoring.runner import run_model
 
     lock_path = api.state.settings.home / "monitor-schedule.lock"
     with open(lock_path, "a+") as handle:
@@ -255,7 +258,7 @@ async def _schedule(api: FastAPI, settings: MonitoringSettings) -> None:
 
 @asynccontextmanager
 async def lifespan(api: FastAPI) -> AsyncIterator[None]:
-    from medserve.security.phi import load_or_create_salt
+    from medserve.core.phi import load_or_create_salt
 
     settings = MonitoringSettings()
     registry = api.state.registry
@@ -286,3 +289,21 @@ async def lifespan(api: FastAPI) -> AsyncIterator[None]:
                 await task
         if prediction_log is not None:
             await asyncio.to_thread(prediction_log.close)
+
+
+class MonitoringExtension(ServingExtension):
+    """The prediction log, outcomes, drift and performance runs, alerts; and the drift
+    reference of every version registered with a sample (a registry event handler)."""
+
+    name = "monitoring"
+    order = 30
+    router = router
+
+    def lifespan(self, api: FastAPI) -> AbstractAsyncContextManager[None]:
+        return lifespan(api)
+
+    def registry_handlers(self) -> Sequence[RegistryHandler]:
+        return (on_version_registered,)
+
+
+extension = MonitoringExtension()

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import timedelta
 from typing import Any
 
@@ -26,25 +26,26 @@ from fastapi import APIRouter, FastAPI, Query, Request
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, Field
 
-from medserve.errors import (
+from medserve.core.audit import AuditEntry, AuditLog
+from medserve.core.context import Principal
+from medserve.core.errors import (
     AuthenticationError,
     InvalidRequestError,
     MedserveError,
     PermissionDeniedError,
     RateLimitedError,
 )
-from medserve.security.audit import AuditEntry, AuditLog
-from medserve.security.guard import PRINCIPAL_SCOPE_KEY, SecurityGuard
-from medserve.security.keys import ApiKey, ChangeCounter, SecurityStore
-from medserve.security.oidc import JwksSource, JwtVerifier
-from medserve.security.permissions import ROLES
-from medserve.security.phi import deidentify_text, load_or_create_salt, pseudonymize
-from medserve.serving.context import Principal
-from medserve.serving.events import PredictionEvent
+from medserve.core.events import PredictionEvent
+from medserve.core.phi import deidentify_text, load_or_create_salt, pseudonymize
+from medserve.core.settings import Settings
+from medserve.features.security.guard import PRINCIPAL_SCOPE_KEY, SecurityGuard
+from medserve.features.security.keys import ApiKey, ChangeCounter, SecurityStore
+from medserve.features.security.oidc import JwksSource, JwtVerifier
+from medserve.features.security.permissions import ROLES
+from medserve.serving.extension import ServingExtension
 from medserve.serving.fast_path import match_hot_path
 from medserve.serving.http_errors import status_for
 from medserve.serving.params import IsoDateTime
-from medserve.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -468,3 +469,20 @@ async def lifespan(api: FastAPI) -> AsyncIterator[None]:
     finally:
         audit.close()
         guard.close()
+
+
+class SecurityExtension(ServingExtension):
+    """Authentication, authorization, rate limits, the audit trail and security headers."""
+
+    name = "security"
+    order = 10
+    router = router
+
+    def lifespan(self, api: FastAPI) -> AbstractAsyncContextManager[None]:
+        return lifespan(api)
+
+    def wrap(self, app: ASGIApp, api: FastAPI) -> ASGIApp:
+        return SecurityMiddleware(app, api.state)
+
+
+extension = SecurityExtension()

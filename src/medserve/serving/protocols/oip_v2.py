@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from medserve.errors import InvalidRequestError
-from medserve.serving.loaded_model import LoadedModel
+from medserve.core.errors import InvalidRequestError
+from medserve.core.loaded_model import LoadedModel
 
 NUMPY_BY_DATATYPE: dict[str, Any] = {
     "BOOL": np.bool_,

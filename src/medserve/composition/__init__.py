@@ -1,5 +1,0 @@
-"""Model composition: ensembles of registered versions served as one model."""
-
-from medserve.composition.ensemble import EnsembleMember, EnsembleSpec
-
-__all__ = ["EnsembleMember", "EnsembleSpec"]

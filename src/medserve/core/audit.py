@@ -1,0 +1,447 @@
+"""The tamper-evident audit trail: an append-only, hash-chained table.
+
+Every row has a dense sequence number and ``hash = sha256(canonical fields + prev_hash)``. Editing
+a row breaks its own hash; deleting or reordering rows breaks the link to the previous hash (and
+the dense sequence), so ``verify`` names the first row that no longer fits. Appends from all
+worker processes are serialised by the database (SQLite ``BEGIN IMMEDIATE``, a PostgreSQL
+advisory lock), so the chain stays one line.
+
+Changes are appended synchronously before the response is sent. Predictions are appended
+to a bounded deque (O(1), never blocking the event loop) and written in batches by a writer
+thread once a second; ``close`` drains the queue, which the server does on a clean shutdown and
+on SIGTERM. If the queue overflows, the number of lost entries is itself written to the chain.
+
+The request does as little as it can: a prediction's entry is queued as ``(build, event,
+time)`` (``enqueue_packed``) and built later, in slices between requests on the server's event
+loop (``drive``; in the writer thread elsewhere); the writer chains the hashes and inserts a
+batch as multi-row ``INSERT ... VALUES`` statements (one GIL release and one B-tree pass per
+256 rows instead of one per row, which under load left the writer waiting for the GIL).
+
+Prediction entries are *packed*: the consecutive prediction entries of one prepared slice (up
+to ``_SLICE``) are stored as one chained row (action ``predict_batch``, the entries as a JSON
+array in ``detail``), so that a prediction costs the writer one small list instead of a hashed,
+indexed row (measured: the per-row writer competed with request handling for the GIL and cost
+more than the request).
+The packed row is hashed like any other, so editing, removing or reordering an entry inside it
+breaks the chain at that row; ``entries`` and the export unpack them into one entry each.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import orjson
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from medserve.core.store.tables_security import sec_audit
+
+log = logging.getLogger(__name__)
+
+GENESIS = "0" * 64
+_BATCH = 2000
+_CHUNKS = (256, 128, 64, 32, 16, 8, 4, 2, 1)  # rows per INSERT (14 columns x 256 = 3,584 params)
+_SLICE = 512  # queued items prepared on the event loop between requests
+_WRITE_INTERVAL_S = 1.0  # see monitoring's flush_interval_s: fewer wakeups, less GIL contention
+_ADVISORY_LOCK = 727003
+PACKED_ACTION = "predict_batch"
+_FIELDS = (
+    "actor",
+    "key_id",
+    "action",
+    "model",
+    "version",
+    "client",
+    "outcome",
+    "request_id",
+    "patient_hash",
+    "detail",
+)
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    actor: str
+    action: str
+    outcome: int
+    key_id: str | None = None
+    model: str | None = None
+    version: str | None = None
+    client: str | None = None
+    request_id: str | None = None
+    patient_hash: str | None = None
+    detail: str = ""
+    at: datetime | None = None
+    packed: int = 0  # prediction entries in a packed row (not stored: the detail holds them)
+
+
+def _at_text(at: datetime) -> str:
+    """UTC, microseconds, ``Z``: the form hashed (isoformat is C-fast; strftime is not)."""
+    if at.tzinfo is not None:
+        at = at.astimezone(UTC).replace(tzinfo=None)
+    return at.isoformat(timespec="microseconds") + "Z"
+
+
+def _as_utc(value: datetime | None) -> datetime | None:
+    if value is None:
+        return None
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def row_hash(row: dict[str, Any], prev_hash: str) -> str:
+    """The chain hash of one row (its sequence, time, every field and the previous hash)."""
+    return _hash(row["seq"], _at_text(row["at"]), tuple(row[f] for f in _FIELDS), prev_hash)
+
+
+def _hash(seq: int, at_text: str, fields: tuple[Any, ...], prev_hash: str) -> str:
+    return hashlib.sha256(orjson.dumps([seq, at_text, *fields, prev_hash])).hexdigest()
+
+
+_PACKED_SPAN = timedelta(minutes=15)  # longest a backlog can hold a prediction entry back
+
+
+def _packed_entry(records: list[list[Any]]) -> AuditEntry:
+    """The chained row that holds consecutive prediction entries (see the module docstring)."""
+
+    def common(index: int) -> Any:
+        values = {r[index] for r in records}
+        return values.pop() if len(values) == 1 else None
+
+    first = datetime.fromisoformat(records[0][0].replace("Z", "+00:00"))
+    return AuditEntry(
+        actor=common(1) or "*",
+        key_id=common(2),
+        action=PACKED_ACTION,
+        model=common(4),
+        version=common(5),
+        outcome=200,
+        detail=orjson.dumps(records).decode(),
+        at=first,
+        packed=len(records),
+    )
+
+
+def _entries_in(entry: AuditEntry) -> int:
+    return entry.packed if entry.action == PACKED_ACTION else 1
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    ok: bool
+    checked: int
+    first_bad_seq: int | None = None
+    reason: str = ""
+
+
+class AuditLog:
+    def __init__(self, engine: Engine, *, queue_size: int = 200_000) -> None:
+        self.engine = engine
+        self._queue: deque[Any] = deque()  # AuditEntry or (build, argument, unix time)
+        self._queue_size = queue_size
+        self._stop = threading.Event()
+        self._dropped = 0
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self._second = -1
+        self._second_text = ""
+        self._ready: deque[AuditEntry] = deque()  # prepared, to chain
+        self._prepare_lock = threading.Lock()
+        # entries in _ready: two counters, each written by one thread (no lock on the hot path)
+        self._prepared = 0
+        self._written = 0
+        self._loop: asyncio.AbstractEventLoop | None = None  # set by drive()
+
+    # -- writing ----------------------------------------------------------------------------
+    def _append(self, conn: Connection, entries: Sequence[AuditEntry]) -> None:
+        if conn.dialect.name == "postgresql":
+            conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_ADVISORY_LOCK})")
+        last = conn.execute(
+            sa.select(sec_audit.c.seq, sec_audit.c.hash).order_by(sec_audit.c.seq.desc()).limit(1)
+        ).first()
+        seq, prev = (int(last[0]), str(last[1])) if last is not None else (0, GENESIS)
+        now = datetime.now(UTC)
+        sqlite = conn.dialect.name == "sqlite"
+        rows: list[tuple[Any, ...]] = []
+        for e in entries:
+            seq += 1
+            at = (e.at or now).astimezone(UTC).replace(tzinfo=None)
+            at_text = _at_text(at)
+            fields = (
+                e.actor[:256],
+                e.key_id,
+                e.action[:64],
+                e.model[:128] if e.model else None,
+                e.version[:64] if e.version else None,
+                e.client[:64] if e.client else None,
+                int(e.outcome),
+                e.request_id[:64] if e.request_id else None,
+                e.patient_hash,
+                e.detail,
+            )
+            digest = _hash(seq, at_text, fields, prev)
+            # SQLite keeps DateTime as SQLAlchemy's text form; the driver-level insert below
+            # skips SQLAlchemy's per-value processing (the cost of a batch is in that loop).
+            stored_at: Any = at_text[:-1].replace("T", " ") if sqlite else at.replace(tzinfo=UTC)
+            rows.append((seq, stored_at, *fields, prev, digest))
+            prev = digest
+        marks = "(" + ", ".join(["?" if conn.dialect.paramstyle == "qmark" else "%s"] * 14) + ")"
+        columns = ", ".join(["seq", "at", *_FIELDS, "prev_hash", "hash"])
+        start = 0
+        for size in _CHUNKS:
+            while len(rows) - start >= size:
+                flat = tuple([value for row in rows[start : start + size] for value in row])
+                sql = f"INSERT INTO sec_audit ({columns}) VALUES {', '.join([marks] * size)}"
+                conn.exec_driver_sql(sql, flat)
+                start += size
+
+    def append_in(self, conn: Connection, entries: list[AuditEntry]) -> None:
+        """Append inside the caller's write transaction: the change and its audit entry
+        commit together (or not at all)."""
+        if entries:
+            self._append(conn, entries)
+
+    def append(self, entries: Sequence[AuditEntry]) -> None:
+        """Write ``entries`` durably now (committed when this returns)."""
+        if not entries:
+            return
+        with (
+            self.engine.connect().execution_options(medserve_write=True) as conn,
+            conn.begin(),
+        ):
+            self._append(conn, entries)
+
+    def enqueue(self, entry: AuditEntry) -> None:
+        """Queue an entry for the background writer; never blocks (a deque append)."""
+        if len(self._queue) + self._prepared - self._written >= self._queue_size:
+            self._dropped += 1
+        else:
+            self._queue.append(entry)
+
+    def enqueue_packed(self, build: Callable[[Any, str], list[Any]], argument: Any) -> None:
+        """Queue a prediction entry to be packed with its neighbours into one chained row:
+        ``build(argument, at_text)`` returns ``[at, actor, key_id, action, model, version,
+        client, outcome, request_id, patient_hash, detail]`` and runs later (``drive``)."""
+        if len(self._queue) + self._prepared - self._written >= self._queue_size:
+            self._dropped += 1
+        else:
+            self._queue.append((build, argument, time.time()))
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._stop.clear()
+            self._thread = threading.Thread(
+                target=self._run, name="medserve-audit-writer", daemon=True
+            )
+            self._thread.start()
+
+    def drive(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Build queued prediction entries on ``loop`` (the server's event loop; call from it)
+        in slices between requests; the writer thread then only chains and inserts. Same
+        reason as the prediction log's ``drive``: Python work in the writer thread competes
+        with the event loop for the GIL and stalls it at every system call."""
+        self._loop = loop
+        loop.call_later(_WRITE_INTERVAL_S, self._tick)
+
+    def _tick(self) -> None:
+        assert self._loop is not None
+        if self._stop.is_set():
+            return
+        try:
+            self._prepare(_SLICE)
+        except Exception:  # keep ticking: the next slices, and the overflow count, still matter
+            log.exception("audit trail: could not prepare queued entries")
+        if self._queue:
+            self._loop.call_soon(self._tick)
+        else:
+            self._loop.call_later(_WRITE_INTERVAL_S, self._tick)
+
+    def _prepare(self, most: int | None = None) -> None:
+        """Queued items -> entries ready to chain, in order: an ``AuditEntry`` stays a row of
+        its own, consecutive prediction entries become one packed entry (its JSON made here, so
+        that the writer thread only hashes and inserts)."""
+        with self._prepare_lock:  # the loop's slices, or the writer when it stops
+            queue = self._queue
+            taken = 0
+            units: list[AuditEntry] = []
+            records: list[list[Any]] = []
+            while queue and (most is None or taken < most):
+                item = queue.popleft()
+                taken += 1
+                if type(item) is tuple:
+                    records.append(self._packed(item))
+                    continue
+                if records:
+                    units.append(_packed_entry(records))
+                    records = []
+                units.append(item)
+            if records:
+                units.append(_packed_entry(records))
+            self._ready.extend(units)
+            self._prepared += taken
+
+    def _run(self) -> None:
+        while True:
+            stopping = self._stop.wait(_WRITE_INTERVAL_S)
+            if stopping or self._loop is None:
+                self._prepare()
+            while self._ready or self._dropped:
+                batch: list[AuditEntry] = []
+                while self._ready and len(batch) < _BATCH:
+                    entry = self._ready.popleft()
+                    batch.append(entry)
+                    self._written += _entries_in(entry)
+                if self._dropped:
+                    lost, self._dropped = self._dropped, 0
+                    batch.append(
+                        AuditEntry(
+                            actor="medserve",
+                            action="audit_overflow",
+                            outcome=500,
+                            detail=f"{lost} prediction audit entries were lost: queue full",
+                        )
+                    )
+                self._write_batch(batch)
+                if stopping:
+                    self._prepare()
+            if stopping and not self._queue:
+                return
+
+    def _at_text_of(self, at: float) -> str:
+        """``_at_text`` of a unix time, the date and time of day formatted once a second (a
+        datetime per entry cost the writer more than the rest of the entry)."""
+        second = int(at)
+        if second != self._second:
+            self._second = second
+            self._second_text = _at_text(datetime.fromtimestamp(second, UTC))[:19]
+        return f"{self._second_text}.{int((at - second) * 1e6):06d}Z"
+
+    def _packed(self, item: tuple[Any, ...]) -> list[Any]:
+        build, argument, at = item
+        at_text = self._at_text_of(at)
+        try:
+            record: list[Any] = build(argument, at_text)
+        except Exception:  # a bug must not cost the entry its place in the chain
+            log.exception("audit trail: could not build a queued prediction entry")
+            record = [
+                at_text,
+                "medserve",
+                None,
+                "audit_error",
+                None,
+                None,
+                None,
+                500,
+                None,
+                None,
+                "entry lost",
+            ]
+        return record
+
+    def _write_batch(self, batch: list[AuditEntry]) -> None:
+        for attempt in range(5):
+            try:
+                self.append(batch)
+                return
+            except Exception:
+                if attempt == 4:
+                    log.exception("audit trail: could not write %d entries", len(batch))
+                time.sleep(0.2 * (attempt + 1))
+
+    def flush(self) -> None:
+        """Write everything queued so far (stops and restarts the writer)."""
+        self.close()
+        self.start()
+
+    def close(self) -> None:
+        """Drain the queue to the database and stop the writer."""
+        with self._lock:
+            thread, self._thread = self._thread, None
+            if thread is not None:
+                self._stop.set()
+                thread.join()
+
+    # -- reading ----------------------------------------------------------------------------
+    def verify(self) -> VerifyResult:
+        prev = GENESIS
+        expected_seq = 1
+        checked = 0
+        with self.engine.connect() as conn:
+            result = conn.execution_options(stream_results=True).execute(
+                sa.select(sec_audit).order_by(sec_audit.c.seq)
+            )
+            for raw in result.mappings():
+                row = dict(raw)
+                seq = int(row["seq"])
+                if seq != expected_seq:
+                    return VerifyResult(
+                        False, checked, expected_seq, f"entry {expected_seq} is missing"
+                    )
+                if row["prev_hash"] != prev:
+                    return VerifyResult(
+                        False,
+                        checked,
+                        seq,
+                        f"entry {seq} does not follow entry {seq - 1} "
+                        "(an entry was removed or reordered)",
+                    )
+                if row_hash(row, prev) != row["hash"]:
+                    return VerifyResult(False, checked, seq, f"entry {seq} was modified")
+                prev = row["hash"]
+                expected_seq += 1
+                checked += 1
+        return VerifyResult(True, checked)
+
+    def entries(
+        self,
+        *,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        after_seq: int = 0,
+        actor: str | None = None,
+        model: str | None = None,
+        limit: int | None = None,
+    ) -> Iterator[dict[str, Any]]:
+        query = sa.select(sec_audit).where(sec_audit.c.seq > after_seq).order_by(sec_audit.c.seq)
+        since, until = _as_utc(since), _as_utc(until)
+        packed = sec_audit.c.action == PACKED_ACTION
+        if since is not None:
+            # a packed row is stamped with its first entry; later entries may fall after since
+            early = since - _PACKED_SPAN
+            query = query.where(sa.or_(sec_audit.c.at >= since, packed & (sec_audit.c.at >= early)))
+        if until is not None:
+            query = query.where(sec_audit.c.at < until)
+        if actor:
+            query = query.where(sa.or_(packed, sec_audit.c.actor == actor))
+        if model:
+            query = query.where(sa.or_(packed, sec_audit.c.model == model))
+        emitted = 0
+        with self.engine.connect() as conn:
+            for raw in conn.execute(query).mappings():
+                if limit is not None and emitted >= limit:
+                    return
+                row = {str(k): v for k, v in raw.items()}  # plain str keys for JSON encoders
+                row["at"] = _at_text(row["at"])
+                if row["action"] != PACKED_ACTION:
+                    emitted += 1
+                    yield row
+                    continue
+                # a packed row is emitted whole (paging by seq stays exact), each entry with
+                # the row's seq and its index in it
+                for index, values in enumerate(orjson.loads(row["detail"])):
+                    entry = dict(zip(("at", *_FIELDS), values, strict=True))
+                    if (actor and entry["actor"] != actor) or (model and entry["model"] != model):
+                        continue
+                    at = datetime.fromisoformat(entry["at"].replace("Z", "+00:00"))
+                    if (since is not None and at < since) or (until is not None and at >= until):
+                        continue
+                    emitted += 1
+                    yield {"seq": row["seq"], "index": index, **entry}

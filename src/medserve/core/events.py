@@ -1,0 +1,36 @@
+"""Prediction events: how monitoring and audit learn about predictions without slowing them.
+
+Observers are called synchronously on the event loop right after a prediction and before the
+response is sent, so they must only enqueue (a bounded queue drained by a writer thread/task).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from medserve.core.context import RequestContext
+
+
+@dataclass(slots=True)  # not frozen: a frozen dataclass costs ~1 µs more per request to make
+class PredictionEvent:
+    """What observers learn of one prediction; read-only by convention (observers share it)."""
+
+    context: RequestContext
+    model: str
+    version: int
+    feature_names: list[str]
+    inputs: np.ndarray  # the validated model matrix, one row per instance
+    outputs: dict[str, np.ndarray]
+    latency_s: float
+
+    @property
+    def prediction_ids(self) -> list[str]:
+        """One id per row, returned to the caller so outcomes can be attached later."""
+        return [f"{self.context.request_id}-{i}" for i in range(self.inputs.shape[0])]
+
+
+class PredictionObserver(Protocol):
+    def on_prediction(self, event: PredictionEvent) -> None: ...

@@ -1,0 +1,151 @@
+"""A version loaded into a runtime, ready to answer: validation, prediction, output shaping."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from medserve.core.artifacts import ArtifactStore
+from medserve.core.errors import MedserveError, ModelLoadError
+from medserve.core.registry.entities import ModelVersion
+from medserve.core.registry.signature import Signature, Validator
+from medserve.core.runtimes.base import Runtime, RuntimeMetadata
+from medserve.core.runtimes.loader import load_runtime
+
+
+@dataclass(frozen=True)
+class BatchingConfig:
+    """Adaptive batching, opt-in per version via ``serving_config["batching"]``."""
+
+    max_batch_size: int = 32
+    max_wait_ms: float = 2.0
+
+    @classmethod
+    def from_serving_config(cls, config: dict[str, Any]) -> BatchingConfig | None:
+        raw = config.get("batching")
+        if not raw:
+            return None
+        if raw is True:
+            return cls()
+        return cls(
+            max_batch_size=int(raw.get("max_batch_size", cls.max_batch_size)),
+            max_wait_ms=float(raw.get("max_wait_ms", cls.max_wait_ms)),
+        )
+
+
+@runtime_checkable
+class MemberReporting(Protocol):
+    """A runtime made of other models (an ensemble) that reports each member in records."""
+
+    def member_records(self, outputs: dict[str, np.ndarray]) -> list[list[dict[str, Any]]]: ...
+
+    def combiner_summary(self) -> dict[str, Any]: ...
+
+
+@dataclass
+class LoadedModel:
+    version: ModelVersion
+    runtime: Runtime
+    signature: Signature
+    metadata: RuntimeMetadata
+    validator: Validator = field(init=False)
+    batching: BatchingConfig | None = field(init=False)
+    class_keys: list[str] | None = field(init=False)
+    members: MemberReporting | None = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.validator = self.signature.validator()
+        self.batching = BatchingConfig.from_serving_config(self.version.serving_config)
+        labels = self.metadata.class_labels
+        self.class_keys = [str(_plain(c)) for c in labels] if labels is not None else None
+        # decided once here, so other models pay nothing per row
+        self.members = self.runtime if isinstance(self.runtime, MemberReporting) else None
+
+    @property
+    def name(self) -> str:
+        return self.version.model_name
+
+    @property
+    def number(self) -> int:
+        return self.version.version
+
+    @property
+    def is_classifier(self) -> bool:
+        return self.metadata.task == "classification"
+
+    def predict(self, X: np.ndarray) -> dict[str, np.ndarray]:
+        return self.runtime.predict(X)
+
+    def predict_records(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
+        """Validate and predict records synchronously (CLI and tests; the server batches)."""
+        X = self.validator.records_to_matrix(rows)
+        return self.records_response(self.predict(X))
+
+    def records_response(self, outputs: dict[str, np.ndarray]) -> dict[str, Any]:
+        response = {
+            "model": self.name,
+            "version": self.number,
+            "predictions": self.records_predictions(outputs),
+        }
+        if self.members is not None:
+            response["ensemble"] = self.members.combiner_summary()
+        return response
+
+    def records_predictions(self, outputs: dict[str, np.ndarray]) -> list[dict[str, Any]]:
+        if self.is_classifier and self.class_keys is not None:
+            labels = outputs["label"].tolist()
+            probabilities = outputs["probabilities"].tolist()
+            keys = self.class_keys
+            predictions = [
+                {"label": label, "probabilities": dict(zip(keys, row, strict=True))}
+                for label, row in zip(labels, probabilities, strict=True)
+            ]
+        else:
+            predictions = [{"value": value} for value in outputs["value"].tolist()]
+        if self.members is not None:
+            for prediction, members in zip(
+                predictions, self.members.member_records(outputs), strict=True
+            ):
+                prediction["members"] = members
+        return predictions
+
+
+def _plain(value: Any) -> Any:
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def load_version(
+    artifacts: ArtifactStore, version: ModelVersion, *, intra_op_threads: int = 1
+) -> LoadedModel:
+    """Load one version into its runtime, verifying the artifact's sha256 first."""
+    try:
+        path: Path = artifacts.path(version.artifact_sha256)
+        runtime = load_runtime(
+            version.flavor,
+            path,
+            intra_op_threads=intra_op_threads,
+            # pickle versions exist only if an admin registered them with the trust flag
+            trust_pickle=version.flavor == "pickle",
+            artifacts=artifacts,  # ensembles load their members from the store
+        )
+        signature = Signature.model_validate(version.signature)
+        return LoadedModel(version, runtime, signature, runtime.metadata())
+    except MedserveError as exc:
+        raise ModelLoadError(
+            f"model {version.model_name!r} version {version.version} failed to load: {exc.message}"
+        ) from exc
+    except Exception as exc:
+        raise ModelLoadError(
+            f"model {version.model_name!r} version {version.version} failed to load: "
+            f"{type(exc).__name__}"
+        ) from exc
+
+
+def load_version_locally(registry: Any, version: ModelVersion) -> LoadedModel:
+    """Load a version in-process (``medserve predict``), with the same checks as the server."""
+    return load_version(
+        registry.artifacts, version, intra_op_threads=registry.settings.onnx_intra_op_threads
+    )

@@ -1,0 +1,509 @@
+"""The prediction log: every prediction recorded, de-identified, off the hot path.
+
+``on_prediction`` runs on the event loop for every request, so it only timestamps the event and
+appends it to a bounded deque (a few hundred nanoseconds, no lock). Every ``flush_interval_s``
+(1 s, or when the queue passes half full) the queued events are de-identified and encoded
+(*packed*), and a writer thread per worker process inserts the packs in one transaction. In the
+server the packing runs on the event loop in slices between requests (``drive``); elsewhere the
+writer thread packs too. ``close()`` drains everything that was accepted: the server calls it on
+shutdown (SIGTERM included), so entries are not lost.
+
+Why it is shaped this way: the writer shares the GIL (and, under load, the CPU) with the event
+loop, so what logging costs per prediction is taken from the requests. An indexed SQL row per
+prediction (JSON per row, four B-tree inserts) made the writer threads use 39-84 µs of CPU per
+request in the server and stalled the event loop at GIL hand-offs: 20-30% of single-row
+throughput. So the log is packed: the predictions of one batch and model version become one row
+whose columns are JSON arrays (ids, times, outputs by column, encoded by orjson from numpy in a
+few calls) and one input matrix (``.npy`` bytes where it is all numbers), and the writer threads
+use 4-11 µs per request (both measured with ``python -m benchmarks.governance --cpu``).
+
+Outcomes find their rows through the ids: medserve's request ids start with their time in
+microseconds, so the batches that can hold one are an index range; a caller's own
+``X-Request-ID`` is written to ``mon_prediction_ids`` instead (see ``MonitoringStore``).
+
+When the writer cannot keep up the queue fills, and the declared policy applies: ``block`` waits
+up to ``block_ms`` for room (back-pressure on the callers), then drops; ``drop`` drops at once.
+Every dropped row is counted in ``medserve_monitor_log_dropped_total`` and logged (no PHI).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sized
+from datetime import UTC, datetime, timedelta
+from typing import Any, cast
+
+import numpy as np
+import orjson
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import SQLAlchemyError
+
+from medserve.core import metrics
+from medserve.core.context import now_us, request_id_time_us
+from medserve.core.events import PredictionEvent
+from medserve.core.monitoring_config import MonitoringSettings
+from medserve.core.phi import deidentify_text, pseudonymize
+from medserve.core.registry.signature import Signature
+from medserve.core.store.tables_monitoring import (
+    PACKED_SPAN_S,
+    mon_prediction_batches,
+    mon_prediction_ids,
+)
+
+log = logging.getLogger(__name__)
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+_WRITE_ATTEMPTS = 5
+_SLICE_ROWS = 256  # rows packed on the event loop between requests (1-3 ms)
+_JSON_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
+_NUMERIC_KINDS = frozenset("fiub")
+# How long after its request id was made a prediction may be logged and still be found by the
+# time in its id (clock noise .. 15 minutes); others are written to mon_prediction_ids.
+OWN_ID_LAG_US = (-1_000_000, 900_000_000)
+
+
+def _json_default(value: Any) -> Any:
+    """What orjson does not take natively: non-contiguous or object/str numpy arrays."""
+    if isinstance(value, np.ndarray | np.generic):
+        return value.tolist()
+    raise TypeError(f"not JSON serializable: {type(value).__name__}")
+
+
+def dumps(value: Any) -> bytes:
+    return orjson.dumps(value, default=_json_default, option=_JSON_OPTIONS)
+
+
+def carries_time(request_id: str, at_us: int, made_us: int | None = None) -> bool:
+    """Whether ``request_id`` is medserve's own, made shortly before ``at_us`` (``made_us``: its
+    time where the request context knows it, else read from the id)."""
+    made = request_id_time_us(request_id) if made_us is None else made_us
+    return made is not None and OWN_ID_LAG_US[0] <= at_us - made <= OWN_ID_LAG_US[1]
+
+
+SignatureLookup = Callable[[str, int], Signature | None]
+# One version's input matrix -> its de-identified rows: the matrix itself where nothing needs
+# cleaning (orjson encodes a numeric matrix natively), else one list of values per row.
+RowEncoder = Callable[[np.ndarray], "np.ndarray | list[list[Any]]"]
+
+
+def _as_is(X: np.ndarray) -> np.ndarray:
+    return X
+
+
+def make_row_encoder(signature: Signature | None, salt: bytes) -> RowEncoder:
+    """How one version's input rows become de-identified JSON (feature order of the signature).
+
+    Numbers are kept (drift needs them); identifier-flagged fields become salted pseudonyms and
+    every other string goes through Safe Harbor text de-identification. An all-numeric signature
+    without identifiers costs nothing per value: its rows are logged as they are.
+    """
+    if signature is None:
+        return _as_is
+    identifiers = {i for i, f in enumerate(signature.inputs) if f.identifier}
+    if not identifiers and signature.all_numeric:
+        return _as_is
+
+    def clean(index: int, value: Any) -> Any:
+        if isinstance(value, np.generic):
+            value = value.item()
+        if value is None or (isinstance(value, float) and value != value):
+            return None
+        if index in identifiers:
+            return pseudonymize(str(value), salt=salt)
+        if isinstance(value, str):
+            return deidentify_text(value)
+        return value
+
+    def encode(X: np.ndarray) -> list[list[Any]]:
+        return [[clean(i, v) for i, v in enumerate(row)] for row in X]
+
+    return encode
+
+
+def _stack(parts: list[Any]) -> Any:
+    """Rows of several requests as one JSON-able value: one numeric matrix where they all are
+    numeric arrays of one width (encoded natively by orjson), else a list."""
+    if all(type(p) is np.ndarray for p in parts):
+        try:
+            stacked = parts[0] if len(parts) == 1 else np.concatenate(parts)
+        except ValueError:
+            pass
+        else:
+            if stacked.dtype.kind in _NUMERIC_KINDS:
+                return np.ascontiguousarray(stacked)
+    out: list[Any] = []
+    for part in parts:
+        out.extend(part.tolist() if isinstance(part, np.ndarray) else part)
+    return out
+
+
+def output_columns(outputs: list[dict[str, Any]], sizes: list[int]) -> dict[str, Any]:
+    """``{output: value per row}`` for the requests of one batch (``sizes``: rows of each); an
+    output a request lacks, or that is not one value per row, is ``null`` for its rows."""
+    keys = dict.fromkeys(outputs[0])  # a version's outputs are the same for every request
+    if len(set().union(*outputs)) != len(keys):
+        for out in outputs:
+            keys.update(dict.fromkeys(out))
+    columns: dict[str, Any] = {}
+    for key in keys:
+        parts = [out.get(key) for out in outputs]
+        try:  # the usual case: every request has it, one value per row (len() of None raises)
+            usual = list(map(len, cast("list[Sized]", parts))) == sizes
+        except TypeError:
+            usual = False
+        if usual:
+            columns[key] = _stack(parts)
+            continue
+        column: list[Any] = []
+        for value, n in zip(parts, sizes, strict=True):
+            array = value if isinstance(value, np.ndarray) or value is None else np.asarray(value)
+            if array is None or not array.ndim or array.shape[0] != n:
+                column.append([None] * n)
+            else:
+                column.append(array)
+        columns[key] = _stack(column)
+    return columns
+
+
+def npy_bytes(matrix: np.ndarray) -> bytes:
+    """``matrix`` in NumPy's ``.npy`` format (dtype and shape in its header; read back with
+    ``np.load(..., allow_pickle=False)``)."""
+    buffer = io.BytesIO()
+    np.lib.format.write_array(buffer, matrix, allow_pickle=False)
+    return buffer.getvalue()
+
+
+def npy_rows(blob: bytes) -> list[list[Any]]:
+    """Rows of a matrix stored by :func:`npy_bytes`, each value as JSON logging would have given
+    it (float32 values by their shortest float32 text: 0.1, not 0.10000000149011612)."""
+    matrix = np.load(io.BytesIO(blob), allow_pickle=False)
+    rows: list[list[Any]] = orjson.loads(orjson.dumps(matrix, option=_JSON_OPTIONS))
+    return rows
+
+
+class PredictionLog:
+    """A ``PredictionObserver`` writing to ``mon_prediction_batches`` through its own thread."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        settings: MonitoringSettings,
+        *,
+        salt: bytes,
+        signature_of: SignatureLookup,
+    ) -> None:
+        self.engine = engine
+        self.settings = settings
+        self.salt = salt
+        self.signature_of = signature_of
+        self._queue: deque[tuple[PredictionEvent, int]] = deque()  # (event, logged at, µs)
+        self._max = max(1, settings.queue_size)
+        self._soon = max(1, self._max // 2)
+        self._block_s = settings.block_ms / 1000 if settings.queue_full == "block" else 0.0
+        self._interval_s = max(0.001, settings.flush_interval_s)
+        self._wake = threading.Event()  # the writer: write now (queue half full, flush, close)
+        self._room = threading.Condition()  # callers blocked on a full queue
+        self._stop = False
+        self._busy = False  # the writer holds popped events not yet written
+        # The bound counts rows (a 100-row request is 100 rows): two counters, each written
+        # by one thread only (the event loop / the writer), so no lock on the hot path.
+        self._in_rows = 0
+        self._out_rows = 0
+        self._encoders: dict[tuple[str, int], RowEncoder] = {}
+        self._patients: dict[str, str] = {}
+        self._ready: deque[tuple[dict[str, Any], set[str]]] = deque()  # packed, to insert
+        self._loop: asyncio.AbstractEventLoop | None = None  # set by drive()
+        self._tick_later: asyncio.TimerHandle | None = None
+        self._pack_here = False  # flush(): the writer packs too
+        self._thread = threading.Thread(target=self._run, name="medserve-prediction-log")
+        self._thread.daemon = True
+        self._closed = False
+        self.written = 0
+        self.dropped = 0
+        self._thread.start()
+
+    # -- hot path ---------------------------------------------------------------------------
+    def on_prediction(self, event: PredictionEvent) -> None:
+        rows = event.inputs.shape[0]
+        queued = self._in_rows - self._out_rows
+        if queued < self._max:
+            self._queue.append((event, now_us()))
+            self._in_rows += rows
+            if queued < self._soon <= queued + rows:
+                self._hurry()
+            return
+        self._full(event, rows)
+
+    def _hurry(self) -> None:
+        """The queue passed half full: pack (driven) or write (not driven) now."""
+        if self._loop is None:
+            self._wake.set()
+        elif self._tick_later is not None:
+            self._tick_later.cancel()
+            self._tick_later = None
+            self._loop.call_soon(self._tick)
+
+    def _full(self, event: PredictionEvent, rows: int) -> None:
+        if self._loop is not None:  # the writer can only free room by writing packs
+            self._pack_pending()
+        self._wake.set()
+        if self._block_s > 0:
+            deadline = time.monotonic() + self._block_s
+            with self._room:
+                while self._in_rows - self._out_rows >= self._max:
+                    left = deadline - time.monotonic()
+                    if left <= 0 or not self._room.wait(left):
+                        break
+            if self._in_rows - self._out_rows < self._max:
+                self._queue.append((event, now_us()))
+                self._in_rows += rows
+                return
+        self._drop(rows, "queue_full")
+
+    def _drop(self, rows: int, reason: str) -> None:
+        self.dropped += rows
+        metrics.LOG_DROPPED.labels(reason).inc(rows)
+        log.warning("prediction log dropped %d row(s): %s", rows, reason)
+
+    # -- packing on the event loop ----------------------------------------------------------
+    def drive(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Pack on ``loop`` (the server's event loop; call from it), the writer thread only
+        inserting finished packs.
+
+        Packing is Python work: done by the writer thread it would compete with the event loop
+        for the GIL, and a thread that waits for the GIL gets it at the event loop's next
+        system call and keeps it for a switch interval (5 ms), so every socket write could
+        stall the loop behind the writer (measured: the writer's CPU per request doubled in the
+        server, and the event loop's grew as much again). Packed here, in slices of
+        ``_SLICE_ROWS`` between requests, it costs its CPU once; the SQL insert releases the
+        GIL while SQLite works.
+        """
+        self._loop = loop
+        self._tick_later = loop.call_later(self._interval_s, self._tick)
+
+    def _tick(self) -> None:
+        assert self._loop is not None
+        self._tick_later = None
+        if self._stop:
+            return
+        self._pack_pending(_SLICE_ROWS)
+        if self._queue:
+            self._loop.call_soon(self._tick)  # requests that arrived meanwhile go first
+        else:
+            self._wake.set()
+            self._tick_later = self._loop.call_later(self._interval_s, self._tick)
+
+    def _pack_pending(self, most_rows: int | None = None) -> None:
+        """Queued events -> packs ready for the writer (every queued event when ``None``)."""
+        queue = self._queue
+        while queue:
+            batch: list[tuple[PredictionEvent, int]] = []
+            rows = 0
+            limit = self.settings.batch_rows if most_rows is None else most_rows
+            while queue and rows < limit:
+                item = queue.popleft()
+                batch.append(item)
+                rows += item[0].inputs.shape[0]
+            try:
+                self._ready.extend(self.packs(batch))
+            except Exception:  # a bug in packing must not stop the log; the rows are counted
+                log.exception("prediction log could not pack a batch")
+                self._out_rows += rows
+                self._drop(rows, "write_failed")
+            if most_rows is not None:
+                return
+
+    # -- writer -----------------------------------------------------------------------------
+    def close(self, timeout: float = 60.0) -> None:
+        """Write everything accepted so far, then stop the writer (idempotent)."""
+        if self._closed:
+            return
+        self._closed = True
+        self._stop = True
+        self._wake.set()
+        self._thread.join(timeout)
+
+    def flush(self, timeout: float = 30.0) -> None:
+        """Wait until every event queued before this call is written (tests, CLI)."""
+        deadline = time.monotonic() + timeout
+        self._pack_here = True
+        try:
+            while (self._queue or self._ready or self._busy) and time.monotonic() < deadline:
+                self._wake.set()
+                time.sleep(0.005)
+        finally:
+            self._pack_here = False
+
+    def _run(self) -> None:
+        while True:
+            self._wake.wait(self._interval_s)
+            self._wake.clear()
+            stopping = self._stop
+            if stopping or self._loop is None or self._pack_here:
+                self._pack_pending()
+            while self._ready:
+                self._busy = True
+                packs: list[tuple[dict[str, Any], set[str]]] = []
+                rows = 0
+                while self._ready and rows < self.settings.batch_rows:
+                    pack = self._ready.popleft()
+                    packs.append(pack)
+                    rows += pack[0]["n"]
+                self._out_rows += rows
+                if self._block_s > 0:
+                    with self._room:
+                        self._room.notify_all()
+                try:
+                    self.write_packs(packs)
+                except Exception:  # the writer must survive anything; the rows are counted
+                    log.exception("prediction log writer failed on a batch")
+                    self._drop(rows, "write_failed")
+                finally:
+                    self._busy = False
+                    metrics.LOG_QUEUE_DEPTH.set(self._in_rows - self._out_rows)
+                if stopping or self._pack_here:
+                    self._pack_pending()
+            if stopping and not self._queue and not self._ready:
+                return
+
+    def _encoder(self, model: str, version: int) -> RowEncoder:
+        key = (model, version)
+        encoder = self._encoders.get(key)
+        if encoder is None:
+            encoder = self._encoders[key] = make_row_encoder(
+                self.signature_of(model, version), self.salt
+            )
+        return encoder
+
+    def _patient(self, patient_id: str) -> str:
+        token = self._patients.get(patient_id)
+        if token is None:
+            if len(self._patients) > 4096:
+                self._patients.clear()
+            token = self._patients[patient_id] = pseudonymize(patient_id, salt=self.salt)
+        return token
+
+    def pack(
+        self, model: str, version: int, items: list[tuple[PredictionEvent, int]]
+    ) -> tuple[dict[str, Any], set[str]]:
+        """One ``mon_prediction_batches`` row for ``items`` (one model version, in queue order),
+        and the request ids that must be findable by id (see ``carries_time``)."""
+        # Column by column with comprehensions and whole-array numpy calls: this runs on the
+        # event loop for every logged prediction (a comprehension costs a third of a loop of
+        # appends; one np.concatenate a tenth of a value-by-value conversion).
+        events = [event for event, _ in items]
+        contexts = [event.context for event in events]
+        rids = [context.request_id for context in contexts]
+        stamps = [at for _, at in items]
+        sizes = [event.inputs.shape[0] for event in events]
+        pseudonym = self._patient
+        patients = [pseudonym(c.patient_id) if c.patient_id else None for c in contexts]
+        sites = [context.site for context in contexts]
+        latency = [event.latency_s * 1000.0 for event in events]
+        by_id = {
+            c.request_id
+            for c, at in zip(contexts, stamps, strict=True)
+            if not carries_time(c.request_id, at, c.id_time_us)
+        }
+        if max(sizes) == 1:
+            ids = [rid + "-0" for rid in rids]
+            times = stamps
+        else:  # a request's rows share its id (with the row number), time, patient and site
+            ids = [f"{rid}-{i}" for rid, n in zip(rids, sizes, strict=True) for i in range(n)]
+            times = _repeat(stamps, sizes)
+            patients, sites, latency = (_repeat(c, sizes) for c in (patients, sites, latency))
+        encode = self._encoder(model, version)
+        inputs = _stack([encode(event.inputs) for event in events])
+        numeric = type(inputs) is np.ndarray
+        outputs = [event.outputs for event in events]
+        row = {
+            "model_name": model,
+            "version": version,
+            "first_at": from_us(min(times)),
+            "last_at": from_us(max(times)),
+            "n": len(ids),
+            "ids": dumps(ids).decode(),
+            "times": dumps(times).decode(),
+            "patients": dumps(patients).decode() if any(patients) else None,
+            "sites": dumps(sites).decode() if any(sites) else None,
+            # a numeric matrix as .npy bytes: JSON would format every value (1.4 µs a row of 30)
+            "inputs": None if numeric else dumps(inputs).decode(),
+            "inputs_npy": npy_bytes(inputs) if numeric else None,
+            "outputs": dumps(output_columns(outputs, sizes)).decode(),
+            "latency_ms": dumps(latency).decode(),
+        }
+        return row, by_id
+
+    def packs(
+        self, batch: list[tuple[PredictionEvent, int]]
+    ) -> list[tuple[dict[str, Any], set[str]]]:
+        """The batch grouped by model version, each group cut where it would span more than
+        ``PACKED_SPAN_S`` (the bound the store's time-window queries rely on)."""
+        groups: dict[tuple[str, int], list[tuple[PredictionEvent, int]]] = {}
+        for item in batch:
+            event = item[0]
+            key = (event.model, event.version)
+            group = groups.get(key)
+            if group is None:
+                groups[key] = [item]
+            else:
+                group.append(item)
+        span = PACKED_SPAN_S * 1_000_000
+        packs = []
+        for (model, version), items in groups.items():
+            times = [at for _, at in items]
+            if max(times) - min(times) <= span:  # the usual case: one pack
+                packs.append(self.pack(model, version, items))
+                continue
+            start = 0
+            low = high = items[0][1]
+            for i, (_, at) in enumerate(items):
+                low, high = min(low, at), max(high, at)
+                if high - low > span:
+                    packs.append(self.pack(model, version, items[start:i]))
+                    start, low, high = i, at, at
+            packs.append(self.pack(model, version, items[start:]))
+        return packs
+
+    def write_packs(self, packs: list[tuple[dict[str, Any], set[str]]]) -> None:
+        started = time.perf_counter()
+        for attempt in range(_WRITE_ATTEMPTS):
+            try:
+                with (
+                    self.engine.connect().execution_options(medserve_write=True) as conn,
+                    conn.begin(),
+                ):
+                    for row, by_id in packs:
+                        seq = conn.execute(
+                            mon_prediction_batches.insert().returning(mon_prediction_batches.c.seq),
+                            row,
+                        ).scalar_one()
+                        if by_id:
+                            conn.execute(
+                                mon_prediction_ids.insert(),
+                                [{"request_id": r[:96], "batch_seq": seq} for r in by_id],
+                            )
+                break
+            except SQLAlchemyError:
+                if attempt == _WRITE_ATTEMPTS - 1:
+                    raise
+                time.sleep(0.1 * 2**attempt)
+        rows = sum(row["n"] for row, _ in packs)
+        metrics.LOG_WRITE_SECONDS.observe(time.perf_counter() - started)
+        metrics.LOG_WRITTEN.inc(rows)
+        self.written += rows
+
+
+def _repeat(values: list[Any], sizes: list[int]) -> list[Any]:
+    return [value for value, n in zip(values, sizes, strict=True) for _ in range(n)]
+
+
+def from_us(us: int) -> datetime:
+    """A log time (µs since the epoch, as ``times`` holds them) as an aware datetime."""
+    return EPOCH + timedelta(microseconds=us)

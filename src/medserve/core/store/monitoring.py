@@ -1,0 +1,527 @@
+"""Database access for monitoring, on the registry's engine (SQLite or PostgreSQL).
+
+Writes here do not bump the registry's change counter: a prediction-log batch or a drift run
+is not a registry change, and must not make every worker re-read its aliases.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import orjson
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine, RowMapping
+from sqlalchemy.exc import OperationalError
+
+from medserve.core.context import request_id_time_us
+from medserve.core.errors import InvalidRequestError, NotFoundError, StoreError
+from medserve.core.monitoring_config import ModelMonitoringConfig
+from medserve.core.prediction_log import EPOCH, OWN_ID_LAG_US, from_us, npy_rows
+from medserve.core.store.base import RegistryStore
+from medserve.core.store.tables_monitoring import (
+    PACKED_SPAN_S,
+    mon_alerts,
+    mon_configs,
+    mon_outcomes,
+    mon_prediction_batches,
+    mon_prediction_ids,
+    mon_references,
+    mon_rules,
+    mon_runs,
+)
+
+RULE_OPS = (">", ">=", "<", "<=")
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    return None if value is None else _aware(value)
+
+
+def _aware(value: datetime) -> datetime:
+    """UTC; a naive time is taken to be UTC already (SQLite hands times back naive)."""
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+@dataclass(frozen=True)
+class LoggedPrediction:
+    id: str
+    model_name: str
+    version: int
+    at: datetime
+    patient: str | None
+    site: str | None
+    inputs: list[Any]
+    outputs: dict[str, Any]
+    outcome: Any
+    outcome_at: datetime | None
+    latency_ms: float | None = None
+
+
+@dataclass(frozen=True)
+class AlertRule:
+    id: int
+    model_name: str
+    metric: str
+    op: str
+    threshold: float
+    min_n: int
+    consecutive: int
+    streak: int
+    enabled: bool
+
+    def breached(self, value: float) -> bool:
+        return {
+            ">": value > self.threshold,
+            ">=": value >= self.threshold,
+            "<": value < self.threshold,
+            "<=": value <= self.threshold,
+        }[self.op]
+
+
+class MonitoringStore:
+    def __init__(self, registry_store: RegistryStore | Engine) -> None:
+        if isinstance(registry_store, Engine):
+            self.engine = registry_store
+        else:
+            engine = getattr(registry_store, "engine", None)
+            if not isinstance(engine, Engine):
+                raise StoreError("monitoring needs the SQL registry store")
+            self.engine = engine
+
+    @contextmanager
+    def _read(self) -> Iterator[Connection]:
+        try:
+            with self.engine.connect() as conn, conn.begin():
+                yield conn
+        except OperationalError as exc:
+            raise StoreError(f"monitoring store unavailable: {type(exc.orig).__name__}") from exc
+
+    @contextmanager
+    def _write(self) -> Iterator[Connection]:
+        try:
+            with self.engine.connect().execution_options(medserve_write=True) as conn, conn.begin():
+                yield conn
+        except OperationalError as exc:
+            raise StoreError(f"monitoring store unavailable: {type(exc.orig).__name__}") from exc
+
+    def transaction(self) -> Any:
+        """A write transaction (for multi-step updates such as rule evaluation)."""
+        return self._write()
+
+    # -- references -------------------------------------------------------------------------
+    def put_reference(
+        self,
+        model: str,
+        version: int,
+        reference: dict[str, Any],
+        importance: dict[str, Any] | None,
+        at: datetime,
+    ) -> None:
+        t = mon_references
+        with self._write() as conn:
+            conn.execute(t.delete().where(t.c.model_name == model, t.c.version == version))
+            conn.execute(
+                t.insert().values(
+                    model_name=model,
+                    version=version,
+                    reference=reference,
+                    importance=importance,
+                    created_at=at,
+                )
+            )
+
+    def put_importance(self, model: str, version: int, importance: dict[str, Any]) -> None:
+        """Add the global importance to a stored reference (explain computes it afterwards)."""
+        t = mon_references
+        with self._write() as conn:
+            conn.execute(
+                t.update()
+                .where(t.c.model_name == model, t.c.version == version)
+                .values(importance=importance)
+            )
+
+    def reference(self, model: str, version: int) -> tuple[dict[str, Any], dict[str, Any] | None]:
+        t = mon_references
+        with self._read() as conn:
+            row = (
+                conn.execute(sa.select(t).where(t.c.model_name == model, t.c.version == version))
+                .mappings()
+                .first()
+            )
+        if row is None:
+            raise NotFoundError(f"no monitoring reference stored for {model} v{version}")
+        return dict(row["reference"]), (dict(row["importance"]) if row["importance"] else None)
+
+    # -- per-model configuration ------------------------------------------------------------
+    def config(self, model: str) -> ModelMonitoringConfig:
+        with self._read() as conn:
+            row = conn.execute(
+                sa.select(mon_configs.c.config).where(mon_configs.c.model_name == model)
+            ).first()
+        return ModelMonitoringConfig.model_validate(row[0] if row else {})
+
+    def set_config(self, model: str, config: ModelMonitoringConfig, actor: str) -> None:
+        t = mon_configs
+        with self._write() as conn:
+            conn.execute(t.delete().where(t.c.model_name == model))
+            conn.execute(
+                t.insert().values(
+                    model_name=model,
+                    config=config.model_dump(mode="json"),
+                    updated_by=actor,
+                    updated_at=datetime.now(UTC),
+                )
+            )
+
+    # -- prediction log ---------------------------------------------------------------------
+    # Rows are packed one batch per table row (see monitoring/prediction_log.py); these
+    # methods unpack them, so callers see one ``LoggedPrediction`` per prediction.
+    def count_predictions(self, model: str | None = None) -> int:
+        b = mon_prediction_batches
+        query = sa.select(sa.func.coalesce(sa.func.sum(b.c.n), 0))
+        if model is not None:
+            query = query.where(b.c.model_name == model)
+        with self._read() as conn:
+            return int(conn.execute(query).scalar_one())
+
+    def prediction_ids(self, model: str) -> list[str]:
+        b = mon_prediction_batches
+        query = sa.select(b.c.ids).where(b.c.model_name == model).order_by(b.c.seq)
+        with self._read() as conn:
+            return [i for (ids,) in conn.execute(query) for i in orjson.loads(ids)]
+
+    def predictions(self, model: str, start: datetime, end: datetime) -> list[LoggedPrediction]:
+        """Predictions logged in ``[start, end)``, oldest batch first, with their outcomes."""
+        start, end = _aware(start), _aware(end)
+        b = mon_prediction_batches
+        window = sa.and_(_overlapping(start, end), b.c.model_name == model)
+        with self._read() as conn:
+            batches = conn.execute(sa.select(b).where(window).order_by(b.c.seq)).mappings().all()
+            o = mon_outcomes
+            joined = sa.select(o).join(b, b.c.seq == o.c.batch_seq).where(window)
+            outcomes = {(r.batch_seq, r.idx): r for r in conn.execute(joined)}
+        low, high = _us(start), _us(end)
+        found: list[LoggedPrediction] = []
+        for batch in batches:
+            found.extend(_unpack(batch, outcomes, low, high))
+        return found
+
+    def attach_outcomes(self, model: str | None, items: list[dict[str, Any]]) -> list[int]:
+        """Attach outcomes; each item names ``prediction_id`` or ``patient`` + a time window.
+
+        Returns the number of predictions each item labelled (0 means nothing matched yet).
+        An outcome attached again replaces the earlier one.
+        """
+        now = datetime.now(UTC)
+        counts = []
+        seen: dict[int, tuple[str, list[str]]] = {}  # batch seq -> (model, ids), read once
+        with self._write() as conn:
+            for item in items:
+                if item.get("prediction_id"):
+                    hits = self._rows_by_id(conn, model, str(item["prediction_id"]), seen)
+                else:
+                    hits = self._rows_by_patient(conn, item)
+                if hits:
+                    keys = sa.tuple_(mon_outcomes.c.batch_seq, mon_outcomes.c.idx)
+                    for at in range(0, len(hits), 400):  # under SQLite's bound on parameters
+                        chunk = hits[at : at + 400]
+                        conn.execute(mon_outcomes.delete().where(keys.in_(chunk)))
+                    outcome = orjson.dumps(item["outcome"]).decode()
+                    conn.execute(
+                        mon_outcomes.insert(),
+                        [
+                            {"batch_seq": s, "idx": i, "outcome": outcome, "outcome_at": now}
+                            for s, i in hits
+                        ],
+                    )
+                counts.append(len(hits))
+        return counts
+
+    def _rows_by_id(
+        self,
+        conn: Connection,
+        model: str | None,
+        prediction_id: str,
+        seen: dict[int, tuple[str, list[str]]],
+    ) -> list[tuple[int, int]]:
+        request_id, _, index = prediction_id.rpartition("-")
+        if not request_id or not index.isdigit():
+            return []
+        b = mon_prediction_batches
+        seqs = set(
+            conn.execute(
+                sa.select(mon_prediction_ids.c.batch_seq).where(
+                    mon_prediction_ids.c.request_id == request_id[:96]
+                )
+            ).scalars()
+        )
+        made_us = request_id_time_us(request_id)
+        if made_us is not None:  # the batches that can hold it: logged up to 15 minutes later
+            made = from_us(made_us + OWN_ID_LAG_US[0])
+            late = from_us(made_us + OWN_ID_LAG_US[1])
+            seqs.update(conn.execute(sa.select(b.c.seq).where(_overlapping(made, late))).scalars())
+        missing = [s for s in seqs if s not in seen]
+        if missing:
+            query = sa.select(b.c.seq, b.c.model_name, b.c.ids).where(b.c.seq.in_(missing))
+            for seq, name, ids in conn.execute(query):
+                seen[seq] = (name, orjson.loads(ids))
+        hits: list[tuple[int, int]] = []
+        for seq in sorted(seqs):
+            name, ids = seen.get(seq, ("", []))
+            if model is None or name == model:
+                hits.extend((seq, i) for i, x in enumerate(ids) if x == prediction_id)
+        return hits
+
+    def _rows_by_patient(self, conn: Connection, item: dict[str, Any]) -> list[tuple[int, int]]:
+        start, end = _aware(item["start"]), _aware(item["end"])
+        b = mon_prediction_batches
+        query = sa.select(b.c.seq, b.c.patients, b.c.times).where(
+            _overlapping(start, end), b.c.model_name == item["model"], b.c.patients.is_not(None)
+        )
+        low, high = _us(start), _us(end)
+        hits = []
+        for seq, patients, times in conn.execute(query):
+            for i, (patient, t) in enumerate(
+                zip(orjson.loads(patients), orjson.loads(times), strict=True)
+            ):
+                if patient == item["patient"] and low <= t < high:
+                    hits.append((seq, i))
+        return hits
+
+    # -- runs -------------------------------------------------------------------------------
+    def add_run(self, model: str, start: datetime, end: datetime, result: dict[str, Any]) -> int:
+        with self._write() as conn:
+            inserted = conn.execute(
+                mon_runs.insert().values(
+                    model_name=model,
+                    window_start=start,
+                    window_end=end,
+                    result=result,
+                    created_at=datetime.now(UTC),
+                )
+            )
+            return inserted_id(inserted)
+
+    def runs(self, model: str, limit: int = 20) -> list[dict[str, Any]]:
+        t = mon_runs
+        query = sa.select(t).where(t.c.model_name == model).order_by(t.c.id.desc()).limit(limit)
+        with self._read() as conn:
+            rows = conn.execute(query).mappings().all()
+        return [
+            {
+                "id": r["id"],
+                "window_start": _utc(r["window_start"]),
+                "window_end": _utc(r["window_end"]),
+                "created_at": _utc(r["created_at"]),
+                **dict(r["result"]),
+            }
+            for r in rows
+        ]
+
+    # -- alert rules and alerts -------------------------------------------------------------
+    def add_rule(
+        self,
+        model: str,
+        metric: str,
+        op: str,
+        threshold: float,
+        *,
+        min_n: int = 30,
+        consecutive: int = 1,
+        actor: str = "unknown",
+    ) -> AlertRule:
+        if op not in RULE_OPS:
+            raise InvalidRequestError(f"rule operator must be one of {', '.join(RULE_OPS)}")
+        if min_n < 0 or consecutive < 1:
+            raise InvalidRequestError("min_n must be >= 0 and consecutive >= 1")
+        with self._write() as conn:
+            inserted = conn.execute(
+                mon_rules.insert().values(
+                    model_name=model,
+                    metric=metric,
+                    op=op,
+                    threshold=float(threshold),
+                    min_n=int(min_n),
+                    consecutive=int(consecutive),
+                    streak=0,
+                    enabled=True,
+                    created_by=actor,
+                    created_at=datetime.now(UTC),
+                )
+            )
+            rule_id = inserted_id(inserted)
+        return AlertRule(rule_id, model, metric, op, float(threshold), min_n, consecutive, 0, True)
+
+    def rules(self, model: str) -> list[AlertRule]:
+        t = mon_rules
+        with self._read() as conn:
+            rows = conn.execute(
+                sa.select(t).where(t.c.model_name == model).order_by(t.c.id)
+            ).mappings()
+            return [
+                AlertRule(
+                    r["id"],
+                    r["model_name"],
+                    r["metric"],
+                    r["op"],
+                    r["threshold"],
+                    r["min_n"],
+                    r["consecutive"],
+                    r["streak"],
+                    r["enabled"],
+                )
+                for r in rows
+            ]
+
+    def set_streak(self, conn: Connection, rule_id: int, streak: int) -> None:
+        conn.execute(mon_rules.update().where(mon_rules.c.id == rule_id).values(streak=streak))
+
+    def open_alert(self, conn: Connection, rule_id: int) -> RowMapping | None:
+        t = mon_alerts
+        return (
+            conn.execute(
+                sa.select(t).where(t.c.rule_id == rule_id, t.c.resolved_at.is_(None)).limit(1)
+            )
+            .mappings()
+            .first()
+        )
+
+    def alerts(self, model: str | None = None, *, open_only: bool = False) -> list[dict[str, Any]]:
+        t = mon_alerts
+        query = sa.select(t).order_by(t.c.id)
+        if model is not None:
+            query = query.where(t.c.model_name == model)
+        if open_only:
+            query = query.where(t.c.resolved_at.is_(None))
+        with self._read() as conn:
+            rows = conn.execute(query).mappings().all()
+        return [_alert(r) for r in rows]
+
+    def set_delivery(self, alert_id: int, delivery: str, attempts: int) -> None:
+        t = mon_alerts
+        with self._write() as conn:
+            conn.execute(
+                t.update().where(t.c.id == alert_id).values(delivery=delivery, attempts=attempts)
+            )
+
+    def acknowledge(
+        self,
+        alert_id: int,
+        actor: str,
+        note: str | None = None,
+        *,
+        key_id: str | None = None,
+        request_id: str | None = None,
+        audit: bool = True,
+    ) -> dict[str, Any]:
+        """Acknowledge an alert; with ``audit`` the audit trail gets an ``alert_acknowledge``
+        entry in the same transaction (who, which alert and model; the note is not copied:
+        free text may hold PHI)."""
+        from medserve.core.audit import AuditEntry, AuditLog
+
+        t = mon_alerts
+        with self._write() as conn:
+            row = conn.execute(sa.select(t).where(t.c.id == alert_id)).mappings().first()
+            if row is None:
+                raise NotFoundError(f"no alert {alert_id}")
+            conn.execute(
+                t.update()
+                .where(t.c.id == alert_id)
+                .values(
+                    state="acknowledged" if row["resolved_at"] is None else row["state"],
+                    acknowledged_by=actor,
+                    acknowledged_at=datetime.now(UTC),
+                    note=note,
+                )
+            )
+            updated = conn.execute(sa.select(t).where(t.c.id == alert_id)).mappings().one()
+            if audit:
+                entry = AuditEntry(
+                    actor=actor,
+                    key_id=key_id,
+                    action="alert_acknowledge",
+                    model=str(row["model_name"]),
+                    outcome=200,
+                    request_id=request_id,
+                    detail=f"alert {alert_id} ({row['metric']}) {updated['state']}"
+                    + (" with a note" if note else ""),
+                )
+                AuditLog(self.engine).append_in(conn, [entry])
+        return _alert(updated)
+
+
+_SPAN = timedelta(seconds=PACKED_SPAN_S)
+
+
+def _us(value: datetime) -> int:
+    return (value - EPOCH) // timedelta(microseconds=1)
+
+
+def _overlapping(start: datetime, end: datetime) -> sa.ColumnElement[bool]:
+    """Batches that may hold a row logged in ``[start, end)``: an index range on ``first_at``,
+    since no batch spans more than ``PACKED_SPAN_S``."""
+    b = mon_prediction_batches
+    return sa.and_(b.c.first_at >= start - _SPAN, b.c.first_at < end, b.c.last_at >= start)
+
+
+def _unpack(
+    batch: RowMapping, outcomes: dict[tuple[int, int], Any], low: int, high: int
+) -> Iterator[LoggedPrediction]:
+    """The batch's rows logged in ``[low, high)`` microseconds."""
+    seq, n = batch["seq"], batch["n"]
+    times = orjson.loads(batch["times"])
+    ids = orjson.loads(batch["ids"])
+    blob = batch["inputs_npy"]
+    inputs = npy_rows(blob) if blob is not None else orjson.loads(batch["inputs"])
+    outputs = orjson.loads(batch["outputs"])
+    latency = orjson.loads(batch["latency_ms"])
+    patients = orjson.loads(batch["patients"]) if batch["patients"] else [None] * n
+    sites = orjson.loads(batch["sites"]) if batch["sites"] else [None] * n
+    for i in range(n):
+        if not low <= times[i] < high:
+            continue
+        outcome = outcomes.get((seq, i))
+        yield LoggedPrediction(
+            id=ids[i],
+            model_name=batch["model_name"],
+            version=batch["version"],
+            at=from_us(times[i]),
+            patient=patients[i],
+            site=sites[i],
+            inputs=inputs[i],
+            outputs={key: column[i] for key, column in outputs.items()},
+            outcome=orjson.loads(outcome.outcome) if outcome is not None else None,
+            outcome_at=_utc(outcome.outcome_at) if outcome is not None else None,
+            latency_ms=latency[i],
+        )
+
+
+def _alert(r: RowMapping) -> dict[str, Any]:
+    return {
+        "id": r["id"],
+        "rule_id": r["rule_id"],
+        "model": r["model_name"],
+        "metric": r["metric"],
+        "value": r["value"],
+        "threshold": r["threshold"],
+        "n": r["n"],
+        "run_id": r["run_id"],
+        "state": r["state"],
+        "delivery": r["delivery"],
+        "attempts": r["attempts"],
+        "fired_at": _utc(r["fired_at"]),
+        "resolved_at": _utc(r["resolved_at"]),
+        "acknowledged_by": r["acknowledged_by"],
+        "acknowledged_at": _utc(r["acknowledged_at"]),
+        "note": r["note"],
+    }
+
+
+def inserted_id(result: Any) -> int:
+    key = result.inserted_primary_key
+    assert key is not None
+    return int(key[0])

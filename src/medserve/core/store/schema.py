@@ -1,0 +1,113 @@
+"""Table definitions (SQLAlchemy Core). Changes go through an alembic migration, never in place."""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Column,
+    DateTime,
+    ForeignKey,
+    ForeignKeyConstraint,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+)
+
+metadata = MetaData()
+
+registered_models = Table(
+    "registered_models",
+    metadata,
+    Column("name", String(128), primary_key=True),
+    Column("description", Text, nullable=False, default=""),
+    Column("tags", JSON, nullable=False),
+    Column("created_by", String(256), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Column("last_version", Integer, nullable=False, default=0),
+)
+
+model_versions = Table(
+    "model_versions",
+    metadata,
+    Column(
+        "model_name",
+        String(128),
+        ForeignKey("registered_models.name", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    Column("version", Integer, primary_key=True),
+    Column("artifact_sha256", String(64), nullable=False),
+    Column("artifact_filename", String(512), nullable=False),
+    Column("flavor", String(32), nullable=False),
+    Column("runtime", String(64), nullable=False),
+    Column("runtime_reason", Text, nullable=False),
+    Column("source_flavor", String(64), nullable=False),
+    Column("source_artifact_sha256", String(64), nullable=True),
+    Column("library_versions", JSON, nullable=False),
+    Column("signature", JSON, nullable=False),
+    Column("tags", JSON, nullable=False),
+    Column("serving_config", JSON, nullable=False),
+    Column("description", Text, nullable=False),
+    Column("created_by", String(256), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
+aliases = Table(
+    "aliases",
+    metadata,
+    Column("model_name", String(128), primary_key=True),
+    Column("alias", String(64), primary_key=True),
+    Column("version", Integer, nullable=False),
+    ForeignKeyConstraint(
+        ["model_name", "version"],
+        ["model_versions.model_name", "model_versions.version"],
+        ondelete="CASCADE",
+    ),
+)
+
+alias_events = Table(
+    "alias_events",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column(
+        "model_name",
+        String(128),
+        ForeignKey("registered_models.name", ondelete="CASCADE"),
+        nullable=False,
+        index=True,
+    ),
+    Column("alias", String(64), nullable=False),
+    Column("from_version", Integer, nullable=True),
+    Column("to_version", Integer, nullable=True),
+    Column("actor", String(256), nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("at", DateTime(timezone=True), nullable=False),
+)
+
+registry_state = Table(
+    "registry_state",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("counter", BigInteger, nullable=False),
+)
+
+# Each capability defines its tables on ``metadata`` in its own module, migrated by its own alembic
+# branch (down_revision "0001"); importing them here keeps ``metadata`` the whole schema.
+from medserve.core.store import (  # noqa: E402
+    tables_governance,
+    tables_interop,
+    tables_monitoring,
+    tables_security,
+)
+
+__all__ = [
+    "metadata",
+    "tables_governance",
+    "tables_interop",
+    "tables_monitoring",
+    "tables_security",
+]

@@ -1,0 +1,64 @@
+"""Tables of the security capability, on the shared registry metadata (own alembic branch).
+
+``sec_state.counter`` changes with every key or tenant change: each worker compares it with
+the value its caches were built at, so a revocation applies on the next request everywhere.
+``sec_audit`` is append-only and hash-chained: ``seq`` is dense from 1, and each row's ``hash``
+covers its own fields and the previous row's hash.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import JSON, BigInteger, Column, DateTime, Integer, String, Table, Text
+
+from medserve.core.store.schema import metadata
+
+sec_state = Table(
+    "sec_state",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("counter", BigInteger, nullable=False),
+)
+
+sec_api_keys = Table(
+    "sec_api_keys",
+    metadata,
+    Column("key_id", String(32), primary_key=True),
+    Column("secret_sha256", String(64), nullable=False),
+    Column("name", String(256), nullable=False),
+    Column("roles", JSON, nullable=False),
+    Column("models", JSON, nullable=True),
+    Column("tenant", String(128), nullable=True),
+    Column("rate_limit", Integer, nullable=True),
+    Column("created_by", String(256), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("expires_at", DateTime(timezone=True), nullable=True),
+    Column("revoked_at", DateTime(timezone=True), nullable=True),
+)
+
+sec_model_tenants = Table(
+    "sec_model_tenants",
+    metadata,
+    Column("model_name", String(128), primary_key=True),
+    Column("tenant", String(128), nullable=False),
+)
+
+sec_audit = Table(
+    "sec_audit",
+    metadata,
+    Column("seq", BigInteger, primary_key=True, autoincrement=False),
+    Column("at", DateTime(timezone=True), nullable=False, index=True),
+    Column("actor", String(256), nullable=False),
+    Column("key_id", String(32), nullable=True),
+    Column("action", String(64), nullable=False),
+    Column("model", String(128), nullable=True),
+    Column("version", String(64), nullable=True),
+    Column("client", String(64), nullable=True),
+    Column("outcome", Integer, nullable=False),
+    Column("request_id", String(64), nullable=True),
+    Column("patient_hash", String(64), nullable=True),
+    Column("detail", Text, nullable=False),
+    Column("prev_hash", String(64), nullable=False),
+    Column("hash", String(64), nullable=False),
+)
+
+__all__ = ["metadata", "sec_api_keys", "sec_audit", "sec_model_tenants", "sec_state"]

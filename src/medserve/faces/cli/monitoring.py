@@ -1,0 +1,194 @@
+"""CLI commands of this package, registered on the main ``medserve`` app: ``medserve monitor``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from medserve.core.errors import InvalidRequestError, MedserveError
+
+console = Console()
+
+
+def register(app: typer.Typer, models_app: typer.Typer) -> None:
+    from medserve.faces.cli import _fail, _registry
+
+    monitor = typer.Typer(help="Prediction log, drift, live performance and alerts.")
+    app.add_typer(monitor, name="monitor")
+
+    @monitor.command("run")
+    def run(
+        name: str = typer.Argument(None, help="Model name; all models with an alias if omitted."),
+        window: float = typer.Option(None, help="Window length in seconds (default: settings)."),
+    ) -> None:
+        """Compute drift and live performance, store the run, evaluate alert rules."""
+        from medserve.core.monitoring_config import MonitoringSettings
+        from medserve.core.store.monitoring import MonitoringStore
+        from medserve.features.monitoring.report import drift_table
+        from medserve.features.monitoring.runner import run_model
+
+        window_s = window or MonitoringSettings().window_s
+        try:
+            with _registry() as registry:
+                store = MonitoringStore(registry.store)
+                names = [name] if name else sorted({m for m, _, _ in registry.store.all_aliases()})
+                for model in names:
+                    result = run_model(store, registry.store, model, window_s=window_s)
+                    console.print(drift_table(result))
+                    for alert_id in result["alerts_fired"]:
+                        console.print(f"[bold red]alert {alert_id} fired[/] for {model}")
+        except MedserveError as exc:
+            raise _fail(exc) from exc
+
+    @monitor.command("report")
+    def report(
+        name: str,
+        html: Path = typer.Option(None, help="Also write an HTML report with plots here."),
+    ) -> None:
+        """Show the latest run (drift, live performance, alerts); optionally as HTML."""
+        from medserve.core.store.monitoring import MonitoringStore
+        from medserve.features.monitoring.report import drift_table, html_report, performance_table
+
+        try:
+            with _registry() as registry:
+                registry.store.get_model(name)
+                store = MonitoringStore(registry.store)
+                runs = store.runs(name)
+                alerts = store.alerts(name)
+                cfg = store.config(name)
+        except MedserveError as exc:
+            raise _fail(exc) from exc
+        if not runs:
+            console.print(f"no monitoring run for {name} yet: medserve monitor run {name}")
+        else:
+            console.print(drift_table(runs[0]))
+            console.print(performance_table(runs[0]))
+        console.print(alerts_table(alerts))
+        if html is not None:
+            html.write_text(html_report(name, runs, alerts, cfg.psi_alert))
+            console.print(f"HTML report written to {html}")
+
+    @monitor.command("config")
+    def config(
+        name: str,
+        set_: list[str] = typer.Option([], "--set", help="key=value, e.g. psi_alert=0.2"),
+    ) -> None:
+        """Show or change a model's monitoring configuration."""
+        from medserve.core.monitoring_config import ModelMonitoringConfig
+        from medserve.core.registry.service import current_user
+        from medserve.core.store.monitoring import MonitoringStore
+
+        try:
+            with _registry() as registry:
+                registry.store.get_model(name)
+                store = MonitoringStore(registry.store)
+                current = store.config(name).model_dump()
+                for item in set_:
+                    key, sep, value = item.partition("=")
+                    if not sep or key not in current:
+                        raise InvalidRequestError(
+                            f"unknown setting {key!r}: use one of {list(current)}"
+                        )
+                    current[key] = (
+                        [v for v in value.split(",") if v]
+                        if key == "subgroups"
+                        else (value or None)
+                    )
+                cfg = ModelMonitoringConfig.model_validate(current)
+                if set_:
+                    store.set_config(name, cfg, current_user())
+        except MedserveError as exc:
+            raise _fail(exc) from exc
+        except ValueError as exc:
+            raise _fail(InvalidRequestError(str(exc).splitlines()[0])) from exc
+        for key, value in cfg.model_dump().items():
+            console.print(f"{key} = {value}")
+
+    @monitor.command("rule")
+    def rule(
+        name: str,
+        metric: str = typer.Argument(..., help="psi_max, prediction_psi, psi:FEATURE, auroc, ..."),
+        op: str = typer.Argument(..., help="One of > >= < <="),
+        threshold: float = typer.Argument(...),
+        min_n: int = typer.Option(30, help="Fewest rows behind the metric for the rule to count."),
+        consecutive: int = typer.Option(1, help="Breaching windows in a row before firing."),
+    ) -> None:
+        """Add an alert rule."""
+        from medserve.core.registry.service import current_user
+        from medserve.core.store.monitoring import MonitoringStore
+
+        try:
+            with _registry() as registry:
+                registry.store.get_model(name)
+                created = MonitoringStore(registry.store).add_rule(
+                    name,
+                    metric,
+                    op,
+                    threshold,
+                    min_n=min_n,
+                    consecutive=consecutive,
+                    actor=current_user(),
+                )
+        except MedserveError as exc:
+            raise _fail(exc) from exc
+        console.print(
+            f"rule {created.id}: {metric} {op} {threshold:g} (n ≥ {min_n}, {consecutive}x)"
+        )
+
+    @monitor.command("alerts")
+    def alerts(name: str = typer.Argument(None)) -> None:
+        """List alerts with their delivery and acknowledgement state."""
+        from medserve.core.store.monitoring import MonitoringStore
+
+        try:
+            with _registry() as registry:
+                rows = MonitoringStore(registry.store).alerts(name)
+        except MedserveError as exc:
+            raise _fail(exc) from exc
+        console.print(alerts_table(rows))
+
+    @monitor.command("ack")
+    def ack(alert_id: int, note: str = typer.Option(None)) -> None:
+        """Acknowledge an alert (who and when are recorded)."""
+        from medserve.core.registry.service import current_user
+        from medserve.core.store.monitoring import MonitoringStore
+
+        try:
+            with _registry() as registry:
+                row = MonitoringStore(registry.store).acknowledge(alert_id, current_user(), note)
+        except MedserveError as exc:
+            raise _fail(exc) from exc
+        console.print(f"alert {row['id']} acknowledged by {row['acknowledged_by']}")
+
+
+def alerts_table(rows: list[dict[str, object]]) -> Table:
+    table = Table(title="alerts")
+    for column in (
+        "id",
+        "metric",
+        "value",
+        "threshold",
+        "n",
+        "state",
+        "delivery",
+        "fired",
+        "ack by",
+    ):
+        table.add_column(column)
+    for a in rows:
+        value = a["value"]
+        table.add_row(
+            str(a["id"]),
+            str(a["metric"]),
+            f"{value:.4g}" if isinstance(value, float) else str(value),
+            str(a["threshold"]),
+            str(a["n"]),
+            str(a["state"]),
+            str(a["delivery"]),
+            str(a["fired_at"])[:19],
+            str(a["acknowledged_by"] or "-"),
+        )
+    return table

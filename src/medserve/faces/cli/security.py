@@ -1,0 +1,223 @@
+"""CLI commands: ``medserve keys ...``, ``medserve tenants ...``, ``medserve audit ...``."""
+
+from __future__ import annotations
+
+import re
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from typing import Annotated
+
+import orjson
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from medserve.core.audit import AuditEntry, AuditLog
+from medserve.core.errors import InvalidRequestError, MedserveError
+from medserve.features.security.keys import SecurityStore
+from medserve.features.security.permissions import ROLES
+
+console = Console()
+err_console = Console(stderr=True)
+
+keys_app = typer.Typer(help="API keys: create, list, revoke.", no_args_is_help=True)
+tenants_app = typer.Typer(help="Tenants: which tenant owns which model.", no_args_is_help=True)
+audit_app = typer.Typer(help="The hash-chained audit trail: verify, export.", no_args_is_help=True)
+
+_DURATION = re.compile(r"^(\d+)([mhdw])$")
+_UNITS = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+
+
+def parse_duration(text: str) -> timedelta:
+    match = _DURATION.match(text.strip())
+    if not match:
+        raise InvalidRequestError(f"duration {text!r}: use a number and m/h/d/w, e.g. 90d")
+    return timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
+
+
+def parse_since(text: str) -> datetime:
+    try:
+        return datetime.now(UTC) - parse_duration(text)
+    except InvalidRequestError:
+        pass
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError as exc:
+        raise InvalidRequestError(
+            f"--since {text!r}: use an ISO date/time (2024-01-31) or a duration (7d)"
+        ) from exc
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value
+
+
+@contextmanager
+def _security() -> Iterator[tuple[SecurityStore, AuditLog]]:
+    from medserve.core.registry.service import Registry
+    from medserve.core.settings import Settings
+
+    registry = Registry.open(Settings())
+    try:
+        engine = registry.store.engine  # type: ignore[attr-defined]
+        yield SecurityStore(engine), AuditLog(engine)
+    finally:
+        registry.close()
+
+
+def _fail(exc: Exception) -> typer.Exit:
+    from medserve.faces.cli import _fail as fail
+
+    return fail(exc)
+
+
+def _audit_change(audit: AuditLog, action: str, detail: str, model: str | None = None) -> None:
+    import getpass
+
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = "unknown"
+    audit.append(
+        [AuditEntry(actor=f"cli:{user}", action=action, outcome=200, model=model, detail=detail)]
+    )
+
+
+def keys_create(
+    name: Annotated[str, typer.Argument(help="Who or what the key is for (e.g. 'ehr-prod').")],
+    role: Annotated[list[str], typer.Option("--role", "-r", help=f"Role(s): {', '.join(ROLES)}.")],
+    model: Annotated[
+        list[str] | None, typer.Option("--model", "-m", help="Limit the key to these models.")
+    ] = None,
+    tenant: Annotated[str | None, typer.Option(help="Bind the key to one tenant.")] = None,
+    expires_in: Annotated[
+        str | None, typer.Option(help="Lifetime such as 90d or 12h (default: no expiry).")
+    ] = None,
+    rate_limit: Annotated[
+        int | None, typer.Option(help="Requests per second allowed for this key.")
+    ] = None,
+) -> None:
+    """Create an API key. The key is printed once: it is stored only as a hash."""
+    try:
+        with _security() as (store, audit):
+            issued = store.create_key(
+                name,
+                role,
+                models=model,
+                tenant=tenant,
+                expires_in=parse_duration(expires_in) if expires_in else None,
+                rate_limit=rate_limit,
+            )
+            _audit_change(
+                audit,
+                "key_create",
+                f"key {issued.key.key_id} roles={','.join(issued.key.roles)}"
+                f" tenant={issued.key.tenant or '-'}",
+            )
+    except MedserveError as exc:
+        raise _fail(exc) from exc
+    err_console.print(
+        f"created key [bold]{issued.key.key_id}[/] ({name}); copy it now, it is not shown again:",
+        highlight=False,
+    )
+    sys.stdout.write(issued.token + "\n")
+
+
+def keys_list() -> None:
+    """List API keys (ids, roles, scope, state); secrets are never shown."""
+    try:
+        with _security() as (store, _):
+            keys = store.list_keys()
+    except MedserveError as exc:
+        raise _fail(exc) from exc
+    table = Table("id", "name", "roles", "models", "tenant", "expires", "state")
+    for k in keys:
+        table.add_row(
+            k.key_id,
+            k.name,
+            ", ".join(k.roles),
+            ", ".join(k.models) if k.models else "all",
+            k.tenant or "-",
+            k.expires_at.strftime("%Y-%m-%d %H:%M") if k.expires_at else "never",
+            k.state(),
+        )
+    console.print(table)
+
+
+def keys_revoke(key_id: Annotated[str, typer.Argument(help="The key id (or the key).")]) -> None:
+    """Revoke a key: every server worker refuses it from its next request."""
+    try:
+        with _security() as (store, audit):
+            key = store.revoke_key(key_id)
+            _audit_change(audit, "key_revoke", f"key {key.key_id}")
+    except MedserveError as exc:
+        raise _fail(exc) from exc
+    console.print(f"revoked key [bold]{key.key_id}[/] ({key.name})", highlight=False)
+
+
+def tenants_assign(
+    model: Annotated[str, typer.Argument(help="Model name.")],
+    tenant: Annotated[str, typer.Argument(help="Tenant that owns it ('-' to clear).")],
+) -> None:
+    """Assign a model to a tenant: only that tenant's keys (and untenanted keys) see it."""
+    try:
+        with _security() as (store, audit):
+            store.set_model_tenant(model, None if tenant == "-" else tenant)
+            _audit_change(audit, "tenant_assign", f"tenant={tenant}", model=model)
+    except MedserveError as exc:
+        raise _fail(exc) from exc
+    console.print(f"model [bold]{model}[/] -> tenant [bold]{tenant}[/]", highlight=False)
+
+
+def tenants_list() -> None:
+    """List model -> tenant assignments."""
+    with _security() as (store, _):
+        tenants = store.model_tenants()
+    table = Table("model", "tenant")
+    for model, tenant in sorted(tenants.items()):
+        table.add_row(model, tenant)
+    console.print(table)
+
+
+def audit_verify() -> None:
+    """Recompute the hash chain; exit 1 and name the first broken entry if it was tampered with."""
+    with _security() as (_, audit):
+        result = audit.verify()
+    if result.ok:
+        console.print(f"[green]audit trail intact[/]: {result.checked} entries verified")
+        return
+    err_console.print(
+        f"[bold red]audit trail BROKEN at entry {result.first_bad_seq}[/]: {result.reason} "
+        f"({result.checked} entries verified before it)",
+        highlight=False,
+    )
+    raise typer.Exit(code=1)
+
+
+def audit_export(
+    since: Annotated[
+        str | None, typer.Option(help="ISO date/time or a duration such as 7d (default: all).")
+    ] = None,
+) -> None:
+    """Write audit entries as JSON lines to stdout (with their hashes, for offline checks)."""
+    try:
+        start = parse_since(since) if since else None
+        with _security() as (_, audit):
+            out = sys.stdout.buffer
+            for row in audit.entries(since=start):
+                out.write(orjson.dumps(row) + b"\n")
+            out.flush()
+    except MedserveError as exc:
+        raise _fail(exc) from exc
+
+
+def register(app: typer.Typer, models_app: typer.Typer) -> None:
+    keys_app.command("create")(keys_create)
+    keys_app.command("list")(keys_list)
+    keys_app.command("revoke")(keys_revoke)
+    tenants_app.command("assign")(tenants_assign)
+    tenants_app.command("list")(tenants_list)
+    audit_app.command("verify")(audit_verify)
+    audit_app.command("export")(audit_export)
+    app.add_typer(keys_app, name="keys")
+    app.add_typer(tenants_app, name="tenants")
+    app.add_typer(audit_app, name="audit")

@@ -1,0 +1,126 @@
+"""The real ``Guard``: API keys and OIDC JWTs, roles x actions x models x tenants, rate limits.
+
+Hot-path cost on a cache hit: one dict lookup, one read of the security change counter (a few
+microseconds on SQLite) and an expiry comparison. Any key or tenant change bumps the counter,
+which empties this worker's caches, so a revoked key is refused on the next request everywhere.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import MutableMapping
+from typing import Any
+
+from medserve.core.context import Principal
+from medserve.core.errors import AuthenticationError
+from medserve.features.security.keys import TOKEN_PREFIX, ApiKey, ChangeCounter, SecurityStore
+from medserve.features.security.oidc import JwtVerifier
+from medserve.features.security.permissions import check, model_visible
+from medserve.features.security.ratelimit import RateLimiter
+
+_CACHE_MAX = 10_000
+PRINCIPAL_SCOPE_KEY = "medserve.principal"
+
+
+def credential_from_headers(headers: list[tuple[bytes, bytes]]) -> str | None:
+    for key, value in headers:
+        if key == b"authorization":
+            scheme, _, token = value.decode("latin-1").partition(" ")
+            if scheme.lower() == "bearer" and token.strip():
+                return token.strip()
+        elif key == b"x-api-key" and value:
+            return value.decode("latin-1").strip()
+    return None
+
+
+def _principal(key: ApiKey) -> Principal:
+    return Principal(
+        subject=f"key:{key.name}"[:256],
+        kind="api_key",
+        key_id=key.key_id,
+        roles=frozenset(key.roles),
+        tenant=key.tenant,
+        models=frozenset(key.models) if key.models is not None else None,
+    )
+
+
+class SecurityGuard:
+    def __init__(
+        self,
+        store: SecurityStore,
+        counter: ChangeCounter,
+        *,
+        jwt_verifier: JwtVerifier | None = None,
+        cache_ttl_s: float = 30.0,
+        default_rate_limit: float = 0.0,
+        workers: int = 1,
+    ) -> None:
+        self.store = store
+        self.counter = counter
+        self.jwt = jwt_verifier
+        self.cache_ttl_s = cache_ttl_s
+        self.default_rate_limit = default_rate_limit
+        self.limiter = RateLimiter(workers)
+        # token -> (principal, expires_at epoch or inf, cached_at monotonic, rate limit)
+        self._keys: dict[str, tuple[Principal, float, float, float]] = {}
+        self._generation = -1
+        self._tenants: dict[str, str] = {}
+        self._sync()
+
+    def _sync(self) -> None:
+        generation = self.counter.read()
+        if generation != self._generation:
+            self._keys.clear()
+            self._tenants = self.store.model_tenants()
+            self._generation = generation
+
+    async def authenticate(self, scope: MutableMapping[str, Any]) -> Principal:
+        return self.authenticate_headers(scope["headers"], scope)
+
+    def authenticate_headers(
+        self, headers: list[tuple[bytes, bytes]], scope: MutableMapping[str, Any] | None = None
+    ) -> Principal:
+        token = credential_from_headers(headers)
+        if token is None:
+            raise AuthenticationError(
+                "missing credential: send 'Authorization: Bearer <API key or token>'"
+            )
+        self._sync()
+        if token.startswith(TOKEN_PREFIX):
+            principal, rate = self._api_key(token)
+        elif self.jwt is not None and token.count(".") == 2:
+            principal, rate = self.jwt.verify(token), self.default_rate_limit
+        else:
+            raise AuthenticationError("unknown, expired or revoked credential")
+        if rate > 0:
+            self.limiter.check(principal.key_id or principal.subject, rate)
+        if scope is not None:
+            scope[PRINCIPAL_SCOPE_KEY] = principal
+        return principal
+
+    def _api_key(self, token: str) -> tuple[Principal, float]:
+        now = time.monotonic()
+        cached = self._keys.get(token)
+        if cached is not None and now - cached[2] < self.cache_ttl_s and time.time() < cached[1]:
+            return cached[0], cached[3]
+        key = self.store.verify_key(token)
+        if key is None:
+            self._keys.pop(token, None)
+            raise AuthenticationError("unknown, expired or revoked credential")
+        expires = key.expires_at.timestamp() if key.expires_at is not None else float("inf")
+        rate = float(key.rate_limit) if key.rate_limit is not None else self.default_rate_limit
+        if len(self._keys) >= _CACHE_MAX:
+            self._keys.clear()
+        principal = _principal(key)
+        self._keys[token] = (principal, expires, now, rate)
+        return principal, rate
+
+    def authorize(self, principal: Principal, action: str, model: str | None) -> None:
+        check(principal, action, model, self._tenants)
+
+    def visible(self, principal: Principal, model: str) -> bool:
+        """For listings: whether ``model`` may appear to ``principal``."""
+        return model_visible(principal, model, self._tenants)
+
+    def close(self) -> None:
+        self.counter.close()

@@ -1,0 +1,41 @@
+"""What a server takes from an extension, besides what the core takes (see
+``medserve.core.extensions``): HTTP routes, a lifespan entered at start-up once the data plane
+exists, and an ASGI wrapper (middleware) around the whole app.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+
+from fastapi import APIRouter, FastAPI
+from starlette.types import ASGIApp
+
+from medserve.core.extensions import Extension, extensions
+
+
+class ServingExtension(Extension):
+    """An extension that serves: override what it contributes.
+
+    ``lifespan(api)`` may read ``api.state`` (``settings``, ``registry``, ``plane``, ``guard``,
+    ``media_handlers``) and add its own resources there; lifespans are entered in ``order``.
+    ``wrap`` builds middleware around the app, the lowest ``order`` innermost.
+    """
+
+    router: APIRouter | None = None
+
+    def lifespan(self, api: FastAPI) -> AbstractAsyncContextManager[None]:
+        return _nothing()
+
+    def wrap(self, app: ASGIApp, api: FastAPI) -> ASGIApp:
+        return app
+
+
+@asynccontextmanager
+async def _nothing() -> AsyncIterator[None]:
+    yield
+
+
+def serving_extensions() -> list[ServingExtension]:
+    """The installed extensions that contribute to a server, in order."""
+    return [e for e in extensions() if isinstance(e, ServingExtension)]

@@ -1,0 +1,156 @@
+"""The FHIR media handler of the records predict endpoint (transport-free, like the modalities').
+
+``POST /v1/models/{name}[/versions/{v}]/predict``
+
+* ``Content-Type: application/fhir+json``: the body is a Bundle (Patient + Observations +
+  Conditions); the version's FHIR feature map turns it into one record per patient. Problems
+  come back as a 422 ``OperationOutcome`` naming each one.
+* ``Accept: application/fhir+json`` or ``?format=fhir`` (with FHIR or JSON records in): the
+  answer is a ``Bundle`` of ``RiskAssessment``, one per patient (per record). ``?explain=false``
+  leaves out the rationale (computed from the top attributions otherwise).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+from typing import Any
+
+import orjson
+
+from medserve.core.context import RequestContext
+from medserve.core.errors import InvalidRequestError, MedserveError, UnsupportedMediaTypeError
+from medserve.core.loaded_model import LoadedModel
+from medserve.features.interop.fhir_input import (
+    FhirInputError,
+    PatientInput,
+    Problem,
+    bundle_to_records,
+)
+from medserve.features.interop.fhir_output import (
+    collection,
+    fhir_map,
+    outcome_for_error,
+    positive_probability,
+    risk_assessment,
+)
+from medserve.serving.data_plane import DataPlane
+from medserve.serving.fast_path import FHIR_JSON, explain_requested, wants_fhir
+from medserve.serving.http_errors import status_for
+
+log = logging.getLogger(__name__)
+
+
+def _header(scope: Any, name: bytes) -> bytes | None:
+    for key, value in scope.get("headers") or []:
+        if key == name:
+            return bytes(value)
+    return None
+
+
+async def rationales(
+    plane: DataPlane, model: LoadedModel, rows: list[dict[str, Any]], target: str | None
+) -> list[str | None]:
+    """Top attributions in plain words, per row; none when the model cannot be explained."""
+    from medserve.features.explain.service import service_for
+
+    try:
+        X = model.validator.records_to_matrix(rows)
+        explained = await asyncio.to_thread(service_for(plane.manager).explain, model, X, target)
+    except Exception as exc:  # an explanation must never cost the prediction
+        log.warning("no rationale for %s v%s: %s", model.name, model.number, type(exc).__name__)
+        return [None] * len(rows)
+    target_name = f"the probability of {explained.get('target')}"
+    return [
+        "; ".join(part.replace(target_name, "the risk") for part in row.get("top") or []) or None
+        for row in explained["explanations"]
+    ]
+
+
+async def fhir_handler(
+    plane: DataPlane,
+    name: str,
+    ref: str | None,
+    raw: bytes,
+    context: RequestContext,
+    scope: Any,
+) -> tuple[int, bytes, bytes]:
+    content_type = (_header(scope, b"content-type") or b"").split(b";", 1)[0].strip().lower()
+    fhir_in = content_type == FHIR_JSON
+    fhir_out = wants_fhir(_header(scope, b"accept"), scope)
+    patients: list[PatientInput] | None = None
+    try:
+        model = await plane.model(name, ref)
+        fmap = fhir_map(model)
+        body = _decode(raw, fhir_in)
+        if fhir_in:
+            if fmap is None:
+                raise UnsupportedMediaTypeError(
+                    f"model {name!r} version {model.number} declares no FHIR feature map "
+                    "(serving_config.fhir); send application/json records"
+                )
+            patients = bundle_to_records(body, fmap, model.signature)
+            rows: Any = [p.record for p in patients]
+            if len(patients) == 1 and context.patient_id is None:
+                # the pseudonym for outcome joins: observers keep only its salted hash
+                context = dataclasses.replace(context, patient_id=patients[0].reference)
+        else:
+            rows = body.get("instances") if isinstance(body, dict) else None
+        response = await plane.predict_records(name, ref, {"instances": rows}, context)
+        if not fhir_out:
+            return (
+                200,
+                orjson.dumps(response, option=orjson.OPT_SERIALIZE_NUMPY),
+                b"application/json",
+            )
+        if not model.is_classifier:
+            raise UnsupportedMediaTypeError(
+                "a FHIR RiskAssessment answer needs a classifier; ask for application/json"
+            )
+        assert isinstance(rows, list)
+        explain = explain_requested(scope)
+        target = fmap.positive_class if fmap is not None else None
+        reasons = await rationales(plane, model, rows, target) if explain else [None] * len(rows)
+        assessments = []
+        for i, prediction in enumerate(response["predictions"]):
+            patient = patients[i] if patients is not None else None
+            subject = (
+                {"reference": patient.reference}
+                if patient is not None
+                else {"display": f"records instance {i}"}
+            )
+            assessments.append(
+                risk_assessment(
+                    model=model.name,
+                    version=model.number,
+                    runtime=model.metadata.runtime,
+                    fmap=fmap,
+                    probability=positive_probability(model, fmap, prediction),
+                    subject=subject,
+                    basis=patient.basis if patient is not None else [],
+                    rationale=reasons[i],
+                    request_id=context.request_id,
+                    index=i,
+                )
+            )
+        bundle = collection(assessments, context.request_id)
+        return 200, orjson.dumps(bundle), FHIR_JSON
+    except MedserveError as exc:
+        if not (fhir_in or fhir_out):
+            raise
+        return status_for(exc), orjson.dumps(outcome_for_error(exc, patients)), FHIR_JSON
+
+
+def _decode(raw: bytes, fhir_in: bool) -> Any:
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        message = f"malformed JSON body: {exc.msg} at position {exc.pos}"
+        if fhir_in:
+            raise FhirInputError([Problem("structure", message, "Bundle")]) from exc
+        raise InvalidRequestError(message) from exc
+
+
+def media_handlers() -> dict[tuple[str, bytes], Any]:
+    return {("records", FHIR_JSON): fhir_handler}

@@ -1,0 +1,137 @@
+"""Media handlers for the records predict endpoint: DICOM and PNG images, plain-text notes and
+sequences (FASTA). Transport-free: they take the raw body and return ``(status, bytes, type)``;
+the serving extension registers them in ``state.media_handlers``.
+
+``POST /v1/models/{name}/predict`` with
+
+* ``Content-Type: application/dicom`` or ``image/png`` -> an image model's class probabilities
+  and an occlusion saliency map (``?explain=false`` skips the map). The DICOM header is
+  de-identified before anything else reads it; the prediction log gets a description such as
+  ``dicom:CT:128x128``, never pixels or header values.
+* ``Content-Type: text/plain`` -> a text model's prediction for the note, with word-occlusion
+  attributions; or, for a sequence model, one prediction per FASTA record (or for the bare
+  sequence).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import numpy as np
+import orjson
+
+from medserve.core.context import RequestContext
+from medserve.core.errors import InvalidRequestError, UnsupportedMediaTypeError
+from medserve.serving.data_plane import DataPlane
+from medserve.serving.fast_path import explain_requested
+
+Handler = Callable[
+    [DataPlane, str, str | None, bytes, RequestContext, Any], Awaitable[tuple[int, bytes, bytes]]
+]
+_JSON = b"application/json"
+
+
+def _dump(payload: dict[str, Any]) -> bytes:
+    return orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def image_handler(media: str, salt: bytes | None = None) -> Handler:
+    """Handler for ``application/dicom`` (``media="dicom"``) or ``image/png``."""
+    salt = salt or os.urandom(32)
+
+    async def handle(
+        plane: DataPlane,
+        name: str,
+        ref: str | None,
+        raw: bytes,
+        context: RequestContext,
+        scope: Any,
+    ) -> tuple[int, bytes, bytes]:
+        from medserve.features.modalities.image_io import read_dicom, read_png
+        from medserve.features.modalities.image_runtime import ImageRuntime
+
+        started = time.perf_counter()
+        model = await plane.model(name, ref)
+        runtime = model.runtime
+        if not isinstance(runtime, ImageRuntime):
+            raise UnsupportedMediaTypeError(
+                f"model {name!r} is not an image model: send application/json records to it"
+            )
+        if media == "dicom":
+            image = read_dicom(raw, modalities=runtime.spec.modalities, salt=salt)
+        else:
+            image = read_png(raw)
+        X = np.array([[image]], dtype=object)
+        outputs = await plane.run_model(model, X)
+        response = model.records_response(outputs)
+        if explain_requested(scope):
+            explanation = await asyncio.to_thread(runtime.explain_image, image)
+            response["predictions"][0]["explanation"] = explanation
+        response["input"] = image.header  # de-identified summary only
+        response["request_id"] = context.request_id
+        logged = np.array([[image.describe()]], dtype=object)
+        plane.record(model, context, logged, outputs, started)
+        return 200, _dump(response), _JSON
+
+    return handle
+
+
+def parse_fasta(body: str) -> list[str]:
+    """Sequences of a FASTA text (headers dropped), or the whole body as one sequence."""
+    if not body.lstrip().startswith(">"):
+        return ["".join(body.split())]
+    records: list[list[str]] = []
+    for line in body.splitlines():
+        line = line.strip()
+        if line.startswith(">"):
+            records.append([])
+        elif line and records:
+            records[-1].append(line)
+    return ["".join(parts) for parts in records]
+
+
+async def text_handler(
+    plane: DataPlane,
+    name: str,
+    ref: str | None,
+    raw: bytes,
+    context: RequestContext,
+    scope: Any,
+) -> tuple[int, bytes, bytes]:
+    """``text/plain``: a note for a text model, FASTA or a bare sequence for a sequence model."""
+    from medserve.features.modalities.sequence import SequenceRuntime
+    from medserve.features.modalities.text_runtime import TextRuntime
+
+    try:
+        body = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidRequestError("a text/plain body must be UTF-8") from exc
+    model = await plane.model(name, ref)
+    runtime = model.runtime
+    field = model.signature.feature_names[0] if model.signature.inputs else "text"
+    if isinstance(runtime, SequenceRuntime):
+        rows = [{field: sequence} for sequence in parse_fasta(body)]
+        response = await plane.predict_records(name, ref, {"instances": rows}, context)
+        return 200, _dump(response), _JSON
+    if not isinstance(runtime, TextRuntime):
+        raise UnsupportedMediaTypeError(
+            f"model {name!r} takes Content-Type application/json records; text/plain is only "
+            "for text and sequence models"
+        )
+    response = await plane.predict_records(name, ref, {"instances": [{field: body}]}, context)
+    if explain_requested(scope):
+        explanation = await asyncio.to_thread(runtime.explain_text, body)
+        response["predictions"][0]["explanation"] = explanation
+    return 200, _dump(response), _JSON
+
+
+def media_handlers(salt: bytes | None = None) -> dict[tuple[str, bytes], Handler]:
+    return {
+        ("records", b"application/dicom"): image_handler("dicom", salt),
+        ("records", b"image/png"): image_handler("png", salt),
+        ("records", b"text/plain"): text_handler,
+    }
