@@ -28,7 +28,7 @@ def _register(home: Path) -> list[dict[str, float]]:
     from sklearn.preprocessing import StandardScaler
 
     from medserve.core.registry.signature import infer_signature
-    from medserve.faces.demo import breast_cancer_frame
+    from medserve.faces.demo.data import breast_cancer_frame
 
     X, y = breast_cancer_frame()
     model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000)).fit(X, y)

@@ -23,7 +23,8 @@ from tests.support import start_server
 
 from medserve.core.registry.service import Registry
 from medserve.core.settings import Settings
-from medserve.faces.demo import breast_cancer_frame, demo_models
+from medserve.faces.demo import demo_models
+from medserve.faces.demo.data import breast_cancer_frame
 
 
 @pytest.fixture

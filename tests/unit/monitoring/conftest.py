@@ -19,7 +19,7 @@ def register_breast_cancer(registry: Registry) -> None:
     from sklearn.preprocessing import StandardScaler
 
     from medserve.core.registry.signature import infer_signature
-    from medserve.faces.demo import breast_cancer_frame
+    from medserve.faces.demo.data import breast_cancer_frame
 
     X, y = breast_cancer_frame()
     signature = infer_signature(X, range_margin=0.5)

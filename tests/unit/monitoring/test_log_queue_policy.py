@@ -16,7 +16,7 @@ from medserve.core.monitoring_config import MonitoringSettings
 from medserve.core.prediction_log import PredictionLog
 from medserve.core.registry.service import Registry
 from medserve.core.store.monitoring import MonitoringStore
-from medserve.faces.demo import breast_cancer_frame
+from medserve.faces.demo.data import breast_cancer_frame
 
 ROWS, EVENTS, BOUND = 10, 20, 50
 

@@ -25,7 +25,7 @@ from medserve.core.phi import pseudonymize
 from medserve.core.prediction_log import PredictionLog
 from medserve.core.registry.service import Registry
 from medserve.core.store.monitoring import MonitoringStore
-from medserve.faces.demo import breast_cancer_frame
+from medserve.faces.demo.data import breast_cancer_frame
 from medserve.features.monitoring.runner import run_model
 
 SALT = b"s" * 32

@@ -10,13 +10,20 @@ from sqlalchemy import (
     ForeignKey,
     ForeignKeyConstraint,
     Integer,
-    MetaData,
     String,
     Table,
     Text,
 )
 
-metadata = MetaData()
+# Each capability defines its tables on ``metadata`` in its own module, migrated by its own alembic
+# branch (down_revision "0001"); importing them here keeps ``metadata`` the whole schema.
+from medserve.core.store import (
+    tables_governance,
+    tables_interop,
+    tables_monitoring,
+    tables_security,
+)
+from medserve.core.store.metadata import metadata
 
 registered_models = Table(
     "registered_models",
@@ -95,14 +102,6 @@ registry_state = Table(
     Column("counter", BigInteger, nullable=False),
 )
 
-# Each capability defines its tables on ``metadata`` in its own module, migrated by its own alembic
-# branch (down_revision "0001"); importing them here keeps ``metadata`` the whole schema.
-from medserve.core.store import (  # noqa: E402
-    tables_governance,
-    tables_interop,
-    tables_monitoring,
-    tables_security,
-)
 
 __all__ = [
     "metadata",

@@ -19,7 +19,7 @@ from sqlalchemy import (
     UniqueConstraint,
 )
 
-from medserve.core.store.schema import metadata
+from medserve.core.store.metadata import metadata
 
 _VERSION_FK = (["model_name", "version"], ["model_versions.model_name", "model_versions.version"])
 

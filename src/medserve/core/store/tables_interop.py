@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from sqlalchemy import Column, DateTime, Index, Integer, String, Table, Text
 
-from medserve.core.store.schema import metadata
+from medserve.core.store.metadata import metadata
 
 cds_cards = Table(
     "cds_cards",

@@ -22,7 +22,7 @@ from sqlalchemy import (
     Text,
 )
 
-from medserve.core.store.schema import metadata
+from medserve.core.store.metadata import metadata
 
 # The prediction log is packed: one row per writer batch and model version, the batch's rows as
 # JSON arrays (ids, times, de-identified inputs, outputs by column). A logged prediction costs

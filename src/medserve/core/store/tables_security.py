@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from sqlalchemy import JSON, BigInteger, Column, DateTime, Integer, String, Table, Text
 
-from medserve.core.store.schema import metadata
+from medserve.core.store.metadata import metadata
 
 sec_state = Table(
     "sec_state",

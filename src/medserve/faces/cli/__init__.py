@@ -5,27 +5,30 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from medserve.core.errors import InvalidRequestError, MedserveError
+from medserve.core.extensions import extensions
 from medserve.core.registry.entities import ModelVersion
-from medserve.core.registry.service import Registry, sample_from_file
+from medserve.core.registry.service import sample_from_file
 from medserve.core.registry.signature import Signature
 from medserve.core.settings import Settings
+from medserve.faces.cli.monitoring import register as register_monitoring
+from medserve.faces.cli.security import register as register_security
+from medserve.faces.cli.support import console, split_ref
+from medserve.faces.cli.support import fail as _fail
+from medserve.faces.cli.support import open_registry as _registry
+from medserve.faces.cli.training import register as register_training
 
 app = typer.Typer(help="medserve: clinical model-as-a-service.", no_args_is_help=True)
 models_app = typer.Typer(help="Registered models, versions and aliases.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
 
-console = Console()
-err_console = Console(stderr=True)
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -37,32 +40,6 @@ def _main(
 ) -> None:
     if home is not None:
         os.environ["MEDSERVE_HOME"] = str(home)
-
-
-@contextmanager
-def _registry() -> Iterator[Registry]:
-    registry = Registry.open(Settings())
-    try:
-        yield registry
-    finally:
-        registry.close()
-
-
-def _fail(exc: Exception) -> typer.Exit:
-    message = exc.message if isinstance(exc, MedserveError) else str(exc)
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False)
-    if isinstance(exc, MedserveError):
-        for detail in exc.details[:20]:
-            err_console.print(f"  - {detail.get('message', detail)}", highlight=False)
-    return typer.Exit(code=1)
-
-
-def split_ref(ref: str, default: str = "production") -> tuple[str, str]:
-    """``name@3`` / ``name@staging`` / ``name`` (its production alias)."""
-    name, _, version = ref.partition("@")
-    if not name:
-        raise InvalidRequestError(f"bad model reference {ref!r}: expected NAME[@VERSION|ALIAS]")
-    return name, version or default
 
 
 def _parse_tags(tags: list[str] | None) -> dict[str, str]:
@@ -513,13 +490,13 @@ def demo(
         raise _fail(exc) from exc
 
 
-def _register_extensions() -> None:
-    from medserve.faces.cli.monitoring import register as register_monitoring
-    from medserve.faces.cli.security import register as register_security
-    from medserve.faces.cli.training import register as register_training
-
+def _register_groups() -> None:
+    """The built-in command groups, then every extension's (``Extension.cli_groups``)."""
     for register in (register_training, register_security, register_monitoring):
         register(app, models_app)
+    for extension in extensions():
+        for group in extension.cli_groups():
+            app.add_typer(group)
 
 
-_register_extensions()
+_register_groups()

@@ -9,12 +9,13 @@ from rich.console import Console
 from rich.table import Table
 
 from medserve.core.errors import InvalidRequestError, MedserveError
+from medserve.faces.cli.support import fail as _fail
+from medserve.faces.cli.support import open_registry as _registry
 
 console = Console()
 
 
 def register(app: typer.Typer, models_app: typer.Typer) -> None:
-    from medserve.faces.cli import _fail, _registry
 
     monitor = typer.Typer(help="Prediction log, drift, live performance and alerts.")
     app.add_typer(monitor, name="monitor")

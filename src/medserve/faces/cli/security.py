@@ -16,6 +16,7 @@ from rich.table import Table
 
 from medserve.core.audit import AuditEntry, AuditLog
 from medserve.core.errors import InvalidRequestError, MedserveError
+from medserve.faces.cli.support import fail
 from medserve.features.security.keys import SecurityStore
 from medserve.features.security.permissions import ROLES
 
@@ -65,7 +66,6 @@ def _security() -> Iterator[tuple[SecurityStore, AuditLog]]:
 
 
 def _fail(exc: Exception) -> typer.Exit:
-    from medserve.faces.cli import _fail as fail
 
     return fail(exc)
 

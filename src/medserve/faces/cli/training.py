@@ -12,6 +12,9 @@ from rich.console import Console
 from rich.table import Table
 
 from medserve.core.errors import MedserveError
+from medserve.faces.cli.support import fail as _fail
+from medserve.faces.cli.support import open_registry as _registry
+from medserve.faces.cli.support import split_ref
 
 console = Console()
 
@@ -46,7 +49,6 @@ def register(app: typer.Typer, models_app: typer.Typer) -> None:
         spec_path: Annotated[Path, typer.Argument(metavar="SPEC.yaml", help="Training spec.")],
     ) -> None:
         """Train from a spec: grouped split, CV, fit, evaluate, register with a draft card."""
-        from medserve.faces.cli import _fail, _registry
         from medserve.features.training.pipeline import train as run_training
         from medserve.features.training.spec import load_spec
 
@@ -94,7 +96,6 @@ def register(app: typer.Typer, models_app: typer.Typer) -> None:
     ) -> None:
         """Evaluate a version on labelled data; stored against (version, data fingerprint)."""
         from medserve.core.registry.service import current_user, sample_from_file
-        from medserve.faces.cli import _fail, _registry, split_ref
         from medserve.features.evaluation.run import evaluate_version
 
         try:
@@ -141,7 +142,6 @@ def register(app: typer.Typer, models_app: typer.Typer) -> None:
 
         from medserve.core.registry.service import current_user
         from medserve.core.store.governance import GovernanceStore
-        from medserve.faces.cli import _fail, _registry, split_ref
         from medserve.features.governance.cards import (
             AUTHOR_TEMPLATE_KEYS,
             build_card,
@@ -217,7 +217,6 @@ def register(app: typer.Typer, models_app: typer.Typer) -> None:
         """Write the HTML report of a version's most recent evaluation."""
         from medserve.core.errors import NotFoundError
         from medserve.core.store.governance import GovernanceStore
-        from medserve.faces.cli import _fail, _registry, split_ref
 
         try:
             name, version_ref = split_ref(ref)
@@ -235,7 +234,6 @@ def register(app: typer.Typer, models_app: typer.Typer) -> None:
     @models_app.command("gate")
     def models_gate(ref: Annotated[str, typer.Argument(help="NAME@VERSION|ALIAS")]) -> None:
         """Check whether a version may be promoted to production (exit 1 if not)."""
-        from medserve.faces.cli import _fail, _registry, split_ref
         from medserve.features.governance.gate import check
 
         try:

@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 from rich.console import Console
 
@@ -21,6 +20,7 @@ from medserve.core.registry.entities import ModelVersion
 from medserve.core.registry.service import Registry
 from medserve.core.registry.signature import infer_signature
 from medserve.core.settings import Settings
+from medserve.faces.demo.data import breast_cancer_frame
 
 SEED = 20240601
 
@@ -32,14 +32,6 @@ class DemoModel:
     frame: pd.DataFrame  # features only
     target: pd.Series
     estimator: Any
-
-
-def breast_cancer_frame() -> tuple[pd.DataFrame, pd.Series]:
-    from sklearn.datasets import load_breast_cancer
-
-    data = load_breast_cancer(as_frame=True)
-    names = np.asarray(data.target_names)  # 0 = malignant, 1 = benign
-    return data.data, pd.Series(names[data.target], name="diagnosis")
 
 
 def demo_models() -> list[DemoModel]:

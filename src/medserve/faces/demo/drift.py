@@ -50,7 +50,7 @@ class _Receiver:
 
 
 def _stream(shift: float, n: int, seed: int) -> list[dict[str, float]]:
-    from medserve.faces.demo import breast_cancer_frame
+    from medserve.faces.demo.data import breast_cancer_frame
 
     X, _ = breast_cancer_frame()
     sample = X.sample(n, random_state=seed, replace=True).reset_index(drop=True)
