@@ -44,14 +44,16 @@ def load_data(source: str, base: Path | None = None) -> pd.DataFrame:
 def builtin(source: str) -> pd.DataFrame:
     """Public research data sets that ship with the libraries (no download)."""
     if source == "sklearn:breast_cancer":
-        from sklearn.datasets import load_breast_cancer
+        # lazy import (heavy: scikit-learn, kept off the serving path)
+        from sklearn.datasets import load_breast_cancer  # noqa: PLC0415
 
         data = load_breast_cancer(as_frame=True)
         frame = data.data.copy()
         frame["diagnosis"] = np.asarray(data.target_names)[data.target]
         return frame
     if source == "sklearn:diabetes":
-        from sklearn.datasets import load_diabetes
+        # lazy import (heavy: scikit-learn, kept off the serving path)
+        from sklearn.datasets import load_diabetes  # noqa: PLC0415
 
         scaled = load_diabetes(as_frame=True)
         raw = load_diabetes(as_frame=True, scaled=False).data
@@ -62,7 +64,8 @@ def builtin(source: str) -> pd.DataFrame:
         frame["sex_code"] = raw["sex"].round().astype(int).map(lambda v: f"sex code {v}")
         frame["age_years"] = raw["age"]
         return frame
-    from lifelines.datasets import load_rossi
+    # lazy import (heavy: lifelines, kept off the serving path)
+    from lifelines.datasets import load_rossi  # noqa: PLC0415
 
     return load_rossi()
 

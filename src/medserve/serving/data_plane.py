@@ -170,7 +170,8 @@ class DataPlane:
         response = model.records_response(outputs)
         response["request_id"] = context.request_id
         if body.get("explain") is True or context.explain:
-            from medserve.features.explain.service import service_for
+            # lazy import (explainers (shap, scikit-learn) only when asked)
+            from medserve.features.explain.service import service_for  # noqa: PLC0415
 
             target = body.get("class")
             response["explanation"] = await asyncio.to_thread(

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import parse_qs
 
 import orjson
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from medserve.core.context import RequestContext, made_request_id
 from medserve.core.errors import (
@@ -29,11 +30,6 @@ from medserve.serving.data_plane import DataPlane
 from medserve.serving.http_errors import status_for
 
 log = logging.getLogger(__name__)
-
-Scope = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
-Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
 def match_hot_path(method: str, path: str) -> tuple[str, str, str | None] | None:

@@ -17,7 +17,11 @@ import os
 import shutil
 import socket
 import ssl
+import subprocess
 import sys
+import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
@@ -25,6 +29,7 @@ import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from medserve.core.errors import InvalidRequestError
+from medserve.core.registry.service import Registry
 from medserve.core.settings import Settings
 
 
@@ -95,7 +100,6 @@ def run_server(settings: Settings, app_factory: str) -> None:
     # Workers rebuild Settings from the environment: carry what the command line decided.
     os.environ["MEDSERVE_SECURITY"] = "true" if settings.security else "false"
     os.environ["MEDSERVE_WORKERS"] = str(settings.workers)
-    from medserve.core.registry.service import Registry
 
     Registry.open(settings).close()  # migrate once here, not in every worker
     os.environ["MEDSERVE_MIGRATE_ON_START"] = "false"
@@ -126,11 +130,6 @@ def run_server(settings: Settings, app_factory: str) -> None:
 @contextlib.contextmanager
 def start_background_server(settings: Settings, timeout_s: float = 120.0) -> Iterator[str]:
     """``medserve serve`` in a child process for scripted scenarios; yields its base URL."""
-    import subprocess
-    import sys
-    import time
-    import urllib.error
-    import urllib.request
 
     url = f"http://{settings.host}:{settings.port}"
     env = {**os.environ, "MEDSERVE_HOME": str(settings.home.resolve())}

@@ -166,7 +166,8 @@ def _subgroup(
 
 
 def _binary_curves(y: np.ndarray, p: np.ndarray) -> dict[str, Any]:
-    from sklearn.metrics import precision_recall_curve, roc_curve
+    # lazy import (heavy: scikit-learn, kept off the serving path)
+    from sklearn.metrics import precision_recall_curve, roc_curve  # noqa: PLC0415
 
     if not 0 < y.sum() < len(y):
         return {}

@@ -67,7 +67,7 @@ def oe_ratio(y: np.ndarray, p: np.ndarray) -> float:
 def auroc(y: np.ndarray, p: np.ndarray) -> float:
     """Mann-Whitney form (ties count half): equal to scikit-learn's, ~50x cheaper per call,
     which matters inside thousands of bootstrap resamples."""
-    from scipy.stats import rankdata
+    from scipy.stats import rankdata  # noqa: PLC0415 (heavy: scipy, kept off the serving path)
 
     n1 = float(y.sum())
     n0 = len(y) - n1

@@ -35,10 +35,11 @@ _HEADLINE = {
 
 def _pyplot() -> Any:
     try:
-        import matplotlib
+        import matplotlib  # noqa: PLC0415 (heavy: matplotlib, kept off the serving path)
 
         matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        # lazy import (heavy: matplotlib, kept off the serving path)
+        import matplotlib.pyplot as plt  # noqa: PLC0415
     except ImportError as exc:  # pragma: no cover - depends on the install
         raise InvalidRequestError(
             "the HTML report needs matplotlib: pip install 'medserve[governance]'"

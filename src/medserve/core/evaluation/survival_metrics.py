@@ -15,7 +15,8 @@ import numpy as np
 
 def concordance(time: np.ndarray, event: np.ndarray, risk: np.ndarray) -> float:
     """Harrell's C: higher risk should mean earlier events (lifelines' implementation)."""
-    from lifelines.utils import concordance_index
+    # lazy import (heavy: lifelines, kept off the serving path)
+    from lifelines.utils import concordance_index  # noqa: PLC0415
 
     return float(concordance_index(time, -risk, event))
 

@@ -113,8 +113,10 @@ def _xgboost_kind(path: Path, head: bytes) -> str | None:
 
 
 def _is_onnx(path: Path) -> bool:
-    import onnx
-    from google.protobuf.message import DecodeError
+    import onnx  # noqa: PLC0415 (heavy: onnx, kept off the serving path)
+
+    # lazy import (heavy: protobuf, kept off the serving path)
+    from google.protobuf.message import DecodeError  # noqa: PLC0415
 
     try:
         # parse as binary protobuf whatever the file is called (onnx.load guesses by extension)

@@ -70,7 +70,8 @@ def read_mlflow_model(path: Path, *, trust_pickle: bool) -> ImportedModel:
     fmt = str(flavor.get("serialization_format", "cloudpickle"))
     artifact = _inside(path, str(flavor.get("pickled_model", "model.pkl")))
     if fmt == "skops":
-        from medserve.core.runtimes.skops_runtime import load_skops_estimator
+        # lazy import (pulls scikit-learn and skops)
+        from medserve.core.runtimes.skops_runtime import load_skops_estimator  # noqa: PLC0415
 
         estimator = load_skops_estimator(artifact, trust=trust_pickle)
     elif fmt in _PICKLE_FORMATS:

@@ -26,6 +26,7 @@ from medserve.core.errors import (
     UnsupportedFormatError,
 )
 from medserve.core.extensions import emit
+from medserve.core.importers import detect_format, ensure_safe
 from medserve.core.registry.entities import AliasEvent, ModelVersion
 from medserve.core.registry.events import AliasMoved, VersionRegistered
 from medserve.core.registry.signature import (
@@ -36,6 +37,7 @@ from medserve.core.registry.signature import (
     signature_from_mlflow,
 )
 from medserve.core.runtimes.base import RuntimeMetadata
+from medserve.core.runtimes.loader import load_runtime
 from medserve.core.settings import Settings
 from medserve.core.store import RegistryStore, open_store
 
@@ -195,24 +197,26 @@ class Registry:
     def _prepare_path(
         self, path: Path, sample: pd.DataFrame | None, signature: Signature | None, trust: bool
     ) -> _Prepared:
-        from medserve.core.importers import detect_format, ensure_safe
 
         if not path.exists():
             raise InvalidRequestError(f"no such file or directory: {path}")
         fmt = detect_format(path)
         ensure_safe(fmt, trust_pickle=trust)
         if fmt == "skops":
-            from medserve.core.runtimes.skops_runtime import load_skops_estimator
+            # lazy import (pulls scikit-learn and skops)
+            from medserve.core.runtimes.skops_runtime import load_skops_estimator  # noqa: PLC0415
 
             estimator = load_skops_estimator(path, trust=trust)
             return self._prepare_estimator(estimator, sample, signature, "sklearn", {})
         if fmt == "pickle":
-            from medserve.core.runtimes.pickle_runtime import load_pickle_estimator
+            # lazy import (pulls scikit-learn and joblib)
+            from medserve.core.runtimes.pickle_runtime import load_pickle_estimator  # noqa: PLC0415
 
             estimator = load_pickle_estimator(path, trust_pickle=trust)
             return self._prepare_estimator(estimator, sample, signature, "sklearn-pickle", {})
         if fmt == "mlflow":
-            from medserve.core.importers.mlflow import read_mlflow_model
+            # lazy import (MLflow directories only)
+            from medserve.core.importers.mlflow import read_mlflow_model  # noqa: PLC0415
 
             imported = read_mlflow_model(path, trust_pickle=trust)
             if signature is None and sample is None and imported.columns:
@@ -238,7 +242,8 @@ class Registry:
             if sample is None:
                 reason += " (no registration sample, so no verified ONNX conversion)"
             else:
-                from medserve.core.runtimes.convert import convert_booster_to_onnx
+                # lazy import (pulls skl2onnx)
+                from medserve.core.runtimes.convert import convert_booster_to_onnx  # noqa: PLC0415
 
                 X = sig.validator().records_to_matrix(
                     sample[sig.feature_names].to_dict(orient="records")
@@ -279,9 +284,10 @@ class Registry:
         source_flavor: str,
         extra_versions: dict[str, str],
     ) -> _Prepared:
-        import skops.io
+        import skops.io  # noqa: PLC0415 (heavy: skops, kept off the serving path)
 
-        from medserve.core.runtimes.convert import convert_sklearn_to_onnx
+        # lazy import (pulls skl2onnx)
+        from medserve.core.runtimes.convert import convert_sklearn_to_onnx  # noqa: PLC0415
 
         source_sha = self.artifacts.put_bytes(skops.io.dumps(estimator))
         feature_names = [str(c) for c in getattr(estimator, "feature_names_in_", [])]
@@ -331,7 +337,6 @@ class Registry:
         )
 
     def _runtime_metadata(self, flavor: str, sha: str) -> RuntimeMetadata:
-        from medserve.core.runtimes.loader import load_runtime
 
         runtime = load_runtime(flavor, self.artifacts.path(sha), trust_pickle=False)
         return runtime.metadata()
@@ -377,7 +382,7 @@ def _plain(value: Any) -> Any:
 
 def sample_from_file(path: Path) -> pd.DataFrame:
     """Read a registration sample (CSV, JSON records, or Parquet)."""
-    import pandas as pd
+    import pandas as pd  # noqa: PLC0415 (heavy: pandas, kept off the serving path)
 
     suffix = path.suffix.lower()
     if suffix == ".csv":

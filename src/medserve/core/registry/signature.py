@@ -155,7 +155,7 @@ def infer_signature(
     Ranges are only set when ``range_margin`` is given, since a sample rarely spans every
     legitimate value.
     """
-    from pandas.api import types as pdt
+    from pandas.api import types as pdt  # noqa: PLC0415 (heavy: pandas, kept off the serving path)
 
     if range_margin is not None and (not math.isfinite(range_margin) or range_margin < 0):
         raise InvalidRequestError("range_margin must be a non-negative number")

@@ -24,6 +24,7 @@ from medserve.core.runtimes._common import (
     META_TASK,
     versions,
 )
+from medserve.core.runtimes.loader import load_runtime
 
 TARGET_OPSET: Final = {"": 17, "ai.onnx.ml": 3}
 BOOSTER_TARGET_OPSET: Final = 15  # the newest onnxmltools' tree converters support
@@ -79,7 +80,6 @@ def convert_booster_to_onnx(
     Verified against medserve's native runtime for the booster, which itself matches the
     library's predictions; on rejection the native runtime is the fallback.
     """
-    from medserve.core.runtimes.loader import load_runtime
 
     tool = f"onnxmltools {versions('onnxmltools').get('onnxmltools', '?')}"
     matrix = np.ascontiguousarray(X_sample, dtype=np.float32)
@@ -124,7 +124,8 @@ def _verify(
     probability_tolerance: float,
     value_tolerance: float,
 ) -> ConversionResult:
-    from medserve.core.runtimes.onnx_runtime import OnnxRuntime
+    # lazy import (onnxruntime only when an ONNX version loads)
+    from medserve.core.runtimes.onnx_runtime import OnnxRuntime  # noqa: PLC0415
 
     try:
         got = OnnxRuntime(onnx_bytes).predict(matrix)
@@ -163,8 +164,11 @@ def _as_frame(
 
 
 def _convert_sklearn(estimator: Any, frame: pd.DataFrame, numeric: bool) -> bytes:
-    from skl2onnx import convert_sklearn
-    from skl2onnx.common.data_types import FloatTensorType, StringTensorType
+    # lazy import (heavy: skl2onnx, kept off the serving path)
+    from skl2onnx import convert_sklearn  # noqa: PLC0415
+
+    # lazy import (heavy: skl2onnx, kept off the serving path)
+    from skl2onnx.common.data_types import FloatTensorType, StringTensorType  # noqa: PLC0415
 
     initial_types: list[tuple[str, Any]]
     if numeric:
@@ -196,12 +200,15 @@ def _convert_sklearn(estimator: Any, frame: pd.DataFrame, numeric: bool) -> byte
 def _convert_booster(
     flavor: str, path: Path, n_features: int, class_labels: list[Any] | None
 ) -> bytes:
-    from onnxmltools import convert_lightgbm, convert_xgboost
-    from onnxmltools.convert.common.data_types import FloatTensorType
+    # lazy import (heavy: onnxmltools, kept off the serving path)
+    from onnxmltools import convert_lightgbm, convert_xgboost  # noqa: PLC0415
+
+    # lazy import (heavy: onnxmltools, kept off the serving path)
+    from onnxmltools.convert.common.data_types import FloatTensorType  # noqa: PLC0415
 
     initial_types = [("X", FloatTensorType([None, n_features]))]
     if flavor == "xgboost":
-        import xgboost as xgb
+        import xgboost as xgb  # noqa: PLC0415 (optional extra: xgboost)
 
         booster = xgb.Booster()
         booster.load_model(bytearray(path.read_bytes()))
@@ -209,7 +216,7 @@ def _convert_booster(
             booster, initial_types=initial_types, target_opset=BOOSTER_TARGET_OPSET
         )
     elif flavor == "lightgbm":
-        import lightgbm as lgb
+        import lightgbm as lgb  # noqa: PLC0415 (optional extra: lightgbm)
 
         lgb_booster = lgb.Booster(model_str=path.read_text(encoding="utf-8"))
         model = convert_lightgbm(

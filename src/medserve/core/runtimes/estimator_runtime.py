@@ -69,7 +69,7 @@ class EstimatorRuntime:
     def _frame(self, X: npt.NDArray[Any]) -> Any:
         if self._feature_names is None:
             return X
-        import pandas as pd
+        import pandas as pd  # noqa: PLC0415 (heavy: pandas, kept off the serving path)
 
         frame = pd.DataFrame(X, columns=self._feature_names)
         return frame.infer_objects() if X.dtype == np.object_ else frame

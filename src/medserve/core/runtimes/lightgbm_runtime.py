@@ -33,7 +33,7 @@ def _header(text: str) -> dict[str, str]:
 
 class LightGBMRuntime:
     def __init__(self, model_text: str, *, intra_op_threads: int = 1) -> None:
-        import lightgbm as lgb
+        import lightgbm as lgb  # noqa: PLC0415 (optional extra: lightgbm)
 
         try:
             # params passed here are ignored (with a warning) for a model string, so the

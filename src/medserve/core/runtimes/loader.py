@@ -19,31 +19,36 @@ if TYPE_CHECKING:
 
 
 def _onnx(path: Path, options: FlavorOptions) -> Runtime:
-    from medserve.core.runtimes.onnx_runtime import OnnxRuntime
+    # lazy import (onnxruntime only when an ONNX version loads)
+    from medserve.core.runtimes.onnx_runtime import OnnxRuntime  # noqa: PLC0415
 
     return OnnxRuntime.from_path(path, intra_op_threads=options.intra_op_threads)
 
 
 def _skops(path: Path, options: FlavorOptions) -> Runtime:
-    from medserve.core.runtimes.skops_runtime import SkopsRuntime
+    # lazy import (pulls scikit-learn and skops)
+    from medserve.core.runtimes.skops_runtime import SkopsRuntime  # noqa: PLC0415
 
     return SkopsRuntime.from_path(path, trust=options.trust_pickle)
 
 
 def _xgboost(path: Path, options: FlavorOptions) -> Runtime:
-    from medserve.core.runtimes.xgboost_runtime import XGBoostRuntime
+    # lazy import (optional extra: xgboost)
+    from medserve.core.runtimes.xgboost_runtime import XGBoostRuntime  # noqa: PLC0415
 
     return XGBoostRuntime.from_path(path, intra_op_threads=options.intra_op_threads)
 
 
 def _lightgbm(path: Path, options: FlavorOptions) -> Runtime:
-    from medserve.core.runtimes.lightgbm_runtime import LightGBMRuntime
+    # lazy import (optional extra: lightgbm)
+    from medserve.core.runtimes.lightgbm_runtime import LightGBMRuntime  # noqa: PLC0415
 
     return LightGBMRuntime.from_path(path, intra_op_threads=options.intra_op_threads)
 
 
 def _pickle(path: Path, options: FlavorOptions) -> Runtime:
-    from medserve.core.runtimes.pickle_runtime import PickleRuntime
+    # lazy import (pulls scikit-learn and joblib)
+    from medserve.core.runtimes.pickle_runtime import PickleRuntime  # noqa: PLC0415
 
     return PickleRuntime.from_path(path, trust_pickle=options.trust_pickle)
 

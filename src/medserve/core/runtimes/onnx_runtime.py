@@ -228,7 +228,7 @@ def _plan_outputs(
 
 def _class_labels_from_graph(model: bytes) -> list[Any] | None:
     """Class labels from ai.onnx.ml classifier nodes (models not converted by medserve)."""
-    import onnx
+    import onnx  # noqa: PLC0415 (heavy: onnx, kept off the serving path)
 
     graph = onnx.load_model_from_string(model).graph
     for node in graph.node:

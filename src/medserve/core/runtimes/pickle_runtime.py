@@ -12,7 +12,8 @@ from medserve.core.runtimes.estimator_runtime import EstimatorRuntime
 
 def load_pickle_estimator(path: Path, *, trust_pickle: bool) -> Any:
     ensure_safe("pickle", trust_pickle=trust_pickle)
-    import joblib  # reads plain pickles as well as joblib files
+    # lazy import (heavy: joblib, kept off the serving path)
+    import joblib  # reads plain pickles as well as joblib files  # noqa: PLC0415
 
     try:
         return joblib.load(Path(path))

@@ -12,6 +12,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from medserve.core.errors import ModelLoadError, UnsafeArtifactError
 from medserve.core.runtimes.estimator_runtime import EstimatorRuntime
 
@@ -23,7 +25,7 @@ def _is_trusted(type_name: str) -> bool:
 
 
 def load_skops_estimator(path: Path, *, trust: bool = False) -> Any:
-    import skops.io
+    import skops.io  # noqa: PLC0415 (heavy: skops, kept off the serving path)
 
     try:
         untrusted = skops.io.get_untrusted_types(file=Path(path))
@@ -72,7 +74,6 @@ def check_tree_structure(estimator: Any) -> None:
     feature indices without bounds checks: a crafted file loads fine and then reads out of
     bounds (or crashes) at predict time. Checking the indices here makes loading it safe.
     """
-    import numpy as np
 
     for holder in _trees(estimator):
         tree = holder.tree_

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+from scipy.special import softmax
 
 from medserve.core.errors import ModelLoadError
 from medserve.core.runtimes._common import classifier_outputs, regressor_outputs, versions
@@ -20,7 +21,7 @@ from medserve.core.runtimes.base import RuntimeMetadata
 
 class XGBoostRuntime:
     def __init__(self, model: bytes, *, intra_op_threads: int = 1) -> None:
-        import xgboost as xgb
+        import xgboost as xgb  # noqa: PLC0415 (optional extra: xgboost)
 
         booster = xgb.Booster()
         try:
@@ -80,8 +81,7 @@ class XGBoostRuntime:
             probs = np.asarray(self._booster.inplace_predict(X), dtype=np.float32)
         else:  # multi:softmax returns class indices; rebuild probabilities from margins
             margin = np.asarray(self._booster.inplace_predict(X, predict_type="margin"))
-            shifted = np.exp(margin - margin.max(axis=1, keepdims=True))
-            probs = (shifted / shifted.sum(axis=1, keepdims=True)).astype(np.float32)
+            probs = softmax(margin, axis=1).astype(np.float32)
         return {"label": self._labels[np.argmax(probs, axis=1)], "probabilities": probs}
 
     def metadata(self) -> RuntimeMetadata:

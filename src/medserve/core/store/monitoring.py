@@ -17,6 +17,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine, RowMapping
 from sqlalchemy.exc import OperationalError
 
+from medserve.core.audit import AuditEntry, AuditLog
 from medserve.core.context import request_id_time_us
 from medserve.core.errors import InvalidRequestError, NotFoundError, StoreError
 from medserve.core.monitoring_config import ModelMonitoringConfig
@@ -421,7 +422,6 @@ class MonitoringStore:
         """Acknowledge an alert; with ``audit`` the audit trail gets an ``alert_acknowledge``
         entry in the same transaction (who, which alert and model; the note is not copied:
         free text may hold PHI)."""
-        from medserve.core.audit import AuditEntry, AuditLog
 
         t = mon_alerts
         with self._write() as conn:

@@ -187,8 +187,8 @@ def create_engine_for(uri: str) -> Engine:
 
 def migrate(engine: Engine) -> None:
     """Bring the schema to the newest alembic revision (idempotent, safe to race)."""
-    from alembic import command
-    from alembic.config import Config
+    from alembic import command  # noqa: PLC0415 (heavy: alembic, kept off the serving path)
+    from alembic.config import Config  # noqa: PLC0415 (heavy: alembic, kept off the serving path)
 
     config = Config()
     config.set_main_option(

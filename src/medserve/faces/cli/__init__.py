@@ -10,12 +10,14 @@ from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
+import yaml
 from rich.table import Table
 
 from medserve.core.errors import InvalidRequestError, MedserveError
 from medserve.core.extensions import extensions
+from medserve.core.loaded_model import load_version_locally
 from medserve.core.registry.entities import ModelVersion
-from medserve.core.registry.service import sample_from_file
+from medserve.core.registry.service import current_user, sample_from_file
 from medserve.core.registry.signature import Signature
 from medserve.core.settings import Settings
 from medserve.faces.cli.monitoring import register as register_monitoring
@@ -24,6 +26,7 @@ from medserve.faces.cli.support import console, split_ref
 from medserve.faces.cli.support import fail as _fail
 from medserve.faces.cli.support import open_registry as _registry
 from medserve.faces.cli.training import register as register_training
+from medserve.features.interop.feature_map import FhirMap
 
 app = typer.Typer(help="medserve: clinical model-as-a-service.", no_args_is_help=True)
 models_app = typer.Typer(help="Registered models, versions and aliases.", no_args_is_help=True)
@@ -125,9 +128,9 @@ def models_ensemble(
     tag: Annotated[list[str] | None, typer.Option(help="KEY=VALUE, repeatable.")] = None,
 ) -> None:
     """Register a version that combines registered versions (see README, Ensembles)."""
-    import yaml
 
-    from medserve.features.composition.register import register_ensemble
+    # lazy import (pulls pandas)
+    from medserve.features.composition.register import register_ensemble  # noqa: PLC0415
 
     try:
         spec = yaml.safe_load(spec_path.read_text())
@@ -295,8 +298,8 @@ def models_alias(
 
     Moving ``production`` goes through the promotion gate (complete card, acceptance criteria
     met, no train/test patient overlap)."""
-    from medserve.core.registry.service import current_user
-    from medserve.features.governance.gate import set_alias_gated
+    # lazy import (pulls the evaluation report (matplotlib))
+    from medserve.features.governance.gate import set_alias_gated  # noqa: PLC0415
 
     try:
         with _registry() as registry:
@@ -331,7 +334,6 @@ def models_signature(
     ] = None,
 ) -> None:
     """Print a version's signature as JSON, or replace it with --edit FILE."""
-    import yaml
 
     try:
         name, version_ref = split_ref(ref)
@@ -369,9 +371,6 @@ def models_fhir_map(
 ) -> None:
     """Print a version's FHIR feature map, or set it with --set FILE (checked against the
     signature; servers pick it up on their next registry poll, no reload of the model)."""
-    import yaml
-
-    from medserve.features.interop.feature_map import FhirMap
 
     try:
         name, version_ref = split_ref(ref)
@@ -398,7 +397,6 @@ def predict(
     output: Annotated[str, typer.Option(help="table or json")] = "table",
 ) -> None:
     """Predict locally (no server) with a registered version, validating the rows first."""
-    from medserve.core.loaded_model import load_version_locally
 
     try:
         name, version_ref = split_ref(ref)
@@ -450,8 +448,11 @@ def serve(
 
     Authentication is on: create a key first with `medserve keys create`.
     """
-    from medserve.faces.app import APP_FACTORY
-    from medserve.serving.server import run_server
+    # lazy import (the CLI imports the web app only to serve)
+    from medserve.faces.app import APP_FACTORY  # noqa: PLC0415
+
+    # lazy import (the CLI imports uvicorn only to serve)
+    from medserve.serving.server import run_server  # noqa: PLC0415
 
     settings = Settings()
     overrides = {
@@ -480,7 +481,8 @@ def demo(
     ] = False,
 ) -> None:
     """Train the demo models on scikit-learn's bundled data, register them, and serve them."""
-    from medserve.faces.demo import run_demo
+    # lazy import (the demo trains models (scikit-learn))
+    from medserve.faces.demo import run_demo  # noqa: PLC0415
 
     # The demo alone runs open (loopback only; the server refuses any other host without auth).
     os.environ["MEDSERVE_SECURITY"] = "false"

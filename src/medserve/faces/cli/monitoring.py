@@ -9,6 +9,9 @@ from rich.console import Console
 from rich.table import Table
 
 from medserve.core.errors import InvalidRequestError, MedserveError
+from medserve.core.monitoring_config import ModelMonitoringConfig, MonitoringSettings
+from medserve.core.registry.service import current_user
+from medserve.core.store.monitoring import MonitoringStore
 from medserve.faces.cli.support import fail as _fail
 from medserve.faces.cli.support import open_registry as _registry
 
@@ -26,10 +29,8 @@ def register(app: typer.Typer, models_app: typer.Typer) -> None:
         window: float = typer.Option(None, help="Window length in seconds (default: settings)."),
     ) -> None:
         """Compute drift and live performance, store the run, evaluate alert rules."""
-        from medserve.core.monitoring_config import MonitoringSettings
-        from medserve.core.store.monitoring import MonitoringStore
-        from medserve.features.monitoring.report import drift_table
-        from medserve.features.monitoring.runner import run_model
+        from medserve.features.monitoring.report import drift_table  # noqa: PLC0415 (pulls pandas)
+        from medserve.features.monitoring.runner import run_model  # noqa: PLC0415 (pulls pandas)
 
         window_s = window or MonitoringSettings().window_s
         try:
@@ -50,8 +51,8 @@ def register(app: typer.Typer, models_app: typer.Typer) -> None:
         html: Path = typer.Option(None, help="Also write an HTML report with plots here."),
     ) -> None:
         """Show the latest run (drift, live performance, alerts); optionally as HTML."""
-        from medserve.core.store.monitoring import MonitoringStore
-        from medserve.features.monitoring.report import drift_table, html_report, performance_table
+        # lazy import (pulls pandas)
+        from medserve.features.monitoring.report import drift_table, html_report, performance_table  # noqa: PLC0415
 
         try:
             with _registry() as registry:
@@ -78,9 +79,6 @@ def register(app: typer.Typer, models_app: typer.Typer) -> None:
         set_: list[str] = typer.Option([], "--set", help="key=value, e.g. psi_alert=0.2"),
     ) -> None:
         """Show or change a model's monitoring configuration."""
-        from medserve.core.monitoring_config import ModelMonitoringConfig
-        from medserve.core.registry.service import current_user
-        from medserve.core.store.monitoring import MonitoringStore
 
         try:
             with _registry() as registry:
@@ -118,8 +116,6 @@ def register(app: typer.Typer, models_app: typer.Typer) -> None:
         consecutive: int = typer.Option(1, help="Breaching windows in a row before firing."),
     ) -> None:
         """Add an alert rule."""
-        from medserve.core.registry.service import current_user
-        from medserve.core.store.monitoring import MonitoringStore
 
         try:
             with _registry() as registry:
@@ -142,7 +138,6 @@ def register(app: typer.Typer, models_app: typer.Typer) -> None:
     @monitor.command("alerts")
     def alerts(name: str = typer.Argument(None)) -> None:
         """List alerts with their delivery and acknowledgement state."""
-        from medserve.core.store.monitoring import MonitoringStore
 
         try:
             with _registry() as registry:
@@ -154,8 +149,6 @@ def register(app: typer.Typer, models_app: typer.Typer) -> None:
     @monitor.command("ack")
     def ack(alert_id: int, note: str = typer.Option(None)) -> None:
         """Acknowledge an alert (who and when are recorded)."""
-        from medserve.core.registry.service import current_user
-        from medserve.core.store.monitoring import MonitoringStore
 
         try:
             with _registry() as registry:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import getpass
 import re
 import sys
 from collections.abc import Iterator
@@ -16,6 +17,8 @@ from rich.table import Table
 
 from medserve.core.audit import AuditEntry, AuditLog
 from medserve.core.errors import InvalidRequestError, MedserveError
+from medserve.core.registry.service import Registry
+from medserve.core.settings import Settings
 from medserve.faces.cli.support import fail
 from medserve.features.security.keys import SecurityStore
 from medserve.features.security.permissions import ROLES
@@ -54,8 +57,6 @@ def parse_since(text: str) -> datetime:
 
 @contextmanager
 def _security() -> Iterator[tuple[SecurityStore, AuditLog]]:
-    from medserve.core.registry.service import Registry
-    from medserve.core.settings import Settings
 
     registry = Registry.open(Settings())
     try:
@@ -71,7 +72,6 @@ def _fail(exc: Exception) -> typer.Exit:
 
 
 def _audit_change(audit: AuditLog, action: str, detail: str, model: str | None = None) -> None:
-    import getpass
 
     try:
         user = getpass.getuser()

@@ -8,10 +8,13 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+import yaml
 from rich.console import Console
 from rich.table import Table
 
-from medserve.core.errors import MedserveError
+from medserve.core.errors import InvalidRequestError, MedserveError, NotFoundError
+from medserve.core.registry.service import current_user, sample_from_file
+from medserve.core.store.governance import GovernanceStore
 from medserve.faces.cli.support import fail as _fail
 from medserve.faces.cli.support import open_registry as _registry
 from medserve.faces.cli.support import split_ref
@@ -20,7 +23,7 @@ console = Console()
 
 
 def _print_evaluation(result: dict[str, object], title: str) -> None:
-    from medserve.core.evaluation.report import _fmt
+    from medserve.core.evaluation.report import _fmt  # noqa: PLC0415 (pulls matplotlib)
 
     table = Table(title=title)
     table.add_column("metric")
@@ -49,8 +52,9 @@ def register(app: typer.Typer, models_app: typer.Typer) -> None:
         spec_path: Annotated[Path, typer.Argument(metavar="SPEC.yaml", help="Training spec.")],
     ) -> None:
         """Train from a spec: grouped split, CV, fit, evaluate, register with a draft card."""
-        from medserve.features.training.pipeline import train as run_training
-        from medserve.features.training.spec import load_spec
+        # lazy import (pulls scikit-learn)
+        from medserve.features.training.pipeline import train as run_training  # noqa: PLC0415
+        from medserve.features.training.spec import load_spec  # noqa: PLC0415 (pulls scikit-learn)
 
         try:
             spec, text, base = load_spec(spec_path)
@@ -95,13 +99,11 @@ def register(app: typer.Typer, models_app: typer.Typer) -> None:
         report: Annotated[Path | None, typer.Option(help="Also write the HTML here.")] = None,
     ) -> None:
         """Evaluate a version on labelled data; stored against (version, data fingerprint)."""
-        from medserve.core.registry.service import current_user, sample_from_file
-        from medserve.features.evaluation.run import evaluate_version
+        # lazy import (pulls pandas)
+        from medserve.features.evaluation.run import evaluate_version  # noqa: PLC0415
 
         try:
             if kind not in ("local", "external", "test"):
-                from medserve.core.errors import InvalidRequestError
-
                 raise InvalidRequestError("--kind must be local, external or test")
             name, version_ref = split_ref(ref)
             frame = sample_from_file(data)
@@ -138,11 +140,9 @@ def register(app: typer.Typer, models_app: typer.Typer) -> None:
         template: Annotated[bool, typer.Option(help="Print a YAML template to fill.")] = False,
     ) -> None:
         """Show a version's model card (HTI-1 attributes, Model Cards sections), or --edit it."""
-        import yaml
 
-        from medserve.core.registry.service import current_user
-        from medserve.core.store.governance import GovernanceStore
-        from medserve.features.governance.cards import (
+        # lazy import (pulls the evaluation report (matplotlib))
+        from medserve.features.governance.cards import (  # noqa: PLC0415
             AUTHOR_TEMPLATE_KEYS,
             build_card,
             render_card_html,
@@ -167,12 +167,8 @@ def register(app: typer.Typer, models_app: typer.Typer) -> None:
                     try:
                         statements = yaml.safe_load(edit.read_text()) or {}
                     except (OSError, yaml.YAMLError) as exc:
-                        from medserve.core.errors import InvalidRequestError
-
                         raise InvalidRequestError(f"cannot read {edit}: {exc}") from exc
                     if not isinstance(statements, dict):
-                        from medserve.core.errors import InvalidRequestError
-
                         raise InvalidRequestError("the card file must be a YAML mapping")
                     criteria = statements.pop("acceptance", None)
                     gov.save_card(name, version.version, statements, current_user())
@@ -215,8 +211,6 @@ def register(app: typer.Typer, models_app: typer.Typer) -> None:
         ),
     ) -> None:
         """Write the HTML report of a version's most recent evaluation."""
-        from medserve.core.errors import NotFoundError
-        from medserve.core.store.governance import GovernanceStore
 
         try:
             name, version_ref = split_ref(ref)
@@ -234,7 +228,8 @@ def register(app: typer.Typer, models_app: typer.Typer) -> None:
     @models_app.command("gate")
     def models_gate(ref: Annotated[str, typer.Argument(help="NAME@VERSION|ALIAS")]) -> None:
         """Check whether a version may be promoted to production (exit 1 if not)."""
-        from medserve.features.governance.gate import check
+        # lazy import (pulls the evaluation report (matplotlib))
+        from medserve.features.governance.gate import check  # noqa: PLC0415
 
         try:
             name, version_ref = split_ref(ref)

@@ -35,11 +35,20 @@ class DemoModel:
 
 
 def demo_models() -> list[DemoModel]:
-    from sklearn.datasets import load_diabetes
-    from sklearn.ensemble import GradientBoostingRegressor, RandomForestClassifier
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
+    # lazy import (heavy: scikit-learn, kept off the serving path)
+    from sklearn.datasets import load_diabetes  # noqa: PLC0415
+
+    # lazy import (heavy: scikit-learn, kept off the serving path)
+    from sklearn.ensemble import GradientBoostingRegressor, RandomForestClassifier  # noqa: PLC0415
+
+    # lazy import (heavy: scikit-learn, kept off the serving path)
+    from sklearn.linear_model import LogisticRegression  # noqa: PLC0415
+
+    # lazy import (heavy: scikit-learn, kept off the serving path)
+    from sklearn.pipeline import make_pipeline  # noqa: PLC0415
+
+    # lazy import (heavy: scikit-learn, kept off the serving path)
+    from sklearn.preprocessing import StandardScaler  # noqa: PLC0415
 
     X_bc, y_bc = breast_cancer_frame()
     diabetes = load_diabetes(as_frame=True)
@@ -154,7 +163,7 @@ def _demo_spec(demo: DemoModel) -> tuple[dict[str, Any], pd.DataFrame]:
             ),
         }
         return spec, frame
-    from medserve.core.datasets import builtin
+    from medserve.core.datasets import builtin  # noqa: PLC0415 (pulls pandas)
 
     frame = builtin("sklearn:diabetes")
     spec = {
@@ -184,9 +193,10 @@ def _demo_spec(demo: DemoModel) -> tuple[dict[str, Any], pd.DataFrame]:
 def register_demo_models(registry: Registry, console: Console | None = None) -> list[ModelVersion]:
     """Train each demo model through the training pipeline (evaluation, card) and promote it
     through the gate, unless it already has a production version."""
-    from medserve.features.governance.gate import set_alias_gated
-    from medserve.features.training.pipeline import train
-    from medserve.features.training.spec import parse_spec
+    # lazy import (pulls the evaluation report (matplotlib))
+    from medserve.features.governance.gate import set_alias_gated  # noqa: PLC0415
+    from medserve.features.training.pipeline import train  # noqa: PLC0415 (pulls scikit-learn)
+    from medserve.features.training.spec import parse_spec  # noqa: PLC0415 (pulls scikit-learn)
 
     versions = []
     for demo in demo_models():
@@ -247,8 +257,11 @@ def write_examples(home: Path) -> dict[str, Path]:
 
 
 def run_demo(console: Console, *, serve: bool, port: int = 8000, drift: bool = False) -> None:
-    from medserve.faces.demo.composition import ENSEMBLE_MODEL, register_demo_ensemble
-    from medserve.faces.demo.modalities import register_modality_demos
+    # lazy import (the demo trains models (scikit-learn))
+    from medserve.faces.demo.composition import ENSEMBLE_MODEL, register_demo_ensemble  # noqa: PLC0415
+
+    # lazy import (the demo trains models (scikit-learn))
+    from medserve.faces.demo.modalities import register_modality_demos  # noqa: PLC0415
 
     settings = Settings().model_copy(update={"port": port})
     base = f"http://{settings.host}:{settings.port}"
@@ -306,8 +319,11 @@ def run_demo(console: Console, *, serve: bool, port: int = 8000, drift: bool = F
     console.print(
         "[bold yellow]demo mode: the server runs WITHOUT authentication, on loopback only.[/]"
     )
-    from medserve.faces.app import APP_FACTORY
-    from medserve.serving.server import run_server
+    # lazy import (the CLI imports the web app only to serve)
+    from medserve.faces.app import APP_FACTORY  # noqa: PLC0415
+
+    # lazy import (the CLI imports uvicorn only to serve)
+    from medserve.serving.server import run_server  # noqa: PLC0415
 
     run_server(settings, APP_FACTORY)
 
@@ -315,7 +331,8 @@ def run_demo(console: Console, *, serve: bool, port: int = 8000, drift: bool = F
 def _interop_demo(registry: Registry, settings: Settings, base: str) -> list[str]:
     """FHIR and CDS Hooks calls on a demo model, when the interop package is installed."""
     try:
-        from medserve.faces.demo.interop import register_interop_demo
+        # lazy import (the demo trains models (scikit-learn))
+        from medserve.faces.demo.interop import register_interop_demo  # noqa: PLC0415
     except ImportError:  # pragma: no cover - the interop package ships with medserve
         return []
     return list(register_interop_demo(registry, settings.home, base))
@@ -323,8 +340,11 @@ def _interop_demo(registry: Registry, settings: Settings, base: str) -> list[str
 
 def _drift_scenario(console: Console, settings: Settings) -> None:
     """``medserve demo --drift``: a real server, a stable then a shifted stream, the alert."""
-    from medserve.faces.demo.drift import run_drift_demo
-    from medserve.serving.server import start_background_server
+    # lazy import (the demo trains models (scikit-learn))
+    from medserve.faces.demo.drift import run_drift_demo  # noqa: PLC0415
+
+    # lazy import (the CLI imports uvicorn only to serve)
+    from medserve.serving.server import start_background_server  # noqa: PLC0415
 
     console.rule("drift scenario: breast-cancer receives a shifted stream")
     with start_background_server(settings) as url:

@@ -7,7 +7,8 @@ import pandas as pd
 
 
 def breast_cancer_frame() -> tuple[pd.DataFrame, pd.Series]:
-    from sklearn.datasets import load_breast_cancer
+    # lazy import (heavy: scikit-learn, kept off the serving path)
+    from sklearn.datasets import load_breast_cancer  # noqa: PLC0415
 
     data = load_breast_cancer(as_frame=True)
     names = np.asarray(data.target_names)  # 0 = malignant, 1 = benign

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -18,7 +19,10 @@ from typing import Any
 import httpx
 from rich.console import Console
 
+from medserve.core.monitoring_config import ModelMonitoringConfig
 from medserve.core.registry.service import Registry
+from medserve.core.store.monitoring import MonitoringStore
+from medserve.faces.cli.monitoring import alerts_table
 
 MODEL = "breast-cancer"
 SHIFTED_FEATURES = ("mean radius", "mean perimeter", "mean area", "worst radius")
@@ -50,7 +54,8 @@ class _Receiver:
 
 
 def _stream(shift: float, n: int, seed: int) -> list[dict[str, float]]:
-    from medserve.faces.demo.data import breast_cancer_frame
+    # lazy import (the demo trains models (scikit-learn))
+    from medserve.faces.demo.data import breast_cancer_frame  # noqa: PLC0415
 
     X, _ = breast_cancer_frame()
     sample = X.sample(n, random_state=seed, replace=True).reset_index(drop=True)
@@ -70,11 +75,9 @@ def run_drift_demo(
 ) -> dict[str, Any]:
     """Send a stable then a shifted stream to ``url`` (a running server over ``registry``'s home)
     and show what monitoring makes of it. Returns the shifted window's run."""
-    from medserve.core.monitoring_config import ModelMonitoringConfig
-    from medserve.core.store.monitoring import MonitoringStore
-    from medserve.faces.cli.monitoring import alerts_table
-    from medserve.features.monitoring.report import drift_table, html_report
-    from medserve.features.monitoring.runner import run_model
+    # lazy import (pulls pandas)
+    from medserve.features.monitoring.report import drift_table, html_report  # noqa: PLC0415
+    from medserve.features.monitoring.runner import run_model  # noqa: PLC0415 (pulls pandas)
 
     store = MonitoringStore(registry.store)
     receiver = _Receiver()
@@ -122,7 +125,6 @@ def run_drift_demo(
 
 def _wait_logged(store: Any, n: int, since: datetime, timeout_s: float = 30.0) -> None:
     """Prediction logs are written asynchronously: wait until this window's rows are in."""
-    import time
 
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:

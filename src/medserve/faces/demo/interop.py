@@ -19,6 +19,7 @@ import pandas as pd
 
 from medserve.core.registry.entities import ModelVersion
 from medserve.core.registry.service import Registry
+from medserve.core.registry.signature import infer_signature
 
 MODEL = "cardio-risk"
 SYNTHETIC = {"training_data": "synthetic", "intended_use": "demonstration only"}
@@ -108,11 +109,14 @@ def synthetic_cohort(n: int = 3000, seed: int = 7) -> pd.DataFrame:
 
 
 def register_cardio_model(registry: Registry, *, alias: str | None = "production") -> ModelVersion:
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
+    # lazy import (heavy: scikit-learn, kept off the serving path)
+    from sklearn.linear_model import LogisticRegression  # noqa: PLC0415
 
-    from medserve.core.registry.signature import infer_signature
+    # lazy import (heavy: scikit-learn, kept off the serving path)
+    from sklearn.pipeline import make_pipeline  # noqa: PLC0415
+
+    # lazy import (heavy: scikit-learn, kept off the serving path)
+    from sklearn.preprocessing import StandardScaler  # noqa: PLC0415
 
     cohort = synthetic_cohort()
     X, y = cohort[FEATURES], cohort["event"]

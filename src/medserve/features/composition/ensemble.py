@@ -31,6 +31,7 @@ from medserve.core.errors import InvalidRequestError, MedserveError, ModelLoadEr
 from medserve.core.registry.signature import Signature
 from medserve.core.runtimes._common import classifier_outputs, plain_labels, regressor_outputs
 from medserve.core.runtimes.base import Runtime, RuntimeMetadata, Task, TensorSpec
+from medserve.core.runtimes.loader import load_runtime
 
 if TYPE_CHECKING:
     from medserve.core.artifacts import ArtifactStore
@@ -418,7 +419,6 @@ def load_member(
     artifacts: ArtifactStore, member: PinnedMember, *, intra_op_threads: int = 1
 ) -> Runtime:
     """Load one pinned member from the artifact store (sha256 checked); errors name it."""
-    from medserve.core.runtimes.loader import load_runtime
 
     where = f"ensemble member {member.model!r} version {member.version}"
     if member.flavor == "ensemble":

@@ -11,6 +11,7 @@ from medserve.core.datasets import fingerprint
 from medserve.core.errors import InvalidRequestError
 from medserve.core.evaluation.evaluate import Predictions, evaluate
 from medserve.core.evaluation.report import render_report
+from medserve.core.loaded_model import load_version_locally
 from medserve.core.registry.entities import ModelVersion
 from medserve.core.registry.service import Registry
 from medserve.core.store.governance import GovernanceStore
@@ -34,7 +35,6 @@ def evaluate_version(
 ) -> tuple[dict[str, Any], str | None]:
     """Evaluate, store against (version, data fingerprint), store the HTML report; returns
     (result, report sha256)."""
-    from medserve.core.loaded_model import load_version_locally
 
     missing = [c for c in [label, *(subgroups or [])] if c not in frame]
     if missing:

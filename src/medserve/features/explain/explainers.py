@@ -66,8 +66,11 @@ def _probability_points(base: np.ndarray, attributions: np.ndarray) -> np.ndarra
 
 def linear_parts(estimator: Any) -> tuple[Any, Any] | None:
     """``(scaler or None, linear model)`` when the estimator is (scaled) linear, else None."""
-    from sklearn.pipeline import Pipeline
-    from sklearn.preprocessing import StandardScaler
+    # lazy import (heavy: scikit-learn, kept off the serving path)
+    from sklearn.pipeline import Pipeline  # noqa: PLC0415
+
+    # lazy import (heavy: scikit-learn, kept off the serving path)
+    from sklearn.preprocessing import StandardScaler  # noqa: PLC0415
 
     scaler = None
     model = estimator
@@ -159,7 +162,7 @@ class TreeShapExplainer:
             # shap imports matplotlib, whose colormap set-up warns about its own API.
             warnings.simplefilter("ignore", PendingDeprecationWarning)
             warnings.simplefilter("ignore", DeprecationWarning)
-            import shap
+            import shap  # noqa: PLC0415 (heavy: shap, kept off the serving path)
 
         self.estimator = estimator
         self.explainer = shap.TreeExplainer(estimator)

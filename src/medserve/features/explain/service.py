@@ -45,7 +45,8 @@ def shap_available() -> bool:
 
 def source_estimator(artifacts: ArtifactStore, loaded: LoadedModel) -> Any | None:
     """The original scikit-learn estimator of a version, when one was registered (skops)."""
-    from medserve.core.runtimes.skops_runtime import load_skops_estimator
+    # lazy import (pulls scikit-learn and skops)
+    from medserve.core.runtimes.skops_runtime import load_skops_estimator  # noqa: PLC0415
 
     version = loaded.version
     if version.flavor == "skops":

@@ -20,6 +20,7 @@ from typing import Any
 from medserve.core.registry.entities import ModelVersion
 from medserve.core.registry.signature import Signature
 from medserve.core.store.governance import GovernanceStore
+from medserve.core.store.monitoring import MonitoringStore
 
 # Keyword tokens of feature names/descriptions that reveal each demographic input category.
 DEMOGRAPHIC_CATEGORIES: dict[str, tuple[str, ...]] = {
@@ -180,8 +181,6 @@ def summarize_fairness(result: Mapping[str, Any]) -> str:
 def _global_importance(gov: GovernanceStore, version: ModelVersion) -> dict[str, Any]:
     """Computed at registration by monitoring/explain; a named empty section when absent."""
     try:
-        from medserve.core.store.monitoring import MonitoringStore
-
         _, importance = MonitoringStore(gov.store).reference(version.model_name, version.version)
     except Exception as exc:  # monitoring not installed or no reference: the card still shows
         return {"status": f"not computed ({type(exc).__name__})"}

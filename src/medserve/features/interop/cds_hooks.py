@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 from urllib.parse import quote
 
+import httpx
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from medserve.core.context import RequestContext
@@ -31,6 +32,7 @@ from medserve.core.errors import (
 )
 from medserve.core.inference import ModelServer, Rationales
 from medserve.core.loaded_model import LoadedModel
+from medserve.core.phi import deidentify_text
 from medserve.core.registry.signature import Signature
 from medserve.core.store.feedback import CdsStore, Feedback, IssuedCard
 from medserve.features.interop import metrics
@@ -297,7 +299,6 @@ class CdsHooks:
                     for k in missing
                 ],
             )
-        import httpx
 
         headers = {"Accept": "application/fhir+json"}
         token = (request.fhirAuthorization or {}).get("access_token")
@@ -376,7 +377,6 @@ class CdsHooks:
 
     # -- feedback ---------------------------------------------------------------------------
     def feedback(self, service: CdsService, body: Any, actor: str) -> dict[str, Any]:
-        from medserve.core.phi import deidentify_text
 
         request: FeedbackRequest = _parse(FeedbackRequest, body, "CDS Hooks feedback")
         items = []

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
+from pydantic import ValidationError
+
 from medserve.core.errors import ValidationFailedError
 from medserve.core.registry.signature import Signature
 from medserve.features.interop.feature_map import LOINC, FeatureSource, FhirMap
@@ -96,14 +98,14 @@ def parse_fhir_datetime(text: Any) -> datetime | None:
 
 def validate_bundle(raw: Any) -> dict[str, Any]:
     """The Bundle as JSON, checked against the FHIR resource models; structure problems raise."""
-    from pydantic import ValidationError
 
     if not isinstance(raw, dict) or raw.get("resourceType") != "Bundle":
         kind = raw.get("resourceType") if isinstance(raw, dict) else type(raw).__name__
         raise FhirInputError(
             [Problem("structure", f"a FHIR Bundle is expected, not {kind!r}", "Bundle")]
         )
-    from fhir.resources.R4B.bundle import Bundle
+    # lazy import (heavy: fhir.resources, kept off the serving path)
+    from fhir.resources.R4B.bundle import Bundle  # noqa: PLC0415
 
     try:
         Bundle.model_validate(raw)

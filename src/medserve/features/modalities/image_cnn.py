@@ -19,8 +19,10 @@ CHANNELS: Final = (8, 16, 16)
 
 
 def cnn_onnx(weights: dict[str, np.ndarray], size: tuple[int, int], n_classes: int) -> bytes:
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
+    import onnx  # noqa: PLC0415 (heavy: onnx, kept off the serving path)
+
+    # lazy import (heavy: onnx, kept off the serving path)
+    from onnx import TensorProto, helper, numpy_helper  # noqa: PLC0415
 
     nodes = []
     inits = [

@@ -21,7 +21,7 @@ LABELS: Final = ["no_lesion", "lesion"]
 
 
 def source_images() -> list[DecodedImage]:
-    from pydicom.data import get_testdata_file
+    from pydicom.data import get_testdata_file  # noqa: PLC0415 (optional extra: pydicom)
 
     images = []
     for name in SOURCE_FILES:

@@ -66,9 +66,11 @@ def _refuse(field_name: str, rule: str, message: str) -> ValidationFailedError:
 def read_dicom(
     raw: bytes, *, modalities: list[str] | None = None, salt: bytes | None = None
 ) -> DecodedImage:
-    import pydicom
-    from pydicom.errors import InvalidDicomError
-    from pydicom.pixels.processing import apply_modality_lut
+    import pydicom  # noqa: PLC0415 (optional extra: pydicom)
+    from pydicom.errors import InvalidDicomError  # noqa: PLC0415 (optional extra: pydicom)
+
+    # lazy import (optional extra: pydicom)
+    from pydicom.pixels.processing import apply_modality_lut  # noqa: PLC0415
 
     try:
         ds = pydicom.dcmread(io.BytesIO(raw), force=False)
@@ -120,7 +122,7 @@ def read_dicom(
 
 
 def read_png(raw: bytes) -> DecodedImage:
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image, UnidentifiedImageError  # noqa: PLC0415 (optional extra: PIL)
 
     try:
         image = Image.open(io.BytesIO(raw))

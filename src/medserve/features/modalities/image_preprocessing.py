@@ -57,7 +57,7 @@ def to_unit_range(
 
 
 def resize(unit: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    from PIL import Image
+    from PIL import Image  # noqa: PLC0415 (optional extra: PIL)
 
     if unit.shape == size:
         return unit.astype(np.float32)

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import onnxruntime as ort
+from scipy.special import softmax
 
 from medserve.core.errors import InvalidRequestError, ModelLoadError
 from medserve.core.runtimes._common import classifier_outputs, versions
@@ -26,13 +27,6 @@ from medserve.core.runtimes.onnx_runtime import session_options
 from medserve.features.modalities.bundle import read_bundle
 from medserve.features.modalities.image_io import DecodedImage
 from medserve.features.modalities.image_preprocessing import ImagePreprocessing, preprocess
-
-
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = logits - logits.max(axis=1, keepdims=True)
-    exp = np.exp(shifted)
-    out: np.ndarray = (exp / exp.sum(axis=1, keepdims=True)).astype(np.float32)
-    return out
 
 
 class ImageRuntime:
@@ -76,7 +70,9 @@ class ImageRuntime:
         """Class probabilities for a preprocessed batch (n, 1, H, W)."""
         (logits,) = self._session.run(None, {self._input: batch.astype(np.float32)})
         logits = np.asarray(logits, dtype=np.float32)
-        return _softmax(logits) if self.spec.output == "logits" else logits
+        if self.spec.output == "logits":
+            return np.asarray(softmax(logits, axis=1), dtype=np.float32)
+        return logits
 
     def prepare(self, image: DecodedImage) -> tuple[np.ndarray, np.ndarray, str]:
         return preprocess(image.pixels, image.modality, self.spec, display=image.display)
@@ -130,7 +126,7 @@ class ImageRuntime:
 
 def saliency_png(unit: np.ndarray, grid: np.ndarray) -> str:
     """The model-input image in grey with the saliency in red, as a base64 PNG."""
-    from PIL import Image
+    from PIL import Image  # noqa: PLC0415 (optional extra: PIL)
 
     height, width = unit.shape
     peak = float(grid.max())

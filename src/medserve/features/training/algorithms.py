@@ -23,15 +23,18 @@ def _model(name: str, task: str, seed: int, balanced: bool) -> Any:
     cw = "balanced" if balanced else None
     classify = task in ("binary", "multiclass")
     if name == "logistic_regression":
-        from sklearn.linear_model import LogisticRegression
+        # lazy import (heavy: scikit-learn, kept off the serving path)
+        from sklearn.linear_model import LogisticRegression  # noqa: PLC0415
 
         return LogisticRegression(max_iter=5000, class_weight=cw, random_state=seed)
     if name == "linear_regression":
-        from sklearn.linear_model import Ridge
+        # lazy import (heavy: scikit-learn, kept off the serving path)
+        from sklearn.linear_model import Ridge  # noqa: PLC0415
 
         return Ridge(alpha=1.0)
     if name == "random_forest":
-        from sklearn.ensemble import RandomForestClassifier, RandomForestRegressor
+        # lazy import (heavy: scikit-learn, kept off the serving path)
+        from sklearn.ensemble import RandomForestClassifier, RandomForestRegressor  # noqa: PLC0415
 
         if classify:
             return RandomForestClassifier(
@@ -39,14 +42,18 @@ def _model(name: str, task: str, seed: int, balanced: bool) -> Any:
             )
         return RandomForestRegressor(n_estimators=200, random_state=seed, n_jobs=1)
     if name == "hist_gradient_boosting":
-        from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
+        # lazy import (heavy: scikit-learn, kept off the serving path)
+        from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor  # noqa: PLC0415
 
         if classify:
             return HistGradientBoostingClassifier(class_weight=cw, random_state=seed)
         return HistGradientBoostingRegressor(random_state=seed)
     if name == "svm":
-        from sklearn.calibration import CalibratedClassifierCV
-        from sklearn.svm import SVC, SVR
+        # lazy import (heavy: scikit-learn, kept off the serving path)
+        from sklearn.calibration import CalibratedClassifierCV  # noqa: PLC0415
+
+        # lazy import (heavy: scikit-learn, kept off the serving path)
+        from sklearn.svm import SVC, SVR  # noqa: PLC0415
 
         if classify:  # Platt scaling by cross-validation (SVC(probability=True) is deprecated)
             return CalibratedClassifierCV(
@@ -54,18 +61,19 @@ def _model(name: str, task: str, seed: int, balanced: bool) -> Any:
             )
         return SVR()
     if name == "mlp":
-        from sklearn.neural_network import MLPClassifier, MLPRegressor
+        # lazy import (heavy: scikit-learn, kept off the serving path)
+        from sklearn.neural_network import MLPClassifier, MLPRegressor  # noqa: PLC0415
 
         cls = MLPClassifier if classify else MLPRegressor
         return cls(hidden_layer_sizes=(32,), max_iter=2000, early_stopping=True, random_state=seed)
     if name == "xgboost":
-        import xgboost as xgb
+        import xgboost as xgb  # noqa: PLC0415 (optional extra: xgboost)
 
         if classify:
             return xgb.XGBClassifier(n_estimators=200, max_depth=4, random_state=seed, n_jobs=1)
         return xgb.XGBRegressor(n_estimators=200, max_depth=4, random_state=seed, n_jobs=1)
     if name == "lightgbm":
-        import lightgbm as lgb
+        import lightgbm as lgb  # noqa: PLC0415 (optional extra: lightgbm)
 
         if classify:
             return lgb.LGBMClassifier(

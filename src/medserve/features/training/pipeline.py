@@ -200,7 +200,8 @@ def _new(name: str, spec: TrainingSpec, data: _Data, estimator: Any) -> Any:
 
 
 def choose_threshold(spec: TrainingSpec, y: np.ndarray, p: np.ndarray) -> tuple[float, str]:
-    from sklearn.metrics import roc_curve
+    # lazy import (heavy: scikit-learn, kept off the serving path)
+    from sklearn.metrics import roc_curve  # noqa: PLC0415
 
     how = spec.threshold
     source = f"on out-of-fold training predictions ({spec.cv_folds}-fold grouped CV)"

@@ -42,7 +42,8 @@ class CoxModel:
         self.penalizer = penalizer
 
     def fit(self, X: pd.DataFrame, time: np.ndarray, event: np.ndarray) -> CoxModel:
-        from lifelines import CoxPHFitter
+        # lazy import (heavy: lifelines, kept off the serving path)
+        from lifelines import CoxPHFitter  # noqa: PLC0415
 
         self.imputer = SimpleImputer(strategy="median").fit(X)
         frame = pd.DataFrame(self.imputer.transform(X), columns=X.columns)

@@ -16,24 +16,21 @@ from pathlib import Path
 from fastapi import APIRouter, FastAPI
 
 from medserve.core.extensions import FlavorLoader, FlavorOptions
+from medserve.core.phi import load_or_create_salt
 from medserve.core.runtimes.base import Runtime
 from medserve.serving.extension import ServingExtension
+from medserve.serving.extensions.modalities_http import media_handlers
 
 router = APIRouter()
 
 
-def _phi_salt(api: FastAPI) -> bytes | None:
+def _phi_salt(api: FastAPI) -> bytes:
     """The home's PHI salt, so de-identified DICOM UIDs are stable across workers/restarts."""
-    try:
-        from medserve.core.phi import load_or_create_salt
-    except ImportError:  # security not installed in this build: a per-process salt
-        return None
     return load_or_create_salt(api.state.settings.home)
 
 
 @asynccontextmanager
 async def lifespan(api: FastAPI) -> AsyncIterator[None]:
-    from medserve.serving.extensions.modalities_http import media_handlers
 
     api.state.media_handlers.update(media_handlers(_phi_salt(api)))
     yield
@@ -56,21 +53,24 @@ class ModalitiesExtension(ServingExtension):
 
 def _image(path: Path, options: FlavorOptions) -> Runtime:
     """Bundle: ONNX + declared preprocessing ([imaging] extra)."""
-    from medserve.features.modalities.image_runtime import ImageRuntime
+    # lazy import (optional extras: imaging, text)
+    from medserve.features.modalities.image_runtime import ImageRuntime  # noqa: PLC0415
 
     return ImageRuntime.from_path(path, intra_op_threads=options.intra_op_threads)
 
 
 def _text(path: Path, options: FlavorOptions) -> Runtime:
     """Bundle: tokenizer + ONNX encoder + head ([text] extra)."""
-    from medserve.features.modalities.text_runtime import TextRuntime
+    # lazy import (optional extras: imaging, text)
+    from medserve.features.modalities.text_runtime import TextRuntime  # noqa: PLC0415
 
     return TextRuntime.from_path(path, intra_op_threads=options.intra_op_threads)
 
 
 def _sequence(path: Path, options: FlavorOptions) -> Runtime:
     """Bundle: k-mer featuriser + inner ONNX/skops model."""
-    from medserve.features.modalities.sequence import SequenceRuntime
+    # lazy import (optional extras: imaging, text)
+    from medserve.features.modalities.sequence import SequenceRuntime  # noqa: PLC0415
 
     return SequenceRuntime.from_path(path, intra_op_threads=options.intra_op_threads)
 

@@ -51,8 +51,11 @@ def image_handler(media: str, salt: bytes | None = None) -> Handler:
         context: RequestContext,
         scope: Any,
     ) -> tuple[int, bytes, bytes]:
-        from medserve.features.modalities.image_io import read_dicom, read_png
-        from medserve.features.modalities.image_runtime import ImageRuntime
+        # lazy import (optional extras: imaging, text)
+        from medserve.features.modalities.image_io import read_dicom, read_png  # noqa: PLC0415
+
+        # lazy import (optional extras: imaging, text)
+        from medserve.features.modalities.image_runtime import ImageRuntime  # noqa: PLC0415
 
         started = time.perf_counter()
         model = await plane.model(name, ref)
@@ -103,8 +106,11 @@ async def text_handler(
     scope: Any,
 ) -> tuple[int, bytes, bytes]:
     """``text/plain``: a note for a text model, FASTA or a bare sequence for a sequence model."""
-    from medserve.features.modalities.sequence import SequenceRuntime
-    from medserve.features.modalities.text_runtime import TextRuntime
+    # lazy import (optional extras: imaging, text)
+    from medserve.features.modalities.sequence import SequenceRuntime  # noqa: PLC0415
+
+    # lazy import (optional extras: imaging, text)
+    from medserve.features.modalities.text_runtime import TextRuntime  # noqa: PLC0415
 
     try:
         body = raw.decode("utf-8")

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from collections.abc import AsyncIterator, MutableMapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import timedelta
 from typing import Any
@@ -25,6 +25,7 @@ import orjson
 from fastapi import APIRouter, FastAPI, Query, Request
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, Field
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from medserve.core.audit import AuditEntry, AuditLog
 from medserve.core.context import Principal
@@ -48,11 +49,6 @@ from medserve.serving.http_errors import status_for
 from medserve.serving.params import IsoDateTime
 
 log = logging.getLogger(__name__)
-
-Scope = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
-Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 OPEN_PATHS = frozenset({"/v2/health/live", "/v2/health/ready"})
 ACTION_SCOPE_KEY = "medserve.action"

@@ -31,7 +31,8 @@ from medserve.features.modalities.text_runtime import LinearHead, TextRuntime, T
 
 
 def build(out: Path, *, verify: bool = True) -> dict[str, Any]:
-    from sklearn.linear_model import LogisticRegression
+    # lazy import (heavy: scikit-learn, kept off the serving path)
+    from sklearn.linear_model import LogisticRegression  # noqa: PLC0415
 
     model_dir = minilm_dir()
     encoder = build_encoder_onnx(model_dir)

@@ -40,8 +40,8 @@ DEFAULT_OUT = Path(
 
 
 def train(seed: int = 0, n_train: int = 4000, epochs: int = 16) -> dict[str, np.ndarray]:
-    import torch
-    from torch import nn
+    import torch  # noqa: PLC0415 (heavy: torch, kept off the serving path)
+    from torch import nn  # noqa: PLC0415 (heavy: torch, kept off the serving path)
 
     torch.manual_seed(seed)
     X, y = dataset(n_train, SPEC, seed=seed)
