@@ -44,6 +44,8 @@ bench: $(STAMP_DEV)
 	$(BIN)/python -m benchmarks.run
 	$(BIN)/python -m benchmarks.governance --log-only --restarts 3 --rounds 8 --seconds 3 \
 		--out benchmarks/results/prediction-log-cost.md
+	$(BIN)/python -m benchmarks.floor_ratio --restarts 3 --rounds 8 --seconds 3 \
+		--out benchmarks/results/floor-ratio.md
 
 clean:
 	rm -rf $(VENV) .medserve .pytest_cache .mypy_cache .ruff_cache

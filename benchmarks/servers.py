@@ -7,8 +7,10 @@ knows medserve's command line.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -236,6 +238,24 @@ class Medserve(Server):
                 (w for w in auditor.stdout.split() if w.startswith("msk_")), None
             )
         self.version = _package_version(Path(sys.executable), "medserve")
+
+    def onnx_artifact(self, model: str, ref: str = "production") -> Path:
+        """The ONNX file ``medserve serve`` runs for ``model@ref``, found through ``medserve
+        models show``; a BenchError if medserve serves that version with another runtime."""
+        command = [str(self.cli), "models", "show", f"{model}@{ref}"]
+        env = {**self._env(), "COLUMNS": "400"}  # rich must not wrap the sha256 line
+        done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+        runtime = re.search(r"runtime (\S+)", done.stdout)
+        sha = re.search(r"sha256 ([0-9a-f]{64})", done.stdout)
+        if done.returncode != 0 or runtime is None or sha is None:
+            raise BenchError(f"`{' '.join(command[1:])}` failed:\n{done.stdout}{done.stderr}")
+        if runtime.group(1) != "onnxruntime":
+            raise BenchError(f"medserve serves {model}@{ref} with {runtime.group(1)}, not ONNX")
+        root = Path(os.environ.get("MEDSERVE_ARTIFACT_ROOT") or self.workdir / "home" / "artifacts")
+        for path in root.rglob(sha.group(1)):
+            if hashlib.sha256(path.read_bytes()).hexdigest() == sha.group(1):
+                return path
+        raise BenchError(f"artifact {sha.group(1)} of {model}@{ref} not found under {root}")
 
     def launches(self, port: Callable[[], int]) -> list[tuple[int, Launch]]:
         from benchmarks.training import MODEL_NAMES
