@@ -8,11 +8,38 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
+
+T = TypeVar("T")
+
+
+def wait_for(
+    predicate: Callable[[], T | None],
+    *,
+    timeout_s: float,
+    interval_s: float = 0.05,
+    what: str = "the condition",
+) -> T:
+    """Poll ``predicate`` until it returns something truthy and return that value.
+
+    The one place in the tests that may sleep: a test waits for an observable condition, never
+    for a length of time. ``timeout_s`` only bounds a failure (it is generous; reaching the
+    condition sooner costs nothing). Raises ``AssertionError`` naming ``what`` on timeout; an
+    exception from ``predicate`` propagates at once (use it to fail fast).
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+        time.sleep(interval_s)  # noqa: TID251 - the one sanctioned sleep in the tests
 
 
 def free_port() -> int:
@@ -101,15 +128,18 @@ def start_server(
             start_new_session=True,
         )
     server = ServerProcess(f"http://127.0.0.1:{port}", home, process, log_path, headers)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+
+    def ready() -> bool:
         if process.poll() is not None:
             raise RuntimeError(f"server exited with {process.returncode}:\n{server.log()}")
         try:
-            if httpx.get(f"{server.url}/v2/health/ready", timeout=1).status_code == 200:
-                return server
+            return httpx.get(f"{server.url}/v2/health/ready", timeout=1).status_code == 200
         except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    server.stop(signal.SIGKILL)
-    raise RuntimeError(f"server not ready in {timeout}s:\n{server.log()}")
+            return False
+
+    try:
+        wait_for(ready, timeout_s=timeout, interval_s=0.1, what=f"{server.url} to be ready")
+    except AssertionError as error:
+        server.stop(signal.SIGKILL)
+        raise RuntimeError(f"{error}:\n{server.log()}") from None
+    return server

@@ -8,11 +8,10 @@ import shlex
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
-from tests.support import free_port
+from tests.support import free_port, wait_for
 
 
 def test_demo_prints_commands_that_work(tmp_path: Path) -> None:
@@ -29,20 +28,21 @@ def test_demo_prints_commands_that_work(tmp_path: Path) -> None:
             cwd=tmp_path,
             start_new_session=True,
         )
+
+    def ready() -> bool:
+        if process.poll() is not None:
+            raise RuntimeError(f"demo exited with {process.returncode}:\n{log.read_text()}")
+        try:
+            url = f"http://127.0.0.1:{port}/v2/health/ready"
+            return httpx.get(url, timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
     try:
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline:
-            assert process.poll() is None, log.read_text()
-            try:
-                if (
-                    httpx.get(f"http://127.0.0.1:{port}/v2/health/ready", timeout=1).status_code
-                    == 200
-                ):
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.3)
-        else:
-            raise AssertionError(f"demo never became ready:\n{log.read_text()}")
+        try:
+            wait_for(ready, timeout_s=180, interval_s=0.3, what="the demo server to be ready")
+        except AssertionError as error:
+            raise AssertionError(f"{error}:\n{log.read_text()}") from None
         printed = log.read_text()
         assert "WITHOUT authentication" in printed
         commands = [

@@ -9,7 +9,6 @@ import sqlite3
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -21,7 +20,7 @@ import pytest
 from fhir.resources.R4B.bundle import Bundle
 from fhir.resources.R4B.operationoutcome import OperationOutcome
 from fhir.resources.R4B.riskassessment import RiskAssessment
-from tests.support import ServerProcess, auth, create_key, free_port, start_server
+from tests.support import ServerProcess, auth, create_key, free_port, start_server, wait_for
 
 from medserve.core.registry.service import Registry
 from medserve.core.settings import Settings
@@ -454,9 +453,12 @@ def test_feature_map_set_from_the_cli_applies_without_restart(
             timeout=60,
         )
 
-    deadline = time.monotonic() + 30
-    while (response := call()).status_code == 404 and time.monotonic() < deadline:
-        time.sleep(0.2)
+    def served() -> httpx.Response | None:
+        """The answer once the server's reload has picked up the new model (no longer 404)."""
+        response = call()
+        return response if response.status_code != 404 else None
+
+    response = wait_for(served, timeout_s=30, interval_s=0.2, what="cardio-plain to be served")
     assert response.status_code == 415
     assert (
         "declares no FHIR feature map"
@@ -477,9 +479,12 @@ def test_feature_map_set_from_the_cli_applies_without_restart(
     good.write_text(json.dumps(FHIR_MAP))
     done = subprocess.run([*cli, str(good)], env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stdout + done.stderr
-    deadline = time.monotonic() + 30
-    while (response := call()).status_code != 200 and time.monotonic() < deadline:
-        time.sleep(0.2)
+    def mapped() -> httpx.Response | None:
+        """The answer once the server's reload has picked up the feature map (200)."""
+        response = call()
+        return response if response.status_code == 200 else None
+
+    response = wait_for(mapped, timeout_s=30, interval_s=0.2, what="the FHIR map to apply")
     assert response.status_code == 200, response.text
     assert response.json()["predictions"][0]["probabilities"]["1"] > 0
 

@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import signal
 import threading
-import time
 from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
 import pytest
-from tests.support import ServerProcess, start_server
+from tests.support import ServerProcess, start_server, wait_for
 
 from medserve.core.phi import load_or_create_salt, pseudonymize
 from medserve.core.registry.service import Registry
@@ -51,6 +50,20 @@ def server(tmp_path: Path) -> tuple[ServerProcess, list[dict[str, float]]]:
     home = tmp_path / "home"
     rows = _register(home)
     return start_server(home, workers=2), rows
+
+
+def _wait_until_logged(home: Path, ids: list[str]) -> None:
+    """Until the server's prediction-log writers have stored every one of ``ids``."""
+    registry = Registry.open(Settings(home=home), run_migrations=False)
+    try:
+        store = MonitoringStore(registry.store)
+        wait_for(
+            lambda: set(ids) <= set(store.prediction_ids(MODEL)),
+            timeout_s=30,
+            what=f"the prediction log to store {ids}",
+        )
+    finally:
+        registry.close()
 
 
 def _functional_checks(server: ServerProcess, rows: list[dict[str, float]]) -> list[str]:
@@ -99,7 +112,8 @@ def _functional_checks(server: ServerProcess, rows: list[dict[str, float]]) -> l
         assert v2.headers["x-request-id"] == "v2-fixed-id"
         ids.append("v2-fixed-id-0")
 
-        time.sleep(1.0)  # the writers flush every 0.5 s
+        # The workers' prediction logs write in the background: outcomes match logged rows.
+        _wait_until_logged(server.home, ids)
         outcome = client.post(
             f"{url}/v1/outcomes",
             json={
@@ -184,13 +198,21 @@ def test_monitoring_endpoints_and_no_log_loss_on_sigterm(
     threads = [threading.Thread(target=load, args=(w,)) for w in range(8)]
     for t in threads:
         t.start()
-    time.sleep(2.0)
+
+    def answered(n: int) -> bool:
+        if not any(t.is_alive() for t in threads):
+            raise AssertionError(f"every load thread stopped:\n{proc.log()}")
+        with lock:
+            return len(sent) >= n
+
+    # A real load, answered while the server runs, then SIGTERM in the middle of it.
+    wait_for(lambda: answered(500), timeout_s=120, what="500 answered rows under load")
     assert proc.stop(signal.SIGTERM) == 0, proc.log()
     stop.set()
     for t in threads:
         t.join(30)
 
-    assert len(sent) > 500  # a real load, answered while the server was running
+    assert len(sent) >= 500
     registry = Registry.open(Settings(home=proc.home))
     try:
         store = MonitoringStore(registry.store)

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import http.client
+import json
 import os
+import select
 import shutil
 import signal
 import threading
-import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -19,7 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
-from tests.support import start_server
+from tests.support import start_server, wait_for
 
 from medserve.core.registry.service import Registry
 from medserve.core.settings import Settings
@@ -56,23 +58,41 @@ def test_hot_reload_under_load_loses_no_request(work_home: Path) -> None:
         registry.close()
     server = start_server(work_home, workers=2)
     statuses: Counter[int] = Counter()
-    versions: list[tuple[float, int]] = []
+    # (caller, version) of every answer in the order answered. Each caller keeps one keep-alive
+    # connection, so it talks to one worker throughout: a caller's answers are one worker's.
+    answers: list[tuple[int, int]] = []
+    errors: list[BaseException] = []
     stop = threading.Event()
     body = {"instances": one_row()}
+    callers = 4
 
-    def hammer() -> None:
-        with httpx.Client(base_url=server.url, timeout=10, headers=server.headers) as client:
-            while not stop.is_set():
-                response = client.post("/v1/models/breast-cancer/predict", json=body)
-                statuses[response.status_code] += 1
-                if response.status_code == 200:
-                    versions.append((time.monotonic(), response.json()["version"]))
+    def hammer(caller: int) -> None:
+        try:
+            with httpx.Client(base_url=server.url, timeout=10, headers=server.headers) as client:
+                while not stop.is_set():
+                    response = client.post("/v1/models/breast-cancer/predict", json=body)
+                    statuses[response.status_code] += 1
+                    if response.status_code == 200:
+                        answers.append((caller, response.json()["version"]))
+        except BaseException as error:  # surfaced by at_least() instead of a silent thread
+            errors.append(error)
 
-    threads = [threading.Thread(target=hammer) for _ in range(4)]
+    def at_least(n: int) -> bool:
+        if errors:
+            raise errors[0]
+        return len(answers) >= n
+
+    def every_caller_saw_new() -> bool:
+        if errors:
+            raise errors[0]
+        return {c for c, v in answers if v == new} == set(range(callers))
+
+    threads = [threading.Thread(target=hammer, args=(c,)) for c in range(callers)]
     try:
         for t in threads:
             t.start()
-        time.sleep(1.0)
+        wait_for(lambda: at_least(50), timeout_s=60, what="50 answers before the alias moves")
+        before_move = len(answers)
         registry = Registry.open(Settings(home=work_home))
         try:
             registry.store.set_alias(
@@ -80,20 +100,28 @@ def test_hot_reload_under_load_loses_no_request(work_home: Path) -> None:
             )
         finally:
             registry.close()
-        moved_at = time.monotonic()
-        time.sleep(2.5)
+        wait_for(every_caller_saw_new, timeout_s=60, what="every caller to get the new version")
+        followed = len(answers)
+        wait_for(
+            lambda: at_least(followed + 100), timeout_s=60, what="100 answers after the switch"
+        )
     finally:
         stop.set()
         for t in threads:
             t.join()
         server.stop()
-    assert set(statuses) == {200}, statuses
-    assert sum(statuses.values()) > 50
-    seen = [v for _, v in versions]
-    assert old in seen
-    assert new in seen
-    # Every worker follows within the poll interval plus slack; afterwards only the new version.
-    assert {v for t, v in versions if t > moved_at + 1.5} == {new}
+    assert not errors, errors
+    assert set(statuses) == {200}, statuses  # no request lost while the workers reloaded
+    # Before the alias moved only the old version answered...
+    assert {v for _, v in answers[:before_move]} == {old}
+    # ...and once a worker has answered with the new version it never answers with the old one
+    # again (per caller: old*, then new*), so after every worker followed only the new answers.
+    for caller in range(callers):
+        mine = [v for c, v in answers if c == caller]
+        switched = mine.index(new)
+        assert set(mine[:switched]) <= {old}, (caller, mine)
+        assert set(mine[switched:]) == {new}, (caller, mine)
+    assert {v for _, v in answers[followed:]} == {new}
 
 
 def test_model_that_fails_to_load_is_isolated(work_home: Path) -> None:
@@ -197,24 +225,50 @@ def test_sigterm_lets_in_flight_requests_finish(work_home: Path) -> None:
     # A long batching wait keeps a request in flight while the server is told to stop.
     _enable_batching(work_home, "breast-cancer", {"max_batch_size": 1000, "max_wait_ms": 1500})
     server = start_server(work_home)
-    result: dict[str, Any] = {}
-
-    def call() -> None:
-        response = httpx.post(
-            f"{server.url}/v1/models/breast-cancer/predict",
-            json={"instances": one_row()},
-            timeout=20,
-            headers=server.headers,
+    port = int(server.url.rsplit(":", 1)[1])
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=20)
+    try:
+        connection.connect()
+        assert connection.sock is not None
+        client_port = connection.sock.getsockname()[1]
+        connection.request(
+            "POST",
+            "/v1/models/breast-cancer/predict",
+            body=json.dumps({"instances": one_row()}),
+            headers={**server.headers, "Content-Type": "application/json"},
         )
-        result["status"] = response.status_code
-
-    thread = threading.Thread(target=call)
-    thread.start()
-    time.sleep(0.5)
-    server.process.send_signal(signal.SIGTERM)
-    thread.join(timeout=20)
-    code = server.stop()
-    assert result.get("status") == 200
+        # In flight = the server has accepted the connection and read the whole request.
+        wait_for(
+            lambda: _server_has_read(port, client_port),
+            timeout_s=20,
+            interval_s=0.01,
+            what="the server to read the request",
+        )
+        unanswered = not select.select([connection.sock], [], [], 0)[0]
+        server.process.send_signal(signal.SIGTERM)
+        assert unanswered, "answered before SIGTERM: the batching wait no longer holds it"
+        status = connection.getresponse().status
+    finally:
+        connection.close()
+        code = server.stop()
+    assert status == 200
     # uvicorn re-raises the signal after its graceful shutdown, so the exit status names it
     assert code in (0, -signal.SIGTERM)
     assert "Traceback" not in server.log()
+
+
+def _server_has_read(server_port: int, client_port: int) -> bool:
+    """Whether the server has accepted the connection from ``client_port`` and read every byte
+    sent on it, from the kernel's socket table: a connection still in the listen backlog has no
+    inode (no process holds it), and ``rx_queue`` counts bytes received but not yet read."""
+    table = Path("/proc/net/tcp")
+    if not table.exists():
+        pytest.skip("needs Linux's /proc/net/tcp to see that the request reached the server")
+    for line in table.read_text().splitlines()[1:]:
+        fields = line.split()
+        local, remote, queues, inode = fields[1], fields[2], fields[4], fields[9]
+        if int(local.split(":")[1], 16) == server_port and (
+            int(remote.split(":")[1], 16) == client_port
+        ):
+            return inode != "0" and int(queues.split(":")[1], 16) == 0
+    return False

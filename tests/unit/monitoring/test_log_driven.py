@@ -5,10 +5,12 @@ when they close, including what no slice has reached yet."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import threading
 from typing import Any
 
 import numpy as np
+from tests.support import wait_for
 
 from medserve.core.audit import AuditLog
 from medserve.core.context import Principal, RequestContext, new_request_id
@@ -29,19 +31,38 @@ def _event(rows: int = 1) -> PredictionEvent:
     return PredictionEvent(context, "risk", 1, ["a", "b", "c", "d"], X, outputs, 0.001)
 
 
+async def _next_turn() -> None:
+    """Let the event loop run what is ready (a request boundary), then continue."""
+    turn = asyncio.get_running_loop().create_future()
+    turn.get_loop().call_soon(turn.set_result, None)
+    await turn
+
+
 async def _serve(log: PredictionLog, audit: AuditLog, events: int, late: int) -> None:
     """Requests arriving over a few loop turns; ``late`` more just before shutdown."""
     loop = asyncio.get_running_loop()
     log.drive(loop)
     audit.drive(loop)
     observer = AuditObserver(audit, b"s" * 32)
+    rows = 0
     for i in range(events):
         event = _event(rows=1 + i % 3)
+        rows += event.inputs.shape[0]
         log.on_prediction(event)
         observer.on_prediction(event)
         if i % 50 == 0:
-            await asyncio.sleep(0)
-    await asyncio.sleep(1.5)  # one tick: packed on this loop, inserted by the writers
+            await _next_turn()
+    # The loop keeps running (ticks pack here) while another thread waits for the writer to
+    # have inserted every row so far.
+    await loop.run_in_executor(
+        None,
+        functools.partial(
+            wait_for,
+            lambda: log.written >= rows,
+            timeout_s=30,
+            what=f"the ticks and the writer to store {rows} rows",
+        ),
+    )
     for _ in range(late):
         event = _event()
         log.on_prediction(event)

@@ -14,7 +14,6 @@ import subprocess
 import sys
 import textwrap
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -101,13 +100,13 @@ def test_concurrent_alias_moves_keep_a_consistent_history(
 
 WRITER = textwrap.dedent(
     """
-    import json, os, sys, time
+    import json, os, sys
     from medserve.core.store.sql import SqlRegistryStore
 
-    uri, start_file, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    uri, count = sys.argv[1], int(sys.argv[2])
     store = SqlRegistryStore(uri)
-    while not os.path.exists(start_file):
-        time.sleep(0.005)
+    print("ready", flush=True)  # opened (and migrated): the parent says go on stdin
+    assert sys.stdin.readline() == "go\\n"
     numbers = [
         store.create_version(
             "m", artifact_sha256="ab" * 32, artifact_filename="m.onnx", flavor="onnx",
@@ -122,14 +121,14 @@ WRITER = textwrap.dedent(
 
 
 def test_separate_processes_get_distinct_consecutive_versions(
-    store_uri: str, store: SqlRegistryStore, tmp_path: Path
+    store_uri: str, store: SqlRegistryStore
 ) -> None:
     store.create_model("m")
-    start_file = tmp_path / "go"
     processes, per_process = 3, 20
     children = [
         subprocess.Popen(
-            [sys.executable, "-c", WRITER, store_uri, str(start_file), str(per_process)],
+            [sys.executable, "-c", WRITER, store_uri, str(per_process)],
+            stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -137,9 +136,15 @@ def test_separate_processes_get_distinct_consecutive_versions(
         )
         for _ in range(processes)
     ]
-    # Every child has opened (and migrated) its own store before any of them writes.
-    time.sleep(0.5)
-    start_file.touch()
+    # Every child has opened (and migrated) its own store before any of them writes. Nothing
+    # else is on a child's stdout before "go", so readline() leaves no buffered output behind.
+    for child in children:
+        assert child.stdout is not None
+        assert child.stdout.readline() == "ready\n", child.communicate(timeout=60)
+    for child in children:
+        assert child.stdin is not None
+        child.stdin.write("go\n")
+        child.stdin.flush()
     numbers: list[int] = []
     for child in children:
         out, err = child.communicate(timeout=240)
