@@ -8,6 +8,7 @@ import pytest
 
 from medserve.core.errors import AlreadyExistsError, VersionNotFoundError
 from medserve.core.registry.entities import ModelVersion
+from medserve.core.store.governance import GovernanceStore
 from medserve.core.store.sql import SqlRegistryStore
 
 AddVersion = Callable[..., ModelVersion]
@@ -74,3 +75,20 @@ def test_failed_writes_do_not_change_the_token(
 
 def test_token_is_a_string(store: SqlRegistryStore) -> None:
     assert isinstance(store.change_token(), str)
+
+
+def test_governance_records_do_not_change_the_token(
+    store: SqlRegistryStore, add_version: AddVersion
+) -> None:
+    """Cards, criteria, evaluations and training runs do not change what is served: servers
+    must not reload for them (they did while governance borrowed the registry's transaction)."""
+    store.create_model("m")
+    add_version("m")
+    gov = GovernanceStore(store)
+    before = store.change_token()
+    gov.save_card("m", 1, {"intended_use": "triage"}, actor="ana")
+    gov.save_training_run("m", 1, {"threshold": {"value": 0.4}}, spec_text="task: binary")
+    assert gov.card("m", 1)["intended_use"] == "triage"
+    assert store.change_token() == before
+    store.set_alias("m", "production", 1, actor="ana")
+    assert store.change_token() != before

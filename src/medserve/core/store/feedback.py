@@ -8,11 +8,11 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import OperationalError
 
-from medserve.core.errors import NotFoundError, StoreError
+from medserve.core.errors import NotFoundError
 from medserve.core.store.base import RegistryStore
 from medserve.core.store.tables_interop import cds_cards, cds_feedback
+from medserve.core.store.unit_of_work import UnitOfWork, engine_of
 
 
 @dataclass(frozen=True)
@@ -44,29 +44,20 @@ class CardNotFoundError(NotFoundError):
 
 class CdsStore:
     def __init__(self, registry_store: RegistryStore | Engine) -> None:
-        engine = registry_store if isinstance(registry_store, Engine) else None
-        engine = engine or getattr(registry_store, "engine", None)
-        if not isinstance(engine, Engine):
-            raise StoreError("CDS Hooks needs the SQL registry store")
-        self.engine = engine
-
-    def _write(self) -> Any:
-        return self.engine.connect().execution_options(medserve_write=True)
+        self.engine = engine_of(registry_store)
+        self.uow = UnitOfWork(self.engine, "CDS Hooks")
 
     def record_cards(self, cards: list[IssuedCard]) -> None:
         if not cards:
             return
         now = datetime.now(UTC)
         rows = [{**card.__dict__, "created_at": now} for card in cards]
-        try:
-            with self._write() as conn, conn.begin():
-                conn.execute(cds_cards.insert(), rows)
-        except OperationalError as exc:
-            raise StoreError(f"CDS store unavailable: {type(exc.orig).__name__}") from exc
+        with self.uow.write() as conn:
+            conn.execute(cds_cards.insert(), rows)
 
     def card(self, uuid: str) -> IssuedCard:
         t = cds_cards
-        with self.engine.connect() as conn:
+        with self.uow.read() as conn:
             row = conn.execute(
                 sa.select(
                     t.c.uuid,
@@ -112,18 +103,15 @@ class CdsStore:
             }
             for item, card in zip(items, cards, strict=True)
         ]
-        try:
-            with self._write() as conn, conn.begin():
-                conn.execute(cds_feedback.insert(), rows)
-        except OperationalError as exc:
-            raise StoreError(f"CDS store unavailable: {type(exc.orig).__name__}") from exc
+        with self.uow.write() as conn:
+            conn.execute(cds_feedback.insert(), rows)
         return cards
 
     def feedback_summary(self, model: str) -> dict[str, Any]:
         """Counts per version and outcome, and the override reasons given, for one model."""
         t = cds_feedback
         c = cds_cards
-        with self.engine.connect() as conn:
+        with self.uow.read() as conn:
             issued = conn.execute(
                 sa.select(c.c.version, sa.func.count())
                 .where(c.c.model_name == model)

@@ -8,15 +8,14 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from medserve.core.errors import StoreError
 from medserve.core.store.base import RegistryStore
-from medserve.core.store.sql import SqlRegistryStore
 from medserve.core.store.tables_governance import (
     gov_acceptance,
     gov_cards,
     gov_evaluations,
     gov_training_runs,
 )
+from medserve.core.store.unit_of_work import UnitOfWork, engine_of
 
 
 def _now() -> datetime:
@@ -27,9 +26,10 @@ class GovernanceStore:
     """Governance rows of one registry store (the version must exist: callers resolve first)."""
 
     def __init__(self, store: RegistryStore) -> None:
-        if not isinstance(store, SqlRegistryStore):
-            raise StoreError("governance records need the SQL registry store")
+        # Its own unit of work: governance records do not affect serving, so writing one does
+        # not bump the registry's reload token (servers would reload for nothing).
         self.store = store
+        self.uow = UnitOfWork(engine_of(store), "governance")
 
     # -- evaluations ----------------------------------------------------------------------
     def save_evaluation(
@@ -46,7 +46,7 @@ class GovernanceStore:
     ) -> int:
         """Store (replacing any evaluation of this version on the same data); returns its id."""
         t = gov_evaluations
-        with self.store._write() as conn:
+        with self.uow.write() as conn:
             conn.execute(
                 t.delete().where(
                     (t.c.model_name == name)
@@ -73,7 +73,7 @@ class GovernanceStore:
     def evaluations(self, name: str, version: int) -> list[dict[str, Any]]:
         """Newest first."""
         t = gov_evaluations
-        with self.store._read() as conn:
+        with self.uow.read() as conn:
             rows = conn.execute(
                 sa.select(t)
                 .where((t.c.model_name == name) & (t.c.version == version))
@@ -116,7 +116,7 @@ class GovernanceStore:
 
     # -------------------------------------------------------------------------------------
     def _get(self, table: sa.Table, name: str, version: int) -> Any:
-        with self.store._read() as conn:
+        with self.uow.read() as conn:
             return (
                 conn.execute(
                     sa.select(table).where(
@@ -136,7 +136,7 @@ class GovernanceStore:
         stamp: str = "updated_at",
     ) -> None:
         where = (table.c.model_name == name) & (table.c.version == version)
-        with self.store._write() as conn:
+        with self.uow.write() as conn:
             conn.execute(table.delete().where(where))
             conn.execute(
                 table.insert().values(model_name=name, version=version, **values, **{stamp: _now()})

@@ -7,7 +7,7 @@ is not a registry change, and must not make every worker re-read its aliases.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -15,11 +15,10 @@ from typing import Any
 import orjson
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine, RowMapping
-from sqlalchemy.exc import OperationalError
 
 from medserve.core.audit import AuditEntry, AuditLog
 from medserve.core.context import request_id_time_us
-from medserve.core.errors import InvalidRequestError, NotFoundError, StoreError
+from medserve.core.errors import InvalidRequestError, NotFoundError
 from medserve.core.monitoring_config import ModelMonitoringConfig
 from medserve.core.prediction_log import EPOCH, OWN_ID_LAG_US, from_us, npy_rows
 from medserve.core.store.base import RegistryStore
@@ -34,6 +33,7 @@ from medserve.core.store.tables_monitoring import (
     mon_rules,
     mon_runs,
 )
+from medserve.core.store.unit_of_work import UnitOfWork, engine_of
 
 RULE_OPS = (">", ">=", "<", "<=")
 
@@ -85,33 +85,14 @@ class AlertRule:
 
 class MonitoringStore:
     def __init__(self, registry_store: RegistryStore | Engine) -> None:
-        if isinstance(registry_store, Engine):
-            self.engine = registry_store
-        else:
-            engine = getattr(registry_store, "engine", None)
-            if not isinstance(engine, Engine):
-                raise StoreError("monitoring needs the SQL registry store")
-            self.engine = engine
+        self.engine = engine_of(registry_store)
+        self.uow = UnitOfWork(self.engine, "monitoring")
+        self._read = self.uow.read
+        self._write = self.uow.write
 
-    @contextmanager
-    def _read(self) -> Iterator[Connection]:
-        try:
-            with self.engine.connect() as conn, conn.begin():
-                yield conn
-        except OperationalError as exc:
-            raise StoreError(f"monitoring store unavailable: {type(exc.orig).__name__}") from exc
-
-    @contextmanager
-    def _write(self) -> Iterator[Connection]:
-        try:
-            with self.engine.connect().execution_options(medserve_write=True) as conn, conn.begin():
-                yield conn
-        except OperationalError as exc:
-            raise StoreError(f"monitoring store unavailable: {type(exc.orig).__name__}") from exc
-
-    def transaction(self) -> Any:
+    def transaction(self) -> AbstractContextManager[Connection]:
         """A write transaction (for multi-step updates such as rule evaluation)."""
-        return self._write()
+        return self.uow.write()
 
     # -- references -------------------------------------------------------------------------
     def put_reference(

@@ -13,15 +13,14 @@ import base64
 import re
 import sqlite3
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from datetime import UTC, datetime
 from importlib import resources
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine, RowMapping
-from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from medserve.core.errors import (
     AliasNotFoundError,
@@ -40,6 +39,7 @@ from medserve.core.store.schema import (
     registered_models,
     registry_state,
 )
+from medserve.core.store.unit_of_work import UnitOfWork
 
 MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 ALIAS_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
@@ -201,6 +201,14 @@ def migrate(engine: Engine) -> None:
         command.upgrade(config, "heads")  # one branch per capability, all applied
 
 
+def _bump_change_token(conn: Connection) -> None:
+    conn.execute(
+        registry_state.update()
+        .where(registry_state.c.id == 1)
+        .values(counter=registry_state.c.counter + 1)
+    )
+
+
 class SqlRegistryStore(RegistryStore):
     def __init__(self, uri: str, *, run_migrations: bool = True) -> None:
         """``run_migrations=False`` is for server workers: the serving parent process has
@@ -208,6 +216,7 @@ class SqlRegistryStore(RegistryStore):
         self.uri = uri
         try:
             self.engine = create_engine_for(uri)
+            self.uow = UnitOfWork(self.engine, "registry")
             if run_migrations:
                 migrate(self.engine)
             else:
@@ -221,26 +230,13 @@ class SqlRegistryStore(RegistryStore):
                 raise StoreError("the registry store is not initialised: run `medserve init`")
 
     # -- transactions ---------------------------------------------------------------------
-    @contextmanager
-    def _read(self) -> Iterator[Connection]:
-        try:
-            with self.engine.connect() as conn, conn.begin():
-                yield conn
-        except OperationalError as exc:
-            raise StoreError(f"registry store unavailable: {exc.orig}") from exc
+    def _read(self) -> AbstractContextManager[Connection]:
+        return self.uow.read()
 
-    @contextmanager
-    def _write(self) -> Iterator[Connection]:
-        try:
-            with self.engine.connect().execution_options(medserve_write=True) as conn, conn.begin():
-                yield conn
-                conn.execute(
-                    registry_state.update()
-                    .where(registry_state.c.id == 1)
-                    .values(counter=registry_state.c.counter + 1)
-                )
-        except OperationalError as exc:
-            raise StoreError(f"registry store unavailable: {exc.orig}") from exc
+    def _write(self) -> AbstractContextManager[Connection]:
+        """A registry change: every one affects what is served, so it bumps the reload token in
+        the same transaction (servers poll ``change_token`` to follow it)."""
+        return self.uow.write(_bump_change_token)
 
     def close(self) -> None:
         self.engine.dispose()

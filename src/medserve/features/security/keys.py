@@ -27,6 +27,7 @@ from sqlalchemy.engine import Connection, Engine, RowMapping
 
 from medserve.core.errors import InvalidRequestError, NotFoundError
 from medserve.core.store.tables_security import sec_api_keys, sec_model_tenants, sec_state
+from medserve.core.store.unit_of_work import UnitOfWork
 from medserve.features.security.permissions import ROLES
 
 TOKEN_PREFIX = "msk_"
@@ -98,27 +99,31 @@ def _key(row: RowMapping) -> ApiKey:
     )
 
 
+def _bump_counter(conn: Connection) -> None:
+    conn.execute(
+        sec_state.update().where(sec_state.c.id == 1).values(counter=sec_state.c.counter + 1)
+    )
+
+
 class SecurityStore:
     """Keys and tenants on the registry's engine (SQLite or PostgreSQL)."""
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
+        self.uow = UnitOfWork(engine, "security")
 
     @contextmanager
     def _write(self) -> Iterator[Connection]:
-        with self.engine.connect().execution_options(medserve_write=True) as conn, conn.begin():
+        """A change of keys or tenants: bumps the security counter in the same transaction, and
+        the generation file after the commit (workers' caches then drop what changed)."""
+        with self.uow.write(_bump_counter) as conn:
             yield conn
-            conn.execute(
-                sec_state.update()
-                .where(sec_state.c.id == 1)
-                .values(counter=sec_state.c.counter + 1)
-            )
         generation = generation_file(self.engine)  # after the commit: readers then see it
         if generation is not None:
             generation.bump()
 
     def counter(self) -> int:
-        with self.engine.connect() as conn:
+        with self.uow.read() as conn:
             value = conn.execute(
                 sa.select(sec_state.c.counter).where(sec_state.c.id == 1)
             ).scalar_one()
@@ -164,7 +169,7 @@ class SecurityStore:
         return IssuedKey(_key(values), f"{TOKEN_PREFIX}{key_id}_{secret}")  # type: ignore[arg-type]
 
     def list_keys(self) -> list[ApiKey]:
-        with self.engine.connect() as conn:
+        with self.uow.read() as conn:
             rows = conn.execute(sa.select(sec_api_keys).order_by(sec_api_keys.c.created_at))
             return [_key(r) for r in rows.mappings()]
 
@@ -197,7 +202,7 @@ class SecurityStore:
         if parsed is None:
             return None
         key_id, secret = parsed
-        with self.engine.connect() as conn:
+        with self.uow.read() as conn:
             row = (
                 conn.execute(sa.select(sec_api_keys).where(sec_api_keys.c.key_id == key_id))
                 .mappings()
@@ -216,7 +221,7 @@ class SecurityStore:
                 conn.execute(sec_model_tenants.insert().values(model_name=model, tenant=tenant))
 
     def model_tenants(self) -> dict[str, str]:
-        with self.engine.connect() as conn:
+        with self.uow.read() as conn:
             rows = conn.execute(sa.select(sec_model_tenants)).mappings()
             return {r["model_name"]: r["tenant"] for r in rows}
 
