@@ -43,7 +43,9 @@ import orjson
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
+from medserve.core.store.schema import registry_outbox
 from medserve.core.store.tables_security import sec_audit
+from medserve.core.store.unit_of_work import UnitOfWork
 
 log = logging.getLogger(__name__)
 
@@ -142,9 +144,28 @@ class VerifyResult:
     reason: str = ""
 
 
+def _outbox_entry(row: Any) -> AuditEntry:
+    """The audit entry of one registry change (alias moves name where from and why)."""
+    detail: dict[str, Any] = {}
+    if row["alias"] is not None:
+        detail = {"alias": row["alias"], "from": row["from_version"], "to": row["version"]}
+    if row["reason"]:
+        detail["reason"] = row["reason"]
+    return AuditEntry(
+        actor=row["actor"],
+        action=f"registry.{row['kind']}",
+        outcome=200,
+        model=row["model_name"],
+        version=str(row["version"]) if row["version"] is not None else None,
+        detail=orjson.dumps(detail).decode() if detail else "",
+        at=_as_utc(row["at"]),
+    )
+
+
 class AuditLog:
     def __init__(self, engine: Engine, *, queue_size: int = 200_000) -> None:
         self.engine = engine
+        self.uow = UnitOfWork(engine, "audit")
         self._queue: deque[Any] = deque()  # AuditEntry or (build, argument, unix time)
         self._queue_size = queue_size
         self._stop = threading.Event()
@@ -209,14 +230,23 @@ class AuditLog:
         if entries:
             self._append(conn, entries)
 
+    def drain_outbox(self, most: int = _BATCH) -> int:
+        """Move registry changes from the outbox into the chain (oldest first), deleting them in
+        the same transaction: each change is audited exactly once, even across a crash."""
+        t = registry_outbox
+        with self.uow.write() as conn:
+            rows = conn.execute(sa.select(t).order_by(t.c.seq).limit(most)).mappings().all()
+            if not rows:
+                return 0
+            self._append(conn, [_outbox_entry(row) for row in rows])
+            conn.execute(t.delete().where(t.c.seq <= rows[-1]["seq"]))
+        return len(rows)
+
     def append(self, entries: Sequence[AuditEntry]) -> None:
         """Write ``entries`` durably now (committed when this returns)."""
         if not entries:
             return
-        with (
-            self.engine.connect().execution_options(medserve_write=True) as conn,
-            conn.begin(),
-        ):
+        with self.uow.write() as conn:
             self._append(conn, entries)
 
     def enqueue(self, entry: AuditEntry) -> None:
@@ -312,8 +342,18 @@ class AuditLog:
                 self._write_batch(batch)
                 if stopping:
                     self._prepare()
+            self._drain_quietly()
             if stopping and not self._queue:
                 return
+
+    def _drain_quietly(self) -> None:
+        """The writer's turn at the outbox: a failure is logged and the rows wait (they are in
+        the database, so nothing is lost; the next interval tries again)."""
+        try:
+            while self.drain_outbox() == _BATCH:
+                pass
+        except Exception:
+            log.exception("audit trail: could not move registry changes from the outbox")
 
     def _at_text_of(self, at: float) -> str:
         """``_at_text`` of a unix time, the date and time of day formatted once a second (a

@@ -43,11 +43,16 @@ class RegistryStore(ABC):
 
     @abstractmethod
     def update_model(
-        self, name: str, *, description: str | None = None, tags: dict[str, str] | None = None
+        self,
+        name: str,
+        *,
+        description: str | None = None,
+        tags: dict[str, str] | None = None,
+        actor: str = "unknown",
     ) -> RegisteredModel: ...
 
     @abstractmethod
-    def delete_model(self, name: str) -> None:
+    def delete_model(self, name: str, *, actor: str = "unknown") -> None:
         """Delete a model with its versions, aliases and alias history."""
 
     # -- versions -------------------------------------------------------------------------
@@ -91,6 +96,7 @@ class RegistryStore(ABC):
         tags: dict[str, str] | None = None,
         signature: dict[str, Any] | None = None,
         serving_config: dict[str, Any] | None = None,
+        actor: str = "unknown",
     ) -> ModelVersion:
         """Edit the mutable fields; artifact, flavor and runtime never change."""
 

@@ -102,6 +102,23 @@ registry_state = Table(
     Column("counter", BigInteger, nullable=False),
 )
 
+# The outbox: one row per registry change, written in the change's own transaction, so the audit
+# entry of a change cannot be lost between a commit and a handler. The audit writer consumes it
+# (moves each row into the hash chain and deletes it, in one transaction).
+registry_outbox = Table(
+    "registry_outbox",
+    metadata,
+    Column("seq", Integer, primary_key=True, autoincrement=True),
+    Column("kind", String(32), nullable=False),
+    Column("model_name", String(128), nullable=False),
+    Column("version", Integer, nullable=True),
+    Column("alias", String(64), nullable=True),
+    Column("from_version", Integer, nullable=True),
+    Column("actor", String(256), nullable=False),
+    Column("reason", Text, nullable=False, default=""),
+    Column("at", DateTime(timezone=True), nullable=False),
+)
+
 
 __all__ = [
     "metadata",

@@ -37,6 +37,7 @@ from medserve.core.store.schema import (
     aliases,
     model_versions,
     registered_models,
+    registry_outbox,
     registry_state,
 )
 from medserve.core.store.unit_of_work import UnitOfWork
@@ -201,6 +202,32 @@ def migrate(engine: Engine) -> None:
         command.upgrade(config, "heads")  # one branch per capability, all applied
 
 
+def _outbox(
+    conn: Connection,
+    kind: str,
+    model_name: str,
+    *,
+    actor: str,
+    version: int | None = None,
+    alias: str | None = None,
+    from_version: int | None = None,
+    reason: str = "",
+) -> None:
+    """The change's audit record, in the change's transaction (consumed by the audit writer)."""
+    conn.execute(
+        registry_outbox.insert().values(
+            kind=kind,
+            model_name=model_name,
+            version=version,
+            alias=alias,
+            from_version=from_version,
+            actor=actor,
+            reason=reason,
+            at=_now(),
+        )
+    )
+
+
 def _bump_change_token(conn: Connection) -> None:
     conn.execute(
         registry_state.update()
@@ -275,6 +302,7 @@ class SqlRegistryStore(RegistryStore):
         try:
             with self._write() as conn:
                 conn.execute(registered_models.insert().values(**values))
+                _outbox(conn, "model_created", name, actor=created_by)
         except IntegrityError as exc:
             raise AlreadyExistsError(f"model {name!r} already exists") from exc
         return _model(values)  # type: ignore[arg-type]
@@ -308,7 +336,12 @@ class SqlRegistryStore(RegistryStore):
         return Page(items, token)
 
     def update_model(
-        self, name: str, *, description: str | None = None, tags: dict[str, str] | None = None
+        self,
+        name: str,
+        *,
+        description: str | None = None,
+        tags: dict[str, str] | None = None,
+        actor: str = "unknown",
     ) -> RegisteredModel:
         values: dict[str, Any] = {"updated_at": _now()}
         if description is not None:
@@ -320,15 +353,17 @@ class SqlRegistryStore(RegistryStore):
             conn.execute(
                 registered_models.update().where(registered_models.c.name == name).values(**values)
             )
+            _outbox(conn, "model_updated", name, actor=actor, reason=", ".join(sorted(values)))
             return _model(self._model_row(conn, name))
 
-    def delete_model(self, name: str) -> None:
+    def delete_model(self, name: str, *, actor: str = "unknown") -> None:
         with self._write() as conn:
             self._model_row(conn, name)
             conn.execute(aliases.delete().where(aliases.c.model_name == name))
             conn.execute(alias_events.delete().where(alias_events.c.model_name == name))
             conn.execute(model_versions.delete().where(model_versions.c.model_name == name))
             conn.execute(registered_models.delete().where(registered_models.c.name == name))
+            _outbox(conn, "model_deleted", name, actor=actor)
 
     # -- versions -------------------------------------------------------------------------
     def create_version(
@@ -382,6 +417,7 @@ class SqlRegistryStore(RegistryStore):
                 "created_at": now,
             }
             conn.execute(model_versions.insert().values(**values))
+            _outbox(conn, "version_created", model_name, version=number, actor=created_by)
         return _version(values)  # type: ignore[arg-type]
 
     def _version_row(self, conn: Connection, model_name: str, version: int) -> RowMapping:
@@ -433,6 +469,7 @@ class SqlRegistryStore(RegistryStore):
         tags: dict[str, str] | None = None,
         signature: dict[str, Any] | None = None,
         serving_config: dict[str, Any] | None = None,
+        actor: str = "unknown",
     ) -> ModelVersion:
         values: dict[str, Any] = {}
         if description is not None:
@@ -453,6 +490,15 @@ class SqlRegistryStore(RegistryStore):
                         model_versions.c.version == version,
                     )
                     .values(**values)
+                )
+                changed = ", ".join(sorted(values))
+                _outbox(
+                    conn,
+                    "version_updated",
+                    model_name,
+                    version=version,
+                    actor=actor,
+                    reason=changed,
                 )
             return _version(self._version_row(conn, model_name, version))
 
@@ -485,6 +531,17 @@ class SqlRegistryStore(RegistryStore):
             "at": _now(),
         }
         event_id = conn.execute(alias_events.insert().values(**values)).inserted_primary_key
+        kind = "alias_deleted" if to_version is None else "alias_set"
+        _outbox(
+            conn,
+            kind,
+            model_name,
+            version=to_version,
+            alias=alias,
+            from_version=from_version,
+            actor=actor,
+            reason=reason,
+        )
         assert event_id is not None
         return _event({**values, "id": int(event_id[0])})  # type: ignore[arg-type]
 

@@ -350,7 +350,10 @@ def models_signature(
                         f"the edit has {len(updated.inputs)}"
                     )
                 version = registry.store.update_version(
-                    name, version.version, signature=updated.model_dump(mode="json")
+                    name,
+                    version.version,
+                    signature=updated.model_dump(mode="json"),
+                    actor=current_user(),
                 )
     except MedserveError as exc:
         raise _fail(exc) from exc
@@ -381,7 +384,7 @@ def models_fhir_map(
                 fmap.check_against(Signature.model_validate(version.signature))
                 config = {**version.serving_config, "fhir": fmap.model_dump(mode="json")}
                 version = registry.store.update_version(
-                    name, version.version, serving_config=config
+                    name, version.version, serving_config=config, actor=current_user()
                 )
     except MedserveError as exc:
         raise _fail(exc) from exc

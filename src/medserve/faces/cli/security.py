@@ -61,7 +61,10 @@ def _security() -> Iterator[tuple[SecurityStore, AuditLog]]:
     registry = Registry.open(Settings())
     try:
         engine = registry.store.engine  # type: ignore[attr-defined]
-        yield SecurityStore(engine), AuditLog(engine)
+        audit = AuditLog(engine)
+        while audit.drain_outbox():  # registry changes made since a server last drained it
+            pass
+        yield SecurityStore(engine), audit
     finally:
         registry.close()
 

@@ -1,0 +1,84 @@
+"""Every registry change leaves its audit record in the change's own transaction (the outbox),
+and the audit writer moves it into the hash chain exactly once."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from typer.testing import CliRunner
+
+from medserve.core.audit import AuditLog
+from medserve.core.errors import VersionNotFoundError
+from medserve.core.store.schema import registry_outbox
+from medserve.core.store.sql import SqlRegistryStore
+from medserve.faces.cli import app
+
+
+def _outbox(store: SqlRegistryStore) -> list[dict[str, object]]:
+    with store.engine.connect() as conn:
+        query = sa.select(registry_outbox).order_by(registry_outbox.c.seq)
+        return [dict(r) for r in conn.execute(query).mappings()]
+
+
+def _version(store: SqlRegistryStore, name: str) -> None:
+    store.create_version(
+        name, artifact_sha256="ab" * 32, artifact_filename="m.onnx", flavor="onnx", runtime="onnx"
+    )
+
+
+def test_changes_and_their_records_commit_together(store: SqlRegistryStore) -> None:
+    store.create_model("sepsis", created_by="ana")
+    _version(store, "sepsis")
+    store.set_alias("sepsis", "production", 1, actor="ana", reason="approved by CMIO")
+    with pytest.raises(VersionNotFoundError):  # a refused change leaves no record either
+        store.set_alias("sepsis", "production", 7, actor="mallory")
+    kinds = [(r["kind"], r["actor"], r["alias"], r["version"]) for r in _outbox(store)]
+    assert kinds == [
+        ("model_created", "ana", None, None),
+        ("version_created", "unknown", None, 1),
+        ("alias_set", "ana", "production", 1),
+    ]
+
+
+def test_the_audit_writer_moves_each_change_into_the_chain_once(store: SqlRegistryStore) -> None:
+    store.create_model("sepsis", created_by="ana")
+    _version(store, "sepsis")
+    store.set_alias("sepsis", "production", 1, actor="ana", reason="approved")
+    store.delete_alias("sepsis", "production", actor="bob", reason="withdrawn")
+    audit = AuditLog(store.engine)
+    assert audit.drain_outbox() == 4
+    assert audit.drain_outbox() == 0
+    assert _outbox(store) == []
+    rows = list(audit.entries())
+    assert [r["action"] for r in rows] == [
+        "registry.model_created",
+        "registry.version_created",
+        "registry.alias_set",
+        "registry.alias_deleted",
+    ]
+    assert rows[2]["model"] == "sepsis"
+    assert rows[2]["version"] == "1"
+    assert '"reason":"approved"' in rows[2]["detail"]
+    assert rows[3]["actor"] == "bob"
+    assert audit.verify().ok
+
+
+def test_the_audit_cli_sees_changes_made_without_a_server(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MEDSERVE_HOME", str(tmp_path))
+    runner = CliRunner()
+    assert runner.invoke(app, ["init"]).exit_code == 0
+    store = SqlRegistryStore(f"sqlite:///{tmp_path}/registry.db")
+    try:
+        store.create_model("sepsis", created_by="ana")
+    finally:
+        store.close()
+    result = runner.invoke(app, ["audit", "export"])
+    assert result.exit_code == 0, result.output
+    assert '"action":"registry.model_created"' in result.output
+    verified = runner.invoke(app, ["audit", "verify"])
+    assert verified.exit_code == 0
+    assert "1 entries verified" in verified.output
