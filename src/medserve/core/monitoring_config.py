@@ -13,7 +13,10 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 class MonitoringSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="MEDSERVE_MONITOR_", extra="ignore")
+    # validate_by_name: `audit_failure=` in code, `MEDSERVE_AUDIT_FAILURE` in the environment.
+    model_config = SettingsConfigDict(
+        env_prefix="MEDSERVE_MONITOR_", extra="ignore", validate_by_name=True
+    )
 
     log_predictions: bool = Field(
         default=True, description="Record every prediction (de-identified) in the prediction log."
@@ -22,18 +25,20 @@ class MonitoringSettings(BaseSettings):
         default=50_000,
         description=(
             "Bound of the in-process log queue, in rows (a 100-row request counts 100): what a "
-            "worker may hold in memory before the queue_full policy applies."
+            "worker may hold in memory before the audit_failure policy applies."
         ),
     )
-    queue_full: Literal["block", "drop"] = Field(
-        default="block",
+    audit_failure: Literal["fail_closed", "fail_open"] = Field(
+        default="fail_closed",
+        validation_alias="MEDSERVE_AUDIT_FAILURE",
         description=(
-            "When the queue is full: `block` waits up to `block_ms` for room and then drops, "
-            "`drop` drops at once; every dropped event is counted in "
-            "`medserve_monitor_log_dropped_total` and logged."
+            "Env `MEDSERVE_AUDIT_FAILURE`. What becomes of a prediction the log cannot take (its "
+            "queue is full), decided at once (never by waiting on the event loop): "
+            "`fail_closed` refuses the request with a 503 (`prediction_log_full`), so no "
+            "prediction is answered unlogged; `fail_open` answers it and drops its log rows, "
+            "each counted in `medserve_monitor_log_dropped_total` and logged."
         ),
     )
-    block_ms: float = Field(default=200.0, description="Longest wait for room in `block` mode.")
     batch_rows: int = Field(default=5000, description="Most rows written in one transaction.")
     flush_interval_s: float = Field(
         default=1.0,

@@ -21,9 +21,12 @@ Outcomes find their rows through the ids: medserve's request ids start with thei
 microseconds, so the batches that can hold one are an index range; a caller's own
 ``X-Request-ID`` is written to ``mon_prediction_ids`` instead (see ``MonitoringStore``).
 
-When the writer cannot keep up the queue fills, and the declared policy applies: ``block`` waits
-up to ``block_ms`` for room (back-pressure on the callers), then drops; ``drop`` drops at once.
-Every dropped row is counted in ``medserve_monitor_log_dropped_total`` and logged (no PHI).
+When the writer cannot keep up the queue fills, and ``audit_failure`` decides (never by waiting:
+``on_prediction`` runs on the event loop). ``fail_closed`` (the default) refuses the prediction:
+``on_prediction`` raises ``PredictionLogFullError`` (a 503 with code ``prediction_log_full``)
+before the response is sent, so the caller is never answered with a prediction that was not
+logged (back-pressure). ``fail_open`` answers it and drops its rows, each counted in
+``medserve_monitor_log_dropped_total`` and logged (no PHI).
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from medserve.core import metrics
 from medserve.core.context import now_us, request_id_time_us
+from medserve.core.errors import StoreError
 from medserve.core.events import PredictionEvent
 from medserve.core.monitoring_config import MonitoringSettings
 from medserve.core.phi import deidentify_text, pseudonymize
@@ -66,6 +70,13 @@ _NUMERIC_KINDS = frozenset("fiub")
 # How long after its request id was made a prediction may be logged and still be found by the
 # time in its id (clock noise .. 15 minutes); others are written to mon_prediction_ids.
 OWN_ID_LAG_US = (-1_000_000, 900_000_000)
+
+
+class PredictionLogFullError(StoreError):
+    """The prediction log's queue is full and ``audit_failure`` is ``fail_closed``: the
+    prediction is refused rather than answered unlogged (a ``StoreError``: 503)."""
+
+    code = "prediction_log_full"
 
 
 def _json_default(value: Any) -> Any:
@@ -205,10 +216,9 @@ class PredictionLog:
         self._queue: deque[tuple[PredictionEvent, int]] = deque()  # (event, logged at, µs)
         self._max = max(1, settings.queue_size)
         self._soon = max(1, self._max // 2)
-        self._block_s = settings.block_ms / 1000 if settings.queue_full == "block" else 0.0
+        self._fail_open = settings.audit_failure == "fail_open"
         self._interval_s = max(0.001, settings.flush_interval_s)
         self._wake = threading.Event()  # the writer: write now (queue half full, flush, close)
-        self._room = threading.Condition()  # callers blocked on a full queue
         self._stop = False
         self._busy = False  # the writer holds popped events not yet written
         # The bound counts rows (a 100-row request is 100 rows): two counters, each written
@@ -226,6 +236,7 @@ class PredictionLog:
         self._closed = False
         self.written = 0
         self.dropped = 0
+        self.refused = 0  # rows of predictions refused (fail_closed) because the queue was full
         self._thread.start()
 
     # -- hot path ---------------------------------------------------------------------------
@@ -238,7 +249,7 @@ class PredictionLog:
             if queued < self._soon <= queued + rows:
                 self._hurry()
             return
-        self._full(event, rows)
+        self._full(rows)
 
     def _hurry(self) -> None:
         """The queue passed half full: pack (driven) or write (not driven) now."""
@@ -249,22 +260,20 @@ class PredictionLog:
             self._tick_later = None
             self._loop.call_soon(self._tick)
 
-    def _full(self, event: PredictionEvent, rows: int) -> None:
+    def _full(self, rows: int) -> None:
+        """No room: never wait here (this is the event loop); refuse or drop at once."""
         if self._loop is not None:  # the writer can only free room by writing packs
             self._pack_pending()
         self._wake.set()
-        if self._block_s > 0:
-            deadline = time.monotonic() + self._block_s
-            with self._room:
-                while self._in_rows - self._out_rows >= self._max:
-                    left = deadline - time.monotonic()
-                    if left <= 0 or not self._room.wait(left):
-                        break
-            if self._in_rows - self._out_rows < self._max:
-                self._queue.append((event, now_us()))
-                self._in_rows += rows
-                return
-        self._drop(rows, "queue_full")
+        if self._fail_open:
+            self._drop(rows, "queue_full")
+            return
+        self.refused += rows
+        log.warning("prediction log full: refused a prediction of %d row(s) (fail_closed)", rows)
+        raise PredictionLogFullError(
+            "the prediction log is full (its writer is behind), and predictions are not "
+            "answered unlogged: retry shortly"
+        )
 
     def _drop(self, rows: int, reason: str) -> None:
         self.dropped += rows
@@ -356,9 +365,6 @@ class PredictionLog:
                     packs.append(pack)
                     rows += pack[0]["n"]
                 self._out_rows += rows
-                if self._block_s > 0:
-                    with self._room:
-                        self._room.notify_all()
                 try:
                     self.write_packs(packs)
                 except Exception:  # the writer must survive anything; the rows are counted

@@ -1,4 +1,6 @@
-"""The prediction log's bounded queue: counted in rows, and a declared policy when it is full."""
+"""The prediction log's bounded queue: counted in rows, and ``audit_failure`` when it is full
+(``fail_closed``: the prediction is refused at once, a 503; ``fail_open``: dropped and counted;
+neither waits, since ``on_prediction`` runs on the event loop)."""
 
 from __future__ import annotations
 
@@ -7,16 +9,18 @@ import time
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
 
 from medserve.core import metrics
 from medserve.core.context import RequestContext
 from medserve.core.events import PredictionEvent
 from medserve.core.loaded_model import load_version
 from medserve.core.monitoring_config import MonitoringSettings
-from medserve.core.prediction_log import PredictionLog
+from medserve.core.prediction_log import PredictionLog, PredictionLogFullError
 from medserve.core.registry.service import Registry
 from medserve.core.store.monitoring import MonitoringStore
 from medserve.faces.demo.data import breast_cancer_frame
+from medserve.serving.http_errors import status_for
 
 ROWS, EVENTS, BOUND = 10, 20, 50
 
@@ -40,27 +44,31 @@ def _dropped_metric() -> float:
     return float(metrics.LOG_DROPPED.labels("queue_full")._value.get())
 
 
-@pytest.mark.parametrize("policy", ["drop", "block"])
-def test_full_queue_applies_the_declared_policy_and_counts(
-    bc_registry: Registry, policy: str
-) -> None:
-    events, signature = _events(bc_registry)
-    engine = MonitoringStore(bc_registry.store).engine
+def _held_log(
+    registry: Registry, policy: str, signature: Any
+) -> tuple[PredictionLog, sqlite3.Connection]:
+    """A log whose writer cannot drain: another connection holds SQLite's write lock, so the
+    writer holds at most what it popped when it woke (half full) and the queue then fills."""
+    engine = MonitoringStore(registry.store).engine
     log = PredictionLog(
         engine,
-        MonitoringSettings(queue_size=BOUND, queue_full=policy, block_ms=40, flush_interval_s=60),
+        MonitoringSettings(queue_size=BOUND, audit_failure=policy, flush_interval_s=60),
         salt=b"s" * 32,
         signature_of=lambda m, v: signature,
     )
-    # Another connection holds SQLite's write lock, so the writer cannot drain: it holds at
-    # most what it popped when it woke (half full), and the queue then fills up to its bound.
     holder = sqlite3.connect(str(engine.url.database), timeout=30)
     holder.execute("BEGIN IMMEDIATE")
+    return log, holder
+
+
+def test_fail_open_drops_and_counts_at_once(bc_registry: Registry) -> None:
+    events, signature = _events(bc_registry)
+    log, holder = _held_log(bc_registry, "fail_open", signature)
     before = _dropped_metric()
     started = time.monotonic()
     try:
         for event in events:
-            log.on_prediction(event)
+            log.on_prediction(event)  # never raises in fail_open
         elapsed = time.monotonic() - started
     finally:
         holder.rollback()
@@ -70,5 +78,51 @@ def test_full_queue_applies_the_declared_policy_and_counts(
     assert log.dropped >= total - 2 * BOUND  # the writer's popped batch + a full queue
     assert log.written + log.dropped == total  # every row written or counted, none silently
     assert _dropped_metric() - before == log.dropped
-    if policy == "block":  # each refused event first waited block_ms for room
-        assert elapsed >= 0.9 * 0.040 * (log.dropped / ROWS)
+    assert log.refused == 0
+    assert elapsed < 0.5  # nothing waited for room
+
+
+def test_fail_closed_refuses_with_a_503_at_once_and_drops_nothing(
+    bc_registry: Registry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("MEDSERVE_AUDIT_FAILURE", raising=False)
+    assert MonitoringSettings().audit_failure == "fail_closed"  # the default
+    events, signature = _events(bc_registry)
+    log, holder = _held_log(bc_registry, "fail_closed", signature)
+    before = _dropped_metric()
+    accepted = 0
+    errors: list[PredictionLogFullError] = []
+    waited = 0.0
+    try:
+        for event in events:
+            started = time.monotonic()
+            try:
+                log.on_prediction(event)
+            except PredictionLogFullError as exc:
+                waited = max(waited, time.monotonic() - started)
+                errors.append(exc)
+            else:
+                accepted += 1
+    finally:
+        holder.rollback()
+        holder.close()
+    log.close()
+    refused = len(errors)
+    assert refused >= EVENTS - 2 * BOUND // ROWS  # the writer's popped batch + a full queue
+    assert log.refused == refused * ROWS
+    assert {status_for(exc) for exc in errors} == {503}
+    assert {exc.code for exc in errors} == {"prediction_log_full"}
+    assert all("prediction log is full" in exc.message for exc in errors)
+    assert waited < 0.1  # refused at once: no wait for room on the event loop
+    # Everything accepted was written; nothing was dropped (what was refused was never answered).
+    assert log.written == accepted * ROWS
+    assert log.dropped == 0
+    assert _dropped_metric() == before
+
+
+def test_audit_failure_reads_its_environment_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MEDSERVE_AUDIT_FAILURE", "fail_open")
+    assert MonitoringSettings().audit_failure == "fail_open"
+    monkeypatch.setenv("MEDSERVE_AUDIT_FAILURE", "block")
+    with pytest.raises(ValidationError, match="fail_closed"):
+        MonitoringSettings()

@@ -2,6 +2,8 @@
 
 Cards are built on request from stored statements and evaluations (cheap: a few small queries),
 so they always reflect the latest evaluation. Nothing here touches the prediction hot path.
+The routes are plain ``def``: their SQL (and artifact reads) are synchronous, so FastAPI runs
+them in its thread pool rather than on the event loop.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from medserve.core.errors import NotFoundError
 from medserve.core.registry.service import Registry
 from medserve.core.store.governance import GovernanceStore
 from medserve.features.governance.cards import build_card, render_card_html
+from medserve.features.governance.gate import check
 from medserve.serving.extension import ServingExtension
 
 router = APIRouter(tags=["governance"])
@@ -35,9 +38,7 @@ def _wants_html(request: Request, fmt: str | None) -> bool:
 
 
 @router.get("/v1/models/{name}/versions/{version}/card", response_model=None)
-async def model_card(
-    request: Request, name: str, version: str, format: str | None = None
-) -> Response:
+def model_card(request: Request, name: str, version: str, format: str | None = None) -> Response:
     """The model card as JSON, or HTML with ``Accept: text/html`` or ``?format=html``."""
     registry = _registry(request)
     mv = registry.store.resolve(name, version)
@@ -48,7 +49,7 @@ async def model_card(
 
 
 @router.get("/v1/models/{name}/versions/{version}/evaluations")
-async def evaluations(request: Request, name: str, version: str) -> dict[str, Any]:
+def evaluations(request: Request, name: str, version: str) -> dict[str, Any]:
     registry = _registry(request)
     mv = registry.store.resolve(name, version)
     items = GovernanceStore(registry.store).evaluations(name, mv.version)
@@ -56,7 +57,7 @@ async def evaluations(request: Request, name: str, version: str) -> dict[str, An
 
 
 @router.get("/v1/models/{name}/versions/{version}/report", response_class=HTMLResponse)
-async def report(request: Request, name: str, version: str) -> HTMLResponse:
+def report(request: Request, name: str, version: str) -> HTMLResponse:
     """The HTML report of the most recent evaluation with one."""
     registry = _registry(request)
     mv = registry.store.resolve(name, version)
@@ -68,10 +69,8 @@ async def report(request: Request, name: str, version: str) -> HTMLResponse:
 
 
 @router.get("/v1/models/{name}/versions/{version}/gate")
-async def gate(request: Request, name: str, version: str) -> dict[str, Any]:
+def gate(request: Request, name: str, version: str) -> dict[str, Any]:
     """Whether this version may become production, and if not, everything missing."""
-    from medserve.features.governance.gate import check
-
     registry = _registry(request)
     mv = registry.store.resolve(name, version)
     result = check(registry, name, mv.version)

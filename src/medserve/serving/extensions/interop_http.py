@@ -15,13 +15,16 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import time
 from typing import Any
 
+import numpy as np
 import orjson
 
 from medserve.core.context import RequestContext
 from medserve.core.errors import InvalidRequestError, MedserveError, UnsupportedMediaTypeError
 from medserve.core.loaded_model import LoadedModel
+from medserve.features.explain.service import service_for
 from medserve.features.interop.fhir_input import (
     FhirInputError,
     PatientInput,
@@ -53,19 +56,54 @@ async def rationales(
     plane: DataPlane, model: LoadedModel, rows: list[dict[str, Any]], target: str | None
 ) -> list[str | None]:
     """Top attributions in plain words, per row; none when the model cannot be explained."""
-    from medserve.features.explain.service import service_for
-
     try:
         X = model.validator.records_to_matrix(rows)
-        explained = await asyncio.to_thread(service_for(plane.manager).explain, model, X, target)
     except Exception as exc:  # an explanation must never cost the prediction
         log.warning("no rationale for %s v%s: %s", model.name, model.number, type(exc).__name__)
         return [None] * len(rows)
+    return await matrix_rationales(plane, model, X, target)
+
+
+async def matrix_rationales(
+    plane: DataPlane, model: LoadedModel, X: np.ndarray, target: str | None
+) -> list[str | None]:
+    """:func:`rationales` of a matrix the model's validator already made (one per row)."""
+    try:
+        explained = await asyncio.to_thread(service_for(plane.manager).explain, model, X, target)
+    except Exception as exc:  # an explanation must never cost the prediction
+        log.warning("no rationale for %s v%s: %s", model.name, model.number, type(exc).__name__)
+        return [None] * X.shape[0]
     target_name = f"the probability of {explained.get('target')}"
     return [
         "; ".join(part.replace(target_name, "the risk") for part in row.get("top") or []) or None
         for row in explained["explanations"]
     ]
+
+
+async def _predict(
+    plane: DataPlane, model: LoadedModel, rows: Any, context: RequestContext
+) -> tuple[dict[str, Any], np.ndarray]:
+    """The records prediction of ``model`` (the version this request resolved, whose FHIR map
+    was used), and the validated matrix, so the rationales reuse it instead of validating the
+    rows again. As ``DataPlane.predict_records``: observers and metrics are told."""
+    started = time.perf_counter()
+    if not isinstance(rows, list):
+        raise InvalidRequestError(
+            'the body must be {"instances": [{"feature": value, ...}, ...]}',
+            details=[
+                {
+                    "field": "instances",
+                    "rule": "required",
+                    "message": "a list of records is required",
+                }
+            ],
+        )
+    X = model.validator.records_to_matrix(rows)
+    outputs = await plane.run_model(model, X)
+    response = model.records_response(outputs)
+    response["request_id"] = context.request_id
+    plane.record(model, context, X, outputs, started, protocol="records")
+    return response, X
 
 
 async def fhir_handler(
@@ -97,7 +135,7 @@ async def fhir_handler(
                 context = dataclasses.replace(context, patient_id=patients[0].reference)
         else:
             rows = body.get("instances") if isinstance(body, dict) else None
-        response = await plane.predict_records(name, ref, {"instances": rows}, context)
+        response, X = await _predict(plane, model, rows, context)
         if not fhir_out:
             return (
                 200,
@@ -108,10 +146,11 @@ async def fhir_handler(
             raise UnsupportedMediaTypeError(
                 "a FHIR RiskAssessment answer needs a classifier; ask for application/json"
             )
-        assert isinstance(rows, list)
         explain = explain_requested(scope)
         target = fmap.positive_class if fmap is not None else None
-        reasons = await rationales(plane, model, rows, target) if explain else [None] * len(rows)
+        reasons = (
+            await matrix_rationales(plane, model, X, target) if explain else [None] * X.shape[0]
+        )
         assessments = []
         for i, prediction in enumerate(response["predictions"]):
             patient = patients[i] if patients is not None else None

@@ -19,15 +19,20 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, FastAPI, Request
 from pydantic import BaseModel, Field
 
-from medserve.core.context import Principal
-from medserve.core.errors import InvalidRequestError, MedserveError
+from medserve.core.context import ANONYMOUS, Principal
+from medserve.core.errors import AuthenticationError, InvalidRequestError, MedserveError
 from medserve.core.extensions import RegistryHandler
 from medserve.core.monitoring_config import MonitoringSettings
+from medserve.core.phi import load_or_create_salt, pseudonymize
 from medserve.core.prediction_log import PredictionLog
 from medserve.core.registry.signature import Signature
 from medserve.core.store.monitoring import MonitoringStore
+from medserve.features.explain.service import service_for
 from medserve.features.monitoring.reference import on_version_registered
+from medserve.features.monitoring.runner import run_model
+from medserve.features.security.guard import PRINCIPAL_SCOPE_KEY
 from medserve.serving.extension import ServingExtension
+from medserve.serving.extensions.security import ACTION_SCOPE_KEY
 from medserve.serving.params import IsoDateTime
 
 log = logging.getLogger(__name__)
@@ -80,10 +85,20 @@ class ExplainRequest(BaseModel):
     )
 
 
-async def _allow(request: Request, action: str, model: str | None) -> Principal:
-    guard = request.app.state.guard
-    principal: Principal = await guard.authenticate(request.scope)
-    guard.authorize(principal, action, model)
+def _principal(request: Request) -> Principal:
+    """The caller, as the security middleware authenticated (and rate-limited) it once for this
+    request; authenticating again here would spend another rate-limit token."""
+    principal = request.scope.get(PRINCIPAL_SCOPE_KEY)
+    if isinstance(principal, Principal):
+        return principal
+    if not request.app.state.settings.security:
+        return ANONYMOUS  # security off (demo): the open guard lets everyone through
+    raise AuthenticationError("the request was not authenticated")  # never expected: fail closed
+
+
+def _allow(request: Request, action: str, model: str | None) -> Principal:
+    principal = _principal(request)
+    request.app.state.guard.authorize(principal, action, model)
     return principal
 
 
@@ -97,8 +112,12 @@ def _utc(value: datetime) -> datetime:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
+# The store-bound routes are plain ``def``: FastAPI runs them in its thread pool, so their
+# synchronous SQL never holds up the event loop.
+
+
 @router.post("/v1/outcomes")
-async def post_outcomes(
+def post_outcomes(
     request: Request, body: OutcomesRequest = Body(examples=[OUTCOMES_EXAMPLE])
 ) -> dict[str, Any]:
     """Attach outcomes by prediction id, or by (patient id, model, time window).
@@ -106,16 +125,15 @@ async def post_outcomes(
     The patient id is pseudonymized with the home's salt before it is compared: it is never
     stored or logged as sent.
     """
-    from medserve.core.phi import pseudonymize
-
     salt: bytes = request.app.state.monitoring_salt
+    guard = request.app.state.guard
+    principal = _allow(request, "predict", None)  # one principal (one rate-limit token) per request
     parsed: list[dict[str, Any]] = []
     for i, item in enumerate(body.outcomes):
         if isinstance(item, OutcomeByPrediction):
-            await _allow(request, "predict", None)
             parsed.append({"prediction_id": item.prediction_id, "outcome": item.outcome})
             continue
-        await _allow(request, "predict", item.model)
+        guard.authorize(principal, "predict", item.model)  # each item's model
         start, end = _utc(item.start), _utc(item.end)
         if end <= start:
             raise InvalidRequestError(f"outcomes[{i}]: end must be after start")
@@ -128,13 +146,13 @@ async def post_outcomes(
                 "outcome": item.outcome,
             }
         )
-    counts = await asyncio.to_thread(_mstore(request).attach_outcomes, None, parsed)
+    counts = _mstore(request).attach_outcomes(None, parsed)
     return {"matched": counts, "labelled": sum(counts)}
 
 
 @router.get("/v1/models/{name}/monitoring")
-async def get_monitoring(request: Request, name: str, runs: int = 10) -> dict[str, Any]:
-    await _allow(request, "read_monitoring", name)
+def get_monitoring(request: Request, name: str, runs: int = 10) -> dict[str, Any]:
+    _allow(request, "read_monitoring", name)
     store = _mstore(request)
     request.app.state.registry.store.get_model(name)  # 404 for an unknown model
     return {
@@ -147,8 +165,8 @@ async def get_monitoring(request: Request, name: str, runs: int = 10) -> dict[st
 
 
 @router.get("/v1/models/{name}/versions/{version}/importance")
-async def get_importance(request: Request, name: str, version: str) -> dict[str, Any]:
-    await _allow(request, "read_models", name)
+def get_importance(request: Request, name: str, version: str) -> dict[str, Any]:
+    _allow(request, "read_models", name)
     v = request.app.state.registry.store.resolve(name, version)
     _, importance = _mstore(request).reference(name, v.version)
     if importance is None:
@@ -157,23 +175,30 @@ async def get_importance(request: Request, name: str, version: str) -> dict[str,
 
 
 @router.post("/v1/alerts/{alert_id}/acknowledge")
-async def acknowledge(
+def acknowledge(
     request: Request, alert_id: int, body: dict[str, Any] | None = None
 ) -> dict[str, Any]:
+    """Acknowledge an alert. Audited once: the security middleware writes every change's entry
+    durably before the response starts; this handler makes that entry the acknowledgement's own
+    (action ``alert_acknowledge``, the alert's model and path) instead of adding a second one."""
     store = _mstore(request)
     alerts = [a for a in store.alerts() if a["id"] == alert_id]
     model = alerts[0]["model"] if alerts else None
-    principal = await _allow(request, "write", model)
+    principal = _allow(request, "write", model)
     note = (body or {}).get("note")
-    result: dict[str, Any] = await asyncio.to_thread(
-        store.acknowledge,
+    result: dict[str, Any] = store.acknowledge(
         alert_id,
         principal.subject,
         str(note) if note else None,
         key_id=principal.key_id,
         request_id=request.headers.get("x-request-id"),
-        # Audited where the audit trail is kept (security on), in the acknowledging transaction.
-        audit=getattr(request.app.state, "audit", None) is not None,
+        audit=False,  # the middleware's entry is the audit entry (see above)
+    )
+    request.scope[ACTION_SCOPE_KEY] = (
+        "alert_acknowledge",
+        result["model"],
+        None,
+        f"/v1/alerts/{alert_id}/acknowledge",
     )
     return result
 
@@ -181,9 +206,7 @@ async def acknowledge(
 async def _explain(
     request: Request, name: str, ref: str | None, body: ExplainRequest
 ) -> dict[str, Any]:
-    from medserve.features.explain.service import service_for
-
-    await _allow(request, "predict", name)
+    _allow(request, "predict", name)
     plane = request.app.state.plane
     model = await plane.model(name, ref)
     X = model.validator.records_to_matrix(body.instances)
@@ -230,8 +253,6 @@ def _signature_lookup(store: Any) -> Any:
 
 async def _schedule(api: FastAPI, settings: MonitoringSettings) -> None:
     """Run monitoring for every served model every ``schedule_interval_s`` (one worker)."""
-    from medserve.features.monitoring.runner import run_model
-
     lock_path = api.state.settings.home / "monitor-schedule.lock"
     with open(lock_path, "a+") as handle:
         while True:
@@ -243,7 +264,8 @@ async def _schedule(api: FastAPI, settings: MonitoringSettings) -> None:
         while True:
             await asyncio.sleep(settings.schedule_interval_s)
             registry_store = api.state.registry.store
-            for name, _, _ in registry_store.all_aliases():
+            aliases = await asyncio.to_thread(registry_store.all_aliases)
+            for name, _, _ in aliases:
                 try:
                     await asyncio.to_thread(
                         run_model,
@@ -258,8 +280,6 @@ async def _schedule(api: FastAPI, settings: MonitoringSettings) -> None:
 
 @asynccontextmanager
 async def lifespan(api: FastAPI) -> AsyncIterator[None]:
-    from medserve.core.phi import load_or_create_salt
-
     settings = MonitoringSettings()
     registry = api.state.registry
     store = MonitoringStore(registry.store)
@@ -274,7 +294,9 @@ async def lifespan(api: FastAPI) -> AsyncIterator[None]:
             salt=salt,
             signature_of=_signature_lookup(registry.store),
         )
-        api.state.plane.observers.append(prediction_log)
+        # First: a prediction the log refuses (queue full, fail_closed: a 503) must not have
+        # been told to another observer (the audit trail's "predict 200") already.
+        api.state.plane.observers.insert(0, prediction_log)
         prediction_log.drive(asyncio.get_running_loop())
     api.state.prediction_log = prediction_log
     task = None
