@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import http.server
 import json
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -120,3 +122,55 @@ def test_several_audiences_accept_any_of_them(tmp_path: Path, rsa_key: rsa.RSAPr
         assert verifier.verify(token(rsa_key, aud=aud, sub=aud)).subject == f"jwt:{aud}"
     with pytest.raises(AuthenticationError, match="audience"):
         verifier.verify(token(rsa_key, aud="https://medserve.example/cds-services/other"))
+
+
+def test_a_jwks_url_is_fetched_and_followed_through_key_rotation(
+    rsa_key: rsa.RSAPrivateKey,
+) -> None:
+    """The issuer's JWKS over HTTP (loopback): a token signed by a key added later is accepted
+    once the kid is unknown and the refetch interval has passed; a forged kid is not."""
+    rotated = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+    def jwk(key: rsa.RSAPrivateKey, kid: str) -> dict[str, Any]:
+        public = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(key.public_key()))
+        public.update(kid=kid, use="sig", alg="RS256")
+        return public
+
+    served = {"keys": [jwk(rsa_key, "k1")]}
+    fetches: list[str] = []
+
+    class Jwks(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            fetches.append(self.path)
+            body = json.dumps(served).encode()
+            self.send_response(200)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            return
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Jwks)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/jwks.json"
+        source = JwksSource(url, refetch_min_s=0.0)
+        verifier = JwtVerifier(issuer=ISSUER, audience=AUDIENCE, jwks=source)
+        assert verifier.verify(token(rsa_key)).subject == "jwt:dr-house"
+        served["keys"].append(jwk(rotated, "k2"))
+        assert verifier.verify(token(rotated, kid="k2")).subject == "jwt:dr-house"
+        with pytest.raises(AuthenticationError, match="unknown key"):
+            verifier.verify(token(rotated, kid="forged"))
+        assert len(fetches) == 3  # start, the rotation, the forged kid
+        throttled = JwksSource(url)  # the default: at most one refetch a minute
+        before = len(fetches)
+        with pytest.raises(AuthenticationError, match="unknown key"):
+            JwtVerifier(issuer=ISSUER, audience=AUDIENCE, jwks=throttled).verify(
+                token(rotated, kid="forged")
+            )
+        assert len(fetches) == before  # refused without asking the issuer again
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -1,7 +1,8 @@
 """OAuth2/OIDC bearer JWTs verified against a configured issuer, audience and JWKS.
 
-The JWKS comes from a file or an https URL. Keys are looked up by ``kid``; an unknown ``kid``
-refetches the JWKS (at most once a minute) so the issuer's key rotation is followed without a
+The JWKS comes from a file or an https URL (fetched by PyJWT's ``PyJWKClient``). Keys are
+looked up by ``kid``; an unknown ``kid`` refetches the JWKS (at most once a minute, so forged kids
+cannot make medserve hammer the issuer) and the issuer's key rotation is followed without a
 restart. Signature checks cost tens of microseconds, so verified tokens are cached until they
 expire (bounded).
 """
@@ -14,7 +15,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import httpx
 import jwt
 
 from medserve.core.context import Principal
@@ -26,21 +26,24 @@ _CACHE_MAX = 10_000
 
 
 class JwksSource:
-    def __init__(self, location: str) -> None:
+    def __init__(self, location: str, *, refetch_min_s: float = _REFETCH_MIN_S) -> None:
         self.location = location
+        self.refetch_min_s = refetch_min_s
+        self._client = (
+            jwt.PyJWKClient(location, timeout=10)
+            if location.startswith(("https://", "http://"))
+            else None
+        )
         self._keys: dict[str, jwt.PyJWK] = {}
         self._fetched_at = 0.0
         self._lock = threading.Lock()
         self._load()
 
     def _load(self) -> None:
-        if self.location.startswith(("https://", "http://")):
-            response = httpx.get(self.location, timeout=10)
-            response.raise_for_status()
-            text = response.text
+        if self._client is not None:
+            jwks = self._client.get_jwk_set(refresh=True)
         else:
-            text = Path(self.location).read_text()
-        jwks = jwt.PyJWKSet.from_json(text)
+            jwks = jwt.PyJWKSet.from_json(Path(self.location).read_text())
         self._keys = {k.key_id or "": k for k in jwks.keys}
         self._fetched_at = time.monotonic()
 
@@ -48,8 +51,8 @@ class JwksSource:
         found = self._keys.get(kid or "")
         if found is None and kid is None and len(self._keys) == 1:
             found = next(iter(self._keys.values()))
-        if found is None and time.monotonic() - self._fetched_at > _REFETCH_MIN_S:
-            with self._lock, contextlib.suppress(OSError, httpx.HTTPError, jwt.PyJWKSetError):
+        if found is None and time.monotonic() - self._fetched_at > self.refetch_min_s:
+            with self._lock, contextlib.suppress(OSError, jwt.PyJWKClientError, jwt.PyJWKSetError):
                 self._load()
             found = self._keys.get(kid or "")
         if found is None:

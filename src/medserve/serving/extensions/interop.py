@@ -15,7 +15,8 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
 from fastapi import APIRouter, Body, FastAPI, Request
-from starlette.types import ASGIApp
+from starlette.middleware.cors import CORSMiddleware
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from medserve.core.context import ANONYMOUS, Principal, RequestContext, made_request_id
 from medserve.core.store.feedback import CdsStore
@@ -141,39 +142,28 @@ async def lifespan(api: FastAPI) -> AsyncIterator[None]:
     yield
 
 
-CORS_HEADERS = [
-    (b"access-control-allow-origin", b"*"),
-    (b"access-control-allow-methods", b"GET, POST, OPTIONS"),
-    (b"access-control-allow-headers", b"Authorization, Content-Type, X-Request-ID"),
-    (b"access-control-max-age", b"600"),
-]
-
-
 class CdsCors:
-    """CORS for ``/cds-services`` (the CDS Hooks specification asks services to allow
-    browser-based CDS clients): preflights are answered before authentication, since a
-    browser sends them without credentials, and every answer carries the allow headers.
-    ``*`` is safe here because credentials travel in the Authorization header, never cookies."""
+    """CORS for ``/cds-services`` only (the CDS Hooks specification asks services to allow
+    browser-based CDS clients; the rest of the API is not for browsers): Starlette's
+    ``CORSMiddleware`` answers preflights before authentication, since a browser sends them
+    without credentials, and adds the allow-origin header to answers. ``*`` is safe here because
+    credentials travel in the Authorization header, never in cookies."""
 
-    def __init__(self, app: Any) -> None:
+    def __init__(self, app: ASGIApp) -> None:
         self.app = app
+        self.cors = CORSMiddleware(
+            app,
+            allow_origins=["*"],
+            allow_methods=["GET", "POST", "OPTIONS"],
+            allow_headers=["Authorization", "Content-Type", "X-Request-ID"],
+            max_age=600,
+        )
 
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] != "http" or not scope["path"].startswith("/cds-services"):
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"].startswith("/cds-services"):
+            await self.cors(scope, receive, send)
+        else:
             await self.app(scope, receive, send)
-            return
-        if scope["method"] == "OPTIONS":
-            headers = [*CORS_HEADERS, (b"content-length", b"0")]
-            await send({"type": "http.response.start", "status": 204, "headers": headers})
-            await send({"type": "http.response.body", "body": b""})
-            return
-
-        async def send_with_cors(message: Any) -> None:
-            if message["type"] == "http.response.start":
-                message["headers"] = [*message.get("headers", []), *CORS_HEADERS[:1]]
-            await send(message)
-
-        await self.app(scope, receive, send_with_cors)
 
 
 class InteropExtension(ServingExtension):
