@@ -32,7 +32,7 @@ from medserve.features.monitoring.reference import on_version_registered
 from medserve.features.monitoring.runner import run_model
 from medserve.features.security.guard import PRINCIPAL_SCOPE_KEY
 from medserve.serving.extension import ServingExtension
-from medserve.serving.extensions.security import ACTION_SCOPE_KEY
+from medserve.serving.extensions.security import AUDITED_SCOPE_KEY
 from medserve.serving.params import IsoDateTime
 
 log = logging.getLogger(__name__)
@@ -178,28 +178,23 @@ def get_importance(request: Request, name: str, version: str) -> dict[str, Any]:
 def acknowledge(
     request: Request, alert_id: int, body: dict[str, Any] | None = None
 ) -> dict[str, Any]:
-    """Acknowledge an alert. Audited once: the security middleware writes every change's entry
-    durably before the response starts; this handler makes that entry the acknowledgement's own
-    (action ``alert_acknowledge``, the alert's model and path) instead of adding a second one."""
+    """Acknowledge an alert. Audited once, in the acknowledging transaction (the store writes the
+    ``alert_acknowledge`` entry with the change; the security middleware then adds none)."""
     store = _mstore(request)
     alerts = [a for a in store.alerts() if a["id"] == alert_id]
     model = alerts[0]["model"] if alerts else None
     principal = _allow(request, "write", model)
     note = (body or {}).get("note")
+    audited = getattr(request.app.state, "audit", None) is not None  # the trail is kept
     result: dict[str, Any] = store.acknowledge(
         alert_id,
         principal.subject,
         str(note) if note else None,
         key_id=principal.key_id,
         request_id=request.headers.get("x-request-id"),
-        audit=False,  # the middleware's entry is the audit entry (see above)
+        audit=audited,
     )
-    request.scope[ACTION_SCOPE_KEY] = (
-        "alert_acknowledge",
-        result["model"],
-        None,
-        f"/v1/alerts/{alert_id}/acknowledge",
-    )
+    request.scope[AUDITED_SCOPE_KEY] = audited
     return result
 
 

@@ -52,6 +52,9 @@ log = logging.getLogger(__name__)
 
 OPEN_PATHS = frozenset({"/v2/health/live", "/v2/health/ready"})
 ACTION_SCOPE_KEY = "medserve.action"
+# Set by a handler whose change wrote its own audit entry in the change's transaction: the
+# middleware then adds none for a successful answer (one entry per change, committed with it).
+AUDITED_SCOPE_KEY = "medserve.audited"
 SQL_INT_MAX = 2**63 - 1  # the largest integer a SQL BIGINT (and SQLite) holds
 _READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
@@ -201,7 +204,9 @@ class SecurityMiddleware:
                         ACTION_SCOPE_KEY, ("access", None, None, None)
                     )
                     entry = self._entry(scope, status, action, model, version, template or path)
-                    if scope["method"] in _READ_METHODS:
+                    if status < 400 and scope.get(AUDITED_SCOPE_KEY):
+                        pass  # audited in the change's own transaction
+                    elif scope["method"] in _READ_METHODS:
                         audit.enqueue(entry)
                     else:  # a change: durable before the caller hears about it
                         await asyncio.to_thread(audit.append, [entry])
