@@ -241,7 +241,7 @@ def create_api(settings: Settings) -> FastAPI:
         return await plane(request).predict_records(name, version, body)
 
     @api.get("/v1/models", tags=["registry"])
-    async def list_models(
+    def list_models(
         request: Request,
         search: str | None = None,
         page_size: int = Query(default=100, ge=1, le=MAX_PAGE),
@@ -257,7 +257,7 @@ def create_api(settings: Settings) -> FastAPI:
         return {"models": items, "next_page_token": page.next_page_token}
 
     @api.get("/v1/models/{name}", tags=["registry"])
-    async def get_model(request: Request, name: str) -> dict[str, Any]:
+    def get_model(request: Request, name: str) -> dict[str, Any]:
         store = registry_of(request).store
         model = store.get_model(name)
         aliases = store.list_aliases(name)
@@ -272,14 +272,14 @@ def create_api(settings: Settings) -> FastAPI:
         }
 
     @api.get("/v1/models/{name}/versions/{version}", tags=["registry"])
-    async def get_version(request: Request, name: str, version: str) -> dict[str, Any]:
+    def get_version(request: Request, name: str, version: str) -> dict[str, Any]:
         store = registry_of(request).store
         v = store.resolve(name, version)
         aliases = store.list_aliases(name)
         return _version_view(v, sorted(a for a, n in aliases.items() if n == v.version))
 
     @api.get("/v1/models/{name}/aliases/history", tags=["registry"])
-    async def alias_history(
+    def alias_history(
         request: Request, name: str, alias: str | None = None
     ) -> dict[str, Any]:
         events = registry_of(request).store.alias_history(name, alias)

@@ -1,4 +1,4 @@
-"""The governance and monitoring routes run their synchronous SQL off the event loop (a
+"""The registry, governance and monitoring routes run their synchronous SQL off the event loop (a
 statement executed where an event loop is running would stall every request in the worker)."""
 
 from __future__ import annotations
@@ -69,6 +69,11 @@ ROUTES: list[tuple[str, str, Any]] = [
     ("GET", f"/v1/models/{MODEL}/monitoring", None),
     ("GET", f"/v1/models/{MODEL}/versions/1/importance", None),
     ("POST", f"/v1/models/{MODEL}/explain", {"instances": records(1)}),
+    # the registry views of the app factory
+    ("GET", "/v1/models", None),
+    ("GET", f"/v1/models/{MODEL}", None),
+    ("GET", f"/v1/models/{MODEL}/versions/production", None),
+    ("GET", f"/v1/models/{MODEL}/aliases/history", None),
 ]
 
 
