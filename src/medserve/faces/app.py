@@ -108,7 +108,11 @@ def create_api(settings: Settings) -> FastAPI:
         api.state.registry = registry
         api.state.plane = DataPlane(manager)
         api.state.guard = OpenGuard()
-        api.state.media_handlers = {}
+        api.state.media_handlers = {
+            key: handler
+            for extension in serving_extensions()
+            for key, handler in extension.media_handlers(settings).items()
+        }
         try:
             async with AsyncExitStack() as stack:
                 for extension in serving_extensions():
@@ -279,9 +283,7 @@ def create_api(settings: Settings) -> FastAPI:
         return _version_view(v, sorted(a for a, n in aliases.items() if n == v.version))
 
     @api.get("/v1/models/{name}/aliases/history", tags=["registry"])
-    def alias_history(
-        request: Request, name: str, alias: str | None = None
-    ) -> dict[str, Any]:
+    def alias_history(request: Request, name: str, alias: str | None = None) -> dict[str, Any]:
         events = registry_of(request).store.alias_history(name, alias)
         return {"events": [asdict(e) for e in events]}
 

@@ -5,13 +5,15 @@ exists, and an ASGI wrapper (middleware) around the whole app.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
 from fastapi import APIRouter, FastAPI
 from starlette.types import ASGIApp
 
 from medserve.core.extensions import Extension, extensions
+from medserve.core.settings import Settings
+from medserve.serving.media import MediaHandler
 
 
 class ServingExtension(Extension):
@@ -19,7 +21,8 @@ class ServingExtension(Extension):
 
     ``lifespan(api)`` may read ``api.state`` (``settings``, ``registry``, ``plane``, ``guard``,
     ``media_handlers``) and add its own resources there; lifespans are entered in ``order``.
-    ``wrap`` builds middleware around the app, the lowest ``order`` innermost.
+    ``wrap`` builds middleware around the app, the lowest ``order`` innermost. ``media_handlers``
+    are the codecs the prediction endpoints use for bodies that are not plain JSON.
     """
 
     router: APIRouter | None = None
@@ -29,6 +32,10 @@ class ServingExtension(Extension):
 
     def wrap(self, app: ASGIApp, api: FastAPI) -> ASGIApp:
         return app
+
+    def media_handlers(self, settings: Settings) -> Mapping[tuple[str, bytes], MediaHandler]:
+        """Codecs for request bodies of other media types, by ``(protocol, media type)``."""
+        return {}
 
 
 @asynccontextmanager

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -28,6 +27,7 @@ from medserve.core.errors import (
 from medserve.serving import metrics
 from medserve.serving.data_plane import DataPlane
 from medserve.serving.http_errors import status_for
+from medserve.serving.media import FHIR_JSON, MediaHandler, MediaRequest
 
 log = logging.getLogger(__name__)
 
@@ -114,27 +114,11 @@ def error_body(exc: MedserveError) -> bytes:
     return orjson.dumps(exc.to_dict())
 
 
-MediaHandler = Callable[
-    [DataPlane, str, str | None, bytes, RequestContext, Scope], Awaitable[tuple[int, bytes, bytes]]
-]
-
-
-FHIR_JSON = b"application/fhir+json"
-
-
-def wants_fhir(accept: bytes | None, scope: Scope) -> bool:
-    """A FHIR answer was asked for: ``Accept: application/fhir+json`` or ``?format=fhir``
-    (FHIR's own ``_format`` parameter is honoured too)."""
-    if accept and FHIR_JSON in accept.lower():
-        return True
-    query: bytes = scope.get("query_string") or b""
-    return b"format=fhir" in query or b"format=application/fhir" in query
-
-
-def explain_requested(scope: Scope) -> bool:
-    """``?explain=false`` (or 0/no) turns off the explanation a media handler adds by default."""
-    query = parse_qs((scope.get("query_string") or b"").decode("latin-1"))
-    return query.get("explain", ["true"])[-1].lower() not in {"false", "0", "no"}
+def _query(scope: Scope) -> dict[str, str]:
+    raw: bytes = scope.get("query_string") or b""
+    if not raw:
+        return {}
+    return {k: v[-1] for k, v in parse_qs(raw.decode("latin-1")).items()}
 
 
 def _header_text(value: bytes | None, limit: int = 256) -> str | None:
@@ -206,9 +190,12 @@ class HotPathApp:
                 id_time_us=made,
             )
             media = content_type.split(b";", 1)[0].strip().lower() if content_type else b""
-            handler: MediaHandler | None = self.state.media_handlers.get((protocol, media))
-            if handler is None and protocol == "records" and wants_fhir(accept, scope):
-                handler = self.state.media_handlers.get((protocol, FHIR_JSON))
+            handlers: dict[tuple[str, bytes], MediaHandler] = self.state.media_handlers
+            handler = handlers.get((protocol, media))
+            query = _query(scope)
+            wants_fhir = MediaRequest(b"", media, accept, query).wants_fhir
+            if handler is None and protocol == "records" and wants_fhir:
+                handler = handlers.get((protocol, FHIR_JSON))
             binary_ok = protocol == "v2" and header_length is not None
             if handler is None and not content_type_ok(content_type, binary_ok):
                 raise UnsupportedMediaTypeError(
@@ -218,7 +205,8 @@ class HotPathApp:
             raw = await read_body(receive, self.max_body_bytes, declared)
             plane: DataPlane = self.state.plane
             if handler is not None:
-                status, payload, payload_type = await handler(plane, name, ref, raw, context, scope)
+                request = MediaRequest(raw, media, accept, query)
+                status, payload, payload_type = await handler(plane, name, ref, request, context)
                 await send_json(send, status, payload, extra, payload_type)
                 return
             binary: bytes | None = None

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
@@ -19,12 +19,14 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from medserve.core.context import ANONYMOUS, Principal, RequestContext, made_request_id
+from medserve.core.settings import Settings
 from medserve.core.store.feedback import CdsStore
 from medserve.features.interop.cds_hooks import CdsHooks, CdsService
 from medserve.features.security.guard import PRINCIPAL_SCOPE_KEY
 from medserve.serving.extension import ServingExtension
 from medserve.serving.extensions.interop_http import media_handlers, rationales
 from medserve.serving.extensions.security import ACTION_SCOPE_KEY, visible
+from medserve.serving.media import MediaHandler
 
 router = APIRouter(tags=["cds-hooks"])
 
@@ -132,7 +134,6 @@ async def feedback_summary(request: Request, name: str) -> dict[str, Any]:
 @asynccontextmanager
 async def lifespan(api: FastAPI) -> AsyncIterator[None]:
     state = api.state
-    state.media_handlers.update(media_handlers())
     state.cds = CdsHooks(
         state.plane,
         CdsStore(state.registry.store),
@@ -178,6 +179,9 @@ class InteropExtension(ServingExtension):
 
     def wrap(self, app: ASGIApp, api: FastAPI) -> ASGIApp:
         return CdsCors(app)
+
+    def media_handlers(self, settings: Settings) -> Mapping[tuple[str, bytes], MediaHandler]:
+        return media_handlers()
 
 
 extension = InteropExtension()

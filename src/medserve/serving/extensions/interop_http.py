@@ -39,17 +39,10 @@ from medserve.features.interop.fhir_output import (
     risk_assessment,
 )
 from medserve.serving.data_plane import DataPlane
-from medserve.serving.fast_path import FHIR_JSON, explain_requested, wants_fhir
 from medserve.serving.http_errors import status_for
+from medserve.serving.media import FHIR_JSON, MediaAnswer, MediaHandler, MediaRequest
 
 log = logging.getLogger(__name__)
-
-
-def _header(scope: Any, name: bytes) -> bytes | None:
-    for key, value in scope.get("headers") or []:
-        if key == name:
-            return bytes(value)
-    return None
 
 
 async def rationales(
@@ -110,13 +103,12 @@ async def fhir_handler(
     plane: DataPlane,
     name: str,
     ref: str | None,
-    raw: bytes,
+    request: MediaRequest,
     context: RequestContext,
-    scope: Any,
-) -> tuple[int, bytes, bytes]:
-    content_type = (_header(scope, b"content-type") or b"").split(b";", 1)[0].strip().lower()
-    fhir_in = content_type == FHIR_JSON
-    fhir_out = wants_fhir(_header(scope, b"accept"), scope)
+) -> MediaAnswer:
+    raw = request.body
+    fhir_in = request.content_type == FHIR_JSON
+    fhir_out = request.wants_fhir
     patients: list[PatientInput] | None = None
     try:
         model = await plane.model(name, ref)
@@ -146,7 +138,7 @@ async def fhir_handler(
             raise UnsupportedMediaTypeError(
                 "a FHIR RiskAssessment answer needs a classifier; ask for application/json"
             )
-        explain = explain_requested(scope)
+        explain = request.explain
         target = fmap.positive_class if fmap is not None else None
         reasons = (
             await matrix_rationales(plane, model, X, target) if explain else [None] * X.shape[0]
@@ -191,5 +183,5 @@ def _decode(raw: bytes, fhir_in: bool) -> Any:
         raise InvalidRequestError(message) from exc
 
 
-def media_handlers() -> dict[tuple[str, bytes], Any]:
+def media_handlers() -> dict[tuple[str, bytes], MediaHandler]:
     return {("records", FHIR_JSON): fhir_handler}

@@ -1,39 +1,23 @@
-"""HTTP extension: modalities (see serving/extensions/__init__.py for the contract).
-
-Registers the media handlers of ``medserve.serving.extensions.modalities_http``
-on the records predict
-endpoint: ``application/dicom`` and ``image/png`` for image models, ``text/plain`` for clinical
-notes and DNA sequences (FASTA). Nothing is imported from pydicom, Pillow or tokenizers until a
-request of that kind arrives, so servers without the extras start as before.
+"""The modalities extension (see ``medserve.serving.extension``): runtime flavors for image,
+text and sequence bundles, and the codecs of ``medserve.serving.extensions.modalities_http`` on
+the records predict endpoint: ``application/dicom`` and ``image/png`` for image models,
+``text/plain`` for clinical notes and DNA sequences (FASTA). Nothing is imported from pydicom,
+Pillow or tokenizers until a request of that kind arrives, so servers without the extras start
+as before.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from collections.abc import Mapping
 from pathlib import Path
-
-from fastapi import APIRouter, FastAPI
 
 from medserve.core.extensions import FlavorLoader, FlavorOptions
 from medserve.core.phi import load_or_create_salt
 from medserve.core.runtimes.base import Runtime
+from medserve.core.settings import Settings
 from medserve.serving.extension import ServingExtension
 from medserve.serving.extensions.modalities_http import media_handlers
-
-router = APIRouter()
-
-
-def _phi_salt(api: FastAPI) -> bytes:
-    """The home's PHI salt, so de-identified DICOM UIDs are stable across workers/restarts."""
-    return load_or_create_salt(api.state.settings.home)
-
-
-@asynccontextmanager
-async def lifespan(api: FastAPI) -> AsyncIterator[None]:
-
-    api.state.media_handlers.update(media_handlers(_phi_salt(api)))
-    yield
+from medserve.serving.media import MediaHandler
 
 
 class ModalitiesExtension(ServingExtension):
@@ -42,10 +26,10 @@ class ModalitiesExtension(ServingExtension):
 
     name = "modalities"
     order = 50
-    router = router
 
-    def lifespan(self, api: FastAPI) -> AbstractAsyncContextManager[None]:
-        return lifespan(api)
+    def media_handlers(self, settings: Settings) -> Mapping[tuple[str, bytes], MediaHandler]:
+        # the home's PHI salt: de-identified DICOM UIDs are stable across workers and restarts
+        return media_handlers(load_or_create_salt(settings.home))
 
     def runtime_flavors(self) -> Mapping[str, FlavorLoader]:
         return {"image": _image, "text": _text, "sequence": _sequence}

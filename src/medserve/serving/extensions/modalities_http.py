@@ -1,6 +1,7 @@
 """Media handlers for the records predict endpoint: DICOM and PNG images, plain-text notes and
-sequences (FASTA). Transport-free: they take the raw body and return ``(status, bytes, type)``;
-the serving extension registers them in ``state.media_handlers``.
+sequences (FASTA). Transport-free: they take a ``MediaRequest`` (the body, media types, query) and
+return ``(status, bytes, type)``; the modalities extension contributes them through the seam
+(``ServingExtension.media_handlers``).
 
 ``POST /v1/models/{name}/predict`` with
 
@@ -18,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import numpy as np
@@ -27,11 +27,8 @@ import orjson
 from medserve.core.context import RequestContext
 from medserve.core.errors import InvalidRequestError, UnsupportedMediaTypeError
 from medserve.serving.data_plane import DataPlane
-from medserve.serving.fast_path import explain_requested
+from medserve.serving.media import MediaAnswer, MediaHandler, MediaRequest
 
-Handler = Callable[
-    [DataPlane, str, str | None, bytes, RequestContext, Any], Awaitable[tuple[int, bytes, bytes]]
-]
 _JSON = b"application/json"
 
 
@@ -39,7 +36,7 @@ def _dump(payload: dict[str, Any]) -> bytes:
     return orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
-def image_handler(media: str, salt: bytes | None = None) -> Handler:
+def image_handler(media: str, salt: bytes | None = None) -> MediaHandler:
     """Handler for ``application/dicom`` (``media="dicom"``) or ``image/png``."""
     salt = salt or os.urandom(32)
 
@@ -47,10 +44,10 @@ def image_handler(media: str, salt: bytes | None = None) -> Handler:
         plane: DataPlane,
         name: str,
         ref: str | None,
-        raw: bytes,
+        request: MediaRequest,
         context: RequestContext,
-        scope: Any,
-    ) -> tuple[int, bytes, bytes]:
+    ) -> MediaAnswer:
+        raw = request.body
         # lazy import (optional extras: imaging, text)
         from medserve.features.modalities.image_io import read_dicom, read_png  # noqa: PLC0415
 
@@ -71,7 +68,7 @@ def image_handler(media: str, salt: bytes | None = None) -> Handler:
         X = np.array([[image]], dtype=object)
         outputs = await plane.run_model(model, X)
         response = model.records_response(outputs)
-        if explain_requested(scope):
+        if request.explain:
             explanation = await asyncio.to_thread(runtime.explain_image, image)
             response["predictions"][0]["explanation"] = explanation
         response["input"] = image.header  # de-identified summary only
@@ -101,10 +98,9 @@ async def text_handler(
     plane: DataPlane,
     name: str,
     ref: str | None,
-    raw: bytes,
+    request: MediaRequest,
     context: RequestContext,
-    scope: Any,
-) -> tuple[int, bytes, bytes]:
+) -> MediaAnswer:
     """``text/plain``: a note for a text model, FASTA or a bare sequence for a sequence model."""
     # lazy import (optional extras: imaging, text)
     from medserve.features.modalities.sequence import SequenceRuntime  # noqa: PLC0415
@@ -113,7 +109,7 @@ async def text_handler(
     from medserve.features.modalities.text_runtime import TextRuntime  # noqa: PLC0415
 
     try:
-        body = raw.decode("utf-8")
+        body = request.body.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise InvalidRequestError("a text/plain body must be UTF-8") from exc
     model = await plane.model(name, ref)
@@ -129,13 +125,13 @@ async def text_handler(
             "for text and sequence models"
         )
     response = await plane.predict_records(name, ref, {"instances": [{field: body}]}, context)
-    if explain_requested(scope):
+    if request.explain:
         explanation = await asyncio.to_thread(runtime.explain_text, body)
         response["predictions"][0]["explanation"] = explanation
     return 200, _dump(response), _JSON
 
 
-def media_handlers(salt: bytes | None = None) -> dict[tuple[str, bytes], Handler]:
+def media_handlers(salt: bytes | None = None) -> dict[tuple[str, bytes], MediaHandler]:
     return {
         ("records", b"application/dicom"): image_handler("dicom", salt),
         ("records", b"image/png"): image_handler("png", salt),
