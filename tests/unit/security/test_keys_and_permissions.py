@@ -164,3 +164,32 @@ def test_tenant_assignment_reaches_the_guard(store: SecurityStore) -> None:
         assert not guard.visible(principal, "n")
     finally:
         guard.close()
+
+
+def test_the_guard_does_its_io_off_the_event_loop(store: SecurityStore) -> None:
+    """A key lookup (cache miss) runs its SQL in a thread; a cached key runs none at all."""
+    issued = store.create_key("ehr", ["app"])
+    guard = SecurityGuard(store, ChangeCounter(store), cache_ttl_s=3600)
+    on_loop: list[str] = []
+    statements: list[str] = []
+
+    def record(*args: object) -> None:
+        statements.append(str(args[2]))
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        on_loop.append(str(args[2]).split("\n", 1)[0])
+
+    sa.event.listen(sa.engine.Engine, "before_cursor_execute", record)
+    try:
+        first = asyncio.run(guard.authenticate({"headers": _headers(issued.token)}))
+        looked_up = len(statements)
+        second = asyncio.run(guard.authenticate({"headers": _headers(issued.token)}))
+    finally:
+        sa.event.remove(sa.engine.Engine, "before_cursor_execute", record)
+        guard.close()
+    assert first == second
+    assert looked_up > 0  # the miss looked the key up ...
+    assert on_loop == []  # ... in a thread
+    assert len(statements) == looked_up  # the hit did no I/O

@@ -7,6 +7,7 @@ which empties this worker's caches, so a revoked key is refused on the next requ
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import MutableMapping
 from typing import Any
@@ -75,23 +76,54 @@ class SecurityGuard:
             self._generation = generation
 
     async def authenticate(self, scope: MutableMapping[str, Any]) -> Principal:
-        return self.authenticate_headers(scope["headers"], scope)
+        """Resolve the credential on the event loop when everything needed is cached (the
+        common case: no I/O), otherwise in a thread (a key lookup, a tenants reload or a JWKS
+        fetch does I/O); rate-limit on the loop either way."""
+        token = self._token(scope["headers"])
+        if self._cached(token):
+            principal, rate = self._resolve(token)
+        else:
+            principal, rate = await asyncio.to_thread(self._resolve, token)
+        return self._admit(principal, rate, scope)
 
     def authenticate_headers(
         self, headers: list[tuple[bytes, bytes]], scope: MutableMapping[str, Any] | None = None
     ) -> Principal:
+        principal, rate = self._resolve(self._token(headers))
+        return self._admit(principal, rate, scope)
+
+    @staticmethod
+    def _token(headers: list[tuple[bytes, bytes]]) -> str:
         token = credential_from_headers(headers)
         if token is None:
             raise AuthenticationError(
                 "missing credential: send 'Authorization: Bearer <API key or token>'"
             )
+        return token
+
+    def _cached(self, token: str) -> bool:
+        if self.counter.read() != self._generation:
+            return False
+        if token.startswith(TOKEN_PREFIX):
+            cached = self._keys.get(token)
+            return (
+                cached is not None
+                and time.monotonic() - cached[2] < self.cache_ttl_s
+                and time.time() < cached[1]
+            )
+        return self.jwt is None or self.jwt.cached(token)
+
+    def _resolve(self, token: str) -> tuple[Principal, float]:
         self._sync()
         if token.startswith(TOKEN_PREFIX):
-            principal, rate = self._api_key(token)
-        elif self.jwt is not None and token.count(".") == 2:
-            principal, rate = self.jwt.verify(token), self.default_rate_limit
-        else:
-            raise AuthenticationError("unknown, expired or revoked credential")
+            return self._api_key(token)
+        if self.jwt is not None and token.count(".") == 2:
+            return self.jwt.verify(token), self.default_rate_limit
+        raise AuthenticationError("unknown, expired or revoked credential")
+
+    def _admit(
+        self, principal: Principal, rate: float, scope: MutableMapping[str, Any] | None
+    ) -> Principal:
         if rate > 0:
             self.limiter.check(principal.key_id or principal.subject, rate)
         if scope is not None:

@@ -84,6 +84,11 @@ class JwtVerifier:
         self.tenant_claim = tenant_claim
         self._cache: dict[str, tuple[Principal, float]] = {}
 
+    def cached(self, token: str) -> bool:
+        """Whether ``token`` was verified already and is still valid (no I/O to answer it)."""
+        found = self._cache.get(token)
+        return found is not None and found[1] + self.leeway_s > time.time()
+
     def verify(self, token: str) -> Principal:
         cached = self._cache.get(token)
         if cached is not None and cached[1] + self.leeway_s > time.time():
