@@ -54,6 +54,9 @@ class Principal:
 
 
 ANONYMOUS = Principal(subject="anonymous", roles=frozenset({"admin"}))
+# Where the authenticated Principal of an HTTP request is kept in its ASGI scope (set by the guard;
+# read by the fast path and the routes, so a request is authenticated once).
+PRINCIPAL_SCOPE_KEY = "medserve.principal"
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from typing import Protocol
 
 import numpy as np
 
-from medserve.core.context import RequestContext
+from medserve.core.context import Principal, RequestContext
 
 
 @dataclass(slots=True)  # not frozen: a frozen dataclass costs ~1 µs more per request to make
@@ -32,5 +32,28 @@ class PredictionEvent:
         return [f"{self.context.request_id}-{i}" for i in range(self.inputs.shape[0])]
 
 
+@dataclass(frozen=True, slots=True)
+class RefusalEvent:
+    """A prediction request answered with an error (refused or failed): what the audit trail
+    keeps of it. ``principal`` is ``None`` when the caller was not authenticated."""
+
+    request_id: str
+    protocol: str
+    model: str
+    ref: str | None
+    status: int
+    code: str
+    principal: Principal | None
+    client: str | None
+    patient_id: str | None  # as sent: an observer keeps a salted hash at most
+    method: str
+    path: str
+
+
 class PredictionObserver(Protocol):
+    """Told of every prediction request before its answer is sent: the pipeline's observe
+    step. Both calls run on the event loop and must only enqueue."""
+
     def on_prediction(self, event: PredictionEvent) -> None: ...
+
+    def on_refusal(self, event: RefusalEvent) -> None: ...

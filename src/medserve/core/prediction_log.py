@@ -49,7 +49,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from medserve.core import metrics
 from medserve.core.context import now_us, request_id_time_us
 from medserve.core.errors import StoreError
-from medserve.core.events import PredictionEvent
+from medserve.core.events import PredictionEvent, RefusalEvent
 from medserve.core.monitoring_config import MonitoringSettings
 from medserve.core.phi import deidentify_text, pseudonymize
 from medserve.core.registry.signature import Signature
@@ -240,6 +240,9 @@ class PredictionLog:
         self._thread.start()
 
     # -- hot path ---------------------------------------------------------------------------
+    def on_refusal(self, event: RefusalEvent) -> None:
+        """Nothing refused is logged: the log holds predictions that were answered."""
+
     def on_prediction(self, event: PredictionEvent) -> None:
         rows = event.inputs.shape[0]
         queued = self._in_rows - self._out_rows

@@ -15,7 +15,7 @@ import numpy as np
 from medserve import __version__
 from medserve.core.context import RequestContext, local_context
 from medserve.core.errors import InvalidRequestError, ModelLoadError, ModelUnavailableError
-from medserve.core.events import PredictionEvent, PredictionObserver
+from medserve.core.events import PredictionEvent, PredictionObserver, RefusalEvent
 from medserve.core.loaded_model import LoadedModel
 from medserve.serving.batching import AdaptiveBatcher
 from medserve.serving.metrics import ModelMetrics
@@ -109,6 +109,11 @@ class DataPlane:
             for observer in self.observers:
                 observer.on_prediction(event)
         return latency
+
+    def refused(self, event: RefusalEvent) -> None:
+        """The observe step of a request answered with an error."""
+        for observer in self.observers:
+            observer.on_refusal(event)
 
     async def run_model(self, model: LoadedModel, X: np.ndarray) -> dict[str, np.ndarray]:
         """Predict an already-validated matrix (batched when the version asks for it); for

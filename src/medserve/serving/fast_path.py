@@ -16,7 +16,7 @@ from urllib.parse import parse_qs
 import orjson
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from medserve.core.context import RequestContext, made_request_id
+from medserve.core.context import PRINCIPAL_SCOPE_KEY, RequestContext, made_request_id
 from medserve.core.errors import (
     InvalidRequestError,
     MedserveError,
@@ -24,6 +24,7 @@ from medserve.core.errors import (
     RateLimitedError,
     UnsupportedMediaTypeError,
 )
+from medserve.core.events import RefusalEvent
 from medserve.serving import metrics
 from medserve.serving.data_plane import DataPlane
 from medserve.serving.http_errors import status_for
@@ -32,7 +33,20 @@ from medserve.serving.media import FHIR_JSON, MediaHandler, MediaRequest
 log = logging.getLogger(__name__)
 
 
-def match_hot_path(method: str, path: str) -> tuple[str, str, str | None] | None:
+HOT_PATH_SCOPE_KEY = "medserve.hot_path"
+HotPath = tuple[str, str, str | None]
+
+
+def hot_path_of(scope: Scope) -> HotPath | None:
+    """The request's hot-path match, made once per request and kept in its scope (the security
+    middleware and the fast path both need it)."""
+    if HOT_PATH_SCOPE_KEY not in scope:
+        scope[HOT_PATH_SCOPE_KEY] = match_hot_path(scope["method"], scope["path"])
+    found: HotPath | None = scope[HOT_PATH_SCOPE_KEY]
+    return found
+
+
+def match_hot_path(method: str, path: str) -> HotPath | None:
     """``(protocol, model, version-or-alias)`` for a hot endpoint, else None."""
     if method != "POST":
         return None
@@ -143,7 +157,7 @@ class HotPathApp:
         if scope["type"] != "http":
             await self.fallback(scope, receive, send)
             return
-        matched = match_hot_path(scope["method"], scope["path"])
+        matched = hot_path_of(scope)
         if matched is None:
             await self.fallback(scope, receive, send)
             return
@@ -225,6 +239,7 @@ class HotPathApp:
         except MedserveError as exc:
             status = status_for(exc)
             metrics.record_error(name, ref or "production", protocol, status, exc.code)
+            self._refused(scope, matched, rid, status, exc.code, patient)
             if isinstance(exc, RateLimitedError):
                 extra.append((b"retry-after", str(max(1, math.ceil(exc.retry_after_s))).encode()))
             await send_json(send, status, error_body(exc), extra)
@@ -232,8 +247,37 @@ class HotPathApp:
         except Exception:
             log.exception("prediction failed (request %s)", rid)
             metrics.record_error(name, ref or "production", protocol, 500, "internal")
+            self._refused(scope, matched, rid, 500, "internal", patient)
             await send_json(
                 send, 500, b'{"error":"internal error while predicting","code":"internal"}', extra
             )
             return
         await send_json(send, 200, orjson.dumps(result, option=orjson.OPT_SERIALIZE_NUMPY), extra)
+
+    def _refused(
+        self,
+        scope: Scope,
+        matched: HotPath,
+        request_id: str,
+        status: int,
+        code: str,
+        patient: bytes | None,
+    ) -> None:
+        """The observe step of an error answer (audit): one place for successes and failures."""
+        client = scope.get("client")
+        plane: DataPlane = self.state.plane
+        plane.refused(
+            RefusalEvent(
+                request_id=request_id,
+                protocol=matched[0],
+                model=matched[1],
+                ref=matched[2],
+                status=status,
+                code=code,
+                principal=scope.get(PRINCIPAL_SCOPE_KEY),
+                client=client[0] if client else None,
+                patient_id=_header_text(patient),
+                method=scope["method"],
+                path=scope["path"],
+            )
+        )

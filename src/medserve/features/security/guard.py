@@ -12,7 +12,7 @@ import time
 from collections.abc import MutableMapping
 from typing import Any
 
-from medserve.core.context import Principal
+from medserve.core.context import PRINCIPAL_SCOPE_KEY, Principal
 from medserve.core.errors import AuthenticationError
 from medserve.features.security.keys import TOKEN_PREFIX, ApiKey, ChangeCounter, SecurityStore
 from medserve.features.security.oidc import JwtVerifier
@@ -20,7 +20,6 @@ from medserve.features.security.permissions import check, model_visible
 from medserve.features.security.ratelimit import RateLimiter
 
 _CACHE_MAX = 10_000
-PRINCIPAL_SCOPE_KEY = "medserve.principal"
 
 
 def credential_from_headers(headers: list[tuple[bytes, bytes]]) -> str | None:

@@ -18,11 +18,16 @@ from fastapi import APIRouter, Body, FastAPI, Request
 from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from medserve.core.context import ANONYMOUS, Principal, RequestContext, made_request_id
+from medserve.core.context import (
+    ANONYMOUS,
+    PRINCIPAL_SCOPE_KEY,
+    Principal,
+    RequestContext,
+    made_request_id,
+)
 from medserve.core.settings import Settings
 from medserve.core.store.feedback import CdsStore
 from medserve.features.interop.cds_hooks import CdsHooks, CdsService
-from medserve.features.security.guard import PRINCIPAL_SCOPE_KEY
 from medserve.serving.extension import ServingExtension
 from medserve.serving.extensions.interop_http import media_handlers, rationales
 from medserve.serving.extensions.security import ACTION_SCOPE_KEY, visible

@@ -19,7 +19,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, FastAPI, Request
 from pydantic import BaseModel, Field
 
-from medserve.core.context import ANONYMOUS, Principal
+from medserve.core.context import ANONYMOUS, PRINCIPAL_SCOPE_KEY, Principal
 from medserve.core.errors import AuthenticationError, InvalidRequestError, MedserveError
 from medserve.core.extensions import RegistryHandler
 from medserve.core.monitoring_config import MonitoringSettings
@@ -30,7 +30,6 @@ from medserve.core.store.monitoring import MonitoringStore
 from medserve.features.explain.service import service_for
 from medserve.features.monitoring.reference import on_version_registered
 from medserve.features.monitoring.runner import run_model
-from medserve.features.security.guard import PRINCIPAL_SCOPE_KEY
 from medserve.serving.extension import ServingExtension
 from medserve.serving.extensions.security import AUDITED_SCOPE_KEY
 from medserve.serving.params import IsoDateTime

@@ -28,7 +28,7 @@ from pydantic import BaseModel, Field
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from medserve.core.audit import AuditEntry, AuditLog
-from medserve.core.context import Principal
+from medserve.core.context import PRINCIPAL_SCOPE_KEY, Principal
 from medserve.core.errors import (
     AuthenticationError,
     InvalidRequestError,
@@ -36,15 +36,15 @@ from medserve.core.errors import (
     PermissionDeniedError,
     RateLimitedError,
 )
-from medserve.core.events import PredictionEvent
+from medserve.core.events import PredictionEvent, RefusalEvent
 from medserve.core.phi import deidentify_text, load_or_create_salt, pseudonymize
 from medserve.core.settings import Settings
-from medserve.features.security.guard import PRINCIPAL_SCOPE_KEY, SecurityGuard
+from medserve.features.security.guard import SecurityGuard
 from medserve.features.security.keys import ApiKey, ChangeCounter, SecurityStore
 from medserve.features.security.oidc import JwksSource, JwtVerifier
 from medserve.features.security.permissions import ROLES
 from medserve.serving.extension import ServingExtension
-from medserve.serving.fast_path import match_hot_path
+from medserve.serving.fast_path import hot_path_of
 from medserve.serving.http_errors import status_for
 from medserve.serving.params import IsoDateTime
 
@@ -180,7 +180,7 @@ class SecurityMiddleware:
             await self.app(scope, receive, send_plain)
             return
 
-        hot = match_hot_path(scope["method"], path)
+        hot = hot_path_of(scope)  # the fast path authenticates, authorizes and audits those
         if hot is None:
             try:
                 await self.state.guard.authenticate(scope)
@@ -196,10 +196,7 @@ class SecurityMiddleware:
                 status = int(message["status"])
                 if status == 401:
                     headers.append((b"www-authenticate", b'Bearer realm="medserve"'))
-                if hot is not None:
-                    if status != 200:  # successes are audited by the prediction observer
-                        audit.enqueue(self._entry(scope, status, "predict", hot[1], hot[2], path))
-                else:
+                if hot is None:
                     action, model, version, template = scope.get(
                         ACTION_SCOPE_KEY, ("access", None, None, None)
                     )
@@ -274,6 +271,24 @@ class AuditObserver:
 
     def on_prediction(self, event: PredictionEvent) -> None:
         self.audit.enqueue_packed(self.record, event)
+
+    def on_refusal(self, event: RefusalEvent) -> None:
+        principal = event.principal
+        patient = event.patient_id
+        self.audit.enqueue(
+            AuditEntry(
+                actor=principal.subject if principal else "unauthenticated",
+                key_id=principal.key_id if principal else None,
+                action="predict",
+                model=event.model,
+                version=event.ref,
+                client=event.client,
+                outcome=event.status,
+                request_id=event.request_id,
+                patient_hash=pseudonymize(patient, salt=self.salt) if patient else None,
+                detail=f"{event.method} {deidentify_text(event.path)}",
+            )
+        )
 
     def record(self, event: PredictionEvent, at: str) -> list[Any]:
         """The packed entry: ``at`` and the audit fields, in ``audit._FIELDS`` order."""

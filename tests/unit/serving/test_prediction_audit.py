@@ -1,0 +1,79 @@
+"""The prediction pipeline's observe step audits every answer of the prediction endpoints, the
+successes and the refusals alike, once each (no second entry from the security middleware)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from tests.unit.serving.inprocess_app import (
+    MODEL,
+    copy_home,
+    create_key,
+    make_template,
+    records,
+    registry_at,
+    serve,
+)
+
+from medserve.core.audit import AuditLog
+from medserve.core.phi import load_or_create_salt, pseudonymize
+
+
+@pytest.fixture(scope="module")
+def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_template(tmp_path_factory.mktemp("audit-template") / "home")
+
+
+@pytest.fixture
+def home(template: Path, tmp_path: Path) -> Path:
+    return copy_home(template, tmp_path / "home")
+
+
+def _entries(home: Path) -> dict[str, list[dict[str, object]]]:
+    by_request: dict[str, list[dict[str, object]]] = {}
+    with registry_at(home) as registry:
+        audit = AuditLog(registry.store.engine)  # type: ignore[attr-defined]
+        for entry in audit.entries(limit=1000):
+            by_request.setdefault(str(entry["request_id"]), []).append(entry)
+    return by_request
+
+
+def test_successes_and_refusals_of_predictions_are_audited_once(home: Path) -> None:
+    headers = create_key(home, ["app"])
+    path = f"/v1/models/{MODEL}/predict"
+    good = {"instances": records(1)}
+    bad = {"instances": [{**records(1)[0], "mean radius": "wide"}]}
+    with serve(home, security=True) as (client, _):
+        answers = {
+            "ok-1": client.post(path, json=good, headers={**headers, "X-Request-ID": "ok-1"}),
+            "no-key-1": client.post(path, json=good, headers={"X-Request-ID": "no-key-1"}),
+            "invalid-1": client.post(
+                path,
+                json=bad,
+                headers={**headers, "X-Request-ID": "invalid-1", "X-Patient-ID": "MRN-0042"},
+            ),
+            "missing-1": client.post(
+                "/v1/models/no-such-model/predict",
+                json=good,
+                headers={**headers, "X-Request-ID": "missing-1"},
+            ),
+        }
+    assert {rid: r.status_code for rid, r in answers.items()} == {
+        "ok-1": 200,
+        "no-key-1": 401,
+        "invalid-1": 422,
+        "missing-1": 404,
+    }
+    entries = _entries(home)
+    for rid, answer in answers.items():
+        assert len(entries.get(rid, [])) == 1, (rid, entries.get(rid))
+        [entry] = entries[rid]
+        assert entry["action"] == "predict"
+        assert entry["outcome"] == answer.status_code
+    assert entries["no-key-1"][0]["actor"] == "unauthenticated"
+    assert entries["invalid-1"][0]["actor"] == "key:test"
+    assert entries["missing-1"][0]["model"] == "no-such-model"
+    salt = load_or_create_salt(home)
+    assert entries["invalid-1"][0]["patient_hash"] == pseudonymize("MRN-0042", salt=salt)
+    assert "MRN-0042" not in str(entries)
