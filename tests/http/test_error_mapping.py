@@ -192,16 +192,6 @@ def test_405_lists_the_paths_methods_in_allow(
     assert response.headers["allow"] == allow
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "faces/app.py _allowed_methods only looks at top-level APIRoute entries of "
-        "app.router.routes; FastAPI (0.165) keeps each extension's included router as one "
-        "_IncludedRouter entry, and the docs routes are plain Starlette Routes, so a 405 on "
-        "an extension's (or a docs) path answers an empty Allow header (RFC 9110 15.5.6: a "
-        "405 MUST list the methods the resource supports)"
-    ),
-)
 @pytest.mark.parametrize(
     ("method", "path", "allow"),
     [
@@ -261,15 +251,6 @@ def test_a_body_under_the_limit_is_served(served: Served) -> None:
     assert len(response.json()["predictions"]) == 10
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "MEDSERVE_MAX_BODY_BYTES ('Largest request body accepted; larger bodies get 413 before "
-        "they are parsed', core/settings.py; README: 'Body limit (MEDSERVE_MAX_BODY_BYTES, 413)') "
-        "is enforced only by the fast path: the FastAPI routes (explain, outcomes, CDS Hooks, "
-        "keys) read and parse a body of any size"
-    ),
-)
 @pytest.mark.parametrize(
     "path", [f"/v1/models/{MODEL}/explain", "/v1/outcomes"], ids=["explain", "outcomes"]
 )
@@ -283,6 +264,12 @@ def test_413_for_a_body_over_the_limit_on_the_other_routes(served: Served, path:
     assert len(json.dumps(body, separators=(",", ":"))) > MAX_BODY
     response = served.client.post(path, json=body, headers=served.keys["admin"])
     error_of(response, 413, "payload_too_large")
+    # streamed without a length: cut off once past the limit, not read whole
+    raw = json.dumps(body).encode()
+    chunks = iter([raw[i : i + 4096] for i in range(0, len(raw), 4096)])
+    headers = {**served.keys["admin"], "content-type": "application/json"}
+    streamed = served.client.post(path, content=chunks, headers=headers)
+    error_of(streamed, 413, "payload_too_large")
 
 
 # -- 415 ----------------------------------------------------------------------------------------

@@ -139,11 +139,12 @@ class Served:
 
 def api_of(app: Any) -> FastAPI:
     """The FastAPI app inside ``create_app``'s result: under the extensions' middleware
-    (outermost first) and the fast path."""
+    (outermost first), the fast path and the body limit."""
     while not isinstance(app, HotPathApp):
         app = app.app
     api = app.fallback
-    assert isinstance(api, FastAPI)
+    while not isinstance(api, FastAPI):
+        api = api.app
     return api
 
 

@@ -11,7 +11,7 @@ import orjson
 from fastapi import Body, Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
-from fastapi.routing import APIRoute
+from fastapi.routing import iter_route_contexts
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp
 
@@ -25,7 +25,7 @@ from medserve.serving import metrics
 from medserve.serving.data_plane import DataPlane
 from medserve.serving.extension import serving_extensions
 from medserve.serving.extensions import security as security_ext
-from medserve.serving.fast_path import HotPathApp, match_hot_path
+from medserve.serving.fast_path import BodyLimit, HotPathApp, match_hot_path
 from medserve.serving.guard import OpenGuard
 from medserve.serving.http_errors import code_for_status, document_errors, status_for
 from medserve.serving.model_manager import ModelManager
@@ -70,11 +70,13 @@ def error_statuses(method: str, path: str, operation: dict[str, Any]) -> list[in
 
 
 def _allowed_methods(request: Request) -> list[str]:
-    """Every method some route serves at this request's path (for the Allow of a 405)."""
+    """Every method some route serves at this request's path (for the Allow of a 405): the
+    extensions' included routers and the docs routes count too."""
     path = request.scope["path"]
     methods: set[str] = set()
-    for route in request.app.router.routes:
-        if isinstance(route, APIRoute) and route.methods and route.path_regex.match(path):
+    for route in iter_route_contexts(request.app.router.routes):
+        regex = getattr(route, "path_regex", None)
+        if route.methods and regex is not None and regex.match(path):
             methods |= route.methods
     return sorted(methods)
 
@@ -315,7 +317,8 @@ def create_app(settings: Settings | None = None) -> ASGIApp:
     """The API behind the prediction fast path, wrapped in each extension's middleware."""
     settings = settings or Settings()
     api = create_api(settings)
-    app: ASGIApp = HotPathApp(api, api.state, settings.max_body_bytes)
+    bounded = BodyLimit(api, settings.max_body_bytes)
+    app: ASGIApp = HotPathApp(bounded, api.state, settings.max_body_bytes)
     for extension in serving_extensions():
         app = extension.wrap(app, api)
     return app

@@ -27,7 +27,7 @@ _STATUS: list[tuple[type[errors.MedserveError], int]] = [
 ]
 
 # Stable codes for the errors the HTTP framework raises itself (unknown path, wrong method).
-_FRAMEWORK_CODES = {404: "not_found", 405: "method_not_allowed"}
+_FRAMEWORK_CODES = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
 
 
 def status_for(exc: errors.MedserveError) -> int:
