@@ -4,10 +4,10 @@ Starts ``medserve serve`` (governance on, as deployed and as ``benchmarks.govern
 'on' side: API key, hash-chained audit, prediction log; 2 workers) and the raw-ASGI floor
 (``benchmarks/raw_asgi.py``: medserve's uvicorn settings and worker count, the very ONNX file
 medserve serves, one intra-op thread), both on 127.0.0.1. wrk loads one, then the other, in each
-round (the benchmarks' single-row v2 body, c=32, ``--seconds`` each), the order reversed every
-round; ``--restarts N`` starts N server pairs in turn. The figure is medserve's req/s over the
-floor's in the same round: the median over every round of every pair, with the two-stage (pairs,
-then rounds) 95% bootstrap interval of ``benchmarks.governance``.
+round (a single-row v2 body, one tensor per feature by default, c=32, ``--seconds`` each), the
+order reversed every round; ``--restarts N`` starts N server pairs in turn. The figure is
+medserve's req/s over the floor's in the same round: the median over every round of every pair,
+with the two-stage (pairs, then rounds) 95% bootstrap interval of ``benchmarks.governance``.
 
 Before any load both servers answer the same body, and their probabilities must agree: a floor
 that computed something else would make the ratio meaningless.
@@ -29,7 +29,7 @@ from pathlib import Path
 
 from benchmarks.governance import _Bench, _measure, _median_interval
 from benchmarks.procs import BenchError, auth_headers, free_port, running
-from benchmarks.servers import CACHE, ROOT, Medserve, v2_body
+from benchmarks.servers import CACHE, ROOT, Medserve, v2_body, v2_feature_body
 from benchmarks.training import LR, MODEL_NAMES, load_data
 from benchmarks.wrk import Load, ensure_wrk
 
@@ -140,6 +140,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--cpu", action="store_true", help="CPU µs per request, per worker thread (Linux)"
     )
+    parser.add_argument(
+        "--layout",
+        choices=["features", "matrix"],
+        default="features",
+        help="v2 body: one tensor per feature (as medserve's metadata asks; default) or one "
+        "[1, F] matrix tensor",
+    )
     parser.set_defaults(profile=None)  # read by benchmarks.governance._measure
     args = parser.parse_args(argv)
     if args.rounds < 1 or args.restarts < 1 or args.seconds <= 0:
@@ -153,8 +160,9 @@ def main(argv: list[str] | None = None) -> int:
     x, _ = load_data()
     body_dir = CACHE / "work" / "floor-ratio"
     body_dir.mkdir(parents=True, exist_ok=True)
-    body = body_dir / "one-row.json"
-    body.write_bytes(v2_body(x.iloc[:1]))
+    body = body_dir / f"one-row-{args.layout}.json"
+    make_body = v2_feature_body if args.layout == "features" else v2_body
+    body.write_bytes(make_body(x.iloc[:1]))
     bench = _Bench(args, wrk, body, server, [args.model], SIDES, {})
     results: dict[tuple[int, int, str], float] = {}
     for restart in range(args.restarts):

@@ -59,6 +59,21 @@ def v2_body(rows: Any) -> bytes:
     return json.dumps({"inputs": [tensor]}).encode()
 
 
+def v2_feature_body(rows: Any) -> bytes:
+    """Open Inference Protocol v2 as medserve's model metadata asks for it: one FP32 tensor [n]
+    per feature, named after the feature."""
+    tensors = [
+        {
+            "name": str(name),
+            "shape": [len(rows)],
+            "datatype": "FP32",
+            "data": [float(v) for v in rows[name].to_numpy(dtype="float32")],
+        }
+        for name in rows.columns
+    ]
+    return json.dumps({"inputs": tensors}).encode()
+
+
 def records_body(rows: Any) -> bytes:
     """medserve records API: feature names as sklearn's frame has them ("mean radius"...)."""
     return json.dumps({"instances": rows.to_dict(orient="records")}).encode()
