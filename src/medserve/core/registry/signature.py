@@ -402,6 +402,7 @@ class Validator:
             raise InvalidRequestError("a signature's input names must be unique")
         self.source = inputs
         self.feature_names = names
+        self.position = {name: i for i, name in enumerate(names)}
         self.n_features = len(names)
         self.all_numeric = all(f.type != "string" for f in inputs)
         self.dtype: np.dtype[Any] = np.dtype(np.float32 if self.all_numeric else object)
@@ -772,6 +773,14 @@ class Validator:
             if checked is not None:
                 return checked
         return self.columns_to_matrix({f.name: array[:, f.index] for f in self._fields})
+
+    def checked_numeric(self, array: np.ndarray) -> np.ndarray | None:
+        """A numeric ``[n, F]`` matrix in signature order as the model matrix when every value
+        passes (``None`` otherwise, or when the signature is not all numeric: the caller then
+        validates the general way, which explains the problems)."""
+        if not self._matrix_fast:
+            return None
+        return self._check_numeric_matrix(array)
 
     def _check_numeric_matrix(self, array: np.ndarray) -> np.ndarray | None:
         """The float32 matrix if every value passes, else None (the caller then explains)."""
