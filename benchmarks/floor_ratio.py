@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
         help="v2 body: one tensor per feature (as medserve's metadata asks; default) or one "
         "[1, F] matrix tensor",
     )
-    parser.set_defaults(profile=None)  # read by benchmarks.governance._measure
+    parser.add_argument("--profile", type=Path, help="py-spy the workers here (each side)")
     args = parser.parse_args(argv)
     if args.rounds < 1 or args.restarts < 1 or args.seconds <= 0:
         parser.error("--rounds and --restarts must be at least 1, --seconds above 0")

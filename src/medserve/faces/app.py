@@ -36,6 +36,7 @@ INFER_EXAMPLE = {
     "inputs": [{"name": "input", "shape": [1, 3], "datatype": "FP32", "data": [1.0, 2.0, 3.0]}],
 }
 RECORDS_EXAMPLE = {"instances": [{"feature_a": 1.0, "feature_b": "x"}]}
+METRICS_FLUSH_S = 1.0  # how far /metrics may lag behind another worker's requests
 # The not-ready answer of the readiness probes: the same body as 200, with ready false.
 NOT_READY: dict[int | str, dict[str, Any]] = {503: {"description": "Not ready"}}
 
@@ -119,6 +120,7 @@ def create_api(settings: Settings) -> FastAPI:
             async with AsyncExitStack() as stack:
                 for extension in serving_extensions():
                     await stack.enter_async_context(extension.lifespan(api))
+                stack.enter_context(metrics.flushing(METRICS_FLUSH_S))
                 tune_gc()
                 yield
         finally:

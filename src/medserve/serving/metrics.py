@@ -1,12 +1,19 @@
 """Prometheus metrics for serving, labelled by model and version.
 
 With several worker processes the server sets ``PROMETHEUS_MULTIPROC_DIR`` so that ``/metrics``
-aggregates every worker (prometheus-client's multiprocess mode).
+aggregates every worker (prometheus-client's multiprocess mode). There every increment writes a
+memory-mapped file, so the per-request counts are kept in plain integers (bucketed the way a
+Histogram buckets them) and flushed into the Prometheus objects once a second by the server, and
+by ``render`` before it reads them: ``/metrics`` is at most a second behind for other workers.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
+from bisect import bisect_left
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from prometheus_client import REGISTRY as DEFAULT_REGISTRY
@@ -44,26 +51,74 @@ ERRORS = Counter(
 )
 
 
+PROTOCOLS = ("v2", "records")
+_ALL: list[ModelMetrics] = []
+
+
 @dataclass
 class ModelMetrics:
-    """Children resolved once per (model, version): ``labels()`` is too slow per request."""
+    """Children resolved once per (model, version) (``labels()`` is too slow per request), and
+    the counts of the requests since the last flush."""
 
     model: str
     version: str
-    _latency: dict[str, object] = field(default_factory=dict)
+    _pending: dict[str, list[float]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.rows = ROWS.labels(self.model, self.version)
         self.batch = BATCH_SIZE.labels(self.model, self.version)
-        self.ok = {
-            p: REQUESTS.labels(self.model, self.version, p, "200") for p in ("v2", "records")
-        }
-        self.latency = {p: LATENCY.labels(self.model, self.version, p) for p in ("v2", "records")}
+        self.ok = {p: REQUESTS.labels(self.model, self.version, p, "200") for p in PROTOCOLS}
+        self.latency = {p: LATENCY.labels(self.model, self.version, p) for p in PROTOCOLS}
+        # per protocol: [requests, rows, latency sum, count per bucket (the last is +Inf)...]
+        self._pending = {p: [0, 0, 0.0] + [0] * (len(LATENCY_BUCKETS) + 1) for p in PROTOCOLS}
+        _ALL.append(self)
 
     def observe(self, protocol: str, seconds: float, rows: int) -> None:
-        self.ok[protocol].inc()
-        self.latency[protocol].observe(seconds)
-        self.rows.inc(rows)
+        pending = self._pending[protocol]
+        pending[0] += 1
+        pending[1] += rows
+        pending[2] += seconds
+        pending[3 + bisect_left(LATENCY_BUCKETS, seconds)] += 1
+
+    def flush(self) -> None:
+        """Move the pending counts into the Prometheus objects (their files, with workers)."""
+        for protocol, pending in self._pending.items():
+            if not pending[0]:
+                continue
+            self.ok[protocol].inc(pending[0])
+            self.rows.inc(pending[1])
+            histogram = self.latency[protocol]
+            histogram._sum.inc(pending[2])  # as Histogram.observe does, a bucket at a time
+            for i, count in enumerate(pending[3:]):
+                if count:
+                    histogram._buckets[i].inc(count)
+            self._pending[protocol] = [0, 0, 0.0] + [0] * (len(LATENCY_BUCKETS) + 1)
+
+
+def flush() -> None:
+    """Flush every model's pending counts (the server calls this once a second)."""
+    for model_metrics in _ALL:
+        model_metrics.flush()
+
+
+@contextmanager
+def flushing(interval_s: float) -> Iterator[None]:
+    """Flush every ``interval_s`` on the running event loop (where the counts are made), and
+    once more at the end."""
+    loop = asyncio.get_running_loop()
+    handle: asyncio.TimerHandle | None = None
+
+    def tick() -> None:
+        nonlocal handle
+        flush()
+        handle = loop.call_later(interval_s, tick)
+
+    handle = loop.call_later(interval_s, tick)
+    try:
+        yield
+    finally:
+        handle.cancel()
+        flush()
 
 
 def record_error(model: str, version: str, protocol: str, status: int, code: str) -> None:
@@ -72,6 +127,7 @@ def record_error(model: str, version: str, protocol: str, status: int, code: str
 
 
 def render() -> bytes:
+    flush()
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]

@@ -1,0 +1,73 @@
+"""Per-request metrics are counted in plain integers and flushed into Prometheus: after a flush
+the exported samples equal what observing each request directly would have exported."""
+
+from __future__ import annotations
+
+import asyncio
+
+from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client.parser import text_string_to_metric_families
+
+from medserve.serving import metrics
+
+
+def _samples(name: str, model: str) -> dict[tuple[str, str], float]:
+    text = metrics.render().decode()
+    found: dict[tuple[str, str], float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = sample.labels
+            if (
+                sample.name.startswith(name)
+                and labels.get("model") == model
+                and labels.get("protocol", "v2") == "v2"
+            ):
+                found[(sample.name, sample.labels.get("le", ""))] = sample.value
+    return found
+
+
+def test_flushed_counts_equal_direct_observation() -> None:
+    model = metrics.ModelMetrics("buffered-model", "1")
+    latencies = [0.0001, 0.0005, 0.0007, 0.003, 0.003, 0.02, 4.0]
+    for seconds in latencies:
+        model.observe("v2", seconds, rows=2)
+    assert model.ok["v2"]._value.get() == 0  # nothing written per request
+    reference = Histogram(
+        "reference_seconds", "d", buckets=metrics.LATENCY_BUCKETS, registry=CollectorRegistry()
+    )
+    for seconds in latencies:
+        reference.observe(seconds)
+    exported = _samples("medserve_request_duration_seconds", "buffered-model")  # render flushes
+    expected = {
+        (
+            s.name.replace("reference_seconds", "medserve_request_duration_seconds"),
+            s.labels.get("le", ""),
+        ): s.value
+        for s in reference.collect()[0].samples
+        if not s.name.endswith("_created")
+    }
+    assert {k: v for k, v in exported.items() if not k[0].endswith("_created")} == expected
+    assert _samples("medserve_rows_total", "buffered-model") == {("medserve_rows_total", ""): 14}
+    assert model.ok["v2"]._value.get() == len(latencies)
+
+
+def test_the_server_flushes_on_its_event_loop() -> None:
+    model = metrics.ModelMetrics("ticking-model", "1")
+
+    async def run() -> float:
+        with metrics.flushing(0.01):
+            model.observe("records", 0.001, rows=1)
+            loop = asyncio.get_running_loop()
+            flushed = loop.create_future()
+
+            def check() -> None:
+                if model.ok["records"]._value.get() == 1:
+                    flushed.set_result(None)
+                else:
+                    loop.call_soon(check)
+
+            check()
+            await asyncio.wait_for(flushed, timeout=10)
+        return float(model.ok["records"]._value.get())
+
+    assert asyncio.run(run()) == 1
