@@ -29,6 +29,7 @@ from medserve.serving.fast_path import BodyLimit, HotPathApp, match_hot_path
 from medserve.serving.guard import OpenGuard
 from medserve.serving.http_errors import code_for_status, document_errors, status_for
 from medserve.serving.model_manager import ModelManager
+from medserve.serving.resources import Resources, resources_of
 from medserve.serving.server import tune_gc
 
 INFER_EXAMPLE = {
@@ -97,6 +98,8 @@ def document_security(openapi: dict[str, Any]) -> None:
 
 
 def create_api(settings: Settings) -> FastAPI:
+    resources = Resources()  # filled in the lifespan; the one attribute of app.state
+
     @asynccontextmanager
     async def lifespan(api: FastAPI) -> AsyncIterator[None]:
         registry = Registry.open(settings, run_migrations=settings.migrate_on_start)
@@ -107,11 +110,11 @@ def create_api(settings: Settings) -> FastAPI:
             intra_op_threads=settings.onnx_intra_op_threads,
         )
         manager.start(settings.reload_interval_s)
-        api.state.settings = settings
-        api.state.registry = registry
-        api.state.plane = DataPlane(manager)
-        api.state.guard = OpenGuard()
-        api.state.media_handlers = {
+        resources.settings = settings
+        resources.registry = registry
+        resources.plane = DataPlane(manager)
+        resources.guard = OpenGuard()
+        resources.media_handlers = {
             key: handler
             for extension in serving_extensions()
             for key, handler in extension.media_handlers(settings).items()
@@ -119,7 +122,7 @@ def create_api(settings: Settings) -> FastAPI:
         try:
             async with AsyncExitStack() as stack:
                 for extension in serving_extensions():
-                    await stack.enter_async_context(extension.lifespan(api))
+                    await stack.enter_async_context(extension.lifespan(resources))
                 stack.enter_context(metrics.flushing(METRICS_FLUSH_S))
                 tune_gc()
                 yield
@@ -136,6 +139,7 @@ def create_api(settings: Settings) -> FastAPI:
         # Every route is authorized by action group (see serving/extensions/security.py).
         dependencies=[Depends(security_ext.authorize_route)],
     )
+    api.state.resources = resources
 
     default_openapi = api.openapi
 
@@ -150,12 +154,10 @@ def create_api(settings: Settings) -> FastAPI:
     api.openapi = openapi_with_errors  # type: ignore[method-assign]
 
     def plane(request: Request) -> DataPlane:
-        result: DataPlane = request.app.state.plane
-        return result
+        return resources_of(request).plane
 
     def registry_of(request: Request) -> Registry:
-        result: Registry = request.app.state.registry
-        return result
+        return resources_of(request).registry
 
     @api.exception_handler(MedserveError)
     async def _domain_error(_: Request, exc: MedserveError) -> Response:
@@ -320,9 +322,10 @@ def create_app(settings: Settings | None = None) -> ASGIApp:
     settings = settings or Settings()
     api = create_api(settings)
     bounded = BodyLimit(api, settings.max_body_bytes)
-    app: ASGIApp = HotPathApp(bounded, api.state, settings.max_body_bytes)
+    resources: Resources = api.state.resources
+    app: ASGIApp = HotPathApp(bounded, resources, settings.max_body_bytes)
     for extension in serving_extensions():
-        app = extension.wrap(app, api)
+        app = extension.wrap(app, resources)
     return app
 
 

@@ -8,29 +8,31 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
-from fastapi import APIRouter, FastAPI
+from fastapi import APIRouter
 from starlette.types import ASGIApp
 
 from medserve.core.extensions import Extension, extensions
 from medserve.core.settings import Settings
 from medserve.serving.media import MediaHandler
+from medserve.serving.resources import Resources
 
 
 class ServingExtension(Extension):
     """An extension that serves: override what it contributes.
 
-    ``lifespan(api)`` may read ``api.state`` (``settings``, ``registry``, ``plane``, ``guard``,
-    ``media_handlers``) and add its own resources there; lifespans are entered in ``order``.
+    ``lifespan(resources)`` may use the server's typed resources (``settings``, ``registry``,
+    ``plane``, ``guard``) and provide its own under a ``ResourceKey``; lifespans are entered in
+    ``order``.
     ``wrap`` builds middleware around the app, the lowest ``order`` innermost. ``media_handlers``
     are the codecs the prediction endpoints use for bodies that are not plain JSON.
     """
 
     router: APIRouter | None = None
 
-    def lifespan(self, api: FastAPI) -> AbstractAsyncContextManager[None]:
+    def lifespan(self, resources: Resources) -> AbstractAsyncContextManager[None]:
         return _nothing()
 
-    def wrap(self, app: ASGIApp, api: FastAPI) -> ASGIApp:
+    def wrap(self, app: ASGIApp, resources: Resources) -> ASGIApp:
         return app
 
     def media_handlers(self, settings: Settings) -> Mapping[tuple[str, bytes], MediaHandler]:

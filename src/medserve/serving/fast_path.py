@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Any
 from urllib.parse import parse_qs
 
 import orjson
@@ -27,9 +26,9 @@ from medserve.core.errors import (
 )
 from medserve.core.events import RefusalEvent
 from medserve.serving import metrics
-from medserve.serving.data_plane import DataPlane
 from medserve.serving.http_errors import status_for
-from medserve.serving.media import FHIR_JSON, MediaHandler, MediaRequest
+from medserve.serving.media import FHIR_JSON, MediaRequest
+from medserve.serving.resources import Resources
 
 log = logging.getLogger(__name__)
 
@@ -183,13 +182,13 @@ def _header_text(value: bytes | None, limit: int = 256) -> str | None:
 class HotPathApp:
     """Wraps the FastAPI app: hot endpoints here, everything else passed through.
 
-    ``state`` is the API's ``app.state``: it holds the data plane, the guard and the extra media
-    handlers (for example FHIR JSON on the records endpoint), all set up in the API's lifespan.
+    ``resources`` are the server's: the data plane, the guard and the media codecs (for example
+    FHIR JSON on the records endpoint), all set up in the app's lifespan.
     """
 
-    def __init__(self, fallback: ASGIApp, state: Any, max_body_bytes: int):
+    def __init__(self, fallback: ASGIApp, resources: Resources, max_body_bytes: int):
         self.fallback = fallback
-        self.state = state
+        self.resources = resources
         self.max_body_bytes = max_body_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -229,7 +228,7 @@ class HotPathApp:
             rid, made = made_request_id()
         extra = [(b"x-request-id", rid.encode("latin-1"))]
         try:
-            guard = self.state.guard
+            guard = self.resources.guard
             principal = await guard.authenticate(scope)
             guard.authorize(principal, "predict", name)
             client = scope.get("client")
@@ -243,7 +242,7 @@ class HotPathApp:
                 id_time_us=made,
             )
             media = content_type.split(b";", 1)[0].strip().lower() if content_type else b""
-            handlers: dict[tuple[str, bytes], MediaHandler] = self.state.media_handlers
+            handlers = self.resources.media_handlers
             handler = handlers.get((protocol, media))
             query = _query(scope)
             wants_fhir = MediaRequest(b"", media, accept, query).wants_fhir
@@ -256,7 +255,7 @@ class HotPathApp:
                     "application/octet-stream with an Inference-Header-Content-Length header)"
                 )
             raw = await read_body(receive, self.max_body_bytes, declared)
-            plane: DataPlane = self.state.plane
+            plane = self.resources.plane
             if handler is not None:
                 request = MediaRequest(raw, media, accept, query)
                 status, payload, payload_type = await handler(plane, name, ref, request, context)
@@ -304,8 +303,7 @@ class HotPathApp:
     ) -> None:
         """The observe step of an error answer (audit): one place for successes and failures."""
         client = scope.get("client")
-        plane: DataPlane = self.state.plane
-        plane.refused(
+        self.resources.plane.refused(
             RefusalEvent(
                 request_id=request_id,
                 protocol=matched[0],

@@ -101,11 +101,11 @@ def fire_alert(home: Path, model: str = MODEL) -> int:
 
 @contextmanager
 def serve(home: Path, *, security: bool) -> Iterator[tuple[TestClient, Any]]:
-    """The app over ``home`` with its lifespan running; the client and the API's state."""
+    """The app over ``home`` with its lifespan running; the client and the server's resources."""
     settings = Settings(home=home, security=security, workers=1, reload_interval_s=60)
     app = create_app(settings)
     inner: Any = app
     while not isinstance(inner, HotPathApp):  # the extensions' middleware, outermost first
         inner = inner.app
     with TestClient(app) as client:
-        yield client, inner.state
+        yield client, inner.resources

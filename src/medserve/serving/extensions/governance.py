@@ -8,11 +8,9 @@ them in its thread pool rather than on the event loop.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
-from fastapi import APIRouter, FastAPI, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 
 from medserve.core.errors import NotFoundError
@@ -21,13 +19,13 @@ from medserve.core.store.governance import GovernanceStore
 from medserve.features.governance.cards import build_card, render_card_html
 from medserve.features.governance.gate import check
 from medserve.serving.extension import ServingExtension
+from medserve.serving.resources import resources_of
 
 router = APIRouter(tags=["governance"])
 
 
 def _registry(request: Request) -> Registry:
-    registry: Registry = request.app.state.registry
-    return registry
+    return resources_of(request).registry
 
 
 def _wants_html(request: Request, fmt: str | None) -> bool:
@@ -82,20 +80,12 @@ def gate(request: Request, name: str, version: str) -> dict[str, Any]:
     }
 
 
-@asynccontextmanager
-async def lifespan(api: FastAPI) -> AsyncIterator[None]:
-    yield
-
-
 class GovernanceExtension(ServingExtension):
     """Model cards, evaluations and reports, the promotion gate."""
 
     name = "governance"
     order = 20
     router = router
-
-    def lifespan(self, api: FastAPI) -> AbstractAsyncContextManager[None]:
-        return lifespan(api)
 
 
 extension = GovernanceExtension()

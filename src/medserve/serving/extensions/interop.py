@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
-from fastapi import APIRouter, Body, FastAPI, Request
+from fastapi import APIRouter, Body, Request
 from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -32,6 +32,7 @@ from medserve.serving.extension import ServingExtension
 from medserve.serving.extensions.interop_http import media_handlers, rationales
 from medserve.serving.extensions.security import ACTION_SCOPE_KEY, visible
 from medserve.serving.media import MediaHandler
+from medserve.serving.resources import ResourceKey, Resources, resources_of
 
 router = APIRouter(tags=["cds-hooks"])
 
@@ -60,9 +61,11 @@ FEEDBACK_EXAMPLE = {
 }
 
 
+CDS_HOOKS: ResourceKey[CdsHooks] = ResourceKey("CDS Hooks services")
+
+
 def _cds(request: Request) -> CdsHooks:
-    cds: CdsHooks = request.app.state.cds
-    return cds
+    return resources_of(request).get(CDS_HOOKS)
 
 
 def _principal(request: Request) -> Principal:
@@ -74,14 +77,14 @@ def _authorize(request: Request, service: CdsService, action: str) -> Principal:
     """Per-model authorization (the path names a service, not a model) and the audit entry's
     model and version."""
     principal = _principal(request)
-    request.app.state.guard.authorize(principal, "predict", service.model)
+    resources_of(request).guard.authorize(principal, "predict", service.model)
     template = request.scope.get(ACTION_SCOPE_KEY, (None, None, None, request.url.path))[3]
     request.scope[ACTION_SCOPE_KEY] = (action, service.model, str(service.version), template)
     return principal
 
 
 def _base_url(request: Request) -> str:
-    configured = request.app.state.settings.public_url
+    configured = resources_of(request).settings.public_url
     return str(configured or request.base_url).rstrip("/")
 
 
@@ -137,14 +140,14 @@ async def feedback_summary(request: Request, name: str) -> dict[str, Any]:
 
 
 @asynccontextmanager
-async def lifespan(api: FastAPI) -> AsyncIterator[None]:
-    state = api.state
-    state.cds = CdsHooks(
-        state.plane,
-        CdsStore(state.registry.store),
-        functools.partial(rationales, state.plane),
-        state.settings.cds_fhir_servers,
+async def lifespan(resources: Resources) -> AsyncIterator[None]:
+    cds = CdsHooks(
+        resources.plane,
+        CdsStore(resources.registry.store),
+        functools.partial(rationales, resources.plane),
+        resources.settings.cds_fhir_servers,
     )
+    resources.provide(CDS_HOOKS, cds)
     yield
 
 
@@ -179,10 +182,10 @@ class InteropExtension(ServingExtension):
     order = 40
     router = router
 
-    def lifespan(self, api: FastAPI) -> AbstractAsyncContextManager[None]:
-        return lifespan(api)
+    def lifespan(self, resources: Resources) -> AbstractAsyncContextManager[None]:
+        return lifespan(resources)
 
-    def wrap(self, app: ASGIApp, api: FastAPI) -> ASGIApp:
+    def wrap(self, app: ASGIApp, resources: Resources) -> ASGIApp:
         return CdsCors(app)
 
     def media_handlers(self, settings: Settings) -> Mapping[tuple[str, bytes], MediaHandler]:

@@ -16,7 +16,7 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, FastAPI, Request
+from fastapi import APIRouter, Body, Request
 from pydantic import BaseModel, Field
 
 from medserve.core.context import ANONYMOUS, PRINCIPAL_SCOPE_KEY, Principal
@@ -33,10 +33,16 @@ from medserve.features.monitoring.runner import run_model
 from medserve.serving.extension import ServingExtension
 from medserve.serving.extensions.security import AUDITED_SCOPE_KEY
 from medserve.serving.params import IsoDateTime
+from medserve.serving.resources import ResourceKey, Resources, resources_of
 
 log = logging.getLogger(__name__)
 
 router = APIRouter(tags=["monitoring"])
+
+# What this extension provides (the prediction log only while predictions are logged).
+MONITORING_STORE: ResourceKey[MonitoringStore] = ResourceKey("monitoring store")
+MONITORING_SALT: ResourceKey[bytes] = ResourceKey("monitoring salt")
+PREDICTION_LOG: ResourceKey[PredictionLog] = ResourceKey("prediction log")
 
 OUTCOMES_EXAMPLE = {
     "outcomes": [
@@ -90,20 +96,19 @@ def _principal(request: Request) -> Principal:
     principal = request.scope.get(PRINCIPAL_SCOPE_KEY)
     if isinstance(principal, Principal):
         return principal
-    if not request.app.state.settings.security:
+    if not resources_of(request).settings.security:
         return ANONYMOUS  # security off (demo): the open guard lets everyone through
     raise AuthenticationError("the request was not authenticated")  # never expected: fail closed
 
 
 def _allow(request: Request, action: str, model: str | None) -> Principal:
     principal = _principal(request)
-    request.app.state.guard.authorize(principal, action, model)
+    resources_of(request).guard.authorize(principal, action, model)
     return principal
 
 
 def _mstore(request: Request) -> MonitoringStore:
-    store: MonitoringStore = request.app.state.monitoring_store
-    return store
+    return resources_of(request).get(MONITORING_STORE)
 
 
 def _utc(value: datetime) -> datetime:
@@ -124,8 +129,9 @@ def post_outcomes(
     The patient id is pseudonymized with the home's salt before it is compared: it is never
     stored or logged as sent.
     """
-    salt: bytes = request.app.state.monitoring_salt
-    guard = request.app.state.guard
+    resources = resources_of(request)
+    salt = resources.get(MONITORING_SALT)
+    guard = resources.guard
     principal = _allow(request, "predict", None)  # one principal (one rate-limit token) per request
     parsed: list[dict[str, Any]] = []
     for i, item in enumerate(body.outcomes):
@@ -153,7 +159,7 @@ def post_outcomes(
 def get_monitoring(request: Request, name: str, runs: int = 10) -> dict[str, Any]:
     _allow(request, "read_monitoring", name)
     store = _mstore(request)
-    request.app.state.registry.store.get_model(name)  # 404 for an unknown model
+    resources_of(request).registry.store.get_model(name)  # 404 for an unknown model
     return {
         "model": name,
         "config": store.config(name).model_dump(mode="json"),
@@ -166,7 +172,7 @@ def get_monitoring(request: Request, name: str, runs: int = 10) -> dict[str, Any
 @router.get("/v1/models/{name}/versions/{version}/importance")
 def get_importance(request: Request, name: str, version: str) -> dict[str, Any]:
     _allow(request, "read_models", name)
-    v = request.app.state.registry.store.resolve(name, version)
+    v = resources_of(request).registry.store.resolve(name, version)
     _, importance = _mstore(request).reference(name, v.version)
     if importance is None:
         raise InvalidRequestError(f"no global importance was computed for {name} v{v.version}")
@@ -184,7 +190,7 @@ def acknowledge(
     model = alerts[0]["model"] if alerts else None
     principal = _allow(request, "write", model)
     note = (body or {}).get("note")
-    audited = getattr(request.app.state, "audit", None) is not None  # the trail is kept
+    audited = resources_of(request).settings.security  # the audit trail is kept
     result: dict[str, Any] = store.acknowledge(
         alert_id,
         principal.subject,
@@ -201,7 +207,7 @@ async def _explain(
     request: Request, name: str, ref: str | None, body: ExplainRequest
 ) -> dict[str, Any]:
     _allow(request, "predict", name)
-    plane = request.app.state.plane
+    plane = resources_of(request).plane
     model = await plane.model(name, ref)
     X = model.validator.records_to_matrix(body.instances)
     target = body.target_class
@@ -245,9 +251,9 @@ def _signature_lookup(store: Any) -> Any:
     return lookup
 
 
-async def _schedule(api: FastAPI, settings: MonitoringSettings) -> None:
+async def _schedule(resources: Resources, settings: MonitoringSettings) -> None:
     """Run monitoring for every served model every ``schedule_interval_s`` (one worker)."""
-    lock_path = api.state.settings.home / "monitor-schedule.lock"
+    lock_path = resources.settings.home / "monitor-schedule.lock"
     with open(lock_path, "a+") as handle:
         while True:
             try:
@@ -257,13 +263,13 @@ async def _schedule(api: FastAPI, settings: MonitoringSettings) -> None:
                 await asyncio.sleep(settings.schedule_interval_s)
         while True:
             await asyncio.sleep(settings.schedule_interval_s)
-            registry_store = api.state.registry.store
+            registry_store = resources.registry.store
             aliases = await asyncio.to_thread(registry_store.all_aliases)
             for name, _, _ in aliases:
                 try:
                     await asyncio.to_thread(
                         run_model,
-                        api.state.monitoring_store,
+                        resources.get(MONITORING_STORE),
                         registry_store,
                         name,
                         window_s=settings.window_s,
@@ -273,13 +279,13 @@ async def _schedule(api: FastAPI, settings: MonitoringSettings) -> None:
 
 
 @asynccontextmanager
-async def lifespan(api: FastAPI) -> AsyncIterator[None]:
+async def lifespan(resources: Resources) -> AsyncIterator[None]:
     settings = MonitoringSettings()
-    registry = api.state.registry
+    registry = resources.registry
     store = MonitoringStore(registry.store)
-    salt = load_or_create_salt(api.state.settings.home)
-    api.state.monitoring_store = store
-    api.state.monitoring_salt = salt
+    salt = load_or_create_salt(resources.settings.home)
+    resources.provide(MONITORING_STORE, store)
+    resources.provide(MONITORING_SALT, salt)
     prediction_log: PredictionLog | None = None
     if settings.log_predictions:
         prediction_log = PredictionLog(
@@ -290,12 +296,12 @@ async def lifespan(api: FastAPI) -> AsyncIterator[None]:
         )
         # First: a prediction the log refuses (queue full, fail_closed: a 503) must not have
         # been told to another observer (the audit trail's "predict 200") already.
-        api.state.plane.observers.insert(0, prediction_log)
+        resources.plane.observers.insert(0, prediction_log)
         prediction_log.drive(asyncio.get_running_loop())
-    api.state.prediction_log = prediction_log
+        resources.provide(PREDICTION_LOG, prediction_log)
     task = None
     if settings.schedule_interval_s > 0:
-        task = asyncio.create_task(_schedule(api, settings))
+        task = asyncio.create_task(_schedule(resources, settings))
     try:
         yield
     finally:
@@ -315,8 +321,8 @@ class MonitoringExtension(ServingExtension):
     order = 30
     router = router
 
-    def lifespan(self, api: FastAPI) -> AbstractAsyncContextManager[None]:
-        return lifespan(api)
+    def lifespan(self, resources: Resources) -> AbstractAsyncContextManager[None]:
+        return lifespan(resources)
 
     def registry_handlers(self) -> Sequence[RegistryHandler]:
         return (on_version_registered,)

@@ -22,7 +22,7 @@ from datetime import timedelta
 from typing import Any
 
 import orjson
-from fastapi import APIRouter, FastAPI, Query, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, Field
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -39,6 +39,7 @@ from medserve.core.errors import (
 from medserve.core.events import PredictionEvent, RefusalEvent
 from medserve.core.phi import deidentify_text, load_or_create_salt, pseudonymize
 from medserve.core.settings import Settings
+from medserve.core.store.unit_of_work import engine_of
 from medserve.features.security.guard import SecurityGuard
 from medserve.features.security.keys import ApiKey, ChangeCounter, SecurityStore
 from medserve.features.security.oidc import JwksSource, JwtVerifier
@@ -47,8 +48,13 @@ from medserve.serving.extension import ServingExtension
 from medserve.serving.fast_path import hot_path_of
 from medserve.serving.http_errors import status_for
 from medserve.serving.params import IsoDateTime
+from medserve.serving.resources import ResourceKey, Resources, resources_of
 
 log = logging.getLogger(__name__)
+
+# What this extension provides to the others (absent while security is off).
+AUDIT_LOG: ResourceKey[AuditLog] = ResourceKey("audit log")
+PHI_SALT: ResourceKey[bytes] = ResourceKey("PHI salt")
 
 OPEN_PATHS = frozenset({"/v2/health/live", "/v2/health/ready"})
 ACTION_SCOPE_KEY = "medserve.action"
@@ -130,13 +136,13 @@ async def authorize_route(request: Request) -> None:
     principal = scope.get(PRINCIPAL_SCOPE_KEY)
     if principal is None:  # security off: the open guard lets everyone through
         return
-    request.app.state.guard.authorize(principal, action, model)
+    resources_of(request).guard.authorize(principal, action, model)
 
 
 def visible(request: Request, model: str) -> bool:
     """For listing routes: whether ``model`` may appear to the caller (tenants, grants)."""
     principal = request.scope.get(PRINCIPAL_SCOPE_KEY)
-    guard = request.app.state.guard
+    guard = resources_of(request).guard
     if principal is None or not isinstance(guard, SecurityGuard):
         return True
     return guard.visible(principal, model)
@@ -156,9 +162,9 @@ def _headers_with_security(headers: list[tuple[bytes, bytes]], tls: bool, docs: 
 
 
 class SecurityMiddleware:
-    def __init__(self, app: ASGIApp, state: Any) -> None:
+    def __init__(self, app: ASGIApp, resources: Resources) -> None:
         self.app = app
-        self.state = state
+        self.resources = resources
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -167,7 +173,7 @@ class SecurityMiddleware:
         path: str = scope["path"]
         tls = scope.get("scheme") == "https"
         docs = path.startswith(("/docs", "/redoc"))
-        audit: AuditLog | None = getattr(self.state, "audit", None)
+        audit = self.resources.find(AUDIT_LOG)
         if audit is None or path in OPEN_PATHS:
 
             async def send_plain(message: MutableMapping[str, Any]) -> None:
@@ -183,7 +189,7 @@ class SecurityMiddleware:
         hot = hot_path_of(scope)  # the fast path authenticates, authorizes and audits those
         if hot is None:
             try:
-                await self.state.guard.authenticate(scope)
+                await self.resources.guard.authenticate(scope)
             except MedserveError as exc:
                 await self._refuse(scope, send, exc, tls)
                 return
@@ -227,7 +233,7 @@ class SecurityMiddleware:
             if key == b"x-request-id":
                 request_id = value[:64].decode("latin-1")
             elif key == b"x-patient-id" and value:
-                patient = pseudonymize(value.decode("latin-1"), salt=self.state.phi_salt)
+                patient = pseudonymize(value.decode("latin-1"), salt=self.resources.get(PHI_SALT))
         return AuditEntry(
             actor=principal.subject if principal else "unauthenticated",
             key_id=principal.key_id if principal else None,
@@ -251,7 +257,9 @@ class SecurityMiddleware:
         _headers_with_security(headers, tls, False)
         body = orjson.dumps(exc.to_dict())
         headers.append((b"content-length", str(len(body)).encode()))
-        self.state.audit.enqueue(self._entry(scope, status, "access", None, None, scope["path"]))
+        self.resources.get(AUDIT_LOG).enqueue(
+            self._entry(scope, status, "access", None, None, scope["path"])
+        )
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
 
@@ -328,7 +336,7 @@ async def read_audit(
     limit: int = Query(default=100, ge=1, le=1000),
 ) -> dict[str, Any]:
     """The audit trail, oldest first (auditors and admins)."""
-    audit: AuditLog | None = getattr(request.app.state, "audit", None)
+    audit = resources_of(request).find(AUDIT_LOG)
     if audit is None:
         return {"entries": [], "next_after_seq": None}
     entries = await asyncio.to_thread(
@@ -361,7 +369,7 @@ class TenantRequest(BaseModel):
 
 
 def _store(request: Request) -> SecurityStore:
-    guard = request.app.state.guard
+    guard = resources_of(request).guard
     if not isinstance(guard, SecurityGuard):
         raise InvalidRequestError("security is off on this server")
     return guard.store
@@ -462,22 +470,21 @@ def build_guard(settings: Settings, store: SecurityStore) -> SecurityGuard:
 
 
 @asynccontextmanager
-async def lifespan(api: FastAPI) -> AsyncIterator[None]:
-    settings: Settings = api.state.settings
-    api.state.audit = None
+async def lifespan(resources: Resources) -> AsyncIterator[None]:
+    settings = resources.settings
     if not settings.security:
         log.warning("security is OFF: no authentication, no audit trail (demo mode only)")
         yield
         return
-    engine = api.state.registry.store.engine
+    engine = engine_of(resources.registry.store)
     store = SecurityStore(engine)
     guard = build_guard(settings, store)
     audit = AuditLog(engine, queue_size=settings.audit_queue_size)
     salt = load_or_create_salt(settings.home)
-    api.state.guard = guard
-    api.state.phi_salt = salt
-    api.state.audit = audit
-    api.state.plane.observers.append(AuditObserver(audit, salt))
+    resources.guard = guard
+    resources.provide(PHI_SALT, salt)
+    resources.provide(AUDIT_LOG, audit)
+    resources.plane.observers.append(AuditObserver(audit, salt))
     audit.start()
     audit.drive(asyncio.get_running_loop())
     try:
@@ -494,11 +501,11 @@ class SecurityExtension(ServingExtension):
     order = 10
     router = router
 
-    def lifespan(self, api: FastAPI) -> AbstractAsyncContextManager[None]:
-        return lifespan(api)
+    def lifespan(self, resources: Resources) -> AbstractAsyncContextManager[None]:
+        return lifespan(resources)
 
-    def wrap(self, app: ASGIApp, api: FastAPI) -> ASGIApp:
-        return SecurityMiddleware(app, api.state)
+    def wrap(self, app: ASGIApp, resources: Resources) -> ASGIApp:
+        return SecurityMiddleware(app, resources)
 
 
 extension = SecurityExtension()
