@@ -30,11 +30,13 @@ import numpy as np
 import typer
 from fastapi import APIRouter
 
+from medserve.core.errors import InvalidRequestError
 from medserve.core.registry.events import VersionRegistered
 from medserve.core.runtimes.base import RuntimeMetadata
 from medserve.serving.extension import ServingExtension
 
 SEEN: list[str] = []
+ANSWERED: list[float] = []
 router = APIRouter()
 cli = typer.Typer(name="echo", help="The echo capability.")
 
@@ -75,6 +77,19 @@ class EchoExtension(ServingExtension):
 
     def cli_groups(self):
         return (cli,)
+
+    def before_inference(self, resources):
+        def refuse_negative(model, X, context):
+            if X[0, 0] < 0:
+                raise InvalidRequestError("the echo extension refuses a negative 'a'")
+
+        return refuse_negative
+
+    def after_inference(self, resources):
+        def answered(model, X, outputs, context):
+            ANSWERED.append(float(outputs["value"][0]))
+
+        return answered
 
 
 extension = EchoExtension()
@@ -122,13 +137,31 @@ async def test_registry_events_and_routes_reach_a_third_party_extension(tmp_path
         registry.register("lin", LinearRegression().fit(X, X[:, 0]), sample=sample)
     finally:
         registry.close()
+    registry = Registry.open(settings)
+    try:
+        registry.set_alias("lin", "production", 1, actor="test")
+    finally:
+        registry.close()
     app = create_app(settings)
     async with LifespanManager(app) as manager:  # type: ignore[arg-type]
         transport = httpx.ASGITransport(app=manager.app)
         async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
             answer = await client.get("/v1/echo")
+            predicted = await client.post(
+                "/v1/models/lin/predict", json={"instances": [{"a": 2.0, "b": 3.0}]}
+            )
+            refused = await client.post(
+                "/v1/models/lin/predict", json={"instances": [{"a": -2.0, "b": 3.0}]}
+            )
     assert answer.status_code == 200
     assert answer.json() == {"seen": ["lin v1"]}
+    # the pipeline hooks: before inference may refuse, after inference sees the outputs
+    assert predicted.status_code == 200, predicted.text
+    assert refused.status_code == 400  # InvalidRequestError
+    assert "echo extension" in refused.json()["error"]
+    import echo_ext  # type: ignore[import-not-found]
+
+    assert [pytest.approx(predicted.json()["predictions"][0]["value"])] == echo_ext.ANSWERED
 
 
 @pytest.mark.usefixtures("echo_installed")

@@ -6,12 +6,16 @@ response is sent, so they must only enqueue (a bounded queue drained by a writer
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
 from medserve.core.context import Principal, RequestContext
+
+if TYPE_CHECKING:
+    from medserve.core.loaded_model import LoadedModel
 
 
 @dataclass(slots=True)  # not frozen: a frozen dataclass costs ~1 µs more per request to make
@@ -57,3 +61,10 @@ class PredictionObserver(Protocol):
     def on_prediction(self, event: PredictionEvent) -> None: ...
 
     def on_refusal(self, event: RefusalEvent) -> None: ...
+
+
+BeforeInference = Callable[["LoadedModel", np.ndarray, RequestContext], None]
+"""A pipeline hook before inference: the validated matrix and who asks; raise a
+``MedserveError`` to refuse the request (it is then audited as refused)."""
+AfterInference = Callable[["LoadedModel", np.ndarray, dict[str, np.ndarray], RequestContext], None]
+"""A pipeline hook after inference, before the observers and the answer: the outputs by name."""

@@ -123,6 +123,13 @@ def create_api(settings: Settings) -> FastAPI:
             async with AsyncExitStack() as stack:
                 for extension in serving_extensions():
                     await stack.enter_async_context(extension.lifespan(resources))
+                for extension in serving_extensions():  # once every resource exists
+                    before = extension.before_inference(resources)
+                    after = extension.after_inference(resources)
+                    if before is not None:
+                        resources.plane.before_inference.append(before)
+                    if after is not None:
+                        resources.plane.after_inference.append(after)
                 stack.enter_context(metrics.flushing(METRICS_FLUSH_S))
                 tune_gc()
                 yield

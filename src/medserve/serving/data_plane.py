@@ -15,7 +15,13 @@ import numpy as np
 from medserve import __version__
 from medserve.core.context import RequestContext, local_context
 from medserve.core.errors import InvalidRequestError, ModelLoadError, ModelUnavailableError
-from medserve.core.events import PredictionEvent, PredictionObserver, RefusalEvent
+from medserve.core.events import (
+    AfterInference,
+    BeforeInference,
+    PredictionEvent,
+    PredictionObserver,
+    RefusalEvent,
+)
 from medserve.core.loaded_model import LoadedModel
 from medserve.serving.batching import AdaptiveBatcher
 from medserve.serving.metrics import ModelMetrics
@@ -29,6 +35,9 @@ class DataPlane:
     def __init__(self, manager: ModelManager) -> None:
         self.manager = manager
         self.observers: list[PredictionObserver] = []
+        # Extensions' pipeline hooks, around every inference (empty lists cost nothing).
+        self.before_inference: list[BeforeInference] = []
+        self.after_inference: list[AfterInference] = []
         self._batchers: dict[tuple[str, int], AdaptiveBatcher] = {}
         self._metrics: dict[tuple[str, int], ModelMetrics] = {}
 
@@ -74,6 +83,18 @@ class DataPlane:
             metrics = self._metrics[key] = ModelMetrics(model.name, str(model.number))
         return metrics
 
+    async def _infer(
+        self, model: LoadedModel, X: np.ndarray, context: RequestContext
+    ) -> dict[str, np.ndarray]:
+        """The hooks, then the model, then the hooks: a before-hook may refuse the request (it
+        raises a ``MedserveError``); an after-hook sees the outputs before anyone else."""
+        for before in self.before_inference:
+            before(model, X, context)
+        outputs = await self._run(model, X)
+        for after in self.after_inference:
+            after(model, X, outputs, context)
+        return outputs
+
     async def _run(self, model: LoadedModel, X: np.ndarray) -> dict[str, np.ndarray]:
         if model.batching is None:
             self._metrics_for(model).batch.observe(X.shape[0])
@@ -115,10 +136,12 @@ class DataPlane:
         for observer in self.observers:
             observer.on_refusal(event)
 
-    async def run_model(self, model: LoadedModel, X: np.ndarray) -> dict[str, np.ndarray]:
+    async def run_model(
+        self, model: LoadedModel, X: np.ndarray, context: RequestContext
+    ) -> dict[str, np.ndarray]:
         """Predict an already-validated matrix (batched when the version asks for it); for
         transports whose inputs are not JSON records (images, FASTA)."""
-        return await self._run(model, X)
+        return await self._infer(model, X, context)
 
     def record(
         self,
@@ -147,7 +170,7 @@ class DataPlane:
         model = await self.model(name, ref)
         X = oip_v2.parse_infer_request(model, body, binary)
         selected = oip_v2.requested_outputs(model, body)
-        outputs = await self._run(model, X)
+        outputs = await self._infer(model, X, context)
         response = oip_v2.build_infer_response(model, outputs, body, selected)
         latency = self._notify(model, context, X, outputs, started)
         self._metrics_for(model).observe("v2", latency, X.shape[0])
@@ -171,7 +194,7 @@ class DataPlane:
                 ],
             )
         X = model.validator.records_to_matrix(body["instances"])
-        outputs = await self._run(model, X)
+        outputs = await self._infer(model, X, context)
         response = model.records_response(outputs)
         response["request_id"] = context.request_id
         if body.get("explain") is True or context.explain:

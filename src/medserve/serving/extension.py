@@ -11,6 +11,7 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from fastapi import APIRouter
 from starlette.types import ASGIApp
 
+from medserve.core.events import AfterInference, BeforeInference
 from medserve.core.extensions import Extension, extensions
 from medserve.core.settings import Settings
 from medserve.serving.media import MediaHandler
@@ -34,6 +35,14 @@ class ServingExtension(Extension):
 
     def wrap(self, app: ASGIApp, resources: Resources) -> ASGIApp:
         return app
+
+    def before_inference(self, resources: Resources) -> BeforeInference | None:
+        """A pipeline hook run before every inference (it may refuse the request)."""
+        return None
+
+    def after_inference(self, resources: Resources) -> AfterInference | None:
+        """A pipeline hook run after every inference, before the observers and the answer."""
+        return None
 
     def media_handlers(self, settings: Settings) -> Mapping[tuple[str, bytes], MediaHandler]:
         """Codecs for request bodies of other media types, by ``(protocol, media type)``."""

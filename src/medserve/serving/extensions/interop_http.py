@@ -92,7 +92,7 @@ async def _predict(
             ],
         )
     X = model.validator.records_to_matrix(rows)
-    outputs = await plane.run_model(model, X)
+    outputs = await plane.run_model(model, X, context)
     response = model.records_response(outputs)
     response["request_id"] = context.request_id
     plane.record(model, context, X, outputs, started, protocol="records")

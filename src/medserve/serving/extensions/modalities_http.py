@@ -66,7 +66,7 @@ def image_handler(media: str, salt: bytes | None = None) -> MediaHandler:
         else:
             image = read_png(raw)
         X = np.array([[image]], dtype=object)
-        outputs = await plane.run_model(model, X)
+        outputs = await plane.run_model(model, X, context)
         response = model.records_response(outputs)
         if request.explain:
             explanation = await asyncio.to_thread(runtime.explain_image, image)
