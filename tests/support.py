@@ -10,10 +10,14 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
+
+from medserve.core.store.monitoring import MonitoringStore
+from medserve.core.store.tables_monitoring import mon_alerts
 
 T = TypeVar("T")
 
@@ -143,3 +147,24 @@ def start_server(
         server.stop(signal.SIGKILL)
         raise RuntimeError(f"{error}:\n{server.log()}") from None
     return server
+
+
+def fire_alert_in(store: MonitoringStore, model: str) -> int:
+    """A firing ``psi_max`` alert of ``model``, as a monitoring run would leave it; its id."""
+    rule = store.add_rule(model, "psi_max", ">", 0.25, actor="test")
+    with store.transaction() as conn:
+        inserted = conn.execute(
+            mon_alerts.insert().values(
+                rule_id=rule.id,
+                model_name=model,
+                metric="psi_max",
+                value=0.4,
+                threshold=0.25,
+                n=300,
+                state="firing",
+                delivery="delivered",
+                attempts=1,
+                fired_at=datetime.now(UTC),
+            )
+        )
+        return int(inserted.inserted_primary_key[0])

@@ -2,34 +2,17 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from tests.support import fire_alert_in
 
 from medserve.core.audit import AuditLog
 from medserve.core.registry.service import Registry
 from medserve.core.store.monitoring import MonitoringStore
-from medserve.core.store.tables_monitoring import mon_alerts
 
 MODEL = "breast-cancer"
 
 
 def _fire(store: MonitoringStore) -> int:
-    rule = store.add_rule(MODEL, "psi_max", ">", 0.25, actor="test")
-    with store.transaction() as conn:
-        inserted = conn.execute(
-            mon_alerts.insert().values(
-                rule_id=rule.id,
-                model_name=MODEL,
-                metric="psi_max",
-                value=0.4,
-                threshold=0.25,
-                n=300,
-                state="firing",
-                delivery="delivered",
-                attempts=1,
-                fired_at=datetime.now(UTC),
-            )
-        )
-        return int(inserted.inserted_primary_key[0])
+    return fire_alert_in(store, MODEL)
 
 
 def test_acknowledgement_writes_a_chained_audit_entry(bc_registry: Registry) -> None:

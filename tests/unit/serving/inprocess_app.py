@@ -6,16 +6,15 @@ from __future__ import annotations
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from starlette.testclient import TestClient
+from tests.support import fire_alert_in
 
 from medserve.core.registry.service import Registry
 from medserve.core.settings import Settings
 from medserve.core.store.monitoring import MonitoringStore
-from medserve.core.store.tables_monitoring import mon_alerts
 from medserve.faces.app import create_app
 from medserve.faces.demo.data import breast_cancer_frame
 from medserve.features.security.keys import SecurityStore
@@ -79,24 +78,7 @@ def create_key(home: Path, roles: list[str], **kwargs: Any) -> dict[str, str]:
 def fire_alert(home: Path, model: str = MODEL) -> int:
     """A firing alert of ``model`` (as a monitoring run would leave it); its id."""
     with registry_at(home) as registry:
-        store = MonitoringStore(registry.store)
-        rule = store.add_rule(model, "psi_max", ">", 0.25, actor="test")
-        with store.transaction() as conn:
-            inserted = conn.execute(
-                mon_alerts.insert().values(
-                    rule_id=rule.id,
-                    model_name=model,
-                    metric="psi_max",
-                    value=0.4,
-                    threshold=0.25,
-                    n=300,
-                    state="firing",
-                    delivery="delivered",
-                    attempts=1,
-                    fired_at=datetime.now(UTC),
-                )
-            )
-            return int(inserted.inserted_primary_key[0])
+        return fire_alert_in(MonitoringStore(registry.store), model)
 
 
 @contextmanager

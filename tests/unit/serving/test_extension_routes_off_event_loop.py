@@ -14,22 +14,10 @@ from sqlalchemy import event
 from sqlalchemy.engine import Engine
 from tests.unit.serving.inprocess_app import (
     MODEL,
-    copy_home,
     fire_alert,
-    make_template,
     records,
     serve,
 )
-
-
-@pytest.fixture(scope="module")
-def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_template(tmp_path_factory.mktemp("off-loop-template") / "home")
-
-
-@pytest.fixture
-def home(template: Path, tmp_path: Path) -> Path:
-    return copy_home(template, tmp_path / "home")
 
 
 class SqlThreads:

@@ -13,10 +13,8 @@ import pytest
 import sqlalchemy as sa
 from tests.unit.serving.inprocess_app import (
     MODEL,
-    copy_home,
     create_key,
     fire_alert,
-    make_template,
     records,
     registry_at,
     serve,
@@ -24,16 +22,6 @@ from tests.unit.serving.inprocess_app import (
 
 from medserve.core.audit import AuditLog
 from medserve.core.store.tables_monitoring import mon_prediction_batches
-
-
-@pytest.fixture(scope="module")
-def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_template(tmp_path_factory.mktemp("secured-template") / "home")
-
-
-@pytest.fixture
-def home(template: Path, tmp_path: Path) -> Path:
-    return copy_home(template, tmp_path / "home")
 
 
 def _audit_entries(home: Path, request_id: str) -> list[dict[str, object]]:

@@ -5,12 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
 from tests.unit.serving.inprocess_app import (
     MODEL,
-    copy_home,
     create_key,
-    make_template,
     records,
     registry_at,
     serve,
@@ -18,16 +15,6 @@ from tests.unit.serving.inprocess_app import (
 
 from medserve.core.audit import AuditLog
 from medserve.core.phi import load_or_create_salt, pseudonymize
-
-
-@pytest.fixture(scope="module")
-def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_template(tmp_path_factory.mktemp("audit-template") / "home")
-
-
-@pytest.fixture
-def home(template: Path, tmp_path: Path) -> Path:
-    return copy_home(template, tmp_path / "home")
 
 
 def _entries(home: Path) -> dict[str, list[dict[str, object]]]:
