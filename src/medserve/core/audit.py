@@ -6,7 +6,9 @@ the dense sequence), so ``verify`` names the first row that no longer fits. Appe
 worker processes are serialised by the database (SQLite ``BEGIN IMMEDIATE``, a PostgreSQL
 advisory lock), so the chain stays one line.
 
-Changes are appended synchronously before the response is sent. Predictions are appended
+Changes are appended synchronously before the response is sent; registry changes are written in
+their own transaction to the outbox (``registry_outbox``) and moved into the chain by the writer
+(``drain_outbox``), whichever process or tool made them. Predictions are appended
 to a bounded deque (O(1), never blocking the event loop) and written in batches by a writer
 thread once a second; ``close`` drains the queue, which the server does on a clean shutdown and
 on SIGTERM. If the queue overflows, the number of lost entries is itself written to the chain.

@@ -4,9 +4,9 @@ A capability is an :class:`Extension` object named by a ``medserve.extensions`` 
 ``pyproject.toml``: ``[project.entry-points."medserve.extensions"] name = "module:object"``). The
 built-in capabilities are registered exactly so, and a separately installed package adds one the
 same way. This module holds what the core layer consumes (runtime flavors, registry event
-handlers); ``medserve.serving.extension.ServingExtension`` adds what a server consumes (routes,
-typed lifespan resources, prediction observers, media codecs), and CLI groups are read by the CLI
-root. Nothing below the faces layer knows which extensions exist: they are found at run time.
+handlers, CLI groups for the CLI root); ``medserve.serving.extension.ServingExtension`` adds what
+a server consumes (routes, typed lifespan resources, middleware, pipeline hooks, media codecs).
+Nothing below the faces layer knows which extensions exist: they are found at run time.
 """
 
 from __future__ import annotations

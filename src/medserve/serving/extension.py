@@ -1,6 +1,7 @@
 """What a server takes from an extension, besides what the core takes (see
 ``medserve.core.extensions``): HTTP routes, a lifespan entered at start-up once the data plane
-exists, and an ASGI wrapper (middleware) around the whole app.
+exists (it provides typed resources and adds prediction observers), an ASGI wrapper (middleware)
+around the whole app, pipeline hooks around every inference and media codecs.
 """
 
 from __future__ import annotations
@@ -23,9 +24,9 @@ class ServingExtension(Extension):
 
     ``lifespan(resources)`` may use the server's typed resources (``settings``, ``registry``,
     ``plane``, ``guard``) and provide its own under a ``ResourceKey``; lifespans are entered in
-    ``order``.
-    ``wrap`` builds middleware around the app, the lowest ``order`` innermost. ``media_handlers``
-    are the codecs the prediction endpoints use for bodies that are not plain JSON.
+    ``order``. ``wrap`` builds middleware around the app, the lowest ``order`` innermost.
+    ``media_handlers`` are the codecs the prediction endpoints use for bodies that are not plain
+    JSON.
     """
 
     router: APIRouter | None = None
