@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import grimp
 
 from medserve.core.extensions import Extension, extensions
@@ -91,3 +95,44 @@ def test_every_builtin_capability_is_an_extension_found_by_entry_point() -> None
 def test_runtime_flavors_beyond_the_core_come_from_extensions() -> None:
     extra = set(flavors()) - set(CORE_FLAVORS)
     assert extra == {"image", "text", "sequence", "ensemble"}
+
+
+def test_a_serving_worker_imports_no_heavy_library(tmp_path: Path) -> None:
+    """A worker that starts (app, extensions, lifespan) keeps pandas, scikit-learn, scipy and the
+    optional extras out of its memory (≤ 200 MB a worker); a fresh interpreter shows it."""
+    script = f"""
+import asyncio, sys
+from asgi_lifespan import LifespanManager
+from medserve.core.registry.service import Registry
+from medserve.core.settings import Settings
+from medserve.faces.app import create_app
+Registry.open(Settings(home={str(tmp_path)!r})).close()
+async def main():
+    async with LifespanManager(create_app(Settings(home={str(tmp_path)!r}, security=True))):
+        pass
+asyncio.run(main())
+print(sorted(m for m in {sorted(HEAVY)!r} if m in sys.modules))
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=True
+    )
+    assert done.stdout.strip().splitlines()[-1] == "[]", done.stdout + done.stderr
+
+
+HEAVY = {
+    "pandas",
+    "sklearn",
+    "scipy",
+    "skops",
+    "skl2onnx",
+    "onnx",
+    "matplotlib",
+    "lifelines",
+    "shap",
+    "xgboost",
+    "lightgbm",
+    "pydicom",
+    "PIL",
+    "tokenizers",
+    "torch",
+}

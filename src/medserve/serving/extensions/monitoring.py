@@ -29,7 +29,6 @@ from medserve.core.registry.signature import Signature
 from medserve.core.store.monitoring import MonitoringStore
 from medserve.features.explain.service import service_for
 from medserve.features.monitoring.reference import on_version_registered
-from medserve.features.monitoring.runner import run_model
 from medserve.serving.extension import ServingExtension
 from medserve.serving.extensions.security import AUDITED_SCOPE_KEY
 from medserve.serving.params import IsoDateTime
@@ -253,6 +252,9 @@ def _signature_lookup(store: Any) -> Any:
 
 async def _schedule(resources: Resources, settings: MonitoringSettings) -> None:
     """Run monitoring for every served model every ``schedule_interval_s`` (one worker)."""
+    # lazy import (scipy, for drift tests: only a server that schedules monitoring needs it)
+    from medserve.features.monitoring.runner import run_model  # noqa: PLC0415
+
     lock_path = resources.settings.home / "monitor-schedule.lock"
     with open(lock_path, "a+") as handle:
         while True:
