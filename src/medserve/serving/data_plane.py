@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import numpy as np
 
 from medserve import __version__
 from medserve.core.context import RequestContext, local_context
-from medserve.core.errors import InvalidRequestError, ModelLoadError, ModelUnavailableError
+from medserve.core.errors import ModelLoadError, ModelUnavailableError
 from medserve.core.events import (
     AfterInference,
     BeforeInference,
@@ -26,9 +27,13 @@ from medserve.core.loaded_model import LoadedModel
 from medserve.serving.batching import AdaptiveBatcher
 from medserve.serving.metrics import ModelMetrics
 from medserve.serving.model_manager import ModelManager
-from medserve.serving.protocols import oip_v2
+from medserve.serving.protocols import oip_v2, records
 
 DEFAULT_REF = "production"
+
+
+Explainer = Callable[[dict[str, np.ndarray]], Awaitable[Any]]
+"""The explain step of the pipeline: given the outputs, the explanation to answer with."""
 
 
 class DataPlane:
@@ -136,26 +141,28 @@ class DataPlane:
         for observer in self.observers:
             observer.on_refusal(event)
 
-    async def run_model(
-        self, model: LoadedModel, X: np.ndarray, context: RequestContext
-    ) -> dict[str, np.ndarray]:
-        """Predict an already-validated matrix (batched when the version asks for it); for
-        transports whose inputs are not JSON records (images, FASTA)."""
-        return await self._infer(model, X, context)
-
-    def record(
+    async def serve(
         self,
         model: LoadedModel,
+        X: np.ndarray,
         context: RequestContext,
-        logged: np.ndarray,
-        outputs: dict[str, np.ndarray],
+        protocol: str,
         started: float,
-        protocol: str = "records",
-    ) -> None:
-        """Tell observers and metrics about a prediction made through :meth:`run_model`;
-        ``logged`` is what observers may keep (already de-identified)."""
-        latency = self._notify(model, context, logged, outputs, started)
-        self._metrics_for(model).observe(protocol, latency, logged.shape[0])
+        *,
+        explain: Explainer | None = None,
+        logged: np.ndarray | None = None,
+    ) -> tuple[dict[str, np.ndarray], Any]:
+        """The pipeline's steps after decoding and validation, once each and in this order: the
+        extensions' hooks around inference, the explanation when asked (``explain``), observe
+        (the audit entry and prediction-log record handed to their writers) and metrics. Every
+        transport (records, OIP v2, the media codecs) goes through here; ``logged`` is what
+        observers may keep when it is not ``X`` (already de-identified). Returns the outputs and
+        the explanation."""
+        outputs = await self._infer(model, X, context)
+        explanation = await explain(outputs) if explain is not None else None
+        latency = self._notify(model, context, X if logged is None else logged, outputs, started)
+        self._metrics_for(model).observe(protocol, latency, X.shape[0])
+        return outputs, explanation
 
     async def infer_v2(
         self,
@@ -170,11 +177,8 @@ class DataPlane:
         model = await self.model(name, ref)
         X = oip_v2.parse_infer_request(model, body, binary)
         selected = oip_v2.requested_outputs(model, body)
-        outputs = await self._infer(model, X, context)
-        response = oip_v2.build_infer_response(model, outputs, body, selected)
-        latency = self._notify(model, context, X, outputs, started)
-        self._metrics_for(model).observe("v2", latency, X.shape[0])
-        return response
+        outputs, _ = await self.serve(model, X, context, "v2", started)
+        return oip_v2.build_infer_response(model, outputs, body, selected)
 
     async def predict_records(
         self, name: str, ref: str | None, body: Any, context: RequestContext | None = None
@@ -182,35 +186,21 @@ class DataPlane:
         started = time.perf_counter()
         context = context or local_context("records")
         model = await self.model(name, ref)
-        if not isinstance(body, dict) or not isinstance(body.get("instances"), list):
-            raise InvalidRequestError(
-                'the body must be {"instances": [{"feature": value, ...}, ...]}',
-                details=[
-                    {
-                        "field": "instances",
-                        "rule": "required",
-                        "message": "a list of records is required",
-                    }
-                ],
-            )
-        X = model.validator.records_to_matrix(body["instances"])
-        outputs = await self._infer(model, X, context)
-        response = model.records_response(outputs)
-        response["request_id"] = context.request_id
-        if body.get("explain") is True or context.explain:
-            # lazy import (explainers (shap, scikit-learn) only when asked)
-            from medserve.features.explain.service import service_for  # noqa: PLC0415
+        X = records.parse_records_request(model, body)
+        wanted, target = records.explanation_asked(body, context)
+        explain: Explainer | None = None
+        if wanted:
 
-            target = body.get("class")
-            response["explanation"] = await asyncio.to_thread(
-                service_for(self.manager).explain,
-                model,
-                X,
-                str(target) if target is not None else None,
-            )
-        latency = self._notify(model, context, X, outputs, started)
-        self._metrics_for(model).observe("records", latency, X.shape[0])
-        return response
+            async def explain(_: dict[str, np.ndarray]) -> Any:
+                # lazy import (explainers (shap, scikit-learn) only when asked)
+                from medserve.features.explain.service import service_for  # noqa: PLC0415
+
+                return await asyncio.to_thread(service_for(self.manager).explain, model, X, target)
+
+        outputs, explanation = await self.serve(
+            model, X, context, "records", started, explain=explain
+        )
+        return records.build_records_response(model, outputs, context.request_id, explanation)
 
     # -- registry views used by the v1 API --------------------------------------------------
     def list_served(self) -> list[dict[str, Any]]:

@@ -41,6 +41,7 @@ from medserve.features.interop.fhir_output import (
 from medserve.serving.data_plane import DataPlane
 from medserve.serving.http_errors import status_for
 from medserve.serving.media import FHIR_JSON, MediaAnswer, MediaHandler, MediaRequest
+from medserve.serving.protocols import records
 
 log = logging.getLogger(__name__)
 
@@ -78,25 +79,11 @@ async def _predict(
 ) -> tuple[dict[str, Any], np.ndarray]:
     """The records prediction of ``model`` (the version this request resolved, whose FHIR map
     was used), and the validated matrix, so the rationales reuse it instead of validating the
-    rows again. As ``DataPlane.predict_records``: observers and metrics are told."""
+    rows again. Through the one pipeline (``DataPlane.serve``), as the records API."""
     started = time.perf_counter()
-    if not isinstance(rows, list):
-        raise InvalidRequestError(
-            'the body must be {"instances": [{"feature": value, ...}, ...]}',
-            details=[
-                {
-                    "field": "instances",
-                    "rule": "required",
-                    "message": "a list of records is required",
-                }
-            ],
-        )
-    X = model.validator.records_to_matrix(rows)
-    outputs = await plane.run_model(model, X, context)
-    response = model.records_response(outputs)
-    response["request_id"] = context.request_id
-    plane.record(model, context, X, outputs, started, protocol="records")
-    return response, X
+    X = records.parse_records_request(model, {"instances": rows})
+    outputs, _ = await plane.serve(model, X, context, "records", started)
+    return records.build_records_response(model, outputs, context.request_id), X
 
 
 async def fhir_handler(

@@ -26,8 +26,9 @@ import orjson
 
 from medserve.core.context import RequestContext
 from medserve.core.errors import InvalidRequestError, UnsupportedMediaTypeError
-from medserve.serving.data_plane import DataPlane
+from medserve.serving.data_plane import DataPlane, Explainer
 from medserve.serving.media import MediaAnswer, MediaHandler, MediaRequest
+from medserve.serving.protocols import records
 
 _JSON = b"application/json"
 
@@ -66,15 +67,24 @@ def image_handler(media: str, salt: bytes | None = None) -> MediaHandler:
         else:
             image = read_png(raw)
         X = np.array([[image]], dtype=object)
-        outputs = await plane.run_model(model, X, context)
+
+        async def explain(_: dict[str, np.ndarray]) -> Any:
+            return await asyncio.to_thread(runtime.explain_image, image)
+
+        outputs, explanation = await plane.serve(
+            model,
+            X,
+            context,
+            "records",
+            started,
+            explain=explain if request.explain else None,
+            logged=np.array([[image.describe()]], dtype=object),  # never pixels or header values
+        )
         response = model.records_response(outputs)
-        if request.explain:
-            explanation = await asyncio.to_thread(runtime.explain_image, image)
+        if explanation is not None:
             response["predictions"][0]["explanation"] = explanation
         response["input"] = image.header  # de-identified summary only
         response["request_id"] = context.request_id
-        logged = np.array([[image.describe()]], dtype=object)
-        plane.record(model, context, logged, outputs, started)
         return 200, _dump(response), _JSON
 
     return handle
@@ -108,6 +118,7 @@ async def text_handler(
     # lazy import (optional extras: imaging, text)
     from medserve.features.modalities.text_runtime import TextRuntime  # noqa: PLC0415
 
+    started = time.perf_counter()
     try:
         body = request.body.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -115,18 +126,26 @@ async def text_handler(
     model = await plane.model(name, ref)
     runtime = model.runtime
     field = model.signature.feature_names[0] if model.signature.inputs else "text"
+    explain: Explainer | None = None
     if isinstance(runtime, SequenceRuntime):
         rows = [{field: sequence} for sequence in parse_fasta(body)]
-        response = await plane.predict_records(name, ref, {"instances": rows}, context)
-        return 200, _dump(response), _JSON
-    if not isinstance(runtime, TextRuntime):
+    elif isinstance(runtime, TextRuntime):
+        rows = [{field: body}]
+        text_runtime = runtime
+
+        async def explain_note(_: dict[str, np.ndarray]) -> Any:
+            return await asyncio.to_thread(text_runtime.explain_text, body)
+
+        explain = explain_note if request.explain else None
+    else:
         raise UnsupportedMediaTypeError(
             f"model {name!r} takes Content-Type application/json records; text/plain is only "
             "for text and sequence models"
         )
-    response = await plane.predict_records(name, ref, {"instances": [{field: body}]}, context)
-    if request.explain:
-        explanation = await asyncio.to_thread(runtime.explain_text, body)
+    X = records.parse_records_request(model, {"instances": rows})
+    outputs, explanation = await plane.serve(model, X, context, "records", started, explain=explain)
+    response = records.build_records_response(model, outputs, context.request_id)
+    if explanation is not None:
         response["predictions"][0]["explanation"] = explanation
     return 200, _dump(response), _JSON
 
