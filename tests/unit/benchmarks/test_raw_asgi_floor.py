@@ -7,6 +7,7 @@ benchmark sends, under medserve's uvicorn settings: these tests check all three.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -112,13 +113,19 @@ def test_uvicorn_settings_are_medserves(home: Path, monkeypatch: pytest.MonkeyPa
     from medserve.core.settings import Settings
     from medserve.serving.server import run_server
 
-    for name in (
-        "MEDSERVE_SECURITY",
-        "MEDSERVE_WORKERS",
-        "MEDSERVE_MIGRATE_ON_START",
-        "PROMETHEUS_MULTIPROC_DIR",
-    ):
-        monkeypatch.delenv(name, raising=False)
+    # run_server writes the environment its workers read: give it a copy, restored afterwards
+    environment = {
+        k: v
+        for k, v in os.environ.items()
+        if k
+        not in (
+            "MEDSERVE_SECURITY",
+            "MEDSERVE_WORKERS",
+            "MEDSERVE_MIGRATE_ON_START",
+            "PROMETHEUS_MULTIPROC_DIR",
+        )
+    }
+    monkeypatch.setattr(os, "environ", environment)
     captured: dict[str, Any] = {}
 
     def fake_run(app: Any, **kwargs: Any) -> None:

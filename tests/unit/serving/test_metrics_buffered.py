@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
 from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -26,7 +27,8 @@ def _samples(name: str, model: str) -> dict[tuple[str, str], float]:
     return found
 
 
-def test_flushed_counts_equal_direct_observation() -> None:
+def test_flushed_counts_equal_direct_observation(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)  # this process's registry
     model = metrics.ModelMetrics("buffered-model", "1")
     latencies = [0.0001, 0.0005, 0.0007, 0.003, 0.003, 0.02, 4.0]
     for seconds in latencies:
