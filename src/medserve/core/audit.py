@@ -147,7 +147,8 @@ class VerifyResult:
 
 
 def _outbox_entry(row: Any) -> AuditEntry:
-    """The audit entry of one registry change (alias moves name where from and why)."""
+    """The audit entry of one registry or governance change (``registry.alias_set``,
+    ``governance.card_edited``, ...; alias moves name where from and to, and why)."""
     detail: dict[str, Any] = {}
     if row["alias"] is not None:
         detail = {"alias": row["alias"], "from": row["from_version"], "to": row["version"]}
@@ -155,7 +156,7 @@ def _outbox_entry(row: Any) -> AuditEntry:
         detail["reason"] = row["reason"]
     return AuditEntry(
         actor=row["actor"],
-        action=f"registry.{row['kind']}",
+        action=row["kind"],
         outcome=200,
         model=row["model_name"],
         version=str(row["version"]) if row["version"] is not None else None,
@@ -289,8 +290,10 @@ class AuditLog:
             return
         try:
             self._prepare(_SLICE)
-        except Exception:  # keep ticking: the next slices, and the overflow count, still matter
-            log.exception("audit trail: could not prepare queued entries")
+        except (
+            Exception
+        ) as exc:  # keep ticking: the next slices, and the overflow count, still matter
+            log.error("audit trail: could not prepare queued entries: %s", type(exc).__name__)
         if self._queue:
             self._loop.call_soon(self._tick)
         else:
@@ -354,8 +357,11 @@ class AuditLog:
         try:
             while self.drain_outbox() == _BATCH:
                 pass
-        except Exception:
-            log.exception("audit trail: could not move registry changes from the outbox")
+        except Exception as exc:
+            log.error(
+                "audit trail: could not move registry changes from the outbox: %s",
+                type(exc).__name__,
+            )
 
     def _at_text_of(self, at: float) -> str:
         """``_at_text`` of a unix time, the date and time of day formatted once a second (a
@@ -371,8 +377,10 @@ class AuditLog:
         at_text = self._at_text_of(at)
         try:
             record: list[Any] = build(argument, at_text)
-        except Exception:  # a bug must not cost the entry its place in the chain
-            log.exception("audit trail: could not build a queued prediction entry")
+        except Exception as exc:  # a bug must not cost the entry its place in the chain
+            log.error(
+                "audit trail: could not build a queued prediction entry: %s", type(exc).__name__
+            )
             record = [
                 at_text,
                 "medserve",
@@ -393,9 +401,13 @@ class AuditLog:
             try:
                 self.append(batch)
                 return
-            except Exception:
-                if attempt == 4:
-                    log.exception("audit trail: could not write %d entries", len(batch))
+            except Exception as exc:
+                if attempt == 4:  # the type only: a driver's message may quote the values
+                    log.error(
+                        "audit trail: could not write %d entries: %s",
+                        len(batch),
+                        type(exc).__name__,
+                    )
                 time.sleep(0.2 * (attempt + 1))
 
     def flush(self) -> None:

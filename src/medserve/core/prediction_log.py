@@ -324,8 +324,8 @@ class PredictionLog:
                 rows += item[0].inputs.shape[0]
             try:
                 self._ready.extend(self.packs(batch))
-            except Exception:  # a bug in packing must not stop the log; the rows are counted
-                log.exception("prediction log could not pack a batch")
+            except Exception as exc:  # a bug in packing must not stop the log; the rows are counted
+                log.error("prediction log could not pack a batch: %s", type(exc).__name__)
                 self._out_rows += rows
                 self._drop(rows, "write_failed")
             if most_rows is not None:
@@ -370,8 +370,8 @@ class PredictionLog:
                 self._out_rows += rows
                 try:
                     self.write_packs(packs)
-                except Exception:  # the writer must survive anything; the rows are counted
-                    log.exception("prediction log writer failed on a batch")
+                except Exception as exc:  # the writer must survive anything; the rows are counted
+                    log.error("prediction log writer failed on a batch: %s", type(exc).__name__)
                     self._drop(rows, "write_failed")
                 finally:
                     self._busy = False

@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 
 from medserve.core.audit import AuditLog
 from medserve.core.errors import VersionNotFoundError
+from medserve.core.store.governance import GovernanceStore
 from medserve.core.store.schema import registry_outbox
 from medserve.core.store.sql import SqlRegistryStore
 from medserve.faces.cli import app
@@ -36,9 +37,9 @@ def test_changes_and_their_records_commit_together(store: SqlRegistryStore) -> N
         store.set_alias("sepsis", "production", 7, actor="mallory")
     kinds = [(r["kind"], r["actor"], r["alias"], r["version"]) for r in _outbox(store)]
     assert kinds == [
-        ("model_created", "ana", None, None),
-        ("version_created", "unknown", None, 1),
-        ("alias_set", "ana", "production", 1),
+        ("registry.model_created", "ana", None, None),
+        ("registry.version_created", "unknown", None, 1),
+        ("registry.alias_set", "ana", "production", 1),
     ]
 
 
@@ -82,3 +83,40 @@ def test_the_audit_cli_sees_changes_made_without_a_server(
     verified = runner.invoke(app, ["audit", "verify"])
     assert verified.exit_code == 0
     assert "1 entries verified" in verified.output
+
+
+def test_governance_changes_are_audited_with_their_actor(store: SqlRegistryStore) -> None:
+    store.create_model("sepsis", created_by="ana")
+    _version(store, "sepsis")
+    gov = GovernanceStore(store)
+    gov.save_card("sepsis", 1, {"intended_use": "triage"}, actor="cmio")
+    gov.save_criteria("sepsis", 1, [{"metric": "auroc", "op": ">=", "value": 0.8}], actor="cmio")
+    gov.save_evaluation(
+        "sepsis",
+        1,
+        dataset_sha256="cd" * 32,
+        dataset_name="held-out",
+        kind="local",
+        result={"n": 10},
+        report_sha256=None,
+        created_by="bob",
+    )
+    gov.save_training_run("sepsis", 1, {"threshold": {"value": 0.4}}, "task: binary", actor="bob")
+    audit = AuditLog(store.engine)
+    audit.drain_outbox()
+    changes = [(r["action"], r["actor"]) for r in audit.entries() if r["model"] == "sepsis"]
+    assert changes[2:] == [
+        ("governance.card_edited", "cmio"),
+        ("governance.criteria_set", "cmio"),
+        ("governance.evaluation_stored", "bob"),
+        ("governance.training_run_stored", "bob"),
+    ]
+    assert audit.verify().ok
+
+
+def test_store_errors_never_carry_the_values(store: SqlRegistryStore) -> None:
+    """A failed statement's message (what a log line would print) names no parameter value."""
+    secret = "req-MRN-0042-identifier"
+    with pytest.raises(sa.exc.DBAPIError) as caught, store.engine.begin() as conn:
+        conn.execute(sa.text("SELECT * FROM no_such_table WHERE x = :v"), {"v": secret})
+    assert secret not in str(caught.value)

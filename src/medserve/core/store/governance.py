@@ -9,6 +9,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from medserve.core.store.base import RegistryStore
+from medserve.core.store.outbox import record_change
 from medserve.core.store.tables_governance import (
     gov_acceptance,
     gov_cards,
@@ -67,6 +68,15 @@ class GovernanceStore:
                     created_at=_now(),
                 )
             )
+            reason = f"{kind} evaluation"
+            record_change(
+                conn,
+                "governance.evaluation_stored",
+                name,
+                version=version,
+                actor=created_by,
+                reason=reason,
+            )
             key = inserted.inserted_primary_key
             return int(key[0]) if key else 0
 
@@ -83,7 +93,8 @@ class GovernanceStore:
 
     # -- card statements and acceptance criteria -----------------------------------------
     def save_card(self, name: str, version: int, author: dict[str, Any], actor: str) -> None:
-        self._upsert(gov_cards, name, version, {"author": author, "updated_by": actor})
+        values = {"author": author, "updated_by": actor}
+        self._upsert(gov_cards, name, version, values, change="governance.card_edited", actor=actor)
 
     def card(self, name: str, version: int) -> dict[str, Any]:
         row = self._get(gov_cards, name, version)
@@ -92,7 +103,10 @@ class GovernanceStore:
     def save_criteria(
         self, name: str, version: int, criteria: list[dict[str, Any]], actor: str
     ) -> None:
-        self._upsert(gov_acceptance, name, version, {"criteria": criteria, "updated_by": actor})
+        values = {"criteria": criteria, "updated_by": actor}
+        self._upsert(
+            gov_acceptance, name, version, values, change="governance.criteria_set", actor=actor
+        )
 
     def criteria(self, name: str, version: int) -> list[dict[str, Any]]:
         row = self._get(gov_acceptance, name, version)
@@ -100,7 +114,12 @@ class GovernanceStore:
 
     # -- training runs --------------------------------------------------------------------
     def save_training_run(
-        self, name: str, version: int, record: dict[str, Any], spec_text: str
+        self,
+        name: str,
+        version: int,
+        record: dict[str, Any],
+        spec_text: str,
+        actor: str = "unknown",
     ) -> None:
         self._upsert(
             gov_training_runs,
@@ -108,6 +127,8 @@ class GovernanceStore:
             version,
             {"record": record, "spec_text": spec_text},
             "created_at",
+            change="governance.training_run_stored",
+            actor=actor,
         )
 
     def training_run(self, name: str, version: int) -> dict[str, Any] | None:
@@ -134,10 +155,16 @@ class GovernanceStore:
         version: int,
         values: dict[str, Any],
         stamp: str = "updated_at",
+        *,
+        change: str,
+        actor: str,
     ) -> None:
+        """Replace the row of ``(name, version)``; the change's audit record (``change``, by
+        ``actor``) is written in the same transaction."""
         where = (table.c.model_name == name) & (table.c.version == version)
         with self.uow.write() as conn:
             conn.execute(table.delete().where(where))
             conn.execute(
                 table.insert().values(model_name=name, version=version, **values, **{stamp: _now()})
             )
+            record_change(conn, change, name, version=version, actor=actor)

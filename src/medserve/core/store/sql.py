@@ -32,12 +32,12 @@ from medserve.core.errors import (
 )
 from medserve.core.registry.entities import AliasEvent, ModelVersion, Page, RegisteredModel
 from medserve.core.store.base import RegistryStore
+from medserve.core.store.outbox import record_change
 from medserve.core.store.schema import (
     alias_events,
     aliases,
     model_versions,
     registered_models,
-    registry_outbox,
     registry_state,
 )
 from medserve.core.store.unit_of_work import UnitOfWork
@@ -165,6 +165,7 @@ def create_engine_for(uri: str) -> Engine:
             connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S, "check_same_thread": False},
             # An in-memory database lives in one connection: share it, or each would be empty.
             poolclass=sa.pool.StaticPool if in_memory else None,
+            hide_parameters=True,  # errors and logs never carry the values (request ids, ...)
         )
 
         @sa.event.listens_for(engine, "connect")
@@ -183,7 +184,7 @@ def create_engine_for(uri: str) -> Engine:
             conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
 
         return engine
-    return sa.create_engine(uri, pool_pre_ping=True)
+    return sa.create_engine(uri, pool_pre_ping=True, hide_parameters=True)
 
 
 def migrate(engine: Engine) -> None:
@@ -200,32 +201,6 @@ def migrate(engine: Engine) -> None:
             conn.exec_driver_sql("SELECT pg_advisory_xact_lock(727001)")  # one migrator at a time
         config.attributes["connection"] = conn
         command.upgrade(config, "heads")  # one branch per capability, all applied
-
-
-def _outbox(
-    conn: Connection,
-    kind: str,
-    model_name: str,
-    *,
-    actor: str,
-    version: int | None = None,
-    alias: str | None = None,
-    from_version: int | None = None,
-    reason: str = "",
-) -> None:
-    """The change's audit record, in the change's transaction (consumed by the audit writer)."""
-    conn.execute(
-        registry_outbox.insert().values(
-            kind=kind,
-            model_name=model_name,
-            version=version,
-            alias=alias,
-            from_version=from_version,
-            actor=actor,
-            reason=reason,
-            at=_now(),
-        )
-    )
 
 
 def _bump_change_token(conn: Connection) -> None:
@@ -302,7 +277,7 @@ class SqlRegistryStore(RegistryStore):
         try:
             with self._write() as conn:
                 conn.execute(registered_models.insert().values(**values))
-                _outbox(conn, "model_created", name, actor=created_by)
+                record_change(conn, "registry.model_created", name, actor=created_by)
         except IntegrityError as exc:
             raise AlreadyExistsError(f"model {name!r} already exists") from exc
         return _model(values)  # type: ignore[arg-type]
@@ -353,7 +328,9 @@ class SqlRegistryStore(RegistryStore):
             conn.execute(
                 registered_models.update().where(registered_models.c.name == name).values(**values)
             )
-            _outbox(conn, "model_updated", name, actor=actor, reason=", ".join(sorted(values)))
+            record_change(
+                conn, "registry.model_updated", name, actor=actor, reason=", ".join(sorted(values))
+            )
             return _model(self._model_row(conn, name))
 
     def delete_model(self, name: str, *, actor: str = "unknown") -> None:
@@ -363,7 +340,7 @@ class SqlRegistryStore(RegistryStore):
             conn.execute(alias_events.delete().where(alias_events.c.model_name == name))
             conn.execute(model_versions.delete().where(model_versions.c.model_name == name))
             conn.execute(registered_models.delete().where(registered_models.c.name == name))
-            _outbox(conn, "model_deleted", name, actor=actor)
+            record_change(conn, "registry.model_deleted", name, actor=actor)
 
     # -- versions -------------------------------------------------------------------------
     def create_version(
@@ -417,7 +394,9 @@ class SqlRegistryStore(RegistryStore):
                 "created_at": now,
             }
             conn.execute(model_versions.insert().values(**values))
-            _outbox(conn, "version_created", model_name, version=number, actor=created_by)
+            record_change(
+                conn, "registry.version_created", model_name, version=number, actor=created_by
+            )
         return _version(values)  # type: ignore[arg-type]
 
     def _version_row(self, conn: Connection, model_name: str, version: int) -> RowMapping:
@@ -492,9 +471,9 @@ class SqlRegistryStore(RegistryStore):
                     .values(**values)
                 )
                 changed = ", ".join(sorted(values))
-                _outbox(
+                record_change(
                     conn,
-                    "version_updated",
+                    "registry.version_updated",
                     model_name,
                     version=version,
                     actor=actor,
@@ -531,8 +510,8 @@ class SqlRegistryStore(RegistryStore):
             "at": _now(),
         }
         event_id = conn.execute(alias_events.insert().values(**values)).inserted_primary_key
-        kind = "alias_deleted" if to_version is None else "alias_set"
-        _outbox(
+        kind = "registry.alias_deleted" if to_version is None else "registry.alias_set"
+        record_change(
             conn,
             kind,
             model_name,

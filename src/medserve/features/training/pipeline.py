@@ -378,7 +378,7 @@ def train(
     }
     text = spec_text if spec_text is not None else yaml.safe_dump(spec.model_dump(mode="json"))
     gov = GovernanceStore(registry.store)
-    gov.save_training_run(spec.name, version.version, record, text)
+    gov.save_training_run(spec.name, version.version, record, text, actor=actor)
     report_sha = None
     try:
         html = render_report(
