@@ -81,6 +81,10 @@ def extensions() -> tuple[Extension, ...]:
                 f"entry point {point.name!r} ({point.value}) is not a medserve Extension"
             )
         found.append(obj)
+    if not found:  # an install without its entry points serves no extension's flavor or route
+        log.warning(
+            "no %s entry points: is medserve installed (pip install -e .)?", ENTRY_POINT_GROUP
+        )
     return tuple(sorted(found, key=lambda e: (e.order, e.name)))
 
 
