@@ -11,7 +11,9 @@ from typer.testing import CliRunner
 
 from medserve.core.audit import AuditLog
 from medserve.core.errors import VersionNotFoundError
+from medserve.core.monitoring_config import ModelMonitoringConfig
 from medserve.core.store.governance import GovernanceStore
+from medserve.core.store.monitoring import MonitoringStore
 from medserve.core.store.schema import registry_outbox
 from medserve.core.store.sql import SqlRegistryStore
 from medserve.faces.cli import app
@@ -120,3 +122,14 @@ def test_store_errors_never_carry_the_values(store: SqlRegistryStore) -> None:
     with pytest.raises(sa.exc.DBAPIError) as caught, store.engine.begin() as conn:
         conn.execute(sa.text("SELECT * FROM no_such_table WHERE x = :v"), {"v": secret})
     assert secret not in str(caught.value)
+
+
+def test_monitoring_configuration_changes_are_audited(store: SqlRegistryStore) -> None:
+    store.create_model("sepsis", created_by="ana")
+    monitoring = MonitoringStore(store)
+    monitoring.set_config("sepsis", ModelMonitoringConfig(), actor="ops")
+    monitoring.add_rule("sepsis", "psi_max", ">", 0.25, actor="ops")
+    audit = AuditLog(store.engine)
+    audit.drain_outbox()
+    changes = [(r["action"], r["actor"]) for r in audit.entries() if r["model"] == "sepsis"]
+    assert changes[1:] == [("monitoring.config_set", "ops"), ("monitoring.rule_added", "ops")]

@@ -22,6 +22,7 @@ from medserve.core.errors import InvalidRequestError, NotFoundError
 from medserve.core.monitoring_config import ModelMonitoringConfig
 from medserve.core.prediction_log import EPOCH, OWN_ID_LAG_US, from_us, npy_rows
 from medserve.core.store.base import RegistryStore
+from medserve.core.store.outbox import record_change
 from medserve.core.store.tables_monitoring import (
     PACKED_SPAN_S,
     mon_alerts,
@@ -158,6 +159,7 @@ class MonitoringStore:
                     updated_at=datetime.now(UTC),
                 )
             )
+            record_change(conn, "monitoring.config_set", model, actor=actor)
 
     # -- prediction log ---------------------------------------------------------------------
     # Rows are packed one batch per table row (see monitoring/prediction_log.py); these
@@ -169,6 +171,13 @@ class MonitoringStore:
             query = query.where(b.c.model_name == model)
         with self._read() as conn:
             return int(conn.execute(query).scalar_one())
+
+    def logged_models(self) -> list[str]:
+        """The models with logged predictions."""
+        b = mon_prediction_batches
+        with self._read() as conn:
+            rows = conn.execute(sa.select(b.c.model_name).distinct().order_by(b.c.model_name))
+            return [str(name) for (name,) in rows]
 
     def prediction_ids(self, model: str) -> list[str]:
         b = mon_prediction_batches
@@ -336,6 +345,8 @@ class MonitoringStore:
                 )
             )
             rule_id = inserted_id(inserted)
+            reason = f"rule {rule_id}: {metric} {op} {float(threshold):g}"
+            record_change(conn, "monitoring.rule_added", model, actor=actor, reason=reason)
         return AlertRule(rule_id, model, metric, op, float(threshold), min_n, consecutive, 0, True)
 
     def rules(self, model: str) -> list[AlertRule]:

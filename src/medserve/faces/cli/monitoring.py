@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
+import sys
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
+import orjson
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from medserve.core.errors import InvalidRequestError, MedserveError
 from medserve.core.monitoring_config import ModelMonitoringConfig, MonitoringSettings
-from medserve.core.registry.service import current_user
-from medserve.core.store.monitoring import MonitoringStore
+from medserve.core.prediction_log import EPOCH
+from medserve.core.registry.service import Registry, current_user
+from medserve.core.registry.signature import Signature
+from medserve.core.store.monitoring import LoggedPrediction, MonitoringStore
 from medserve.faces.cli.support import fail as _fail
 from medserve.faces.cli.support import open_registry as _registry
+from medserve.faces.cli.support import parse_since
 
 console = Console()
 
@@ -156,6 +163,61 @@ def register(app: typer.Typer, models_app: typer.Typer) -> None:
         except MedserveError as exc:
             raise _fail(exc) from exc
         console.print(f"alert {row['id']} acknowledged by {row['acknowledged_by']}")
+
+    @monitor.command("export")
+    def export(
+        name: str = typer.Argument(
+            None, help="Model name; every model with logged predictions if omitted."
+        ),
+        version: int = typer.Option(None, help="Only this version."),
+        since: str = typer.Option(
+            None, help="ISO date/time or a duration such as 7d (default: all)."
+        ),
+        until: str = typer.Option(None, help="ISO date/time (exclusive; default: now)."),
+    ) -> None:
+        """Write the prediction log as JSON lines to stdout, one prediction a line: id, model,
+        version, time, the de-identified inputs by feature, outputs, outcome, patient pseudonym."""
+        try:
+            start = parse_since(since) if since else EPOCH
+            end = parse_since(until) if until else datetime.now(UTC) + timedelta(seconds=1)
+            with _registry() as registry:
+                store = MonitoringStore(registry.store)
+                names = [name] if name else store.logged_models()
+                out = sys.stdout.buffer
+                for model in names:
+                    for p in store.predictions(model, start, end):
+                        if version is None or p.version == version:
+                            out.write(orjson.dumps(_exported(registry, p)) + b"\n")
+                out.flush()
+        except MedserveError as exc:
+            raise _fail(exc) from exc
+
+
+_FEATURES: dict[tuple[str, int], list[str]] = {}
+
+
+def _exported(registry: Registry, p: LoggedPrediction) -> dict[str, Any]:
+    """One line of ``monitor export``: inputs named by the version's signature (as logged:
+    identifier fields pseudonymized, free text de-identified)."""
+    key = (p.model_name, p.version)
+    if key not in _FEATURES:
+        version = registry.store.get_version(p.model_name, p.version)
+        _FEATURES[key] = Signature.model_validate(version.signature).feature_names
+    names = _FEATURES[key]
+    inputs = p.inputs if isinstance(p.inputs, list) else list(p.inputs)
+    return {
+        "id": p.id,
+        "model": p.model_name,
+        "version": p.version,
+        "at": p.at.isoformat(),
+        "patient": p.patient,
+        "site": p.site,
+        "inputs": dict(zip(names, inputs, strict=False)),
+        "outputs": p.outputs,
+        "outcome": p.outcome,
+        "outcome_at": p.outcome_at.isoformat() if p.outcome_at else None,
+        "latency_ms": p.latency_ms,
+    }
 
 
 def alerts_table(rows: list[dict[str, object]]) -> Table:

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import getpass
-import re
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime, timedelta
 from typing import Annotated
 
 import orjson
@@ -16,10 +14,10 @@ from rich.console import Console
 from rich.table import Table
 
 from medserve.core.audit import AuditEntry, AuditLog
-from medserve.core.errors import InvalidRequestError, MedserveError
+from medserve.core.errors import MedserveError
 from medserve.core.registry.service import Registry
 from medserve.core.settings import Settings
-from medserve.faces.cli.support import fail
+from medserve.faces.cli.support import fail, parse_duration, parse_since
 from medserve.features.security.keys import SecurityStore
 from medserve.features.security.permissions import ROLES
 
@@ -29,30 +27,6 @@ err_console = Console(stderr=True)
 keys_app = typer.Typer(help="API keys: create, list, revoke.", no_args_is_help=True)
 tenants_app = typer.Typer(help="Tenants: which tenant owns which model.", no_args_is_help=True)
 audit_app = typer.Typer(help="The hash-chained audit trail: verify, export.", no_args_is_help=True)
-
-_DURATION = re.compile(r"^(\d+)([mhdw])$")
-_UNITS = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
-
-
-def parse_duration(text: str) -> timedelta:
-    match = _DURATION.match(text.strip())
-    if not match:
-        raise InvalidRequestError(f"duration {text!r}: use a number and m/h/d/w, e.g. 90d")
-    return timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
-
-
-def parse_since(text: str) -> datetime:
-    try:
-        return datetime.now(UTC) - parse_duration(text)
-    except InvalidRequestError:
-        pass
-    try:
-        value = datetime.fromisoformat(text)
-    except ValueError as exc:
-        raise InvalidRequestError(
-            f"--since {text!r}: use an ISO date/time (2024-01-31) or a duration (7d)"
-        ) from exc
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value
 
 
 @contextmanager

@@ -3,8 +3,10 @@ and reading a model reference."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
 
 import typer
 from rich.console import Console
@@ -41,3 +43,28 @@ def split_ref(ref: str, default: str = "production") -> tuple[str, str]:
     if not name:
         raise InvalidRequestError(f"bad model reference {ref!r}: expected NAME[@VERSION|ALIAS]")
     return name, version or default
+
+
+_DURATION = re.compile(r"^(\d+)([mhdw])$")
+_UNITS = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+
+
+def parse_duration(text: str) -> timedelta:
+    match = _DURATION.match(text.strip())
+    if not match:
+        raise InvalidRequestError(f"duration {text!r}: use a number and m/h/d/w, e.g. 90d")
+    return timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
+
+
+def parse_since(text: str) -> datetime:
+    try:
+        return datetime.now(UTC) - parse_duration(text)
+    except InvalidRequestError:
+        pass
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError as exc:
+        raise InvalidRequestError(
+            f"--since {text!r}: use an ISO date/time (2024-01-31) or a duration (7d)"
+        ) from exc
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value
