@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from tests.support import ServerProcess, auth, create_key, start_server
 from typer.testing import CliRunner
 
-from medserve.core.audit import AuditLog
+from medserve.core.audit import AuditLog, load_audit_keys
 from medserve.core.phi import load_or_create_salt, pseudonymize
 from medserve.core.registry.service import Registry
 from medserve.core.settings import Settings
@@ -272,7 +272,8 @@ def test_audit_trail_and_phi_after_sigterm(home: Path, demo_home: Path) -> None:
 
     registry = Registry.open(Settings(home=home))
     try:
-        audit = AuditLog(registry.store.engine)  # type: ignore[attr-defined]
+        keys = load_audit_keys(home)  # the server sealed the rows with the home's audit key
+        audit = AuditLog(registry.store.engine, keys=keys)  # type: ignore[attr-defined]
         result = audit.verify()
         assert result.ok, result.reason
         # prediction entries are packed several to a chained row: read them as entries

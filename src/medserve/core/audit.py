@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import hmac
 import logging
 import threading
 import time
@@ -39,12 +40,15 @@ from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import orjson
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
+from medserve.core.crypto import Keyring
+from medserve.core.errors import MedserveError
 from medserve.core.store.schema import registry_outbox
 from medserve.core.store.tables_security import sec_audit
 from medserve.core.store.unit_of_work import UnitOfWork
@@ -53,7 +57,7 @@ log = logging.getLogger(__name__)
 
 GENESIS = "0" * 64
 _BATCH = 2000
-_CHUNKS = (256, 128, 64, 32, 16, 8, 4, 2, 1)  # rows per INSERT (14 columns x 256 = 3,584 params)
+_CHUNKS = (256, 128, 64, 32, 16, 8, 4, 2, 1)  # rows per INSERT (15 columns x 256 = 3,840 params)
 _SLICE = 512  # queued items prepared on the event loop between requests
 _WRITE_INTERVAL_S = 1.0  # see monitoring's flush_interval_s: fewer wakeups, less GIL contention
 _ADVISORY_LOCK = 727003
@@ -101,13 +105,28 @@ def _as_utc(value: datetime | None) -> datetime | None:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
-def row_hash(row: dict[str, Any], prev_hash: str) -> str:
-    """The chain hash of one row (its sequence, time, every field and the previous hash)."""
-    return _hash(row["seq"], _at_text(row["at"]), tuple(row[f] for f in _FIELDS), prev_hash)
+Sealer = tuple[str, bytes]  # (key id, secret): an audit key that seals rows with an HMAC
 
 
-def _hash(seq: int, at_text: str, fields: tuple[Any, ...], prev_hash: str) -> str:
-    return hashlib.sha256(orjson.dumps([seq, at_text, *fields, prev_hash])).hexdigest()
+def row_hash(row: dict[str, Any], prev_hash: str, sealer: Sealer | None = None) -> str:
+    """The chain hash of one row (its sequence, time, every field and the previous hash),
+    an HMAC with ``sealer``'s key when the row names one."""
+    fields = tuple(row[f] for f in _FIELDS)
+    return _hash(row["seq"], _at_text(row["at"]), fields, prev_hash, sealer)
+
+
+def _hash(
+    seq: int, at_text: str, fields: tuple[Any, ...], prev_hash: str, sealer: Sealer | None = None
+) -> str:
+    if sealer is None:  # a row from before audit keys: plain sha256, anyone can recompute it
+        return hashlib.sha256(orjson.dumps([seq, at_text, *fields, prev_hash])).hexdigest()
+    key_id, secret = sealer
+    payload = orjson.dumps([seq, at_text, *fields, prev_hash, key_id])
+    return hmac.new(secret, payload, hashlib.sha256).hexdigest()
+
+
+def _anchor_payload(seq: int, digest: str) -> bytes:
+    return f"medserve-audit-anchor:{seq}:{digest}".encode()
 
 
 _PACKED_SPAN = timedelta(minutes=15)  # longest a backlog can hold a prediction entry back
@@ -165,9 +184,33 @@ def _outbox_entry(row: Any) -> AuditEntry:
     )
 
 
+class AuditKeyError(MedserveError):
+    code = "audit_key"
+
+
+AUDIT_KEYS_VAR = "MEDSERVE_AUDIT_KEYS"
+AUDIT_KEYS_FILE = "audit_keys.json"
+
+
+def load_audit_keys(home: Path) -> Keyring:
+    """The audit keyring: ``MEDSERVE_AUDIT_KEYS`` (the JSON of ``medserve.core.crypto``), else
+    ``home/keys/audit_keys.json`` (mode 0600, created on first use). Keep it off the database
+    host's reach where you can: whoever holds it can reseal a rewritten trail."""
+    return Keyring.load(home, env_var=AUDIT_KEYS_VAR, file_name=AUDIT_KEYS_FILE)
+
+
 class AuditLog:
-    def __init__(self, engine: Engine, *, queue_size: int = 200_000) -> None:
+    """The trail of one database. With ``keys`` (the home's audit keyring: ``keys/audit_keys.json``
+    or ``MEDSERVE_AUDIT_KEYS``, kept outside the database) every row is sealed with an HMAC of
+    the primary key and names it, so a person who can write the database but not read the key
+    cannot rewrite rows and recompute the chain; without keys rows are plain sha256 (tests, and
+    trails from before keys)."""
+
+    def __init__(
+        self, engine: Engine, *, queue_size: int = 200_000, keys: Keyring | None = None
+    ) -> None:
         self.engine = engine
+        self.keys = keys
         self.uow = UnitOfWork(engine, "audit")
         self._queue: deque[Any] = deque()  # AuditEntry or (build, argument, unix time)
         self._queue_size = queue_size
@@ -192,6 +235,8 @@ class AuditLog:
             sa.select(sec_audit.c.seq, sec_audit.c.hash).order_by(sec_audit.c.seq.desc()).limit(1)
         ).first()
         seq, prev = (int(last[0]), str(last[1])) if last is not None else (0, GENESIS)
+        sealer = self._sealer()
+        key_id = sealer[0] if sealer is not None else None
         now = datetime.now(UTC)
         sqlite = conn.dialect.name == "sqlite"
         rows: list[tuple[Any, ...]] = []
@@ -211,14 +256,14 @@ class AuditLog:
                 e.patient_hash,
                 e.detail,
             )
-            digest = _hash(seq, at_text, fields, prev)
+            digest = _hash(seq, at_text, fields, prev, sealer)
             # SQLite keeps DateTime as SQLAlchemy's text form; the driver-level insert below
             # skips SQLAlchemy's per-value processing (the cost of a batch is in that loop).
             stored_at: Any = at_text[:-1].replace("T", " ") if sqlite else at.replace(tzinfo=UTC)
-            rows.append((seq, stored_at, *fields, prev, digest))
+            rows.append((seq, stored_at, *fields, prev, digest, key_id))
             prev = digest
-        marks = "(" + ", ".join(["?" if conn.dialect.paramstyle == "qmark" else "%s"] * 14) + ")"
-        columns = ", ".join(["seq", "at", *_FIELDS, "prev_hash", "hash"])
+        marks = "(" + ", ".join(["?" if conn.dialect.paramstyle == "qmark" else "%s"] * 15) + ")"
+        columns = ", ".join(["seq", "at", *_FIELDS, "prev_hash", "hash", "chain_key"])
         start = 0
         for size in _CHUNKS:
             while len(rows) - start >= size:
@@ -226,6 +271,49 @@ class AuditLog:
                 sql = f"INSERT INTO sec_audit ({columns}) VALUES {', '.join([marks] * size)}"
                 conn.exec_driver_sql(sql, flat)
                 start += size
+
+    def _sealer(self) -> Sealer | None:
+        if self.keys is None:
+            return None
+        return self.keys.primary, self.keys.keys[self.keys.primary]
+
+    def seal(self) -> None:
+        """Make sure the chain's newest row is sealed with the primary key: a server or the CLI
+        calls this on start, so a trail from before keys (or a key rotation) is marked, and a
+        trail rewritten without the key can no longer pass as one that never had a key."""
+        if self.keys is None:
+            return
+        with self.uow.read() as conn:
+            last = conn.execute(
+                sa.select(sec_audit.c.chain_key).order_by(sec_audit.c.seq.desc()).limit(1)
+            ).first()
+        if last is None or last[0] != self.keys.primary:
+            marker = AuditEntry(
+                actor="medserve",
+                action="audit_key_in_use",
+                outcome=200,
+                detail=f"rows from here are sealed with audit key {self.keys.primary}",
+            )
+            self.append([marker])
+
+    def anchor(self) -> dict[str, Any]:
+        """The newest row's sequence and hash, sealed with the primary key: kept on write-once
+        storage, it lets ``verify`` detect a truncated or wiped trail."""
+        if self.keys is None:
+            raise AuditKeyError("an anchor needs the audit keys (MEDSERVE_AUDIT_KEYS or the home)")
+        with self.uow.read() as conn:
+            last = conn.execute(
+                sa.select(sec_audit.c.seq, sec_audit.c.hash, sec_audit.c.at)
+                .order_by(sec_audit.c.seq.desc())
+                .limit(1)
+            ).first()
+        if last is None:
+            raise AuditKeyError("the audit trail is empty: nothing to anchor")
+        seq, digest, at = int(last[0]), str(last[1]), _as_utc(last[2])
+        key = self.keys.keys[self.keys.primary]
+        mac = hmac.new(key, _anchor_payload(seq, digest), hashlib.sha256).hexdigest()
+        stamp = _at_text(at) if at is not None else None
+        return {"seq": seq, "hash": digest, "at": stamp, "key": self.keys.primary, "mac": mac}
 
     def append_in(self, conn: Connection, entries: list[AuditEntry]) -> None:
         """Append inside the caller's write transaction: the change and its audit entry
@@ -424,10 +512,19 @@ class AuditLog:
                 thread.join()
 
     # -- reading ----------------------------------------------------------------------------
-    def verify(self) -> VerifyResult:
+    def verify(self, anchor: dict[str, Any] | None = None) -> VerifyResult:
+        """Walk the chain: dense sequence, each row linked to the one before, each hash right.
+        With keys, a sealed row is checked with the key it names, and once the chain holds a
+        sealed row no row after it may be unsealed; a trail that holds rows but no sealed one,
+        although keys exist, was rewritten without them. With ``anchor`` (from :meth:`anchor`),
+        the anchored row must still be there, unchanged: a truncated or wiped trail fails."""
         prev = GENESIS
         expected_seq = 1
         checked = 0
+        sealed_from: int | None = None
+        anchored: str | None = None
+        if anchor is not None:
+            self._check_anchor(anchor)
         with self.engine.connect() as conn:
             result = conn.execution_options(stream_results=True).execute(
                 sa.select(sec_audit).order_by(sec_audit.c.seq)
@@ -447,12 +544,49 @@ class AuditLog:
                         f"entry {seq} does not follow entry {seq - 1} "
                         "(an entry was removed or reordered)",
                     )
-                if row_hash(row, prev) != row["hash"]:
+                key_id = row.get("chain_key")
+                sealer: Sealer | None = None
+                if key_id is not None:
+                    secret = self.keys.keys.get(key_id) if self.keys is not None else None
+                    if secret is None:
+                        reason = f"entry {seq} is sealed with audit key {key_id}, not held here"
+                        return VerifyResult(False, checked, seq, reason)
+                    sealer = (key_id, secret)
+                    sealed_from = seq if sealed_from is None else sealed_from
+                elif sealed_from is not None and self.keys is not None:
+                    reason = f"entry {seq} is not sealed although entry {sealed_from} was"
+                    return VerifyResult(False, checked, seq, reason)
+                if row_hash(row, prev, sealer) != row["hash"]:
                     return VerifyResult(False, checked, seq, f"entry {seq} was modified")
+                if anchor is not None and seq == anchor["seq"]:
+                    anchored = row["hash"]
                 prev = row["hash"]
                 expected_seq += 1
                 checked += 1
+        if self.keys is not None and checked and sealed_from is None:
+            reason = "no entry is sealed with an audit key although keys exist: rewritten?"
+            return VerifyResult(False, checked, 1, reason)
+        if anchor is not None:
+            if anchored is None:
+                reason = f"the trail ends before the anchored entry {anchor['seq']} (truncated)"
+                return VerifyResult(False, checked, int(anchor["seq"]), reason)
+            if anchored != anchor["hash"]:
+                reason = f"entry {anchor['seq']} is not the one anchored"
+                return VerifyResult(False, checked, int(anchor["seq"]), reason)
         return VerifyResult(True, checked)
+
+    def _check_anchor(self, anchor: dict[str, Any]) -> None:
+        secret = self.keys.keys.get(str(anchor.get("key"))) if self.keys is not None else None
+        if secret is None:
+            raise AuditKeyError(f"the anchor is sealed with audit key {anchor.get('key')!r}")
+        try:
+            expected = hmac.new(
+                secret, _anchor_payload(int(anchor["seq"]), str(anchor["hash"])), hashlib.sha256
+            ).hexdigest()
+        except (KeyError, TypeError, ValueError) as exc:
+            raise AuditKeyError("not a medserve audit anchor") from exc
+        if not hmac.compare_digest(expected, str(anchor.get("mac", ""))):
+            raise AuditKeyError("the anchor's seal does not match: it was altered")
 
     def entries(
         self,

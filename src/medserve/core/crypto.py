@@ -68,12 +68,20 @@ class Keyring:
         return json.dumps({"primary": self.primary, "keys": keys}, indent=2)
 
     @classmethod
-    def load(cls, home: Path, key_file: Path | None = None) -> Keyring:
-        """From ``MEDSERVE_ENCRYPTION_KEYS``, else ``key_file``, else the home's key file."""
-        env = os.environ.get(ENV_VAR)
+    def load(
+        cls,
+        home: Path,
+        key_file: Path | None = None,
+        *,
+        env_var: str = ENV_VAR,
+        file_name: str = "data_keys.json",
+    ) -> Keyring:
+        """From the environment variable, else ``key_file``, else the home's key file (the
+        audit chain's keys use their own variable and file)."""
+        env = os.environ.get(env_var)
         if env:
             return cls.from_json(env)
-        path = key_file or Path(home) / "keys" / "data_keys.json"
+        path = key_file or Path(home) / "keys" / file_name
         if path.exists():
             return cls.from_json(path.read_text(), path)
         ring = cls.generate(path)

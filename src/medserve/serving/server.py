@@ -28,6 +28,7 @@ from typing import Any
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from medserve.core.audit import load_audit_keys
 from medserve.core.errors import InvalidRequestError
 from medserve.core.registry.service import Registry
 from medserve.core.settings import Settings
@@ -102,6 +103,8 @@ def run_server(settings: Settings, app_factory: str) -> None:
     os.environ["MEDSERVE_WORKERS"] = str(settings.workers)
 
     Registry.open(settings).close()  # migrate once here, not in every worker
+    if settings.security:
+        load_audit_keys(settings.home)  # created once here, so the workers read one keyring
     os.environ["MEDSERVE_MIGRATE_ON_START"] = "false"
     if settings.workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         metrics_dir = settings.home / "prometheus"

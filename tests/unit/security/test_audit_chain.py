@@ -113,10 +113,13 @@ def test_cli_verify_and_export(audit: AuditLog) -> None:
     runner = CliRunner()
     ok = runner.invoke(app, ["audit", "verify"])
     assert ok.exit_code == 0, ok.output
-    assert "10 entries verified" in ok.output
+    # the 10 entries from before keys, then the CLI's marker sealed with the home's audit key
+    assert "11 entries verified" in ok.output
     exported = runner.invoke(app, ["audit", "export", "--since", "1d"])
     assert exported.exit_code == 0
-    assert len(exported.stdout.strip().splitlines()) == 10
+    lines = exported.stdout.strip().splitlines()
+    assert len(lines) == 11
+    assert '"action":"audit_key_in_use"' in lines[-1]
     with audit.engine.begin() as conn:
         conn.execute(sa.update(sec_audit).where(sec_audit.c.seq == 2).values(actor="key:nobody"))
     broken = runner.invoke(app, ["audit", "verify"])

@@ -409,10 +409,11 @@ class MonitoringStore:
         *,
         key_id: str | None = None,
         request_id: str | None = None,
-        audit: bool = True,
+        audit: AuditLog | bool = True,
     ) -> dict[str, Any]:
-        """Acknowledge an alert; with ``audit`` the audit trail gets an ``alert_acknowledge``
-        entry in the same transaction (who, which alert and model; the note is not copied:
+        """Acknowledge an alert; with ``audit`` (the caller's trail, sealed with its keys, or
+        ``True`` for an unkeyed one) the trail gets an ``alert_acknowledge`` entry in the same
+        transaction (who, which alert and model; the note is not copied:
         free text may hold PHI)."""
 
         t = mon_alerts
@@ -442,7 +443,8 @@ class MonitoringStore:
                     detail=f"alert {alert_id} ({row['metric']}) {updated['state']}"
                     + (" with a note" if note else ""),
                 )
-                AuditLog(self.engine).append_in(conn, [entry])
+                trail = audit if isinstance(audit, AuditLog) else AuditLog(self.engine)
+                trail.append_in(conn, [entry])
         return _alert(updated)
 
 

@@ -59,6 +59,8 @@ sec_audit = Table(
     Column("detail", Text, nullable=False),
     Column("prev_hash", String(64), nullable=False),
     Column("hash", String(64), nullable=False),
+    # the id of the audit key whose HMAC sealed the row (NULL: a plain sha256 row from before)
+    Column("chain_key", String(32), nullable=True),
 )
 
 __all__ = ["metadata", "sec_api_keys", "sec_audit", "sec_model_tenants", "sec_state"]

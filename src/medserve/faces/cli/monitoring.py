@@ -12,6 +12,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from medserve.core.audit import AuditLog, load_audit_keys
 from medserve.core.errors import InvalidRequestError, MedserveError
 from medserve.core.monitoring_config import ModelMonitoringConfig, MonitoringSettings
 from medserve.core.prediction_log import EPOCH
@@ -159,7 +160,9 @@ def register(app: typer.Typer, models_app: typer.Typer) -> None:
 
         try:
             with _registry() as registry:
-                row = MonitoringStore(registry.store).acknowledge(alert_id, current_user(), note)
+                store = MonitoringStore(registry.store)
+                trail = AuditLog(store.engine, keys=load_audit_keys(registry.settings.home))
+                row = store.acknowledge(alert_id, current_user(), note, audit=trail)
         except MedserveError as exc:
             raise _fail(exc) from exc
         console.print(f"alert {row['id']} acknowledged by {row['acknowledged_by']}")

@@ -6,6 +6,7 @@ import getpass
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Annotated
 
 import orjson
@@ -13,7 +14,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from medserve.core.audit import AuditEntry, AuditLog
+from medserve.core.audit import AuditEntry, AuditLog, load_audit_keys
 from medserve.core.errors import MedserveError
 from medserve.core.registry.service import Registry
 from medserve.core.settings import Settings
@@ -32,10 +33,12 @@ audit_app = typer.Typer(help="The hash-chained audit trail: verify, export.", no
 @contextmanager
 def _security() -> Iterator[tuple[SecurityStore, AuditLog]]:
 
-    registry = Registry.open(Settings())
+    settings = Settings()
+    registry = Registry.open(settings)
     try:
         engine = registry.store.engine  # type: ignore[attr-defined]
-        audit = AuditLog(engine)
+        audit = AuditLog(engine, keys=load_audit_keys(settings.home))
+        audit.seal()
         while audit.drain_outbox():  # registry changes made since a server last drained it
             pass
         yield SecurityStore(engine), audit
@@ -155,10 +158,22 @@ def tenants_list() -> None:
     console.print(table)
 
 
-def audit_verify() -> None:
-    """Recompute the hash chain; exit 1 and name the first broken entry if it was tampered with."""
-    with _security() as (_, audit):
-        result = audit.verify()
+def audit_verify(
+    anchor: Annotated[
+        Path | None,
+        typer.Option(help="An anchor from `medserve audit anchor`: detects truncation and wipes."),
+    ] = None,
+) -> None:
+    """Recompute the keyed hash chain; exit 1 and name the first broken entry if it was tampered
+    with (or, with --anchor, if it was truncated or wiped since the anchor)."""
+    try:
+        anchored = orjson.loads(anchor.read_bytes()) if anchor is not None else None
+        with _security() as (_, audit):
+            result = audit.verify(anchored)
+    except (OSError, orjson.JSONDecodeError) as exc:
+        raise fail(exc) from exc
+    except MedserveError as exc:
+        raise fail(exc) from exc
     if result.ok:
         console.print(f"[green]audit trail intact[/]: {result.checked} entries verified")
         return
@@ -168,6 +183,38 @@ def audit_verify() -> None:
         highlight=False,
     )
     raise typer.Exit(code=1)
+
+
+def audit_anchor(
+    output: Annotated[
+        Path | None, typer.Option(help="Write the anchor here (default: stdout).")
+    ] = None,
+) -> None:
+    """The newest entry's sequence and hash, sealed with the audit key: keep it on write-once
+    storage; `medserve audit verify --anchor FILE` then detects a truncated or wiped trail."""
+    try:
+        with _security() as (_, audit):
+            anchor = orjson.dumps(audit.anchor(), option=orjson.OPT_INDENT_2)
+    except MedserveError as exc:
+        raise fail(exc) from exc
+    if output is None:
+        sys.stdout.buffer.write(anchor + b"\n")
+    else:
+        output.write_bytes(anchor + b"\n")
+        console.print(f"anchor written to {output}")
+
+
+def audit_rotate_key() -> None:
+    """Add a new audit key and seal new entries with it (older entries keep naming theirs)."""
+    settings = Settings()
+    try:
+        keys = load_audit_keys(settings.home)
+        new = keys.rotate()
+    except ValueError as exc:  # the keyring came from MEDSERVE_AUDIT_KEYS
+        raise fail(exc) from exc
+    with _security():
+        pass  # seals a marker with the new key
+    console.print(f"new audit key {new}; entries from now on are sealed with it")
 
 
 def audit_export(
@@ -194,6 +241,8 @@ def register(app: typer.Typer, models_app: typer.Typer) -> None:
     tenants_app.command("assign")(tenants_assign)
     tenants_app.command("list")(tenants_list)
     audit_app.command("verify")(audit_verify)
+    audit_app.command("anchor")(audit_anchor)
+    audit_app.command("rotate-key")(audit_rotate_key)
     audit_app.command("export")(audit_export)
     app.add_typer(keys_app, name="keys")
     app.add_typer(tenants_app, name="tenants")

@@ -30,7 +30,7 @@ from medserve.core.store.monitoring import MonitoringStore
 from medserve.features.explain.service import service_for
 from medserve.features.monitoring.reference import on_version_registered
 from medserve.serving.extension import ServingExtension
-from medserve.serving.extensions.security import AUDITED_SCOPE_KEY
+from medserve.serving.extensions.security import AUDIT_LOG, AUDITED_SCOPE_KEY
 from medserve.serving.params import IsoDateTime
 from medserve.serving.resources import ResourceKey, Resources, resources_of
 
@@ -189,16 +189,16 @@ def acknowledge(
     model = alerts[0]["model"] if alerts else None
     principal = _allow(request, "write", model)
     note = (body or {}).get("note")
-    audited = resources_of(request).settings.security  # the audit trail is kept
+    trail = resources_of(request).find(AUDIT_LOG)  # kept while security is on
     result: dict[str, Any] = store.acknowledge(
         alert_id,
         principal.subject,
         str(note) if note else None,
         key_id=principal.key_id,
         request_id=request.headers.get("x-request-id"),
-        audit=audited,
+        audit=trail if trail is not None else False,
     )
-    request.scope[AUDITED_SCOPE_KEY] = audited
+    request.scope[AUDITED_SCOPE_KEY] = trail is not None
     return result
 
 

@@ -27,7 +27,7 @@ from fastapi.routing import APIRoute
 from pydantic import BaseModel, Field
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from medserve.core.audit import AuditEntry, AuditLog
+from medserve.core.audit import AuditEntry, AuditLog, load_audit_keys
 from medserve.core.context import PRINCIPAL_SCOPE_KEY, Principal
 from medserve.core.errors import (
     AuthenticationError,
@@ -479,7 +479,10 @@ async def lifespan(resources: Resources) -> AsyncIterator[None]:
     engine = engine_of(resources.registry.store)
     store = SecurityStore(engine)
     guard = build_guard(settings, store)
-    audit = AuditLog(engine, queue_size=settings.audit_queue_size)
+    audit = AuditLog(
+        engine, queue_size=settings.audit_queue_size, keys=load_audit_keys(settings.home)
+    )
+    await asyncio.to_thread(audit.seal)  # a trail from before keys, or a new key: marked
     salt = load_or_create_salt(settings.home)
     resources.guard = guard
     resources.provide(PHI_SALT, salt)
