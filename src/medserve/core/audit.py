@@ -46,9 +46,10 @@ from typing import Any
 import orjson
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import OperationalError
 
 from medserve.core.crypto import Keyring
-from medserve.core.errors import MedserveError
+from medserve.core.errors import MedserveError, StoreError
 from medserve.core.store.schema import registry_outbox
 from medserve.core.store.tables_security import sec_audit
 from medserve.core.store.unit_of_work import UnitOfWork
@@ -211,6 +212,8 @@ class AuditLog:
     ) -> None:
         self.engine = engine
         self.keys = keys
+        self.failure: str | None = None  # why the trail cannot be written now (None: it can)
+        self._unwritable = 0  # entries lost to an error that was not the store's: marked
         self.uow = UnitOfWork(engine, "audit")
         self._queue: deque[Any] = deque()  # AuditEntry or (build, argument, unix time)
         self._queue_size = queue_size
@@ -416,12 +419,14 @@ class AuditLog:
             stopping = self._stop.wait(_WRITE_INTERVAL_S)
             if stopping or self._loop is None:
                 self._prepare()
-            while self._ready or self._dropped:
+            while self._ready or self._dropped or self._unwritable:
                 batch: list[AuditEntry] = []
+                taken = 0
                 while self._ready and len(batch) < _BATCH:
                     entry = self._ready.popleft()
                     batch.append(entry)
-                    self._written += _entries_in(entry)
+                    taken += _entries_in(entry)
+                self._written += taken
                 if self._dropped:
                     lost, self._dropped = self._dropped, 0
                     batch.append(
@@ -432,7 +437,26 @@ class AuditLog:
                             detail=f"{lost} prediction audit entries were lost: queue full",
                         )
                     )
-                self._write_batch(batch)
+                if self._unwritable:
+                    lost, self._unwritable = self._unwritable, 0
+                    batch.append(
+                        AuditEntry(
+                            actor="medserve",
+                            action="audit_gap",
+                            outcome=500,
+                            detail=f"{lost} audit entries were lost: they could not be written",
+                        )
+                    )
+                if not self._write_batch(batch):
+                    # kept, oldest first, for the next interval: nothing already answered is
+                    # lost while the store is down (the queue stays bounded: new entries beyond
+                    # it are counted and marked as lost)
+                    self._ready.extendleft(reversed(batch))
+                    self._written -= taken
+                    if stopping:
+                        log.error("audit trail: %d entries unwritten at shutdown", len(self._ready))
+                        return  # the store is down at shutdown: nothing more can be done
+                    break
                 if stopping:
                     self._prepare()
             self._drain_quietly()
@@ -484,19 +508,30 @@ class AuditLog:
             ]
         return record
 
-    def _write_batch(self, batch: list[AuditEntry]) -> None:
-        for attempt in range(5):
+    def _write_batch(self, batch: list[AuditEntry]) -> bool:
+        """Write ``batch``; on a store error retry a few times, then report the trail failing
+        (``failure``) and return False so the caller keeps the batch."""
+        for attempt in range(3):
             try:
                 self.append(batch)
-                return
-            except Exception as exc:
-                if attempt == 4:  # the type only: a driver's message may quote the values
-                    log.error(
-                        "audit trail: could not write %d entries: %s",
-                        len(batch),
-                        type(exc).__name__,
-                    )
-                time.sleep(0.2 * (attempt + 1))
+            except (OperationalError, StoreError) as exc:  # down, locked or full: keep the batch
+                cause = exc.orig if isinstance(exc, OperationalError) else exc.__cause__
+                reason = f"the audit trail cannot be written ({type(cause or exc).__name__})"
+                if attempt == 2:  # the type only: a driver's message may quote the values
+                    log.error("audit trail: could not write %d entries: %s", len(batch), reason)
+                    self.failure = reason
+                    return False
+                time.sleep(0.1 * (attempt + 1))
+            except Exception as exc:  # not the store: a bug; the entries cannot be kept
+                log.error(
+                    "audit trail: could not write %d entries: %s", len(batch), type(exc).__name__
+                )
+                self._unwritable += sum(_entries_in(e) for e in batch)
+                return True
+            else:
+                self.failure = None
+                return True
+        return False
 
     def flush(self) -> None:
         """Write everything queued so far (stops and restarts the writer)."""

@@ -99,6 +99,13 @@ class StoreError(MedserveError):
     code = "store_error"
 
 
+class AuditUnavailableError(StoreError):
+    """The audit trail or the prediction log cannot be written right now: under the default
+    (fail closed) policy predictions are refused with 503 until writing works again."""
+
+    code = "audit_unavailable"
+
+
 class PayloadTooLargeError(InvalidRequestError):
     code = "payload_too_large"
 

@@ -44,7 +44,7 @@ from typing import Any, cast
 import numpy as np
 import orjson
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
 from medserve.core import metrics
 from medserve.core.context import now_us, request_id_time_us
@@ -221,6 +221,7 @@ class PredictionLog:
         self._wake = threading.Event()  # the writer: write now (queue half full, flush, close)
         self._stop = False
         self._busy = False  # the writer holds popped events not yet written
+        self.failure: str | None = None  # why the log cannot be written now (None: it can)
         # The bound counts rows (a 100-row request is 100 rows): two counters, each written
         # by one thread only (the event loop / the writer), so no lock on the hot path.
         self._in_rows = 0
@@ -368,14 +369,26 @@ class PredictionLog:
                     packs.append(pack)
                     rows += pack[0]["n"]
                 self._out_rows += rows
+                kept = False
                 try:
                     self.write_packs(packs)
+                    self.failure = None
+                except OperationalError as exc:  # the store is down or full: keep the rows
+                    self.failure = (
+                        f"the prediction log cannot be written ({type(exc.orig).__name__})"
+                    )
+                    log.error("prediction log: %s", self.failure)
+                    self._ready.extendleft(reversed(packs))
+                    self._out_rows -= rows
+                    kept = True
                 except Exception as exc:  # the writer must survive anything; the rows are counted
                     log.error("prediction log writer failed on a batch: %s", type(exc).__name__)
                     self._drop(rows, "write_failed")
                 finally:
                     self._busy = False
                     metrics.LOG_QUEUE_DEPTH.set(self._in_rows - self._out_rows)
+                if kept:
+                    break  # the next interval tries again
                 if stopping or self._pack_here:
                     self._pack_pending()
             if stopping and not self._queue and not self._ready:

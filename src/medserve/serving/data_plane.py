@@ -15,7 +15,7 @@ import numpy as np
 
 from medserve import __version__
 from medserve.core.context import RequestContext, local_context
-from medserve.core.errors import ModelLoadError, ModelUnavailableError
+from medserve.core.errors import AuditUnavailableError, ModelLoadError, ModelUnavailableError
 from medserve.core.events import (
     AfterInference,
     BeforeInference,
@@ -40,6 +40,9 @@ class DataPlane:
     def __init__(self, manager: ModelManager) -> None:
         self.manager = manager
         self.observers: list[PredictionObserver] = []
+        # What must be writable for a prediction to be answered (the audit trail, the
+        # prediction log): each returns why it is not, or None. Empty: nothing is required.
+        self.required: list[Callable[[], str | None]] = []
         # Extensions' pipeline hooks, around every inference (empty lists cost nothing).
         self.before_inference: list[BeforeInference] = []
         self.after_inference: list[AfterInference] = []
@@ -51,8 +54,17 @@ class DataPlane:
         return True
 
     def ready(self) -> bool:
-        """Ready once the registry has been read and every aliased version was tried."""
-        return self.manager.synced_once
+        """Ready once the registry has been read and every aliased version was tried, and while
+        what must be written for a prediction can be (fail closed)."""
+        return self.manager.synced_once and self.unavailable() is None
+
+    def unavailable(self) -> str | None:
+        """Why predictions cannot be answered now (a trail that cannot be written), or None."""
+        for check in self.required:
+            reason = check()
+            if reason is not None:
+                return reason
+        return None
 
     def server_metadata(self) -> dict[str, Any]:
         return {
@@ -158,6 +170,10 @@ class DataPlane:
         transport (records, OIP v2, the media codecs) goes through here; ``logged`` is what
         observers may keep when it is not ``X`` (already de-identified). Returns the outputs and
         the explanation."""
+        if self.required:
+            reason = self.unavailable()
+            if reason is not None:  # fail closed: nothing is answered that cannot be recorded
+                raise AuditUnavailableError(f"{reason}; retry when it recovers")
         outputs = await self._infer(model, X, context)
         explanation = await explain(outputs) if explain is not None else None
         latency = self._notify(model, context, X if logged is None else logged, outputs, started)

@@ -301,6 +301,9 @@ async def lifespan(resources: Resources) -> AsyncIterator[None]:
         resources.plane.observers.insert(0, prediction_log)
         prediction_log.drive(asyncio.get_running_loop())
         resources.provide(PREDICTION_LOG, prediction_log)
+        if settings.audit_failure == "fail_closed":  # the default
+            log_in_use = prediction_log
+            resources.plane.required.append(lambda: log_in_use.failure)
     task = None
     if settings.schedule_interval_s > 0:
         task = asyncio.create_task(_schedule(resources, settings))

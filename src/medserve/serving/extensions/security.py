@@ -37,6 +37,7 @@ from medserve.core.errors import (
     RateLimitedError,
 )
 from medserve.core.events import PredictionEvent, RefusalEvent
+from medserve.core.monitoring_config import MonitoringSettings
 from medserve.core.phi import deidentify_text, load_or_create_salt, pseudonymize
 from medserve.core.settings import Settings
 from medserve.core.store.unit_of_work import engine_of
@@ -488,6 +489,8 @@ async def lifespan(resources: Resources) -> AsyncIterator[None]:
     resources.provide(PHI_SALT, salt)
     resources.provide(AUDIT_LOG, audit)
     resources.plane.observers.append(AuditObserver(audit, salt))
+    if MonitoringSettings().audit_failure == "fail_closed":  # the default
+        resources.plane.required.append(lambda: audit.failure)
     audit.start()
     audit.drive(asyncio.get_running_loop())
     try:
