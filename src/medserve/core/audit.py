@@ -166,6 +166,11 @@ class VerifyResult:
     reason: str = ""
 
 
+def _loss_marker(action: str, detail: str) -> AuditEntry:
+    """An entry that records entries the chain could not keep (when, how many, why)."""
+    return AuditEntry(actor="medserve", action=action, outcome=500, detail=detail)
+
+
 def _outbox_entry(row: Any) -> AuditEntry:
     """The audit entry of one registry or governance change (``registry.alias_set``,
     ``governance.card_edited``, ...; alias moves name where from and to, and why)."""
@@ -429,24 +434,12 @@ class AuditLog:
                 self._written += taken
                 if self._dropped:
                     lost, self._dropped = self._dropped, 0
-                    batch.append(
-                        AuditEntry(
-                            actor="medserve",
-                            action="audit_overflow",
-                            outcome=500,
-                            detail=f"{lost} prediction audit entries were lost: queue full",
-                        )
-                    )
+                    detail = f"{lost} prediction audit entries were lost: queue full"
+                    batch.append(_loss_marker("audit_overflow", detail))
                 if self._unwritable:
                     lost, self._unwritable = self._unwritable, 0
-                    batch.append(
-                        AuditEntry(
-                            actor="medserve",
-                            action="audit_gap",
-                            outcome=500,
-                            detail=f"{lost} audit entries were lost: they could not be written",
-                        )
-                    )
+                    detail = f"{lost} audit entries were lost: they could not be written"
+                    batch.append(_loss_marker("audit_gap", detail))
                 if not self._write_batch(batch):
                     # kept, oldest first, for the next interval: nothing already answered is
                     # lost while the store is down (the queue stays bounded: new entries beyond
