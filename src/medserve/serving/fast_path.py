@@ -227,9 +227,11 @@ class HotPathApp:
         if not rid:
             rid, made = made_request_id()
         extra = [(b"x-request-id", rid.encode("latin-1"))]
+        caller_known = False  # until authenticated, the model name in the URL is anyone's text
         try:
             guard = self.resources.guard
             principal = await guard.authenticate(scope)
+            caller_known = True
             guard.authorize(principal, "predict", name)
             client = scope.get("client")
             context = RequestContext(
@@ -276,8 +278,10 @@ class HotPathApp:
                 result = await plane.predict_records(name, ref, body, context)
         except MedserveError as exc:
             status = status_for(exc)
-            metrics.record_error(name, ref or "production", protocol, status, exc.code)
-            self._refused(scope, matched, rid, status, exc.code, patient)
+            if not caller_known:  # nothing stored names what an unauthenticated URL said
+                matched = (protocol, UNNAMED, None)
+            metrics.record_error(matched[1], matched[2] or "production", protocol, status, exc.code)
+            self._refused(scope, matched, rid, status, exc.code, patient, caller_known)
             if isinstance(exc, RateLimitedError):
                 extra.append((b"retry-after", str(max(1, math.ceil(exc.retry_after_s))).encode()))
             await send_json(send, status, error_body(exc), extra)
@@ -285,7 +289,7 @@ class HotPathApp:
         except Exception:
             log.exception("prediction failed (request %s)", rid)
             metrics.record_error(name, ref or "production", protocol, 500, "internal")
-            self._refused(scope, matched, rid, 500, "internal", patient)
+            self._refused(scope, matched, rid, 500, "internal", patient, caller_known)
             await send_json(
                 send, 500, b'{"error":"internal error while predicting","code":"internal"}', extra
             )
@@ -300,9 +304,13 @@ class HotPathApp:
         status: int,
         code: str,
         patient: bytes | None,
+        caller_known: bool,
     ) -> None:
-        """The observe step of an error answer (audit): one place for successes and failures."""
+        """The observe step of an error answer (audit): one place for successes and failures.
+        An unauthenticated request's URL is kept only as its route (the model name in it may be
+        any text, identifiers included)."""
         client = scope.get("client")
+        path = scope["path"] if caller_known else _route_of(matched[0])
         self.resources.plane.refused(
             RefusalEvent(
                 request_id=request_id,
@@ -315,6 +323,13 @@ class HotPathApp:
                 client=client[0] if client else None,
                 patient_id=_header_text(patient),
                 method=scope["method"],
-                path=scope["path"],
+                path=path,
             )
         )
+
+
+UNNAMED = "-"  # the model of a request refused before its caller was known
+
+
+def _route_of(protocol: str) -> str:
+    return "/v2/models/{name}/infer" if protocol == "v2" else "/v1/models/{name}/predict"

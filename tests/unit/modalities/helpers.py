@@ -22,6 +22,10 @@ PHI = {
     "AccessionNumber": "ACC-55501234",
     "StudyDescription": "Quaxley chest follow-up",
     "OperatorsName": "Tech^Wilhelmina",
+    "PatientTelecomInformation": "quaxley@example.org",
+    "ResponsiblePerson": "Quaxley^Ermintrude",
+    "ResponsibleOrganization": "Quaxley Family Trust",
+    "PatientBirthDateInAlternativeCalendar": "5707-06-14",
 }
 PRIVATE_PHI = "Zebulon private note 4471"
 NESTED_PHI = "Prudence^Quaxley"

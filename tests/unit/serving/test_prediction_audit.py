@@ -64,3 +64,23 @@ def test_successes_and_refusals_of_predictions_are_audited_once(home: Path) -> N
     salt = load_or_create_salt(home)
     assert entries["invalid-1"][0]["patient_hash"] == pseudonymize("MRN-0042", salt=salt)
     assert "MRN-0042" not in str(entries)
+
+
+def test_an_unauthenticated_url_leaves_no_trace_of_its_model_name(home: Path) -> None:
+    """Before the caller is known, the model name in the URL is anyone's text (a patient's name
+    here): neither the audit trail nor the metrics keep it."""
+    named = "Quaxley-Zebulon-MRN-98765432"
+    admin = create_key(home, ["admin"])
+    with serve(home, security=True) as (client, _):
+        refused = [
+            client.post(f"/v1/models/{named}/predict", json={"instances": records(1)}),
+            client.post(f"/v2/models/{named}/infer", json={"inputs": []}),
+            client.get(f"/v1/models/{named}"),
+            client.get(f"/v1/models/{named}/versions/1/card"),
+        ]
+        metrics_text = client.get("/metrics", headers=admin).text
+    assert {r.status_code for r in refused} == {401}
+    entries = [e for rows in _entries(home).values() for e in rows]
+    assert sum(e["outcome"] == 401 for e in entries) == len(refused)
+    assert "Quaxley" not in str(entries)
+    assert "Quaxley" not in metrics_text

@@ -258,8 +258,11 @@ class SecurityMiddleware:
         _headers_with_security(headers, tls, False)
         body = orjson.dumps(exc.to_dict())
         headers.append((b"content-length", str(len(body)).encode()))
+        # refused before the caller is known: the path is kept to its first two segments (what
+        # follows may name a model, i.e. any text, identifiers included)
+        coarse = "/".join(scope["path"].split("/")[:3]) + "/…"
         self.resources.get(AUDIT_LOG).enqueue(
-            self._entry(scope, status, "access", None, None, scope["path"])
+            self._entry(scope, status, "access", None, None, coarse)
         )
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
