@@ -49,7 +49,7 @@ def _register(home: Path) -> list[dict[str, float]]:
 def server(tmp_path: Path) -> tuple[ServerProcess, list[dict[str, float]]]:
     home = tmp_path / "home"
     rows = _register(home)
-    return start_server(home, workers=2), rows
+    return start_server(home, workers=2, env={"MEDSERVE_MONITOR_SITES": '["north"]'}), rows
 
 
 def _wait_until_logged(home: Path, ids: list[str]) -> None:

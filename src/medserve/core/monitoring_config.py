@@ -53,6 +53,14 @@ class MonitoringSettings(BaseSettings):
         description="Run drift/performance monitoring inside the server every N seconds (0: off).",
     )
     window_s: float = Field(default=3600.0, description="Default monitoring window length.")
+    sites: list[str] = Field(
+        default_factory=list,
+        description=(
+            "The registered site codes (env `MEDSERVE_MONITOR_SITES`, a JSON list): an "
+            "`X-Site` among them is logged as sent; any other value is logged only as a keyed "
+            "pseudonym, since a caller may send anything there (an address was seen)."
+        ),
+    )
 
 
 class ModelMonitoringConfig(BaseModel):

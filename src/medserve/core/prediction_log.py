@@ -221,6 +221,7 @@ class PredictionLog:
         self._wake = threading.Event()  # the writer: write now (queue half full, flush, close)
         self._stop = False
         self._busy = False  # the writer holds popped events not yet written
+        self._sites = frozenset(settings.sites)
         self.failure: str | None = None  # why the log cannot be written now (None: it can)
         # The bound counts rows (a 100-row request is 100 rows): two counters, each written
         # by one thread only (the event loop / the writer), so no lock on the hot path.
@@ -411,6 +412,12 @@ class PredictionLog:
             token = self._patients[patient_id] = pseudonymize(patient_id, salt=self.salt)
         return token
 
+    def _site(self, value: str) -> str:
+        """A registered site code as sent; anything else as a keyed pseudonym."""
+        if value in self._sites:
+            return value
+        return self._patient(value).replace("pid_", "site_", 1)
+
     def pack(
         self, model: str, version: int, items: list[tuple[PredictionEvent, int]]
     ) -> tuple[dict[str, Any], set[str]]:
@@ -426,7 +433,8 @@ class PredictionLog:
         sizes = [event.inputs.shape[0] for event in events]
         pseudonym = self._patient
         patients = [pseudonym(c.patient_id) if c.patient_id else None for c in contexts]
-        sites = [context.site for context in contexts]
+        site = self._site
+        sites = [site(context.site) if context.site else None for context in contexts]
         latency = [event.latency_s * 1000.0 for event in events]
         by_id = {
             c.request_id

@@ -50,7 +50,7 @@ def log_stream(
     )
     log = PredictionLog(
         MonitoringStore(registry.store).engine,
-        MonitoringSettings(),
+        MonitoringSettings(sites=["north", "south"]),  # registered: logged as sent
         salt=SALT,
         signature_of=lambda m, v: loaded.signature,
     )

@@ -39,7 +39,7 @@ SIGNATURE = Signature(
 def _log(store: SqlRegistryStore) -> PredictionLog:
     return PredictionLog(
         store.engine,
-        MonitoringSettings(flush_interval_s=60),
+        MonitoringSettings(flush_interval_s=60, sites=["north"]),
         salt=SALT,
         signature_of=lambda m, v: SIGNATURE,
     )
@@ -72,7 +72,8 @@ def test_rows_round_trip_de_identified(store: SqlRegistryStore) -> None:
     own = new_request_id()
     log.on_prediction(_event(own, [[61, 1.2, "MRN-0042"]], patient="PAT-1", site="north"))
     log.on_prediction(_event("caller-7", [[70, 2.5, "MRN-0043"], [45, 0.9, "MRN-0044"]]))
-    log.on_prediction(_event(new_request_id(), [[50, 6.0, None]], model="other"))
+    street = "12 Quaxley Lane, 90210"  # a caller may put anything in X-Site
+    log.on_prediction(_event(new_request_id(), [[50, 6.0, None]], model="other", site=street))
     log.close()
     monitoring = MonitoringStore(store.engine)
     assert monitoring.count_predictions() == 4
@@ -91,7 +92,8 @@ def test_rows_round_trip_de_identified(store: SqlRegistryStore) -> None:
     assert second.patient is None
     assert second.site is None
     assert rows["caller-7-0"].outputs["label"] == 0
-    assert list(_all(monitoring, "other")) != []
+    [other] = _all(monitoring, "other").values()
+    assert other.site == pseudonymize(street, salt=SALT).replace("pid_", "site_")  # unregistered
     with store.engine.connect() as conn:
         text = " ".join(
             str(v) for row in conn.execute(sa.select(mon_prediction_batches)) for v in row
