@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import logging
+import warnings
 
 import numpy as np
 import pydicom
@@ -84,3 +86,22 @@ def test_ct_window_maps_hounsfield_units_to_unit_range() -> None:
     assert tensor.shape == (1, 2, 3)
     _, _, mr_mode = preprocess(hu, "MR", spec)
     assert mr_mode == "percentile"
+
+
+def test_parsing_warnings_never_show_header_values(caplog: pytest.LogCaptureFixture) -> None:
+    """A header value that breaks its VR's rules (here an identifier in a UID and an over-long
+    patient id) makes pydicom warn with the value: nothing of it reaches warnings or logs."""
+    ds = pydicom.dcmread(io.BytesIO(ct_with_phi()))
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # planting the values warns too: not under test
+        ds["StudyInstanceUID"].value = "1.2.Quaxley^Zebulon.98765432"
+        ds["AccessionNumber"].value = "ACC-55501234-Quaxley-Zebulon-overlong-value"
+        ds.save_as(buffer, enforce_file_format=True)
+    caplog.set_level(logging.DEBUG)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        read_dicom(buffer.getvalue(), salt=SALT)
+    shown = " ".join(str(w.message) for w in caught) + caplog.text
+    assert "Quaxley" not in shown
+    assert "98765432" not in shown

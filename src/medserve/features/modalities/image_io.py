@@ -72,6 +72,10 @@ def read_dicom(
     # lazy import (optional extra: pydicom)
     from pydicom.pixels.processing import apply_modality_lut  # noqa: PLC0415
 
+    # pydicom warns and logs a value that breaks its VR's rules, value included (a UID that
+    # holds a name, an over-long id): read without value validation, so nothing of the header
+    # is printed before de-identification (process-wide; medserve reads DICOM only here).
+    pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
     try:
         ds = pydicom.dcmread(io.BytesIO(raw), force=False)
     except (InvalidDicomError, EOFError, ValueError, KeyError, TypeError, OSError) as exc:
