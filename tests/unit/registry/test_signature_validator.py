@@ -11,7 +11,12 @@ import pytest
 from sklearn.datasets import load_breast_cancer
 
 from medserve.core.errors import ValidationFailedError
-from medserve.core.registry.signature import FeatureSpec, Signature, infer_signature
+from medserve.core.registry.signature import (
+    MAX_DETAILS,
+    FeatureSpec,
+    Signature,
+    infer_signature,
+)
 
 
 @pytest.fixture(scope="module")
@@ -461,3 +466,11 @@ def test_check_matrix_with_strings_uses_object_columns(clinical: Signature) -> N
     matrix[0, 3] = "Q"
     _, details = problems_of(clinical.validator().check_matrix, matrix)
     assert only(details)["rule"] == "category"
+
+
+def test_the_problems_listed_are_capped_and_all_counted() -> None:
+    validator = Signature(inputs=[FeatureSpec(name="age", type="float", maximum=120)]).validator()
+    with pytest.raises(ValidationFailedError) as caught:
+        validator.records_to_matrix([{"age": 500.0}] * 5000)
+    assert len(caught.value.details) == MAX_DETAILS
+    assert caught.value.message.startswith("5000 problems in 5000 rows")

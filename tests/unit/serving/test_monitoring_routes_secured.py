@@ -146,3 +146,11 @@ def test_a_full_prediction_log_refuses_predictions_with_503(
     assert f"{refused_id}-0" not in logged
     outcomes = [e["outcome"] for e in _audit_entries(home, refused_id)]
     assert outcomes == [503]
+
+
+def test_an_alert_id_past_a_bigint_is_a_400_not_a_500(home: Path) -> None:
+    headers = create_key(home, ["admin"])
+    with serve(home, security=True) as (client, _):
+        response = client.post("/v1/alerts/18446744073709551616/acknowledge", headers=headers)
+    assert response.status_code == 400
+    assert "alert_id" in response.json()["error"]

@@ -16,7 +16,7 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Request
+from fastapi import APIRouter, Body, Path, Request
 from pydantic import BaseModel, Field
 
 from medserve.core.context import ANONYMOUS, PRINCIPAL_SCOPE_KEY, Principal
@@ -30,7 +30,7 @@ from medserve.core.store.monitoring import MonitoringStore
 from medserve.features.explain.service import service_for
 from medserve.features.monitoring.reference import on_version_registered
 from medserve.serving.extension import ServingExtension
-from medserve.serving.extensions.security import AUDIT_LOG, AUDITED_SCOPE_KEY
+from medserve.serving.extensions.security import AUDIT_LOG, AUDITED_SCOPE_KEY, SQL_INT_MAX
 from medserve.serving.params import IsoDateTime
 from medserve.serving.resources import ResourceKey, Resources, resources_of
 
@@ -180,7 +180,9 @@ def get_importance(request: Request, name: str, version: str) -> dict[str, Any]:
 
 @router.post("/v1/alerts/{alert_id}/acknowledge")
 def acknowledge(
-    request: Request, alert_id: int, body: dict[str, Any] | None = None
+    request: Request,
+    alert_id: int = Path(ge=1, le=SQL_INT_MAX),  # past a BIGINT: a 400, not an OverflowError
+    body: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Acknowledge an alert. Audited once, in the acknowledging transaction (the store writes the
     ``alert_acknowledge`` entry with the change; the security middleware then adds none)."""
