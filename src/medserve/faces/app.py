@@ -318,8 +318,11 @@ def create_api(settings: Settings) -> FastAPI:
             api.include_router(extension.router)
 
     @api.get("/metrics", tags=["ops"], response_class=PlainTextResponse)
-    async def prometheus() -> Response:
-        return Response(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+    async def prometheus(request: Request) -> Response:
+        text = metrics.render()
+        if security_ext.bounded(request):  # a tenant's key sees its own models' series only
+            text = metrics.only_models(text, lambda m: security_ext.visible(request, m))
+        return Response(text, media_type="text/plain; version=0.0.4; charset=utf-8")
 
     return api
 

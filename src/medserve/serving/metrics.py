@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 from bisect import bisect_left
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -133,3 +134,17 @@ def render() -> bytes:
         multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
         return generate_latest(registry)
     return generate_latest(DEFAULT_REGISTRY)
+
+
+_MODEL_LABEL = re.compile(rb'model="((?:[^"\\]|\\.)*)"')
+
+
+def only_models(text: bytes, visible: Callable[[str], bool]) -> bytes:
+    """The exposition ``text`` without the samples of models ``visible`` refuses (series with
+    no model label are kept)."""
+    kept = []
+    for line in text.splitlines(keepends=True):
+        found = _MODEL_LABEL.search(line)
+        if found is None or visible(found.group(1).decode("utf-8", "replace")):
+            kept.append(line)
+    return b"".join(kept)

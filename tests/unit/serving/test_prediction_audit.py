@@ -4,7 +4,9 @@ successes and the refusals alike, once each (no second entry from the security m
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
+from tests.support import wait_for
 from tests.unit.serving.inprocess_app import (
     MODEL,
     create_key,
@@ -84,3 +86,26 @@ def test_an_unauthenticated_url_leaves_no_trace_of_its_model_name(home: Path) ->
     assert sum(e["outcome"] == 401 for e in entries) == len(refused)
     assert "Quaxley" not in str(entries)
     assert "Quaxley" not in metrics_text
+
+
+def test_a_tenants_keys_see_their_own_models_in_the_audit_and_the_metrics(home: Path) -> None:
+    admin = create_key(home, ["admin"])
+    onc_auditor = create_key(home, ["auditor"], tenant="onc")
+    path = f"/v1/models/{MODEL}/predict"  # breast-cancer is not the onc tenant's model
+    with serve(home, security=True) as (client, _):
+        assert client.post(path, json={"instances": records(1)}, headers=admin).status_code == 200
+
+        def written() -> dict[str, Any] | None:  # the writer stores queued entries each second
+            page = client.get("/v1/audit", params={"limit": 1000}, headers=admin).json()
+            return page if MODEL in {e["model"] for e in page["entries"]} else None
+
+        as_admin = wait_for(written, timeout_s=30, what="the prediction's audit entry")
+        as_onc = client.get("/v1/audit", params={"limit": 1000}, headers=onc_auditor).json()
+        metrics_admin = client.get("/metrics", headers=admin).text
+        metrics_onc = client.get("/metrics", headers=onc_auditor)
+    assert MODEL in {e["model"] for e in as_admin["entries"]}
+    assert as_onc["entries"] == []
+    assert f'model="{MODEL}"' in metrics_admin
+    assert metrics_onc.status_code == 200
+    assert f'model="{MODEL}"' not in metrics_onc.text
+    assert "medserve_requests" in metrics_onc.text  # the families are there, not the series

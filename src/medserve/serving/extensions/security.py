@@ -140,6 +140,14 @@ async def authorize_route(request: Request) -> None:
     resources_of(request).guard.authorize(principal, action, model)
 
 
+def bounded(request: Request) -> bool:
+    """Whether the caller is limited to some models (a tenant's key, or a key naming models)."""
+    principal = request.scope.get(PRINCIPAL_SCOPE_KEY)
+    return isinstance(principal, Principal) and (
+        principal.tenant is not None or principal.models is not None
+    )
+
+
 def visible(request: Request, model: str) -> bool:
     """For listing routes: whether ``model`` may appear to the caller (tenants, grants)."""
     principal = request.scope.get(PRINCIPAL_SCOPE_KEY)
@@ -356,6 +364,8 @@ async def read_audit(
         )
     )
     nxt = entries[-1]["seq"] if len(entries) >= limit else None  # packed rows come whole
+    if bounded(request):  # a tenant's (or a model-limited) key sees its own models' entries only
+        entries = [e for e in entries if e["model"] and visible(request, str(e["model"]))]
     return {"entries": entries, "next_after_seq": nxt}
 
 
