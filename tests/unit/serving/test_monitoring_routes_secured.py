@@ -22,6 +22,7 @@ from tests.unit.serving.inprocess_app import (
 
 from medserve.core.audit import AuditLog
 from medserve.core.store.tables_monitoring import mon_prediction_batches
+from medserve.serving.extensions.monitoring import PREDICTION_LOG
 
 
 def _audit_entries(home: Path, request_id: str) -> list[dict[str, object]]:
@@ -154,3 +155,26 @@ def test_an_alert_id_past_a_bigint_is_a_400_not_a_500(home: Path) -> None:
         response = client.post("/v1/alerts/18446744073709551616/acknowledge", headers=headers)
     assert response.status_code == 400
     assert "alert_id" in response.json()["error"]
+
+
+def test_outcomes_by_id_touch_only_the_keys_own_models(home: Path) -> None:
+    """A key limited to another model can neither label a prediction of this one nor learn
+    that its id exists: the answer is the one an unknown id gets."""
+    admin = create_key(home, ["admin"])
+    other = create_key(home, ["app"], models=["another-model"])
+    with serve(home, security=True) as (client, resources):
+        answer = client.post(
+            f"/v1/models/{MODEL}/predict",
+            json={"instances": records(1)},
+            headers={**admin, "X-Request-ID": "labelled-1"},
+        )
+        assert answer.status_code == 200
+        resources.get(PREDICTION_LOG).flush()
+        outcome = {"outcomes": [{"prediction_id": "labelled-1-0", "outcome": 1}]}
+        unknown = {"outcomes": [{"prediction_id": "nobody-0", "outcome": 1}]}
+        forbidden = client.post("/v1/outcomes", json=outcome, headers=other)
+        not_there = client.post("/v1/outcomes", json=unknown, headers=other)
+        assert forbidden.status_code == not_there.status_code == 200
+        assert forbidden.json() == not_there.json() == {"matched": [0], "labelled": 0}
+        own = client.post("/v1/outcomes", json=outcome, headers=admin)
+        assert own.json() == {"matched": [1], "labelled": 1}

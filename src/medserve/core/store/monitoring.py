@@ -6,7 +6,7 @@ is not a registry change, and must not make every worker re-read its aliases.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -201,11 +201,18 @@ class MonitoringStore:
             found.extend(_unpack(batch, outcomes, low, high))
         return found
 
-    def attach_outcomes(self, model: str | None, items: list[dict[str, Any]]) -> list[int]:
+    def attach_outcomes(
+        self,
+        model: str | None,
+        items: list[dict[str, Any]],
+        allowed: Callable[[str], bool] | None = None,
+    ) -> list[int]:
         """Attach outcomes; each item names ``prediction_id`` or ``patient`` + a time window.
 
         Returns the number of predictions each item labelled (0 means nothing matched yet).
-        An outcome attached again replaces the earlier one.
+        An outcome attached again replaces the earlier one. With ``allowed``, a prediction of a
+        model it refuses is not touched and counts as unmatched (the same answer as an unknown
+        id: a caller learns nothing of other models' predictions).
         """
         now = datetime.now(UTC)
         counts = []
@@ -213,7 +220,8 @@ class MonitoringStore:
         with self._write() as conn:
             for item in items:
                 if item.get("prediction_id"):
-                    hits = self._rows_by_id(conn, model, str(item["prediction_id"]), seen)
+                    found = self._rows_by_id(conn, model, str(item["prediction_id"]), seen)
+                    hits = [h for h in found if allowed is None or allowed(seen[h[0]][0])]
                 else:
                     hits = self._rows_by_patient(conn, item)
                 if hits:

@@ -20,7 +20,12 @@ from fastapi import APIRouter, Body, Path, Request
 from pydantic import BaseModel, Field
 
 from medserve.core.context import ANONYMOUS, PRINCIPAL_SCOPE_KEY, Principal
-from medserve.core.errors import AuthenticationError, InvalidRequestError, MedserveError
+from medserve.core.errors import (
+    AuthenticationError,
+    InvalidRequestError,
+    MedserveError,
+    PermissionDeniedError,
+)
 from medserve.core.extensions import RegistryHandler
 from medserve.core.monitoring_config import MonitoringSettings
 from medserve.core.phi import load_or_create_salt, pseudonymize
@@ -150,7 +155,15 @@ def post_outcomes(
                 "outcome": item.outcome,
             }
         )
-    counts = _mstore(request).attach_outcomes(None, parsed)
+
+    def allowed(model: str) -> bool:  # a prediction of a model this key may not use: untouched
+        try:
+            guard.authorize(principal, "predict", model)
+        except PermissionDeniedError:
+            return False
+        return True
+
+    counts = _mstore(request).attach_outcomes(None, parsed, allowed)
     return {"matched": counts, "labelled": sum(counts)}
 
 
