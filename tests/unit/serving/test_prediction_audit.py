@@ -109,3 +109,17 @@ def test_a_tenants_keys_see_their_own_models_in_the_audit_and_the_metrics(home: 
     assert metrics_onc.status_code == 200
     assert f'model="{MODEL}"' not in metrics_onc.text
     assert "medserve_requests" in metrics_onc.text  # the families are there, not the series
+
+
+def test_a_tenant_admin_can_neither_give_away_nor_take_a_model(home: Path) -> None:
+    admin = create_key(home, ["admin"])
+    onc_admin = create_key(home, ["admin"], tenant="onc")
+    with serve(home, security=True) as (client, _):
+        tenants = f"/v1/security/tenants/{MODEL}"
+        taken = client.put(tenants, json={"tenant": "onc"}, headers=onc_admin)  # not its model
+        assert taken.status_code == 403
+        assert client.put(tenants, json={"tenant": "onc"}, headers=admin).status_code == 200
+        given = client.put(tenants, json={"tenant": "cardio"}, headers=onc_admin)  # its own
+        assert given.status_code == 403
+        kept = client.put(tenants, json={"tenant": "onc"}, headers=onc_admin)
+        assert kept.status_code == 200

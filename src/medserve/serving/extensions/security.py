@@ -451,7 +451,17 @@ async def revoke_key(request: Request, key_id: str) -> dict[str, Any]:
 
 @router.put("/v1/security/tenants/{name}", tags=["security"])
 async def assign_tenant(request: Request, name: str, body: TenantRequest) -> dict[str, Any]:
-    """Assign a model to a tenant (null clears it)."""
+    """Assign a model to a tenant (null clears it). A tenant's admin may only claim for its own
+    tenant a model it already sees: it can neither give a model away nor take another's."""
+    principal: Principal | None = request.scope.get(PRINCIPAL_SCOPE_KEY)
+    if (
+        principal is not None
+        and principal.tenant is not None
+        and (body.tenant != principal.tenant or not visible(request, name))
+    ):
+        raise PermissionDeniedError(
+            "a tenant administrator assigns only its own tenant's models, to its tenant"
+        )
     await asyncio.to_thread(_store(request).set_model_tenant, name, body.tenant)
     return {"model": name, "tenant": body.tenant}
 
