@@ -83,3 +83,10 @@ class ModelMonitoringConfig(BaseModel):
     )
     webhook_url: str | None = None
     min_window_n: int = Field(default=30, description="Fewest predictions for a drift verdict.")
+    log_text: bool = Field(
+        default=False,
+        description=(
+            "Keep free-text inputs in the prediction log, de-identified (Safe Harbor patterns). "
+            "Off by default: only a keyed hash and the length are kept."
+        ),
+    )

@@ -32,6 +32,8 @@ logged (back-pressure). ``fail_open`` answers it and drops its rows, each counte
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import io
 import logging
 import threading
@@ -107,18 +109,24 @@ def _as_is(X: np.ndarray) -> np.ndarray:
     return X
 
 
-def make_row_encoder(signature: Signature | None, salt: bytes) -> RowEncoder:
+def make_row_encoder(
+    signature: Signature | None, salt: bytes, *, keep_text: bool = False
+) -> RowEncoder:
     """How one version's input rows become de-identified JSON (feature order of the signature).
 
-    Numbers are kept (drift needs them); identifier-flagged fields become salted pseudonyms and
-    every other string goes through Safe Harbor text de-identification. An all-numeric signature
-    without identifiers costs nothing per value: its rows are logged as they are.
+    Numbers are kept (drift needs them) and so are values of declared categories; identifier
+    fields become salted pseudonyms. Free text (a string field without categories) is kept only
+    as a keyed hash and its length (``txt_<hash>/<length>``): de-identification misses names it
+    was never shown, so the default keeps none of the text. A model's monitoring config can opt
+    in (``log_text``) to Safe Harbor de-identified text instead. An all-numeric signature without
+    identifiers costs nothing per value: its rows are logged as they are.
     """
     if signature is None:
         return _as_is
     identifiers = {i for i, f in enumerate(signature.inputs) if f.identifier}
     if not identifiers and signature.all_numeric:
         return _as_is
+    categorical = {i for i, f in enumerate(signature.inputs) if f.categories}
 
     def clean(index: int, value: Any) -> Any:
         if isinstance(value, np.generic):
@@ -127,14 +135,21 @@ def make_row_encoder(signature: Signature | None, salt: bytes) -> RowEncoder:
             return None
         if index in identifiers:
             return pseudonymize(str(value), salt=salt)
-        if isinstance(value, str):
-            return deidentify_text(value)
+        if isinstance(value, str) and index not in categorical:
+            return deidentify_text(value) if keep_text else text_token(value, salt)
         return value
 
     def encode(X: np.ndarray) -> list[list[Any]]:
         return [[clean(i, v) for i, v in enumerate(row)] for row in X]
 
     return encode
+
+
+def text_token(text: str, salt: bytes) -> str:
+    """What the log keeps of free text by default: a keyed hash (equal notes link, nothing can
+    be read back) and the length."""
+    digest = hmac.new(salt, text.encode("utf-8"), hashlib.sha256).hexdigest()[:16]
+    return f"txt_{digest}/{len(text)}"
 
 
 def _stack(parts: list[Any]) -> Any:
@@ -208,11 +223,13 @@ class PredictionLog:
         *,
         salt: bytes,
         signature_of: SignatureLookup,
+        keep_text_of: Callable[[str], bool] | None = None,
     ) -> None:
         self.engine = engine
         self.settings = settings
         self.salt = salt
         self.signature_of = signature_of
+        self.keep_text_of = keep_text_of
         self._queue: deque[tuple[PredictionEvent, int]] = deque()  # (event, logged at, µs)
         self._max = max(1, settings.queue_size)
         self._soon = max(1, self._max // 2)
@@ -400,7 +417,9 @@ class PredictionLog:
         encoder = self._encoders.get(key)
         if encoder is None:
             encoder = self._encoders[key] = make_row_encoder(
-                self.signature_of(model, version), self.salt
+                self.signature_of(model, version),
+                self.salt,
+                keep_text=self.keep_text_of(model) if self.keep_text_of is not None else False,
             )
         return encoder
 

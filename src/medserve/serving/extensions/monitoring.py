@@ -310,6 +310,7 @@ async def lifespan(resources: Resources) -> AsyncIterator[None]:
             settings,
             salt=salt,
             signature_of=_signature_lookup(registry.store),
+            keep_text_of=lambda model: store.config(model).log_text,  # once per version
         )
         # First: a prediction the log refuses (queue full, fail_closed: a 503) must not have
         # been told to another observer (the audit trail's "predict 200") already.
