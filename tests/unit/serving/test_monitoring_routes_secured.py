@@ -178,3 +178,13 @@ def test_outcomes_by_id_touch_only_the_keys_own_models(home: Path) -> None:
         assert forbidden.json() == not_there.json() == {"matched": [0], "labelled": 0}
         own = client.post("/v1/outcomes", json=outcome, headers=admin)
         assert own.json() == {"matched": [1], "labelled": 1}
+
+
+def test_an_outcome_that_is_no_observation_is_refused(home: Path) -> None:
+    headers = {**create_key(home, ["admin"]), "content-type": "application/json"}
+    with serve(home, security=True) as (client, _):
+        for raw in ("NaN", "Infinity", '""'):
+            body = '{"outcomes": [{"prediction_id": "p-0", "outcome": ' + raw + "}]}"
+            response = client.post("/v1/outcomes", content=body, headers=headers)
+            assert response.status_code == 400, (raw, response.text)
+            assert "outcomes.0" in response.json()["error"]

@@ -65,7 +65,11 @@ EXPLAIN_EXAMPLE = {"instances": [{"feature_a": 1.0}], "class": "malignant"}
 
 # A label or a value: what the prediction log stores (integers as JSON holds them in 64 bits).
 Outcome = Annotated[
-    bool | Annotated[int, Field(ge=-(2**63), lt=2**63)] | float | str | None,
+    bool
+    | Annotated[int, Field(strict=True, ge=-(2**63), lt=2**63)]  # strict: no number from a string
+    | Annotated[float, Field(strict=True, allow_inf_nan=False)]  # NaN or infinity observes nothing
+    | Annotated[str, Field(min_length=1, max_length=256)]
+    | None,
     Field(description="The observed outcome: a class label or a value."),
 ]
 
