@@ -991,3 +991,15 @@ def test_explain_importance_of_every_version(served: Served) -> None:
     without_sample = served.get(f"/v1/models/{ENSEMBLE}/versions/1/importance")
     assert without_sample.status_code == 404
     assert without_sample.json()["code"] == "not_found"
+
+
+def test_a_free_text_model_is_explained_through_its_media_type_not_the_explain_route(
+    served: Served,
+) -> None:
+    """The explain route's explainers perturb values; a sequence (free text) model is explained
+    by occlusion on its text/plain predict: the route says so with a 400, not a 500."""
+    response = served.post(
+        f"/v1/models/{SEQUENCE}/explain", json={"instances": [{"sequence": "ACGTACGTAC"}]}
+    )
+    assert response.status_code == 400, response.text
+    assert "text/plain" in response.json()["error"]

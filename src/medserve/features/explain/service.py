@@ -18,6 +18,7 @@ import numpy as np
 
 from medserve.core import metrics
 from medserve.core.artifacts import ArtifactStore
+from medserve.core.errors import InvalidRequestError
 from medserve.core.loaded_model import LoadedModel
 from medserve.core.registry.events import ReferenceProfiled, RegistryEvent
 from medserve.core.store.base import RegistryStore
@@ -191,6 +192,14 @@ class ExplainService:
     def explain(
         self, loaded: LoadedModel, X: np.ndarray, target: str | None = None
     ) -> dict[str, Any]:
+        free = [f.name for f in loaded.signature.inputs if f.type == "string" and not f.categories]
+        if free:  # the tabular explainers perturb values: free text, images, sequences are not
+            raise InvalidRequestError(
+                f"model {loaded.name!r} takes {free[0]!r} as free text: it is explained by "
+                f"occlusion on POST /v1/models/{loaded.name}/predict with its media type "
+                "(text/plain, image/png, application/dicom), where explanations are on by default",
+                details=[{"field": free[0], "rule": "explainable", "message": "free text"}],
+            )
         started = time.perf_counter()
         explainer = self.explainer(loaded, target)
         result = to_json(explainer.explain(X), loaded, X)
