@@ -110,6 +110,12 @@ class PayloadTooLargeError(InvalidRequestError):
     code = "payload_too_large"
 
 
+class RequestTimeoutError(InvalidRequestError):
+    """The client stopped sending its body: it is not waited for any longer."""
+
+    code = "request_timeout"
+
+
 class UnsupportedMediaTypeError(InvalidRequestError):
     code = "unsupported_media_type"
 

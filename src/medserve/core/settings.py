@@ -40,6 +40,14 @@ class Settings(BaseSettings):
         default=8 * 1024 * 1024,
         description="Largest request body accepted; larger bodies get 413 before they are parsed.",
     )
+    body_timeout_s: float = Field(
+        default=30.0,
+        gt=0,
+        description=(
+            "Longest wait for the next piece of a request body; a client that stalls gets 408 "
+            "and its connection is not held (headers are uvicorn's: it has no read timeout)."
+        ),
+    )
     max_loaded_versions: int = Field(
         default=16,
         description="LRU bound on versions loaded by number (aliased versions always stay).",

@@ -331,9 +331,9 @@ def create_app(settings: Settings | None = None) -> ASGIApp:
     """The API behind the prediction fast path, wrapped in each extension's middleware."""
     settings = settings or Settings()
     api = create_api(settings)
-    bounded = BodyLimit(api, settings.max_body_bytes)
+    bounded = BodyLimit(api, settings.max_body_bytes, settings.body_timeout_s)
     resources: Resources = api.state.resources
-    app: ASGIApp = HotPathApp(bounded, resources, settings.max_body_bytes)
+    app: ASGIApp = HotPathApp(bounded, resources, settings.max_body_bytes, settings.body_timeout_s)
     for extension in serving_extensions():
         app = extension.wrap(app, resources)
     return app

@@ -8,6 +8,7 @@ app, which also documents these endpoints in OpenAPI and serves them identically
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 from urllib.parse import parse_qs
@@ -22,6 +23,7 @@ from medserve.core.errors import (
     MedserveError,
     PayloadTooLargeError,
     RateLimitedError,
+    RequestTimeoutError,
     UnsupportedMediaTypeError,
 )
 from medserve.core.events import RefusalEvent
@@ -90,13 +92,25 @@ def split_binary_body(raw: bytes, header_length: bytes) -> tuple[bytes, bytes]:
     return raw[:cut], raw[cut:]
 
 
-async def read_body(receive: Receive, limit: int, declared: int | None) -> bytes:
+async def next_message(receive: Receive, timeout_s: float) -> Message:
+    """The next ASGI message, or ``RequestTimeoutError`` when the client stalls that long."""
+    try:
+        return await asyncio.wait_for(receive(), timeout_s)
+    except TimeoutError as exc:
+        raise RequestTimeoutError(
+            f"the request body stalled for {timeout_s:g} s (MEDSERVE_BODY_TIMEOUT_S)"
+        ) from exc
+
+
+async def read_body(
+    receive: Receive, limit: int, declared: int | None, timeout_s: float = 30.0
+) -> bytes:
     if declared is not None and declared > limit:
         raise PayloadTooLargeError(f"request body of {declared} bytes is over the limit of {limit}")
     chunks: list[bytes] = []
     size = 0
     while True:
-        message = await receive()
+        message = await next_message(receive, timeout_s)
         if message["type"] == "http.disconnect":
             raise InvalidRequestError("client disconnected before the body was complete")
         chunk = message.get("body", b"")
@@ -115,9 +129,10 @@ class BodyLimit:
     bounded): a declared length over the limit is answered 413 before anything reads the body,
     and a streamed body is cut off as soon as it passes the limit (413 as well)."""
 
-    def __init__(self, app: ASGIApp, limit: int) -> None:
+    def __init__(self, app: ASGIApp, limit: int, timeout_s: float = 30.0) -> None:
         self.app = app
         self.limit = limit
+        self.timeout_s = timeout_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -134,7 +149,10 @@ class BodyLimit:
 
         async def bounded() -> Message:
             nonlocal size
-            message = await receive()
+            try:
+                message = await next_message(receive, self.timeout_s)
+            except RequestTimeoutError as exc:  # what FastAPI lets through from a body read
+                raise HTTPException(408, exc.message) from exc
             if message["type"] == "http.request":
                 size += len(message.get("body", b""))
                 if size > self.limit:
@@ -186,10 +204,17 @@ class HotPathApp:
     FHIR JSON on the records endpoint), all set up in the app's lifespan.
     """
 
-    def __init__(self, fallback: ASGIApp, resources: Resources, max_body_bytes: int):
+    def __init__(
+        self,
+        fallback: ASGIApp,
+        resources: Resources,
+        max_body_bytes: int,
+        body_timeout_s: float = 30.0,
+    ):
         self.fallback = fallback
         self.resources = resources
         self.max_body_bytes = max_body_bytes
+        self.body_timeout_s = body_timeout_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -256,7 +281,7 @@ class HotPathApp:
                     "Content-Type must be application/json for this endpoint (binary tensors: "
                     "application/octet-stream with an Inference-Header-Content-Length header)"
                 )
-            raw = await read_body(receive, self.max_body_bytes, declared)
+            raw = await read_body(receive, self.max_body_bytes, declared, self.body_timeout_s)
             plane = self.resources.plane
             if handler is not None:
                 request = MediaRequest(raw, media, accept, query)

@@ -12,6 +12,7 @@ _STATUS: list[tuple[type[errors.MedserveError], int]] = [
     (errors.PermissionDeniedError, 403),
     (errors.RateLimitedError, 429),
     (errors.PayloadTooLargeError, 413),
+    (errors.RequestTimeoutError, 408),
     (errors.PreconditionFailedError, 412),
     (errors.ValidationFailedError, 422),
     (errors.UnsupportedMediaTypeError, 415),
@@ -27,7 +28,12 @@ _STATUS: list[tuple[type[errors.MedserveError], int]] = [
 ]
 
 # Stable codes for the errors the HTTP framework raises itself (unknown path, wrong method).
-_FRAMEWORK_CODES = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
+_FRAMEWORK_CODES = {
+    404: "not_found",
+    405: "method_not_allowed",
+    408: "request_timeout",
+    413: "payload_too_large",
+}
 
 
 def status_for(exc: errors.MedserveError) -> int:
