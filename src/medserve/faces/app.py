@@ -60,6 +60,8 @@ def error_statuses(method: str, path: str, operation: dict[str, Any]) -> list[in
     statuses = {401, 403, 429}  # every other route authenticates, authorizes, rate-limits
     if operation.get("parameters") or "requestBody" in operation:
         statuses.add(400)
+    if "requestBody" in operation:  # every route bounds its body, in size and in time
+        statuses |= {408, 413}
     if "{" in path:
         statuses.add(404)
     if match_hot_path(method, path) is not None:

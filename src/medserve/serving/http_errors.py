@@ -72,12 +72,16 @@ ERROR_DESCRIPTIONS: dict[int, str] = {
     401: "No credential, or an unknown, expired or revoked one",
     403: "The caller's roles or grants do not allow this",
     404: "No such model, version, alias or resource",
+    408: "The request body stalled (MEDSERVE_BODY_TIMEOUT_S)",
     409: "Conflicts with the current state",
     413: "Request body over the size limit",
     415: "Unsupported Content-Type",
     422: "Input breaks the model's signature (every problem in `details`)",
     429: "Rate limit exceeded (see Retry-After)",
-    503: "The model cannot be served right now (loading failed or unavailable)",
+    503: (
+        "The model cannot be served right now (loading failed or unavailable), or what must be "
+        "recorded of a prediction cannot be written (audit_unavailable, prediction_log_full)"
+    ),
 }
 
 ErrorStatuses = Callable[[str, str, dict[str, Any]], Iterable[int]]
