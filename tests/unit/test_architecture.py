@@ -97,6 +97,25 @@ def test_runtime_flavors_beyond_the_core_come_from_extensions() -> None:
     assert extra == {"image", "text", "sequence", "ensemble"}
 
 
+HEAVY = {
+    "pandas",
+    "sklearn",
+    "scipy",
+    "skops",
+    "skl2onnx",
+    "onnx",
+    "matplotlib",
+    "lifelines",
+    "shap",
+    "xgboost",
+    "lightgbm",
+    "pydicom",
+    "PIL",
+    "tokenizers",
+    "torch",
+}
+
+
 def test_a_serving_worker_imports_no_heavy_library(tmp_path: Path) -> None:
     """A worker that starts (app, extensions, lifespan) keeps pandas, scikit-learn, scipy and the
     optional extras out of its memory (≤ 200 MB a worker); a fresh interpreter shows it."""
@@ -117,22 +136,3 @@ print(sorted(m for m in {sorted(HEAVY)!r} if m in sys.modules))
         [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=True
     )
     assert done.stdout.strip().splitlines()[-1] == "[]", done.stdout + done.stderr
-
-
-HEAVY = {
-    "pandas",
-    "sklearn",
-    "scipy",
-    "skops",
-    "skl2onnx",
-    "onnx",
-    "matplotlib",
-    "lifelines",
-    "shap",
-    "xgboost",
-    "lightgbm",
-    "pydicom",
-    "PIL",
-    "tokenizers",
-    "torch",
-}

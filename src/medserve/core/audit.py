@@ -239,11 +239,15 @@ class AuditLog:
     def _append(self, conn: Connection, entries: Sequence[AuditEntry]) -> None:
         if conn.dialect.name == "postgresql":
             conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_ADVISORY_LOCK})")
+        t = sec_audit
         last = conn.execute(
-            sa.select(sec_audit.c.seq, sec_audit.c.hash).order_by(sec_audit.c.seq.desc()).limit(1)
+            sa.select(t.c.seq, t.c.hash, t.c.chain_key).order_by(t.c.seq.desc()).limit(1)
         ).first()
         seq, prev = (int(last[0]), str(last[1])) if last is not None else (0, GENESIS)
         sealer = self._sealer()
+        if sealer is None and last is not None and last[2] is not None:
+            # an unsealed row after sealed ones would read as tampering: refuse, loudly
+            raise AuditKeyError("this audit trail is sealed: append with its keys (the home's)")
         key_id = sealer[0] if sealer is not None else None
         now = datetime.now(UTC)
         sqlite = conn.dialect.name == "sqlite"

@@ -29,7 +29,7 @@ from medserve.core.errors import (
 from medserve.core.events import RefusalEvent
 from medserve.serving import metrics
 from medserve.serving.http_errors import status_for
-from medserve.serving.media import FHIR_JSON, MediaRequest
+from medserve.serving.media import FHIR_JSON, MediaRequest, wants_fhir
 from medserve.serving.resources import Resources
 
 log = logging.getLogger(__name__)
@@ -272,8 +272,7 @@ class HotPathApp:
             handlers = self.resources.media_handlers
             handler = handlers.get((protocol, media))
             query = _query(scope)
-            wants_fhir = MediaRequest(b"", media, accept, query).wants_fhir
-            if handler is None and protocol == "records" and wants_fhir:
+            if handler is None and protocol == "records" and wants_fhir(accept, query):
                 handler = handlers.get((protocol, FHIR_JSON))
             binary_ok = protocol == "v2" and header_length is not None
             if handler is None and not content_type_ok(content_type, binary_ok):

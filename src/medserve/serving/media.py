@@ -36,12 +36,16 @@ class MediaRequest:
 
     @property
     def wants_fhir(self) -> bool:
-        """A FHIR answer: ``Accept: application/fhir+json``, ``?format=fhir`` or FHIR's own
-        ``_format`` parameter."""
-        if self.accept and FHIR_JSON in self.accept.lower():
-            return True
-        asked = self.query.get("format", "") + self.query.get("_format", "")
-        return "fhir" in asked.lower()
+        return wants_fhir(self.accept, self.query)
+
+
+def wants_fhir(accept: bytes | None, query: Mapping[str, str]) -> bool:
+    """A FHIR answer: ``Accept: application/fhir+json``, ``?format=fhir`` or FHIR's own
+    ``_format`` parameter."""
+    if accept and FHIR_JSON in accept.lower():
+        return True
+    asked = query.get("format", "") + query.get("_format", "")
+    return "fhir" in asked.lower()
 
 
 MediaAnswer = tuple[int, bytes, bytes]  # status, body, content type

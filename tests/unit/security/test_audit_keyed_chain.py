@@ -11,7 +11,14 @@ import pytest
 import sqlalchemy as sa
 from typer.testing import CliRunner
 
-from medserve.core.audit import GENESIS, AuditEntry, AuditLog, load_audit_keys, row_hash
+from medserve.core.audit import (
+    GENESIS,
+    AuditEntry,
+    AuditKeyError,
+    AuditLog,
+    load_audit_keys,
+    row_hash,
+)
 from medserve.core.crypto import Keyring
 from medserve.core.registry.service import Registry
 from medserve.core.store.tables_security import sec_audit
@@ -116,3 +123,12 @@ def test_cli_anchor_and_verify(sealed: AuditLog, tmp_path: Path) -> None:
     refused = runner.invoke(app, ["audit", "verify", "--anchor", str(anchor)])
     assert refused.exit_code == 1
     assert "altered" in refused.output
+
+
+def test_a_trail_without_the_keys_cannot_append_to_a_sealed_one(sealed: AuditLog) -> None:
+    """An unsealed row after sealed ones would read as tampering: it is refused instead, and
+    the trail still verifies."""
+    unkeyed = AuditLog(sealed.engine)
+    with pytest.raises(AuditKeyError, match="sealed"):
+        unkeyed.append([AuditEntry(actor="key:x", action="predict", outcome=200)])
+    assert sealed.verify().ok

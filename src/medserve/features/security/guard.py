@@ -79,11 +79,10 @@ class SecurityGuard:
         common case: no I/O), otherwise in a thread (a key lookup, a tenants reload or a JWKS
         fetch does I/O); rate-limit on the loop either way."""
         token = self._token(scope["headers"])
-        if self._cached(token):
-            principal, rate = self._resolve(token)
-        else:
-            principal, rate = await asyncio.to_thread(self._resolve, token)
-        return self._admit(principal, rate, scope)
+        resolved = self._from_cache(token)
+        if resolved is None:
+            resolved = await asyncio.to_thread(self._resolve, token)
+        return self._admit(*resolved, scope)
 
     def authenticate_headers(
         self, headers: list[tuple[bytes, bytes]], scope: MutableMapping[str, Any] | None = None
@@ -100,17 +99,21 @@ class SecurityGuard:
             )
         return token
 
-    def _cached(self, token: str) -> bool:
+    def _from_cache(self, token: str) -> tuple[Principal, float] | None:
+        """The credential's principal and rate limit when answering needs no I/O, else None."""
         if self.counter.read() != self._generation:
-            return False
+            return None  # keys or tenants changed: reload them (in a thread)
         if token.startswith(TOKEN_PREFIX):
-            cached = self._keys.get(token)
-            return (
-                cached is not None
-                and time.monotonic() - cached[2] < self.cache_ttl_s
-                and time.time() < cached[1]
-            )
-        return self.jwt is None or self.jwt.cached(token)
+            return self._cached_key(token)
+        if self.jwt is None:
+            raise AuthenticationError("unknown, expired or revoked credential")
+        return (self.jwt.verify(token), self.default_rate_limit) if self.jwt.cached(token) else None
+
+    def _cached_key(self, token: str) -> tuple[Principal, float] | None:
+        cached = self._keys.get(token)
+        if cached is None or time.monotonic() - cached[2] >= self.cache_ttl_s:
+            return None
+        return (cached[0], cached[3]) if time.time() < cached[1] else None
 
     def _resolve(self, token: str) -> tuple[Principal, float]:
         self._sync()
@@ -130,10 +133,10 @@ class SecurityGuard:
         return principal
 
     def _api_key(self, token: str) -> tuple[Principal, float]:
+        cached = self._cached_key(token)
+        if cached is not None:
+            return cached
         now = time.monotonic()
-        cached = self._keys.get(token)
-        if cached is not None and now - cached[2] < self.cache_ttl_s and time.time() < cached[1]:
-            return cached[0], cached[3]
         key = self.store.verify_key(token)
         if key is None:
             self._keys.pop(token, None)
