@@ -12,11 +12,15 @@ error texts, application logs):
   ``90+``), phone and fax numbers, e-mail, SSN, medical record / health plan / account / certificate
   / licence numbers, vehicle and device identifiers, URLs, IP addresses and long numeric ids.
 
-Free-text detection is pattern based: it is conservative (it prefers over-redaction), and it finds
-names only where the text marks them (a title such as ``Mr.``/``Dr.`` or a label such as
-``Patient:``). Structured records are stronger: fields flagged ``identifier`` in the model's
-signature, and fields whose names say what they hold (``ssn``, ``mrn``, ``email``, ``zip`` ...),
-are handled by field, not by pattern.
+Free text goes through two layers (:func:`find_identifiers`): regular expressions for shapes and
+labels, then Presidio's analyzer with context rules and gazetteers for names, places and employers
+(loaded on the first text that needs it). Recall is measured on synthetic notes whose names and
+places no gazetteer holds; the figures and what is still missed are in docs/deid.md. If the
+analyzer fails, the text is withheld (fail closed).
+
+Structured records are stronger: fields flagged ``identifier`` in the model's signature, and fields
+whose names say what they hold (``ssn``, ``mrn``, ``email``, ``zip`` ...), are handled by field,
+not by pattern.
 """
 
 from __future__ import annotations
@@ -24,13 +28,16 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import hmac
-import ipaddress
+import logging
 import os
 import re
 import secrets
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from medserve.core.deid import patterns as _patterns
+from medserve.core.deid.patterns import RESTRICTED_ZIP3, Redaction, zip3
 
 if TYPE_CHECKING:
     from medserve.core.registry.signature import Signature
@@ -38,9 +45,13 @@ if TYPE_CHECKING:
 __all__ = [
     "PSEUDONYM_PREFIX",
     "RESTRICTED_ZIP3",
+    "WITHHELD",
+    "Redaction",
+    "deidentify_path",
     "deidentify_record",
     "deidentify_text",
     "deidentify_value",
+    "find_identifiers",
     "load_or_create_salt",
     "pseudonymize",
     "zip3",
@@ -53,28 +64,6 @@ SALT_FILE = Path("keys") / "phi_salt"
 
 # Three-digit ZIP prefixes whose areas held 20,000 people or fewer (2000 Census, as listed by
 # HHS guidance on Safe Harbor): these must be reported as 000.
-RESTRICTED_ZIP3 = frozenset(
-    {
-        "036",
-        "059",
-        "063",
-        "102",
-        "203",
-        "556",
-        "692",
-        "790",
-        "821",
-        "823",
-        "830",
-        "831",
-        "878",
-        "879",
-        "884",
-        "890",
-        "893",
-    }
-)
-
 _AGE_CAP = 90
 
 
@@ -131,254 +120,62 @@ def load_or_create_salt(home: Path) -> bytes:
 # --------------------------------------------------------------------------------------------
 
 
-def zip3(value: str) -> str:
-    """The Safe Harbor form of a ZIP code: its first three digits, or ``000`` for small areas."""
-    digits = re.sub(r"\D", "", str(value))
-    if len(digits) < 3:
-        return "000"
-    prefix = digits[:3]
-    return "000" if prefix in RESTRICTED_ZIP3 else prefix
-
-
-def _oldest_reportable_year() -> int:
-    # A year of birth more than 89 years ago reveals an age over 89: it is aggregated too.
-    return _dt.date.today().year - 89
-
-
 def _year_only(year: int) -> str:
-    return "[DATE]" if year < _oldest_reportable_year() else str(year)
+    return "[DATE]" if year < _dt.date.today().year - 89 else str(year)
 
 
-def _expand_year(text: str) -> int:
-    year = int(text)
-    if len(text) == 2:
-        this_century = _dt.date.today().year % 100
-        year += 2000 if year <= this_century else 1900
-    return year
+# Free text that the de-identifier could not process is not kept at all (fail closed).
+WITHHELD = "[TEXT WITHHELD]"
+_log = logging.getLogger(__name__)
 
 
-_MONTH = (
-    r"(?:Jan(?:uary)?|Feb(?:ruary)?|Mar(?:ch)?|Apr(?:il)?|May|June?|July?|Aug(?:ust)?"
-    r"|Sep(?:t(?:ember)?)?|Oct(?:ober)?|Nov(?:ember)?|Dec(?:ember)?)"
-)
-_STATES = (
-    "AL|AK|AZ|AR|CA|CO|CT|DE|DC|FL|GA|HI|ID|IL|IN|IA|KS|KY|LA|ME|MD|MA|MI|MN|MS|MO|MT|NE|NV|NH|NJ"
-    "|NM|NY|NC|ND|OH|OK|OR|PA|RI|SC|SD|TN|TX|UT|VT|VA|WA|WV|WI|WY|PR"
-)
-_STREET_SUFFIX = (
-    r"(?:Street|St|Avenue|Ave|Road|Rd|Boulevard|Blvd|Lane|Ln|Drive|Dr|Court|Ct|Way|Place|Pl"
-    r"|Terrace|Ter|Parkway|Pkwy|Highway|Hwy|Circle|Cir|Square|Sq)"
-)
-# An identifier value after a label: letters/digits/-./ with at least one digit.
-_ID_VALUE = r"(?=[A-Za-z0-9./-]*\d)[A-Za-z0-9](?:[A-Za-z0-9./-]*[A-Za-z0-9])?"
-_LABEL_SEP = r"\s*(?:[:#=]|\bis\b)?\s*"
-
-_Rule = tuple[re.Pattern[str], Callable[[re.Match[str]], str]]
+def _needs_analyzer(text: str) -> bool:
+    """Names and places need words around them: a string without a space and a capital letter
+    (a path, a code, a category) is fully served by the patterns."""
+    return any(c.isspace() for c in text) and any(c.isupper() for c in text)
 
 
-def _const(token: str) -> Callable[[re.Match[str]], str]:
-    return lambda _m: token
+def find_identifiers(text: str) -> list[Redaction]:
+    """Where the identifiers of ``text`` are and what replaces each (non-overlapping, in order).
 
+    Two layers: shapes and labels by regular expression (:mod:`medserve.core.deid.patterns`), then,
+    for text with words, Presidio's analyzer with context rules and gazetteers
+    (:mod:`medserve.core.deid.analyzer`, loaded on first use). Raises if the analyzer fails:
+    callers that store text use :func:`deidentify_text`, which then withholds the text.
+    """
+    text = str(text)
+    found = _patterns.find(text)
+    if not _needs_analyzer(text):
+        return found
+    # Heavy (spaCy, Presidio, gazetteers): loaded once, only by processes that see free text.
+    from medserve.core.deid import analyzer  # noqa: PLC0415  (lazy: ~100 MB, see docs/deid.md)
 
-def _labelled(label: str, token: str) -> _Rule:
-    """Replace the value after a label (``MRN: 123``) but keep the label for readability."""
-    suffix = r"(?:\s*(?:number|num\b|no\b|id\b|#))?"
-    pattern = re.compile(rf"(?i:\b(?:{label}){suffix})\.?{_LABEL_SEP}({_ID_VALUE})")
-
-    def repl(m: re.Match[str]) -> str:
-        start, end = m.span(1)
-        whole = m.group(0)
-        offset = m.start(0)
-        return whole[: start - offset] + token + whole[end - offset :]
-
-    return pattern, repl
-
-
-def _ip(m: re.Match[str]) -> str:
-    text = m.group(0)
-    if text.count(":") < 3 and "::" not in text:
-        return text  # a clock time such as 10:30:00, not an address
-    try:
-        ipaddress.ip_address(text)
-    except ValueError:
-        return text
-    return "[IP]"
-
-
-def _ipv4(m: re.Match[str]) -> str:
-    try:
-        ipaddress.IPv4Address(m.group(0))
-    except ValueError:
-        return m.group(0)
-    return "[IP]"
-
-
-def _iso_date(m: re.Match[str]) -> str:
-    return _year_only(int(m.group(1)))
-
-
-def _numeric_date(m: re.Match[str]) -> str:
-    return _year_only(_expand_year(m.group(3)))
-
-
-def _last_group_year(m: re.Match[str]) -> str:
-    return _year_only(int(m.group(m.lastindex or 0)))
-
-
-def _phone(m: re.Match[str]) -> str:
-    before = m.string[max(0, m.start() - 16) : m.start()].lower()
-    return "[FAX]" if "fax" in before else "[PHONE]"
-
-
-def _city_state_zip(m: re.Match[str]) -> str:
-    return f"[CITY], {m.group(2)} {zip3(m.group(3))}"
-
-
-def _labelled_zip(m: re.Match[str]) -> str:
-    return m.group(1) + zip3(m.group(2))
-
-
-def _zip_plus4(m: re.Match[str]) -> str:
-    return zip3(m.group(1))
-
-
-def _age(m: re.Match[str]) -> str:
-    age = int(m.group("age"))
-    if age < _AGE_CAP:
-        return m.group(0)
-    start, end = m.span("age")
-    offset = m.start(0)
-    whole = m.group(0)
-    return whole[: start - offset] + "90+" + whole[end - offset :]
-
-
-def _vin(m: re.Match[str]) -> str:
-    text = m.group(0)
-    has_digit = any(c.isdigit() for c in text)
-    has_alpha = any(c.isalpha() for c in text)
-    return "[VEHICLE_ID]" if has_digit and has_alpha else text
-
-
-_NAME_WORD = r"[A-Z][a-zA-Z'\-]+"
-
-# Order matters: specific, unambiguous forms first (a URL contains what looks like a path and
-# digits; an e-mail contains a domain), generic numbers last.
-_RULES: list[_Rule] = [
-    (re.compile(r"\b[A-Za-z0-9._%+\-]+@[A-Za-z0-9.\-]+\.[A-Za-z]{2,}\b"), _const("[EMAIL]")),
-    (
-        re.compile(r"(?i:\b(?:https?|ftp|sftp)://|\bwww\.)[^\s<>\"'\]\)]+"),
-        _const("[URL]"),
-    ),
-    (re.compile(r"(?<![\w:.])(?:[0-9A-Fa-f]{0,4}:){2,7}[0-9A-Fa-f]{0,4}(?![\w:])"), _ip),
-    (re.compile(r"(?<![\w.])(?:\d{1,3}\.){3}\d{1,3}(?![\w.])"), _ipv4),
-    (re.compile(r"\b\d{3}-\d{2}-\d{4}\b"), _const("[SSN]")),
-    _labelled(r"SSN|social\s+security(?:\s+(?:number|no|#))?", "[SSN]"),
-    _labelled(r"MRN|MR\s*#|MR\s*No|medical\s+record(?:\s+(?:number|no|#|id))?", "[MRN]"),
-    _labelled(
-        r"health\s*plan(?:\s+(?:beneficiary\s+)?(?:number|no|id|#))?|member\s*(?:id|#|number|no)"
-        r"|policy\s*(?:number|no|#|id)|insurance\s*(?:id|#|number|no)"
-        r"|medicaid(?:\s*(?:id|#|number|no))?|medicare(?:\s*(?:id|#|number|no))?"
-        r"|subscriber\s*(?:id|#|number)|beneficiary\s*(?:id|#|number)",
-        "[HEALTH_PLAN_ID]",
-    ),
-    _labelled(r"account|acct", "[ACCOUNT]"),
-    _labelled(
-        r"licen[cs]e\s+plate|plate(?:\s+(?:number|no|#))?|VIN"
-        r"|vehicle\s*(?:id|identifier|number|no|serial)",
-        "[VEHICLE_ID]",
-    ),
-    _labelled(
-        r"serial(?:\s*(?:number|no|#))?|S/N|SN|device\s*(?:id|identifier|serial|number)|UDI|IMEI",
-        "[DEVICE_ID]",
-    ),
-    _labelled(
-        r"(?:driver'?s\s+)?licen[cs]e(?:\s+(?:number|no|#|id))?|certificate(?:\s+(?:number|no|#))?"
-        r"|cert|DEA|NPI",
-        "[LICENSE]",
-    ),
-    # Dates: keep the year, drop month and day (and times).
-    (
-        re.compile(
-            r"\b(\d{4})-(\d{1,2})-(\d{1,2})"
-            r"(?:[T ]\d{1,2}:\d{2}(?::\d{2}(?:\.\d+)?)?(?:Z|[+-]\d{2}:?\d{2})?)?\b"
-        ),
-        _iso_date,
-    ),
-    (re.compile(r"\b(\d{1,2})([/.\-])\d{1,2}\2(\d{4}|\d{2})\b"), _numeric_date),
-    (
-        re.compile(rf"\b{_MONTH}\.?\s+\d{{1,2}}(?:st|nd|rd|th)?,?\s+(\d{{4}})\b"),
-        _last_group_year,
-    ),
-    (
-        re.compile(rf"\b\d{{1,2}}(?:st|nd|rd|th)?\s+(?:of\s+)?{_MONTH}\.?,?\s+(\d{{4}})\b"),
-        _last_group_year,
-    ),
-    (re.compile(rf"\b{_MONTH}\.?,?\s+(\d{{4}})\b"), _last_group_year),
-    (re.compile(rf"\b{_MONTH}\.?\s+\d{{1,2}}(?:st|nd|rd|th)?\b"), _const("[DATE]")),
-    (re.compile(rf"\b\d{{1,2}}(?:st|nd|rd|th)?\s+(?:of\s+)?{_MONTH}\b"), _const("[DATE]")),
-    # Geography below state.
-    (
-        re.compile(
-            rf"\b({_NAME_WORD}(?:\s+{_NAME_WORD}){{0,2}}),\s+({_STATES})\s+(\d{{5}})(?:-\d{{4}})?\b"
-        ),
-        _city_state_zip,
-    ),
-    (
-        re.compile(r"((?i:\b(?:zip|postal)(?:\s*code)?)\s*[:#]?\s*)(\d{5})(?:-\d{4})?\b"),
-        _labelled_zip,
-    ),
-    (re.compile(r"\b(\d{5})-\d{4}\b"), _zip_plus4),
-    (
-        re.compile(
-            rf"\b\d{{1,6}}\s+(?:{_NAME_WORD}\s+){{1,4}}{_STREET_SUFFIX}\b\.?"
-            r"(?:,?\s+(?:Apt|Apartment|Suite|Ste|Unit|#)\.?\s*[A-Za-z0-9-]+)?"
-        ),
-        _const("[ADDRESS]"),
-    ),
-    (re.compile(r"(?i:\bP\.?\s?O\.?\s+Box)\s+\d+"), _const("[ADDRESS]")),
-    # Phone and fax numbers (NANP and international forms).
-    (
-        re.compile(
-            r"(?<![\w+])(?:\+?1[\s.\-]?)?(?:\(\d{3}\)\s?|\d{3}[\s.\-])\d{3}[\s.\-]\d{4}\b"
-            r"(?:\s*(?:x|ext\.?)\s*\d{1,5})?"
-        ),
-        _phone,
-    ),
-    (re.compile(r"(?<![\w])\+\d{1,3}(?:[\s.\-]?\d{2,4}){2,5}\b"), _phone),
-    # Names, where the text marks them.
-    (
-        re.compile(
-            rf"\b(?:Mr|Mrs|Ms|Mx|Miss|Dr|Prof)\.?\s+{_NAME_WORD}(?:\s+[A-Z]\.)?(?:\s+{_NAME_WORD})?\b"
-        ),
-        _const("[NAME]"),
-    ),
-    (
-        re.compile(
-            r"((?i:\b(?:patient(?:'s)?\s+name|patient|pt|name|full\s+name|next\s+of\s+kin"
-            r"|seen\s+by|signed\s+by|referred\s+by|attending|physician|nurse|contact|mother"
-            r"|father|spouse|guardian))\s*:\s*)"
-            rf"{_NAME_WORD}(?:\s+[A-Z](?:\.|(?=\s)))?(?:\s+{_NAME_WORD}){{0,2}}"
-        ),
-        lambda m: m.group(1) + "[NAME]",
-    ),
-    # Ages over 89.
-    (
-        re.compile(r"\b(?P<age>\d{2,3})(?:\s*|-)(?i:years?|yrs?|y/?o|y\.o\.)(?:[\s-]?(?i:old))?\b"),
-        _age,
-    ),
-    (re.compile(r"(?i:\b(?:age|aged))\s*[:=]?\s*(?P<age>\d{2,3})\b"), _age),
-    # Bare vehicle identification numbers and any other long numeric identifier.
-    (re.compile(r"\b[A-HJ-NPR-Z0-9]{17}\b"), _vin),
-    (re.compile(r"(?<![\d.])\d{7,}(?![\d.]*\d)"), _const("[ID]")),
-]
+    return _patterns.merge(text, found + analyzer.find(text, found))
 
 
 def deidentify_text(text: str) -> str:
-    """Free text with the Safe Harbor identifiers removed or generalised (see module doc)."""
-    out = str(text)
-    for pattern, repl in _RULES:
-        out = pattern.sub(repl, out)
-    return out
+    """Free text with the Safe Harbor identifiers removed or generalised (see module doc).
+
+    Fails closed: if the analyzer cannot run (not installed, or an error in it), nothing of the
+    text is returned but :data:`WITHHELD`.
+    """
+    text = str(text)
+    try:
+        redactions = find_identifiers(text)
+    except Exception:
+        _log.exception("free-text de-identification failed; the text is withheld")
+        return WITHHELD
+    return _patterns.apply(text, redactions)
+
+
+def deidentify_path(path: str) -> str:
+    """A request path (or any short string) de-identified by the patterns alone.
+
+    Cheap (no analyzer is loaded): for audit details written on every refused request. A path
+    carries ids, e-mails and numbers, rarely a free-text name.
+    """
+    text = str(path)
+    return _patterns.apply(text, _patterns.find(text))
 
 
 # --------------------------------------------------------------------------------------------
