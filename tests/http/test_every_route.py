@@ -36,7 +36,9 @@ from tests.unit.serving.inprocess_app import (
 )
 
 from medserve import __version__
+from medserve.core.context import stored_request_id
 from medserve.core.extensions import extensions
+from medserve.core.phi import load_or_create_salt
 from medserve.faces.demo.interop import MODEL as CARDIO
 from medserve.faces.demo.interop import example_bundle, example_hook_request
 from medserve.serving.fast_path import HotPathApp, match_hot_path
@@ -578,6 +580,23 @@ def _outcomes(s: Served) -> None:
     assert body == {"matched": [1, 2], "labelled": 3}
 
 
+@covers("POST", "/v1/patients/erase")
+def _erase(s: Served) -> None:
+    patient = "MRN-EVERY-ROUTE-ERASED"
+    predicted = s.post(
+        f"/v1/models/{MODEL}/predict",
+        json={"instances": records(2)},
+        headers={"X-Patient-ID": patient},
+    )
+    assert predicted.status_code == 200, predicted.text
+    response = s.post("/v1/patients/erase", json={"patient_id": patient, "reason": "case"})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["erased"] is True
+    assert body["predictions"] == 2  # the endpoint writes this worker's pending log first
+    assert patient not in response.text
+
+
 @covers("POST", "/v1/alerts/{alert_id}/acknowledge")
 def _acknowledge(s: Served) -> None:
     alert_id = fire_alert(s.home, SEQUENCE)
@@ -669,7 +688,9 @@ def _audit(s: Served) -> None:
     response = s.get("/v1/audit", params={"since": since.isoformat(), "limit": 1000})
     assert response.status_code == 200
     entries = response.json()["entries"]
-    [entry] = [e for e in entries if e["request_id"] == "every-route-audit"]
+    stored = stored_request_id("every-route-audit", None, load_or_create_salt(s.home))
+    [entry] = [e for e in entries if e["request_id"] == stored]  # a caller's id: keyed
+    assert "every-route-audit" not in response.text
     assert entry["action"] == "admin"
     assert entry["model"] == IMAGE
     assert entry["outcome"] == 200
@@ -882,6 +903,7 @@ EXTENSIONS = {
     "modalities": "text/plain and DICOM on records predict: test_modalities_*",
     "composition": "the ensemble flavor: test_composition_ensemble_is_served",
     "explain": "global importance on registration: test_explain_importance_of_every_version",
+    "privacy": "a patient's erasure (case above; tests/http/test_erasure_http.py)",
 }
 
 

@@ -12,6 +12,7 @@ import httpx
 import pytest
 from tests.support import ServerProcess, start_server, wait_for
 
+from medserve.core.context import stored_request_id
 from medserve.core.phi import load_or_create_salt, pseudonymize
 from medserve.core.registry.service import Registry
 from medserve.core.settings import Settings
@@ -110,7 +111,8 @@ def _functional_checks(server: ServerProcess, rows: list[dict[str, float]]) -> l
         )
         assert v2.status_code == 200, v2.text
         assert v2.headers["x-request-id"] == "v2-fixed-id"
-        ids.append("v2-fixed-id-0")
+        salt = load_or_create_salt(server.home)  # a caller's request id is stored keyed
+        ids.append(f"{stored_request_id('v2-fixed-id', None, salt)}-0")
 
         # The workers' prediction logs write in the background: outcomes match logged rows.
         _wait_until_logged(server.home, ids)

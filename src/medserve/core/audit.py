@@ -34,22 +34,27 @@ import asyncio
 import hashlib
 import hmac
 import logging
+import os
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import orjson
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import OperationalError
 
+from medserve.core import metrics
 from medserve.core.crypto import Keyring
-from medserve.core.errors import MedserveError, StoreError
+from medserve.core.errors import AuditUnavailableError, MedserveError, StoreError
+from medserve.core.journal import Journal, JournalError, Orphan, record_progress, replay_orphans
+from medserve.core.patients import PatientKeys
+from medserve.core.phi import PSEUDONYM_PREFIX as PSEUDONYM
 from medserve.core.store.schema import registry_outbox
 from medserve.core.store.tables_security import sec_audit
 from medserve.core.store.unit_of_work import UnitOfWork
@@ -91,6 +96,10 @@ class AuditEntry:
     detail: str = ""
     at: datetime | None = None
     packed: int = 0  # prediction entries in a packed row (not stored: the detail holds them)
+    journal_seq: int = 0  # the newest journal record this entry holds (0: none)
+    # a packed row's prediction entries, made its ``detail`` when written (after each patient
+    # pseudonym in them is replaced by the patient's reference)
+    records: list[list[Any]] | None = field(default=None, compare=False, repr=False)
 
 
 def _at_text(at: datetime) -> str:
@@ -133,7 +142,7 @@ def _anchor_payload(seq: int, digest: str) -> bytes:
 _PACKED_SPAN = timedelta(minutes=15)  # longest a backlog can hold a prediction entry back
 
 
-def _packed_entry(records: list[list[Any]]) -> AuditEntry:
+def _packed_entry(records: list[list[Any]], journal_seq: int = 0) -> AuditEntry:
     """The chained row that holds consecutive prediction entries (see the module docstring)."""
 
     def common(index: int) -> Any:
@@ -148,9 +157,10 @@ def _packed_entry(records: list[list[Any]]) -> AuditEntry:
         model=common(4),
         version=common(5),
         outcome=200,
-        detail=orjson.dumps(records).decode(),
         at=first,
         packed=len(records),
+        records=records,
+        journal_seq=journal_seq,
     )
 
 
@@ -169,6 +179,61 @@ class VerifyResult:
 def _loss_marker(action: str, detail: str) -> AuditEntry:
     """An entry that records entries the chain could not keep (when, how many, why)."""
     return AuditEntry(actor="medserve", action=action, outcome=500, detail=detail)
+
+
+_PATIENT = 9  # a packed record's patient field ([at, *_FIELDS])
+
+
+def _patient_references(conn: Connection, entries: Sequence[AuditEntry]) -> dict[str, str]:
+    """Each home-wide patient pseudonym in ``entries`` -> the patient's reference under their
+    own key (``core.patients``): what the chain stores, so that erasing the key unlinks it."""
+    pseudonyms = {
+        e.patient_hash for e in entries if e.patient_hash and e.patient_hash.startswith(PSEUDONYM)
+    }
+    for e in entries:
+        if e.records is not None:
+            pseudonyms.update(
+                r[_PATIENT] for r in e.records if r[_PATIENT] and r[_PATIENT].startswith(PSEUDONYM)
+            )
+    return PatientKeys().refs(conn, pseudonyms) if pseudonyms else {}
+
+
+def _packed_detail(records: list[list[Any]], refs: dict[str, str]) -> str:
+    if refs:
+        records = [
+            [*r[:_PATIENT], refs.get(r[_PATIENT], r[_PATIENT]), *r[_PATIENT + 1 :]]
+            if r[_PATIENT]
+            else r
+            for r in records
+        ]
+    return orjson.dumps(records).decode()
+
+
+def _loss_marker_ok(action: str, detail: str) -> AuditEntry:
+    return AuditEntry(actor="medserve", action=action, outcome=200, detail=detail)
+
+
+def _entry_fields(e: AuditEntry) -> list[Any]:
+    """An entry's fields as journaled (``_FIELDS`` order)."""
+    return [
+        e.actor,
+        e.key_id,
+        e.action,
+        e.model,
+        e.version,
+        e.client,
+        e.outcome,
+        e.request_id,
+        e.patient_hash,
+        e.detail,
+    ]
+
+
+def _entry_from_record(record: list[Any]) -> AuditEntry:
+    """An entry from its journal record (``[at, *fields]``)."""
+    at = datetime.fromisoformat(record[0].replace("Z", "+00:00"))
+    fields = dict(zip(_FIELDS, record[1:], strict=True))
+    return AuditEntry(at=at, **fields)
 
 
 def _outbox_entry(row: Any) -> AuditEntry:
@@ -213,11 +278,20 @@ class AuditLog:
     trails from before keys)."""
 
     def __init__(
-        self, engine: Engine, *, queue_size: int = 200_000, keys: Keyring | None = None
+        self,
+        engine: Engine,
+        *,
+        queue_size: int = 200_000,
+        keys: Keyring | None = None,
+        journal: Journal | None = None,
+        fail_open: bool = False,
     ) -> None:
         self.engine = engine
         self.keys = keys
-        self.failure: str | None = None  # why the trail cannot be written now (None: it can)
+        self.journal = journal
+        self.fail_open = fail_open
+        self._store_failure: str | None = None  # why the store cannot be written (None: it can)
+        self._orphans = journal is not None  # stopped workers' journals may wait for replay
         self._unwritable = 0  # entries lost to an error that was not the store's: marked
         self.uow = UnitOfWork(engine, "audit")
         self._queue: deque[Any] = deque()  # AuditEntry or (build, argument, unix time)
@@ -249,6 +323,7 @@ class AuditLog:
             # an unsealed row after sealed ones would read as tampering: refuse, loudly
             raise AuditKeyError("this audit trail is sealed: append with its keys (the home's)")
         key_id = sealer[0] if sealer is not None else None
+        refs = _patient_references(conn, entries)
         now = datetime.now(UTC)
         sqlite = conn.dialect.name == "sqlite"
         rows: list[tuple[Any, ...]] = []
@@ -265,8 +340,8 @@ class AuditLog:
                 e.client[:64] if e.client else None,
                 int(e.outcome),
                 e.request_id[:64] if e.request_id else None,
-                e.patient_hash,
-                e.detail,
+                refs.get(e.patient_hash, e.patient_hash) if e.patient_hash else None,
+                e.detail if e.records is None else _packed_detail(e.records, refs),
             )
             digest = _hash(seq, at_text, fields, prev, sealer)
             # SQLite keeps DateTime as SQLAlchemy's text form; the driver-level insert below
@@ -346,27 +421,112 @@ class AuditLog:
         return len(rows)
 
     def append(self, entries: Sequence[AuditEntry]) -> None:
-        """Write ``entries`` durably now (committed when this returns)."""
+        """Write ``entries`` durably now (committed when this returns), and, in the same
+        transaction, how far the worker's journal is stored (the newest record they hold)."""
         if not entries:
             return
+        upto = max(e.journal_seq for e in entries)
         with self.uow.write() as conn:
             self._append(conn, entries)
+            if upto and self.journal is not None:
+                record_progress(conn, "audit", self.journal.id, upto)
+        if upto and self.journal is not None:
+            self.journal.stored(upto)
+
+    def replay(self) -> int:
+        """Store what stopped workers left in their journals (see ``core.journal``); each
+        journal's entries are chained after a marker naming the worker and the count, and a
+        journal found damaged leaves an ``audit_gap`` marker with the bytes lost."""
+        if self.journal is None:
+            return 0
+        directory = self.journal.dir.parent
+        replayed = replay_orphans(directory, "audit", self.engine, self._apply_orphan)
+        if replayed:
+            metrics.JOURNAL_REPLAYED.labels("audit").inc(replayed)
+        return replayed
+
+    def _apply_orphan(self, conn: Connection, orphan: Orphan) -> None:
+        entries: list[AuditEntry] = [
+            _loss_marker_ok(
+                "audit_replayed",
+                f"{len(orphan.records)} entries recovered from the journal of stopped worker "
+                f"{orphan.journal}",
+            )
+        ]
+        records: list[list[Any]] = []
+        for _, payload in orphan.records:
+            record = orjson.loads(payload)
+            if record[0] == "p":
+                records.append(record[1:])
+                if len(records) == _SLICE:
+                    entries.append(_packed_entry(records))
+                    records = []
+                continue
+            if records:
+                entries.append(_packed_entry(records))
+                records = []
+            entries.append(_entry_from_record(record[1:]))
+        if records:
+            entries.append(_packed_entry(records))
+        if orphan.corrupt_bytes:
+            detail = (
+                f"the journal of stopped worker {orphan.journal} held {orphan.corrupt_bytes} "
+                "unreadable bytes (a torn or damaged record): entries may be missing there"
+            )
+            entries.append(_loss_marker("audit_gap", detail))
+        self._append(conn, entries)
+
+    def _room(self) -> bool:
+        """Whether the queue can take one more entry; when it cannot, fail closed refuses the
+        request (503) and fail open counts the loss (marked in the chain by the writer)."""
+        if len(self._queue) + self._prepared - self._written < self._queue_size:
+            return True
+        if not self.fail_open:
+            raise AuditUnavailableError(
+                "the audit trail is behind (its queue is full): retry shortly"
+            )
+        self._dropped += 1
+        metrics.AUDIT_UNRECORDED.labels("audit", "queue_full").inc()
+        return False
+
+    def _journaled(self, record: list[Any]) -> int:
+        """Journal ``record`` before its request is answered; 0 where there is no journal or,
+        fail open, it could not be written (counted)."""
+        journal = self.journal
+        if journal is None:
+            return 0
+        try:
+            return journal.append(orjson.dumps(record))
+        except JournalError:
+            if not self.fail_open:
+                raise
+            metrics.JOURNAL_UNWRITTEN.labels("audit").inc()
+            return 0
 
     def enqueue(self, entry: AuditEntry) -> None:
-        """Queue an entry for the background writer; never blocks (a deque append)."""
-        if len(self._queue) + self._prepared - self._written >= self._queue_size:
-            self._dropped += 1
-        else:
-            self._queue.append(entry)
+        """Queue an entry for the background writer (journaled first); never blocks."""
+        if not self._room():
+            return
+        if self.journal is not None:
+            at = entry.at or datetime.now(UTC)
+            record = ["e", _at_text(at), *_entry_fields(entry)]
+            entry = replace(entry, at=at, journal_seq=self._journaled(record))
+        self._queue.append(entry)
 
     def enqueue_packed(self, build: Callable[[Any, str], list[Any]], argument: Any) -> None:
         """Queue a prediction entry to be packed with its neighbours into one chained row:
         ``build(argument, at_text)`` returns ``[at, actor, key_id, action, model, version,
-        client, outcome, request_id, patient_hash, detail]`` and runs later (``drive``)."""
-        if len(self._queue) + self._prepared - self._written >= self._queue_size:
-            self._dropped += 1
-        else:
-            self._queue.append((build, argument, time.time()))
+        client, outcome, request_id, patient_hash, detail]``. Without a journal it runs later
+        (``drive``); with one it runs now and the record is journaled before the answer."""
+        if not self._room():
+            return
+        now = time.time()
+        if self.journal is None:
+            self._queue.append((build, argument, now, 0))
+            return
+        record = build(argument, self._at_text_of(now))
+        seq = self._journaled(["p", *record])
+        self._queue.append((None, record, now, seq))
 
     def start(self) -> None:
         if self._thread is None:
@@ -408,24 +568,49 @@ class AuditLog:
             taken = 0
             units: list[AuditEntry] = []
             records: list[list[Any]] = []
+            newest = 0  # the newest journal record in ``records``
             while queue and (most is None or taken < most):
                 item = queue.popleft()
                 taken += 1
                 if type(item) is tuple:
                     records.append(self._packed(item))
+                    newest = item[3] or newest
                     continue
                 if records:
-                    units.append(_packed_entry(records))
+                    units.append(_packed_entry(records, newest))
                     records = []
                 units.append(item)
             if records:
-                units.append(_packed_entry(records))
+                units.append(_packed_entry(records, newest))
             self._ready.extend(units)
             self._prepared += taken
 
+    @property
+    def failure(self) -> str | None:
+        """Why the trail cannot be written now (the store, or the journal before it), or None:
+        fail closed refuses predictions and readiness while it is set."""
+        if self.journal is not None and self.journal.failure is not None:
+            return self.journal.failure
+        return self._store_failure
+
+    def _replay_quietly(self) -> None:
+        """Replay stopped workers' journals; on failure (the store is down) try again at the
+        next interval: the journals stay on disk until they are stored."""
+        try:
+            self.replay()
+        except Exception as exc:
+            log.error("audit trail: could not replay journals yet: %s", type(exc).__name__)
+            self._store_failure = f"the audit trail cannot be written ({type(exc).__name__})"
+        else:
+            self._orphans = False
+
     def _run(self) -> None:
         while True:
+            if self._orphans:
+                self._replay_quietly()
             stopping = self._stop.wait(_WRITE_INTERVAL_S)
+            if self.journal is not None and self.journal.failure is not None:
+                self.journal.probe()  # room on the disk again: serving resumes
             if stopping or self._loop is None:
                 self._prepare()
             while self._ready or self._dropped or self._unwritable:
@@ -438,11 +623,17 @@ class AuditLog:
                 self._written += taken
                 if self._dropped:
                     lost, self._dropped = self._dropped, 0
-                    detail = f"{lost} prediction audit entries were lost: queue full"
+                    detail = (
+                        f"{lost} audit entries of answered requests were lost by worker "
+                        f"{os.getpid()} (fail_open: the queue was full)"
+                    )
                     batch.append(_loss_marker("audit_overflow", detail))
                 if self._unwritable:
                     lost, self._unwritable = self._unwritable, 0
-                    detail = f"{lost} audit entries were lost: they could not be written"
+                    detail = (
+                        f"{lost} audit entries were lost by worker {os.getpid()}: "
+                        "they could not be written"
+                    )
                     batch.append(_loss_marker("audit_gap", detail))
                 if not self._write_batch(batch):
                     # kept, oldest first, for the next interval: nothing already answered is
@@ -482,7 +673,9 @@ class AuditLog:
         return f"{self._second_text}.{int((at - second) * 1e6):06d}Z"
 
     def _packed(self, item: tuple[Any, ...]) -> list[Any]:
-        build, argument, at = item
+        build, argument, at, _ = item
+        if build is None:  # built (and journaled) when it was queued
+            return cast("list[Any]", argument)
         at_text = self._at_text_of(at)
         try:
             record: list[Any] = build(argument, at_text)
@@ -516,32 +709,41 @@ class AuditLog:
                 reason = f"the audit trail cannot be written ({type(cause or exc).__name__})"
                 if attempt == 2:  # the type only: a driver's message may quote the values
                     log.error("audit trail: could not write %d entries: %s", len(batch), reason)
-                    self.failure = reason
+                    self._store_failure = reason
                     return False
                 time.sleep(0.1 * (attempt + 1))
             except Exception as exc:  # not the store: a bug; the entries cannot be kept
                 log.error(
                     "audit trail: could not write %d entries: %s", len(batch), type(exc).__name__
                 )
-                self._unwritable += sum(_entries_in(e) for e in batch)
+                lost = sum(_entries_in(e) for e in batch)
+                self._unwritable += lost
+                metrics.AUDIT_UNRECORDED.labels("audit", "write_failed").inc(lost)
                 return True
             else:
-                self.failure = None
+                self._store_failure = None
                 return True
         return False
 
     def flush(self) -> None:
         """Write everything queued so far (stops and restarts the writer)."""
-        self.close()
+        self._stop_writer()
         self.start()
 
-    def close(self) -> None:
-        """Drain the queue to the database and stop the writer."""
+    def _stop_writer(self) -> None:
         with self._lock:
             thread, self._thread = self._thread, None
             if thread is not None:
                 self._stop.set()
                 thread.join()
+
+    def close(self) -> None:
+        """Drain the queue to the database and stop the writer; the journal is removed when
+        everything in it was stored, else kept for the next start to replay."""
+        self._stop_writer()
+        if self.journal is not None:
+            complete = not (self._queue or self._ready)
+            self.journal.close(complete=complete)
 
     # -- reading ----------------------------------------------------------------------------
     def verify(self, anchor: dict[str, Any] | None = None) -> VerifyResult:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import random
 import time
 from dataclasses import dataclass, field
@@ -38,6 +40,15 @@ def request_id_time_us(request_id: str) -> int | None:
         return int(request_id[:13], 16)
     except ValueError:
         return None
+
+
+def stored_request_id(request_id: str, made_us: int | None, salt: bytes) -> str:
+    """The form of a request id that stores keep: medserve's own ids (``made_us`` set: a time
+    and random bits) as they are; a caller's ``X-Request-ID`` — any text, an order or encounter
+    number included — only as a keyed hash (``rid_...``), computed again to find it."""
+    if made_us is not None:
+        return request_id
+    return "rid_" + hmac.new(salt, request_id.encode("utf-8"), hashlib.sha256).hexdigest()[:24]
 
 
 @dataclass(frozen=True)

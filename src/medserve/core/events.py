@@ -52,6 +52,7 @@ class RefusalEvent:
     patient_id: str | None  # as sent: an observer keeps a salted hash at most
     method: str
     path: str
+    id_time_us: int | None = None  # set where medserve made ``request_id`` (else the caller's)
 
 
 class PredictionObserver(Protocol):

@@ -17,6 +17,24 @@ LOG_DROPPED = Counter(
     "Prediction-log rows dropped, by reason (queue_full, write_failed).",
     ["reason"],
 )
+AUDIT_UNRECORDED = Counter(
+    "medserve_audit_unrecorded_total",
+    "Audit entries or log rows of answered requests that were not recorded (fail_open only: "
+    "the queue was full or the store could not be written), by stream and reason. Each loss "
+    "is also marked in the audit chain.",
+    ["stream", "reason"],
+)
+JOURNAL_UNWRITTEN = Counter(
+    "medserve_journal_unwritten_total",
+    "Records answered without being journaled first (fail_open only: the journal's disk was "
+    "full or unwritable); they still reach the store unless the worker dies first.",
+    ["stream"],
+)
+JOURNAL_REPLAYED = Counter(
+    "medserve_journal_replayed_total",
+    "Records replayed from the journals of stopped workers, by stream.",
+    ["stream"],
+)
 LOG_WRITE_SECONDS = Histogram(
     "medserve_monitor_log_write_seconds",
     "Time to write one batch of prediction-log rows.",

@@ -45,16 +45,18 @@ from typing import Any, cast
 
 import numpy as np
 import orjson
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
 from medserve.core import metrics
-from medserve.core.context import now_us, request_id_time_us
+from medserve.core.context import now_us, request_id_time_us, stored_request_id
 from medserve.core.errors import StoreError
 from medserve.core.events import PredictionEvent, RefusalEvent
+from medserve.core.journal import Journal, JournalError, Orphan, record_progress, replay_orphans
 from medserve.core.monitoring_config import MonitoringSettings
 from medserve.core.phi import deidentify_text, pseudonymize
 from medserve.core.registry.signature import Signature
+from medserve.core.store.outbox import record_change
 from medserve.core.store.tables_monitoring import (
     PACKED_SPAN_S,
     mon_prediction_batches,
@@ -100,6 +102,12 @@ def carries_time(request_id: str, at_us: int, made_us: int | None = None) -> boo
 
 
 SignatureLookup = Callable[[str, int], Signature | None]
+# One prediction as logged, de-identified (what the journal holds and packs are made of):
+# [model, version, request id as stored, its time (µs) where medserve made it, log time (µs),
+#  patient pseudonym, site, latency (ms), input rows as encoded, outputs, rows]
+LogRecord = list[Any]
+Pack = tuple[dict[str, Any], set[str]]  # a mon_prediction_batches row and the ids to index
+Bundle = tuple[list[Pack], int, int]  # the packs of one queue slice, their rows, newest record
 # One version's input matrix -> its de-identified rows: the matrix itself where nothing needs
 # cleaning (orjson encodes a numeric matrix natively), else one list of values per row.
 RowEncoder = Callable[[np.ndarray], "np.ndarray | list[list[Any]]"]
@@ -224,13 +232,16 @@ class PredictionLog:
         salt: bytes,
         signature_of: SignatureLookup,
         keep_text_of: Callable[[str], bool] | None = None,
+        journal: Journal | None = None,
     ) -> None:
         self.engine = engine
+        self.journal = journal
+        self._orphans = journal is not None  # stopped workers' journals may wait for replay
         self.settings = settings
         self.salt = salt
         self.signature_of = signature_of
         self.keep_text_of = keep_text_of
-        self._queue: deque[tuple[PredictionEvent, int]] = deque()  # (event, logged at, µs)
+        self._queue: deque[tuple[LogRecord, int]] = deque()  # (record, journal seq or 0)
         self._max = max(1, settings.queue_size)
         self._soon = max(1, self._max // 2)
         self._fail_open = settings.audit_failure == "fail_open"
@@ -239,14 +250,14 @@ class PredictionLog:
         self._stop = False
         self._busy = False  # the writer holds popped events not yet written
         self._sites = frozenset(settings.sites)
-        self.failure: str | None = None  # why the log cannot be written now (None: it can)
+        self._store_failure: str | None = None  # why the store cannot be written (None: it can)
         # The bound counts rows (a 100-row request is 100 rows): two counters, each written
         # by one thread only (the event loop / the writer), so no lock on the hot path.
         self._in_rows = 0
         self._out_rows = 0
         self._encoders: dict[tuple[str, int], RowEncoder] = {}
         self._patients: dict[str, str] = {}
-        self._ready: deque[tuple[dict[str, Any], set[str]]] = deque()  # packed, to insert
+        self._ready: deque[Bundle] = deque()  # packed, to insert
         self._loop: asyncio.AbstractEventLoop | None = None  # set by drive()
         self._tick_later: asyncio.TimerHandle | None = None
         self._pack_here = False  # flush(): the writer packs too
@@ -262,16 +273,52 @@ class PredictionLog:
     def on_refusal(self, event: RefusalEvent) -> None:
         """Nothing refused is logged: the log holds predictions that were answered."""
 
+    @property
+    def failure(self) -> str | None:
+        """Why the log cannot be written now (the store, or the journal before it), or None:
+        fail closed refuses predictions and readiness while it is set."""
+        if self.journal is not None and self.journal.failure is not None:
+            return self.journal.failure
+        return self._store_failure
+
     def on_prediction(self, event: PredictionEvent) -> None:
         rows = event.inputs.shape[0]
         queued = self._in_rows - self._out_rows
-        if queued < self._max:
-            self._queue.append((event, now_us()))
-            self._in_rows += rows
-            if queued < self._soon <= queued + rows:
-                self._hurry()
+        if queued >= self._max:
+            self._full(rows)
             return
-        self._full(rows)
+        record = self.record(event, now_us())
+        seq = 0
+        if self.journal is not None:  # durable before the answer is sent
+            try:
+                seq = self.journal.append(dumps(record))
+            except JournalError:
+                if not self._fail_open:
+                    raise
+                metrics.JOURNAL_UNWRITTEN.labels("log").inc()
+        self._queue.append((record, seq))
+        self._in_rows += rows
+        if queued < self._soon <= queued + rows:
+            self._hurry()
+
+    def record(self, event: PredictionEvent, at_us: int) -> LogRecord:
+        """One prediction as logged: de-identified here, before it is journaled or queued."""
+        context = event.context
+        patient = context.patient_id
+        site = context.site
+        return [
+            event.model,
+            event.version,
+            stored_request_id(context.request_id, context.id_time_us, self.salt),
+            context.id_time_us,
+            at_us,
+            self._patient(patient) if patient else None,
+            self._site(site) if site else None,
+            event.latency_s * 1000.0,
+            self._encoder(event.model, event.version)(event.inputs),
+            event.outputs,
+            event.inputs.shape[0],
+        ]
 
     def _hurry(self) -> None:
         """The queue passed half full: pack (driven) or write (not driven) now."""
@@ -300,6 +347,7 @@ class PredictionLog:
     def _drop(self, rows: int, reason: str) -> None:
         self.dropped += rows
         metrics.LOG_DROPPED.labels(reason).inc(rows)
+        metrics.AUDIT_UNRECORDED.labels("log", reason).inc(rows)
         log.warning("prediction log dropped %d row(s): %s", rows, reason)
 
     # -- packing on the event loop ----------------------------------------------------------
@@ -334,15 +382,16 @@ class PredictionLog:
         """Queued events -> packs ready for the writer (every queued event when ``None``)."""
         queue = self._queue
         while queue:
-            batch: list[tuple[PredictionEvent, int]] = []
-            rows = 0
+            batch: list[LogRecord] = []
+            rows = newest = 0
             limit = self.settings.batch_rows if most_rows is None else most_rows
             while queue and rows < limit:
-                item = queue.popleft()
-                batch.append(item)
-                rows += item[0].inputs.shape[0]
+                record, seq = queue.popleft()
+                batch.append(record)
+                rows += record[10]
+                newest = seq or newest
             try:
-                self._ready.extend(self.packs(batch))
+                self._ready.append((self.packs(batch), rows, newest))
             except Exception as exc:  # a bug in packing must not stop the log; the rows are counted
                 log.error("prediction log could not pack a batch: %s", type(exc).__name__)
                 self._out_rows += rows
@@ -359,6 +408,9 @@ class PredictionLog:
         self._stop = True
         self._wake.set()
         self._thread.join(timeout)
+        if self.journal is not None:  # kept for the next start unless everything was stored
+            complete = not (self._queue or self._ready or self._thread.is_alive())
+            self.journal.close(complete=complete)
 
     def flush(self, timeout: float = 30.0) -> None:
         """Wait until every event queued before this call is written (tests, CLI)."""
@@ -371,32 +423,71 @@ class PredictionLog:
         finally:
             self._pack_here = False
 
+    def _replay_quietly(self) -> None:
+        """Store what stopped workers left in their journals; on failure (the store is down)
+        try again at the next interval (the journals stay on disk until stored)."""
+        if self.journal is None:
+            return
+        try:
+            replayed = replay_orphans(self.journal.dir.parent, "log", self.engine, self._apply)
+        except Exception as exc:
+            log.error("prediction log: could not replay journals yet: %s", type(exc).__name__)
+            self._store_failure = f"the prediction log cannot be written ({type(exc).__name__})"
+            return
+        self._orphans = False
+        if replayed:
+            metrics.JOURNAL_REPLAYED.labels("log").inc(replayed)
+
+    def _apply(self, conn: Connection, orphan: Orphan) -> None:
+        """Store a stopped worker's journaled records; damaged bytes are marked in the audit
+        trail (through the outbox, in this transaction)."""
+        records = []
+        for _, payload in orphan.records:
+            record = orjson.loads(payload)
+            inputs = record[8]
+            if inputs and all(isinstance(v, int | float) for row in inputs for v in row):
+                record[8] = np.asarray(inputs, dtype=np.float64)
+            records.append(record)
+        for start in range(0, len(records), self.settings.batch_rows):
+            self._insert(conn, self.packs(records[start : start + self.settings.batch_rows]))
+        if orphan.corrupt_bytes:
+            reason = (
+                f"the prediction-log journal of stopped worker {orphan.journal} held "
+                f"{orphan.corrupt_bytes} unreadable bytes: log rows may be missing there"
+            )
+            record_change(conn, "monitoring.log_gap", "-", actor="medserve", reason=reason)
+
     def _run(self) -> None:
         while True:
+            if self._orphans:
+                self._replay_quietly()
             self._wake.wait(self._interval_s)
             self._wake.clear()
             stopping = self._stop
+            if self.journal is not None and self.journal.failure is not None:
+                self.journal.probe()  # room on the disk again: serving resumes
             if stopping or self._loop is None or self._pack_here:
                 self._pack_pending()
+            kept = False
             while self._ready:
                 self._busy = True
-                packs: list[tuple[dict[str, Any], set[str]]] = []
+                bundles: list[Bundle] = []
                 rows = 0
                 while self._ready and rows < self.settings.batch_rows:
-                    pack = self._ready.popleft()
-                    packs.append(pack)
-                    rows += pack[0]["n"]
+                    bundle = self._ready.popleft()
+                    bundles.append(bundle)
+                    rows += bundle[1]
                 self._out_rows += rows
-                kept = False
                 try:
-                    self.write_packs(packs)
-                    self.failure = None
+                    packs = [pack for bundle in bundles for pack in bundle[0]]
+                    self.write_packs(packs, max(bundle[2] for bundle in bundles))
+                    self._store_failure = None
                 except OperationalError as exc:  # the store is down or full: keep the rows
-                    self.failure = (
+                    self._store_failure = (
                         f"the prediction log cannot be written ({type(exc.orig).__name__})"
                     )
-                    log.error("prediction log: %s", self.failure)
-                    self._ready.extendleft(reversed(packs))
+                    log.error("prediction log: %s", self._store_failure)
+                    self._ready.extendleft(reversed(bundles))
                     self._out_rows -= rows
                     kept = True
                 except Exception as exc:  # the writer must survive anything; the rows are counted
@@ -410,6 +501,9 @@ class PredictionLog:
                 if stopping or self._pack_here:
                     self._pack_pending()
             if stopping and not self._queue and not self._ready:
+                return
+            if stopping and kept:  # the store is down at shutdown: the journal keeps them
+                log.error("prediction log: %d row(s) unwritten at shutdown", rows)
                 return
 
     def _encoder(self, model: str, version: int) -> RowEncoder:
@@ -437,29 +531,19 @@ class PredictionLog:
             return value
         return self._patient(value).replace("pid_", "site_", 1)
 
-    def pack(
-        self, model: str, version: int, items: list[tuple[PredictionEvent, int]]
-    ) -> tuple[dict[str, Any], set[str]]:
-        """One ``mon_prediction_batches`` row for ``items`` (one model version, in queue order),
-        and the request ids that must be findable by id (see ``carries_time``)."""
+    def pack(self, model: str, version: int, records: list[LogRecord]) -> Pack:
+        """One ``mon_prediction_batches`` row for ``records`` (one model version, in queue
+        order), and the request ids that must be findable by id (see ``carries_time``)."""
         # Column by column with comprehensions and whole-array numpy calls: this runs on the
         # event loop for every logged prediction (a comprehension costs a third of a loop of
         # appends; one np.concatenate a tenth of a value-by-value conversion).
-        events = [event for event, _ in items]
-        contexts = [event.context for event in events]
-        rids = [context.request_id for context in contexts]
-        stamps = [at for _, at in items]
-        sizes = [event.inputs.shape[0] for event in events]
-        pseudonym = self._patient
-        patients = [pseudonym(c.patient_id) if c.patient_id else None for c in contexts]
-        site = self._site
-        sites = [site(context.site) if context.site else None for context in contexts]
-        latency = [event.latency_s * 1000.0 for event in events]
-        by_id = {
-            c.request_id
-            for c, at in zip(contexts, stamps, strict=True)
-            if not carries_time(c.request_id, at, c.id_time_us)
-        }
+        rids = [r[2] for r in records]
+        stamps = [r[4] for r in records]
+        sizes = [r[10] for r in records]
+        patients = [r[5] for r in records]
+        sites = [r[6] for r in records]
+        latency = [r[7] for r in records]
+        by_id = {r[2] for r in records if not carries_time(r[2], r[4], r[3])}
         if max(sizes) == 1:
             ids = [rid + "-0" for rid in rids]
             times = stamps
@@ -467,10 +551,9 @@ class PredictionLog:
             ids = [f"{rid}-{i}" for rid, n in zip(rids, sizes, strict=True) for i in range(n)]
             times = _repeat(stamps, sizes)
             patients, sites, latency = (_repeat(c, sizes) for c in (patients, sites, latency))
-        encode = self._encoder(model, version)
-        inputs = _stack([encode(event.inputs) for event in events])
+        inputs = _stack([r[8] for r in records])
         numeric = type(inputs) is np.ndarray
-        outputs = [event.outputs for event in events]
+        outputs = [r[9] for r in records]
         row = {
             "model_name": model,
             "version": version,
@@ -489,38 +572,37 @@ class PredictionLog:
         }
         return row, by_id
 
-    def packs(
-        self, batch: list[tuple[PredictionEvent, int]]
-    ) -> list[tuple[dict[str, Any], set[str]]]:
+    def packs(self, batch: list[LogRecord]) -> list[Pack]:
         """The batch grouped by model version, each group cut where it would span more than
         ``PACKED_SPAN_S`` (the bound the store's time-window queries rely on)."""
-        groups: dict[tuple[str, int], list[tuple[PredictionEvent, int]]] = {}
-        for item in batch:
-            event = item[0]
-            key = (event.model, event.version)
+        groups: dict[tuple[str, int], list[LogRecord]] = {}
+        for record in batch:
+            key = (record[0], record[1])
             group = groups.get(key)
             if group is None:
-                groups[key] = [item]
+                groups[key] = [record]
             else:
-                group.append(item)
+                group.append(record)
         span = PACKED_SPAN_S * 1_000_000
         packs = []
-        for (model, version), items in groups.items():
-            times = [at for _, at in items]
+        for (model, version), records in groups.items():
+            times = [r[4] for r in records]
             if max(times) - min(times) <= span:  # the usual case: one pack
-                packs.append(self.pack(model, version, items))
+                packs.append(self.pack(model, version, records))
                 continue
             start = 0
-            low = high = items[0][1]
-            for i, (_, at) in enumerate(items):
+            low = high = times[0]
+            for i, at in enumerate(times):
                 low, high = min(low, at), max(high, at)
                 if high - low > span:
-                    packs.append(self.pack(model, version, items[start:i]))
+                    packs.append(self.pack(model, version, records[start:i]))
                     start, low, high = i, at, at
-            packs.append(self.pack(model, version, items[start:]))
+            packs.append(self.pack(model, version, records[start:]))
         return packs
 
-    def write_packs(self, packs: list[tuple[dict[str, Any], set[str]]]) -> None:
+    def write_packs(self, packs: list[Pack], journaled: int = 0) -> None:
+        """Insert ``packs`` in one transaction, with how far the journal is stored (its newest
+        record among them: ``journaled``); the journal's stored segments are then deleted."""
         started = time.perf_counter()
         for attempt in range(_WRITE_ATTEMPTS):
             try:
@@ -528,25 +610,32 @@ class PredictionLog:
                     self.engine.connect().execution_options(medserve_write=True) as conn,
                     conn.begin(),
                 ):
-                    for row, by_id in packs:
-                        seq = conn.execute(
-                            mon_prediction_batches.insert().returning(mon_prediction_batches.c.seq),
-                            row,
-                        ).scalar_one()
-                        if by_id:
-                            conn.execute(
-                                mon_prediction_ids.insert(),
-                                [{"request_id": r[:96], "batch_seq": seq} for r in by_id],
-                            )
+                    self._insert(conn, packs)
+                    if journaled and self.journal is not None:
+                        record_progress(conn, "log", self.journal.id, journaled)
                 break
             except SQLAlchemyError:
                 if attempt == _WRITE_ATTEMPTS - 1:
                     raise
                 time.sleep(0.1 * 2**attempt)
+        if journaled and self.journal is not None:
+            self.journal.stored(journaled)
         rows = sum(row["n"] for row, _ in packs)
         metrics.LOG_WRITE_SECONDS.observe(time.perf_counter() - started)
         metrics.LOG_WRITTEN.inc(rows)
         self.written += rows
+
+    @staticmethod
+    def _insert(conn: Connection, packs: list[Pack]) -> None:
+        for row, by_id in packs:
+            seq = conn.execute(
+                mon_prediction_batches.insert().returning(mon_prediction_batches.c.seq), row
+            ).scalar_one()
+            if by_id:
+                conn.execute(
+                    mon_prediction_ids.insert(),
+                    [{"request_id": r[:96], "batch_seq": seq} for r in by_id],
+                )
 
 
 def _repeat(values: list[Any], sizes: list[int]) -> list[Any]:

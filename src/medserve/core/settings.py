@@ -123,6 +123,23 @@ class Settings(BaseSettings):
     audit_queue_size: int = Field(
         default=200_000, description="Bound of the in-memory queue of prediction audit entries."
     )
+    journal: bool = Field(
+        default=True,
+        description=(
+            "Journal every audit entry and prediction-log record to a per-worker file under "
+            "MEDSERVE_HOME/journal before the answer is sent, so a killed worker loses nothing "
+            "it acknowledged (replayed at the next start). Off only to measure its cost."
+        ),
+    )
+    journal_fsync_ms: float = Field(
+        default=0.0,
+        ge=0.0,
+        description=(
+            "Flush the journals to disk every this many milliseconds (group commit): the most "
+            "a power cut can lose. 0 (the default): records survive a killed process, not a "
+            "power cut."
+        ),
+    )
     encryption_key_file: Path | None = Field(
         default=None,
         description=(

@@ -305,7 +305,10 @@ class HotPathApp:
             if not caller_known:  # nothing stored names what an unauthenticated URL said
                 matched = (protocol, UNNAMED, None)
             metrics.record_error(matched[1], matched[2] or "production", protocol, status, exc.code)
-            self._refused(scope, matched, rid, status, exc.code, patient, caller_known)
+            try:
+                self._refused(scope, matched, rid, status, exc.code, patient, caller_known, made)
+            except MedserveError as unrecorded:  # fail closed: the trail cannot take it
+                exc, status = unrecorded, status_for(unrecorded)
             if isinstance(exc, RateLimitedError):
                 extra.append((b"retry-after", str(max(1, math.ceil(exc.retry_after_s))).encode()))
             await send_json(send, status, error_body(exc), extra)
@@ -313,7 +316,11 @@ class HotPathApp:
         except Exception:
             log.exception("prediction failed (request %s)", rid)
             metrics.record_error(name, ref or "production", protocol, 500, "internal")
-            self._refused(scope, matched, rid, 500, "internal", patient, caller_known)
+            try:
+                self._refused(scope, matched, rid, 500, "internal", patient, caller_known, made)
+            except MedserveError as unrecorded:  # fail closed: the trail cannot take it
+                await send_json(send, status_for(unrecorded), error_body(unrecorded), extra)
+                return
             await send_json(
                 send, 500, b'{"error":"internal error while predicting","code":"internal"}', extra
             )
@@ -329,6 +336,7 @@ class HotPathApp:
         code: str,
         patient: bytes | None,
         caller_known: bool,
+        made: int | None,
     ) -> None:
         """The observe step of an error answer (audit): one place for successes and failures.
         An unauthenticated request's URL is kept only as its route (the model name in it may be
@@ -348,6 +356,7 @@ class HotPathApp:
                 patient_id=_header_text(patient),
                 method=scope["method"],
                 path=path,
+                id_time_us=made,
             )
         )
 

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from medserve.core.context import RequestContext
+from medserve.core.context import RequestContext, stored_request_id
 from medserve.core.events import PredictionEvent
 from medserve.core.loaded_model import load_version
 from medserve.core.monitoring_config import ModelMonitoringConfig, MonitoringSettings
@@ -57,7 +57,8 @@ def log_stream(
     log.on_prediction(event)
     log.close()
     assert log.written == len(frame)
-    return event.prediction_ids
+    stored = stored_request_id(request_id, None, SALT)  # a caller's id is kept keyed
+    return [f"{stored}-{i}" for i in range(len(frame))]
 
 
 def shifted(n: int, seed: int) -> pd.DataFrame:
@@ -189,8 +190,9 @@ def test_recovery_resolves_and_rearms(bc_registry: Registry) -> None:
     # Later: the drifting predictions are out of the window, a stable stream is in it.
     log_stream(bc_registry, stable(200, seed=4), request_id="stable")
     logged = store.predictions(MODEL, t0 - timedelta(hours=1), t0 + timedelta(hours=1))
-    start = min(p.at for p in logged if p.id.startswith("stable"))
-    assert all(p.at < start for p in logged if p.id.startswith("shift"))
+    stable_id, shift_id = (stored_request_id(r, None, SALT) for r in ("stable", "shift"))
+    start = min(p.at for p in logged if p.id.startswith(stable_id))
+    assert all(p.at < start for p in logged if p.id.startswith(shift_id))
     later = start + timedelta(seconds=5)
     result = run_model(
         store, bc_registry.store, MODEL, window_s=(later - start).total_seconds(), now=later

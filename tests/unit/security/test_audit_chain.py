@@ -9,6 +9,7 @@ import sqlalchemy as sa
 from typer.testing import CliRunner
 
 from medserve.core.audit import AuditEntry, AuditLog
+from medserve.core.errors import AuditUnavailableError
 from medserve.core.registry.service import Registry
 from medserve.core.store.tables_security import sec_audit
 from medserve.faces.cli import app
@@ -90,15 +91,27 @@ def test_writer_drains_queue_on_close(registry: Registry) -> None:
     assert log.verify().ok
 
 
-def test_overflow_is_recorded_in_the_chain(registry: Registry) -> None:
-    log = AuditLog(registry.store.engine, queue_size=3)  # type: ignore[attr-defined]
+def test_overflow_is_recorded_in_the_chain_when_failing_open(registry: Registry) -> None:
+    log = AuditLog(registry.store.engine, queue_size=3, fail_open=True)  # type: ignore[attr-defined]
     for _ in range(5):
         log.enqueue(AuditEntry(actor="key:app", action="predict", outcome=200))
     log.start()
     log.close()
     rows = list(log.entries())
     assert [r["action"] for r in rows] == ["predict"] * 3 + ["audit_overflow"]
-    assert "2 prediction audit entries were lost" in rows[-1]["detail"]
+    assert "2 audit entries of answered requests were lost" in rows[-1]["detail"]
+    assert "fail_open" in rows[-1]["detail"]
+
+
+def test_a_full_queue_refuses_when_failing_closed(registry: Registry) -> None:
+    log = AuditLog(registry.store.engine, queue_size=3)  # type: ignore[attr-defined]
+    for _ in range(3):
+        log.enqueue(AuditEntry(actor="key:app", action="predict", outcome=200))
+    with pytest.raises(AuditUnavailableError, match="queue is full"):
+        log.enqueue(AuditEntry(actor="key:app", action="predict", outcome=200))
+    log.start()
+    log.close()
+    assert [r["action"] for r in log.entries()] == ["predict"] * 3  # no loss to mark
 
 
 def test_entries_filters(audit: AuditLog) -> None:

@@ -13,9 +13,13 @@ from tests.support import wait_for
 from tests.unit.serving.inprocess_app import MODEL, create_key, records, registry_at, serve
 
 from medserve.core.audit import AuditLog, load_audit_keys
+from medserve.core.context import stored_request_id
+from medserve.core.phi import load_or_create_salt
 from medserve.core.store.monitoring import MonitoringStore
 from medserve.serving.extensions.monitoring import PREDICTION_LOG
 from medserve.serving.extensions.security import AUDIT_LOG
+
+RIDS = ("before", "during", "after")
 
 
 def _disk_full(*_: Any, **__: Any) -> None:
@@ -55,6 +59,9 @@ def test_an_unwritable_trail_refuses_predictions_until_it_recovers(
         assert trail.verify().ok
         audited = {e["request_id"]: e["outcome"] for e in trail.entries()}
         logged = {i.split("-")[0] for i in MonitoringStore(engine).prediction_ids(MODEL)}
+    salt = load_or_create_salt(home)  # a caller's X-Request-ID is stored keyed
+    audited = {rid: audited.get(stored_request_id(rid, None, salt)) for rid in RIDS}
+    logged = {rid for rid in RIDS if stored_request_id(rid, None, salt) in logged}
     # the prediction answered before the failure is in both; the refused one is audited as 503
     assert audited["before"] == 200
     assert audited["during"] == 503

@@ -10,6 +10,8 @@ import pytest
 from tests.unit.serving.inprocess_app import MODEL, records, serve
 from typer.testing import CliRunner
 
+from medserve.core.context import stored_request_id
+from medserve.core.phi import load_or_create_salt
 from medserve.faces.cli import app
 
 
@@ -23,7 +25,8 @@ def test_the_log_exports_what_was_answered(home: Path, monkeypatch: pytest.Monke
                 headers={"X-Patient-ID": f"MRN-00{i}", "X-Request-ID": f"export-{i}"},
             )
             assert response.status_code == 200, response.text
-            answered += [f"export-{i}-{row}" for row in range(2)]
+            stored = stored_request_id(f"export-{i}", None, load_or_create_salt(home))
+            answered += [f"{stored}-{row}" for row in range(2)]  # a caller's id: keyed
     # the lifespan's end drained the log
     monkeypatch.setenv("MEDSERVE_HOME", str(home))
     runner = CliRunner()
@@ -38,6 +41,7 @@ def test_the_log_exports_what_was_answered(home: Path, monkeypatch: pytest.Monke
     assert set(first["outputs"]) >= {"label", "probabilities"}
     assert first["patient"] is not None
     assert "MRN-00" not in result.stdout  # pseudonyms only
+    assert "export-" not in result.stdout  # nor the caller's request ids
     none = runner.invoke(app, ["monitor", "export", MODEL, "--version", "2"])
     assert none.exit_code == 0
     assert none.stdout == ""

@@ -21,14 +21,22 @@ from tests.unit.serving.inprocess_app import (
 )
 
 from medserve.core.audit import AuditLog
+from medserve.core.context import stored_request_id
+from medserve.core.phi import load_or_create_salt
 from medserve.core.store.tables_monitoring import mon_prediction_batches
 from medserve.serving.extensions.monitoring import PREDICTION_LOG
 
 
+def _stored(home: Path, request_id: str) -> str:
+    """A caller's X-Request-ID as the stores keep it (a keyed hash)."""
+    return stored_request_id(request_id, None, load_or_create_salt(home))
+
+
 def _audit_entries(home: Path, request_id: str) -> list[dict[str, object]]:
+    stored = _stored(home, request_id)
     with registry_at(home) as registry:
         audit = AuditLog(registry.store.engine)  # type: ignore[attr-defined]
-        return [e for e in audit.entries(limit=1000) if e["request_id"] == request_id]
+        return [e for e in audit.entries(limit=1000) if e["request_id"] == stored]
 
 
 def test_outcomes_spend_one_rate_limit_token_per_request(home: Path) -> None:
@@ -143,8 +151,8 @@ def test_a_full_prediction_log_refuses_predictions_with_503(
     assert "prediction log is full" in response.json()["error"]
     assert answered  # the queue held one prediction before it was full
     logged = _logged_ids(home)  # written on shutdown (the lifespan drains the log)
-    assert {f"{rid}-0" for rid in answered} <= logged
-    assert f"{refused_id}-0" not in logged
+    assert {f"{_stored(home, rid)}-0" for rid in answered} <= logged
+    assert f"{_stored(home, refused_id)}-0" not in logged
     outcomes = [e["outcome"] for e in _audit_entries(home, refused_id)]
     assert outcomes == [503]
 

@@ -16,6 +16,8 @@ from tests.unit.serving.inprocess_app import (
 )
 
 from medserve.core.audit import AuditLog
+from medserve.core.context import stored_request_id
+from medserve.core.patients import PatientKeys
 from medserve.core.phi import load_or_create_salt, pseudonymize
 
 
@@ -54,7 +56,10 @@ def test_successes_and_refusals_of_predictions_are_audited_once(home: Path) -> N
         "invalid-1": 422,
         "missing-1": 404,
     }
-    entries = _entries(home)
+    salt = load_or_create_salt(home)
+    entries = {  # a caller's X-Request-ID is kept only as a keyed hash
+        rid: _entries(home).get(stored_request_id(rid, None, salt), []) for rid in answers
+    }
     for rid, answer in answers.items():
         assert len(entries.get(rid, [])) == 1, (rid, entries.get(rid))
         [entry] = entries[rid]
@@ -63,8 +68,12 @@ def test_successes_and_refusals_of_predictions_are_audited_once(home: Path) -> N
     assert entries["no-key-1"][0]["actor"] == "unauthenticated"
     assert entries["invalid-1"][0]["actor"] == "key:test"
     assert entries["missing-1"][0]["model"] == "no-such-model"
-    salt = load_or_create_salt(home)
-    assert entries["invalid-1"][0]["patient_hash"] == pseudonymize("MRN-0042", salt=salt)
+    # the trail names a patient by a reference under the patient's own key (erasable)
+    pseudonym = pseudonymize("MRN-0042", salt=salt)
+    with registry_at(home) as registry, registry.store.engine.begin() as conn:  # type: ignore[attr-defined]
+        reference = PatientKeys().refs(conn, {pseudonym})[pseudonym]
+    assert entries["invalid-1"][0]["patient_hash"] == reference
+    assert pseudonym not in str(entries)
     assert "MRN-0042" not in str(entries)
 
 

@@ -15,7 +15,14 @@ from alembic import command
 from alembic.config import Config
 from orjson import loads as orjson_loads
 
-from medserve.core.context import RequestContext, local_context, new_request_id, now_us
+from medserve.core.context import (
+    RequestContext,
+    local_context,
+    new_request_id,
+    now_us,
+    request_id_time_us,
+    stored_request_id,
+)
 from medserve.core.events import PredictionEvent
 from medserve.core.monitoring_config import MonitoringSettings
 from medserve.core.phi import pseudonymize
@@ -56,8 +63,18 @@ def _event(
     X = np.array(rows, dtype=object)
     scores = np.array([[1 - float(r[1]) / 10, float(r[1]) / 10] for r in rows])
     outputs = {"label": (scores[:, 1] > 0.5).astype(np.int64), "probabilities": scores}
-    context = RequestContext(request_id=request_id, patient_id=patient, site=site)
+    context = RequestContext(
+        request_id=request_id,
+        patient_id=patient,
+        site=site,
+        id_time_us=request_id_time_us(request_id),  # set where medserve made the id
+    )
     return PredictionEvent(context, model, 1, NAMES, X, outputs, 0.002)
+
+
+def keyed(request_id: str) -> str:
+    """A caller's own request id as the log keeps it: a keyed hash, never as sent."""
+    return stored_request_id(request_id, None, SALT)
 
 
 def _all(monitoring: MonitoringStore, model: str = "risk") -> dict[str, object]:
@@ -78,7 +95,11 @@ def test_rows_round_trip_de_identified(store: SqlRegistryStore) -> None:
     monitoring = MonitoringStore(store.engine)
     assert monitoring.count_predictions() == 4
     assert monitoring.count_predictions("risk") == 3
-    assert monitoring.prediction_ids("risk") == [f"{own}-0", "caller-7-0", "caller-7-1"]
+    assert monitoring.prediction_ids("risk") == [
+        f"{own}-0",
+        f"{keyed('caller-7')}-0",
+        f"{keyed('caller-7')}-1",
+    ]
     rows = _all(monitoring)
     first = rows[f"{own}-0"]
     assert first.inputs == [61.0, 1.2, pseudonymize("MRN-0042", salt=SALT)]
@@ -87,11 +108,11 @@ def test_rows_round_trip_de_identified(store: SqlRegistryStore) -> None:
     assert first.site == "north"
     assert first.latency_ms == pytest.approx(2.0)
     assert abs((datetime.now(UTC) - first.at).total_seconds()) < 60
-    second = rows["caller-7-1"]
+    second = rows[f"{keyed('caller-7')}-1"]
     assert second.inputs[:2] == [45.0, 0.9]
     assert second.patient is None
     assert second.site is None
-    assert rows["caller-7-0"].outputs["label"] == 0
+    assert rows[f"{keyed('caller-7')}-0"].outputs["label"] == 0
     [other] = _all(monitoring, "other").values()
     assert other.site == pseudonymize(street, salt=SALT).replace("pid_", "site_")  # unregistered
     with store.engine.connect() as conn:
@@ -114,18 +135,21 @@ def test_outcomes_by_own_id_caller_id_and_patient_window(store: SqlRegistryStore
         "risk",
         [
             {"prediction_id": f"{own}-1", "outcome": 1},
-            {"prediction_id": "caller-1-0", "outcome": 0},
+            {"prediction_id": "caller-1-0", "outcome": 0},  # as the caller knows it
             {"prediction_id": f"{own}-7", "outcome": 1},  # no such row
             {"prediction_id": "not-logged-0", "outcome": 1},
         ],
+        keyed=keyed,
     )
     assert counts == [1, 1, 0, 0]
     rows = _all(monitoring)
     assert rows[f"{own}-1"].outcome == 1
     assert rows[f"{own}-1"].outcome_at is not None
     assert rows[f"{own}-0"].outcome is None
-    assert rows["caller-1-0"].outcome == 0
-    assert _all(monitoring, "other")["caller-1-0"].outcome is None  # the model narrows the id
+    assert rows[f"{keyed('caller-1')}-0"].outcome == 0
+    assert (
+        _all(monitoring, "other")[f"{keyed('caller-1')}-0"].outcome is None
+    )  # the model narrows the id
     # by patient window: every row of that pseudonym, model and window; again replaces
     now = datetime.now(UTC)
     item = {
@@ -148,7 +172,8 @@ def test_batches_span_at_most_the_bound_and_windows_cut_inside_them(
     base = int(time.time()) - 3600  # whole seconds: the window edges are exact
     step_us = PACKED_SPAN_S * 1_000_000 // 3  # queued events carry their log time in µs
     items = [
-        (_event(f"r{i}", [[60 + i, 1.0, "x"]]), base * 1_000_000 + i * step_us) for i in range(9)
+        log.record(_event(f"r{i}", [[60 + i, 1.0, "x"]]), base * 1_000_000 + i * step_us)
+        for i in range(9)
     ]
     packs = log.packs(items)
     assert len(packs) >= 3
@@ -163,7 +188,7 @@ def test_batches_span_at_most_the_bound_and_windows_cut_inside_them(
     start = datetime.fromtimestamp(base + 2 * PACKED_SPAN_S / 3, UTC)
     end = datetime.fromtimestamp(base + 6 * PACKED_SPAN_S / 3, UTC)
     got = monitoring.predictions("risk", start, end)
-    assert [p.id for p in got] == ["r2-0", "r3-0", "r4-0", "r5-0"]  # [start, end)
+    assert [p.id for p in got] == [f"{keyed(f'r{i}')}-0" for i in (2, 3, 4, 5)]  # [start, end)
 
 
 def test_migration_moves_rows_logged_before_packing(store_uri: str) -> None:
@@ -271,11 +296,11 @@ def test_numeric_inputs_are_stored_as_npy_and_read_back_as_json_gave_them(
         got = _all(MonitoringStore(store.engine))
         # float32 values come back by their shortest text, as when inputs were JSON
         assert {k: p.inputs for k, p in got.items()} == {
-            "caller-0-0": [61.0, 0.1],
-            "caller-1-0": [40.5, 1.3],
-            "caller-1-1": [72.0, 2.7],
+            f"{keyed('caller-0')}-0": [61.0, 0.1],
+            f"{keyed('caller-1')}-0": [40.5, 1.3],
+            f"{keyed('caller-1')}-1": [72.0, 2.7],
         }
-        assert got["caller-1-1"].outputs["label"] == 1
+        assert got[f"{keyed('caller-1')}-1"].outputs["label"] == 1
 
         config = Config()
         config.set_main_option(
@@ -299,10 +324,10 @@ def test_only_ids_that_do_not_carry_their_log_time_are_indexed(store: SqlRegistr
     stale = RequestContext(
         request_id=new_request_id(now - 3_600_000_000), id_time_us=now - 3_600_000_000
     )
-    items = [(_event_for(c), now) for c in (own, caller, stale)]
+    items = [log.record(_event_for(c), now) for c in (own, caller, stale)]
     _, by_id = log.pack("risk", 1, items)
     log.close()
-    assert by_id == {"order-77", stale.request_id}  # an hour before its log time: by id
+    assert by_id == {keyed("order-77"), stale.request_id}  # an hour before its log time: by id
 
 
 def _event_for(context: RequestContext) -> PredictionEvent:

@@ -206,13 +206,16 @@ class MonitoringStore:
         model: str | None,
         items: list[dict[str, Any]],
         allowed: Callable[[str], bool] | None = None,
+        *,
+        keyed: Callable[[str], str] | None = None,
     ) -> list[int]:
         """Attach outcomes; each item names ``prediction_id`` or ``patient`` + a time window.
 
         Returns the number of predictions each item labelled (0 means nothing matched yet).
         An outcome attached again replaces the earlier one. With ``allowed``, a prediction of a
         model it refuses is not touched and counts as unmatched (the same answer as an unknown
-        id: a caller learns nothing of other models' predictions).
+        id: a caller learns nothing of other models' predictions). ``keyed`` maps a caller's own
+        request id to the keyed form the log stores it under (``stored_request_id``).
         """
         now = datetime.now(UTC)
         counts = []
@@ -221,6 +224,11 @@ class MonitoringStore:
             for item in items:
                 if item.get("prediction_id"):
                     found = self._rows_by_id(conn, model, str(item["prediction_id"]), seen)
+                    if not found and keyed is not None:
+                        rid, _, index = str(item["prediction_id"]).rpartition("-")
+                        if rid:
+                            stored = f"{keyed(rid)}-{index}"
+                            found = self._rows_by_id(conn, model, stored, seen)
                     hits = [h for h in found if allowed is None or allowed(seen[h[0]][0])]
                 else:
                     hits = self._rows_by_patient(conn, item)

@@ -21,6 +21,7 @@ from medserve.core.store import (
     tables_governance,
     tables_interop,
     tables_monitoring,
+    tables_privacy,
     tables_security,
 )
 from medserve.core.store.metadata import metadata
@@ -120,10 +121,21 @@ registry_outbox = Table(
 )
 
 
+# How far each worker journal's records are stored, per stream (``audit``, ``log``), written in the
+# writer's own transaction so a replay after a crash stores nothing twice (``core.journal``).
+journal_progress = Table(
+    "journal_progress",
+    metadata,
+    Column("stream", String(16), primary_key=True),
+    Column("journal", String(64), primary_key=True),
+    Column("upto", BigInteger, nullable=False),
+)
+
 __all__ = [
     "metadata",
     "tables_governance",
     "tables_interop",
     "tables_monitoring",
+    "tables_privacy",
     "tables_security",
 ]

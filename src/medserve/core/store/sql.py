@@ -1,7 +1,8 @@
 """The registry store on SQLAlchemy: embedded SQLite (default) or PostgreSQL, same code.
 
 SQLite specifics, because several server processes share one file: WAL journal (readers never
-block the writer), a busy timeout, foreign keys on, and write transactions opened with
+block the writer), a busy timeout, foreign keys on, ``secure_delete`` on (deleted content is
+zeroed, see docs/privacy.md), and write transactions opened with
 ``BEGIN IMMEDIATE`` so that two writers queue on the lock instead of failing on a lock upgrade.
 Version numbers come from a per-model counter updated inside the creating transaction, which
 serialises concurrent registrations on both backends.
@@ -176,6 +177,9 @@ def create_engine_for(uri: str) -> Engine:
             _enable_wal(cursor)
             cursor.execute("PRAGMA synchronous=NORMAL")
             cursor.execute("PRAGMA foreign_keys=ON")
+            # Deleted rows are overwritten with zeros, not left in free pages and free space
+            # (a patient's erasure must not leave bytes readable in the file: docs/privacy.md).
+            cursor.execute("PRAGMA secure_delete=ON")
             cursor.close()
 
         @sa.event.listens_for(engine, "begin")

@@ -18,6 +18,7 @@ from medserve.core.registry.service import sample_from_file
 from medserve.core.settings import Settings
 from medserve.faces.cli.models import models_app
 from medserve.faces.cli.monitoring import register as register_monitoring
+from medserve.faces.cli.privacy import register as register_privacy
 from medserve.faces.cli.security import register as register_security
 from medserve.faces.cli.support import console, split_ref
 from medserve.faces.cli.support import fail as _fail
@@ -156,7 +157,7 @@ def demo(
 
 def _register_groups() -> None:
     """The built-in command groups, then every extension's (``Extension.cli_groups``)."""
-    for register in (register_training, register_security, register_monitoring):
+    for register in (register_training, register_security, register_monitoring, register_privacy):
         register(app, models_app)
     for extension in extensions():
         for group in extension.cli_groups():

@@ -20,6 +20,7 @@ ACTIONS = (
     "read_audit",  # the audit trail
     "read_monitoring",  # metrics, drift, live performance, alerts
     "admin",  # keys, tenants, anything else
+    "erase",  # a patient's erasure (POST /v1/patients/erase): admin only
 )
 
 ROLE_ACTIONS: dict[str, frozenset[str]] = {

@@ -19,7 +19,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Path, Request
 from pydantic import BaseModel, Field
 
-from medserve.core.context import ANONYMOUS, PRINCIPAL_SCOPE_KEY, Principal
+from medserve.core.context import ANONYMOUS, PRINCIPAL_SCOPE_KEY, Principal, stored_request_id
 from medserve.core.errors import (
     AuthenticationError,
     InvalidRequestError,
@@ -27,6 +27,7 @@ from medserve.core.errors import (
     PermissionDeniedError,
 )
 from medserve.core.extensions import RegistryHandler
+from medserve.core.journal import Journal, journal_dir
 from medserve.core.monitoring_config import MonitoringSettings
 from medserve.core.phi import load_or_create_salt, pseudonymize
 from medserve.core.prediction_log import PredictionLog
@@ -119,6 +120,14 @@ def _mstore(request: Request) -> MonitoringStore:
     return resources_of(request).get(MONITORING_STORE)
 
 
+def _stored_request_id(request: Request) -> str | None:
+    """The caller's ``X-Request-ID`` as stores keep it (a keyed hash), or None."""
+    value = request.headers.get("x-request-id")
+    if not value:
+        return None
+    return stored_request_id(value[:64], None, resources_of(request).get(MONITORING_SALT))
+
+
 def _utc(value: datetime) -> datetime:
     """A time without a zone is taken as UTC."""
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
@@ -167,7 +176,10 @@ def post_outcomes(
             return False
         return True
 
-    counts = _mstore(request).attach_outcomes(None, parsed, allowed)
+    def keyed(request_id: str) -> str:  # a caller's own X-Request-ID is stored keyed
+        return stored_request_id(request_id, None, salt)
+
+    counts = _mstore(request).attach_outcomes(None, parsed, allowed, keyed=keyed)
     return {"matched": counts, "labelled": sum(counts)}
 
 
@@ -214,7 +226,7 @@ def acknowledge(
         principal.subject,
         str(note) if note else None,
         key_id=principal.key_id,
-        request_id=request.headers.get("x-request-id"),
+        request_id=_stored_request_id(request),
         audit=trail if trail is not None else False,
     )
     request.scope[AUDITED_SCOPE_KEY] = trail is not None
@@ -309,12 +321,19 @@ async def lifespan(resources: Resources) -> AsyncIterator[None]:
     resources.provide(MONITORING_SALT, salt)
     prediction_log: PredictionLog | None = None
     if settings.log_predictions:
+        home = resources.settings
+        journal = (
+            Journal(journal_dir(home.home), "log", fsync_ms=home.journal_fsync_ms)
+            if home.journal
+            else None
+        )
         prediction_log = PredictionLog(
             store.engine,
             settings,
             salt=salt,
             signature_of=_signature_lookup(registry.store),
             keep_text_of=lambda model: store.config(model).log_text,  # once per version
+            journal=journal,
         )
         # First: a prediction the log refuses (queue full, fail_closed: a 503) must not have
         # been told to another observer (the audit trail's "predict 200") already.

@@ -28,7 +28,7 @@ from pydantic import BaseModel, Field
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from medserve.core.audit import AuditEntry, AuditLog, load_audit_keys
-from medserve.core.context import PRINCIPAL_SCOPE_KEY, Principal
+from medserve.core.context import PRINCIPAL_SCOPE_KEY, Principal, stored_request_id
 from medserve.core.errors import (
     AuthenticationError,
     InvalidRequestError,
@@ -37,6 +37,7 @@ from medserve.core.errors import (
     RateLimitedError,
 )
 from medserve.core.events import PredictionEvent, RefusalEvent
+from medserve.core.journal import Journal, journal_dir
 from medserve.core.monitoring_config import MonitoringSettings
 from medserve.core.phi import deidentify_text, load_or_create_salt, pseudonymize
 from medserve.core.settings import Settings
@@ -203,7 +204,11 @@ class SecurityMiddleware:
                 await self._refuse(scope, send, exc, tls)
                 return
 
+        unrecorded: list[MedserveError] = []  # fail closed: answered 503 instead
+
         async def send_audited(message: MutableMapping[str, Any]) -> None:
+            if unrecorded:  # the app's own answer is replaced: drop what it still sends
+                return
             if message["type"] == "http.response.start":
                 headers = list(message.get("headers", []))
                 _headers_with_security(headers, tls, docs)
@@ -219,7 +224,12 @@ class SecurityMiddleware:
                     if status < 400 and scope.get(AUDITED_SCOPE_KEY):
                         pass  # audited in the change's own transaction
                     elif scope["method"] in _READ_METHODS:
-                        audit.enqueue(entry)
+                        try:
+                            audit.enqueue(entry)
+                        except MedserveError as exc:  # the trail cannot take it: not answered
+                            unrecorded.append(exc)
+                            await self._answer(send, exc, tls)
+                            return
                     else:  # a change: durable before the caller hears about it
                         await asyncio.to_thread(audit.append, [entry])
             await send(message)
@@ -239,8 +249,10 @@ class SecurityMiddleware:
         client = scope.get("client")
         request_id = patient = None
         for key, value in scope["headers"]:
-            if key == b"x-request-id":
-                request_id = value[:64].decode("latin-1")
+            if key == b"x-request-id" and value:
+                request_id = stored_request_id(
+                    value[:64].decode("latin-1"), None, self.resources.get(PHI_SALT)
+                )
             elif key == b"x-patient-id" and value:
                 patient = pseudonymize(value.decode("latin-1"), salt=self.resources.get(PHI_SALT))
         return AuditEntry(
@@ -264,14 +276,30 @@ class SecurityMiddleware:
         if isinstance(exc, RateLimitedError):
             headers.append((b"retry-after", str(max(1, round(exc.retry_after_s + 0.5))).encode()))
         _headers_with_security(headers, tls, False)
-        body = orjson.dumps(exc.to_dict())
-        headers.append((b"content-length", str(len(body)).encode()))
         # refused before the caller is known: the path is kept to its first two segments (what
         # follows may name a model, i.e. any text, identifiers included)
         coarse = "/".join(scope["path"].split("/")[:3]) + "/…"
-        self.resources.get(AUDIT_LOG).enqueue(
-            self._entry(scope, status, "access", None, None, coarse)
-        )
+        try:
+            self.resources.get(AUDIT_LOG).enqueue(
+                self._entry(scope, status, "access", None, None, coarse)
+            )
+        except MedserveError as unrecorded:  # fail closed: the trail cannot take it
+            await self._answer(send, unrecorded, tls)
+            return
+        await self._send_error(send, status, headers, exc)
+
+    async def _answer(self, send: Send, exc: MedserveError, tls: bool) -> None:
+        """An error answer with the security headers (a 503 when the trail cannot record)."""
+        headers = [(b"content-type", b"application/json")]
+        _headers_with_security(headers, tls, False)
+        await self._send_error(send, status_for(exc), headers, exc)
+
+    @staticmethod
+    async def _send_error(
+        send: Send, status: int, headers: list[tuple[bytes, bytes]], exc: MedserveError
+    ) -> None:
+        body = orjson.dumps(exc.to_dict())
+        headers.append((b"content-length", str(len(body)).encode()))
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
 
@@ -304,7 +332,7 @@ class AuditObserver:
                 version=event.ref,
                 client=event.client,
                 outcome=event.status,
-                request_id=event.request_id,
+                request_id=stored_request_id(event.request_id, event.id_time_us, self.salt),
                 patient_hash=pseudonymize(patient, salt=self.salt) if patient else None,
                 detail=f"{event.method} {deidentify_text(event.path)}",
             )
@@ -324,7 +352,7 @@ class AuditObserver:
             str(event.version),
             ctx.client,
             200,
-            ctx.request_id,
+            stored_request_id(ctx.request_id, ctx.id_time_us, self.salt),
             patient,
             f"{ctx.protocol} rows={event.inputs.shape[0]}",
         ]
@@ -503,8 +531,18 @@ async def lifespan(resources: Resources) -> AsyncIterator[None]:
     engine = engine_of(resources.registry.store)
     store = SecurityStore(engine)
     guard = build_guard(settings, store)
+    fail_open = MonitoringSettings().audit_failure == "fail_open"
+    journal = (
+        Journal(journal_dir(settings.home), "audit", fsync_ms=settings.journal_fsync_ms)
+        if settings.journal
+        else None
+    )
     audit = AuditLog(
-        engine, queue_size=settings.audit_queue_size, keys=load_audit_keys(settings.home)
+        engine,
+        queue_size=settings.audit_queue_size,
+        keys=load_audit_keys(settings.home),
+        journal=journal,
+        fail_open=fail_open,
     )
     await asyncio.to_thread(audit.seal)  # a trail from before keys, or a new key: marked
     salt = load_or_create_salt(settings.home)
@@ -512,7 +550,7 @@ async def lifespan(resources: Resources) -> AsyncIterator[None]:
     resources.provide(PHI_SALT, salt)
     resources.provide(AUDIT_LOG, audit)
     resources.plane.observers.append(AuditObserver(audit, salt))
-    if MonitoringSettings().audit_failure == "fail_closed":  # the default
+    if not fail_open:  # the default
         resources.plane.required.append(lambda: audit.failure)
     audit.start()
     audit.drive(asyncio.get_running_loop())
