@@ -293,6 +293,7 @@ class AuditLog:
         self._store_failure: str | None = None  # why the store cannot be written (None: it can)
         self._orphans = journal is not None  # stopped workers' journals may wait for replay
         self._unwritable = 0  # entries lost to an error that was not the store's: marked
+        self._unjournaled = 0  # fail open: entries answered before they could be journaled
         self.uow = UnitOfWork(engine, "audit")
         self._queue: deque[Any] = deque()  # AuditEntry or (build, argument, unix time)
         self._queue_size = queue_size
@@ -501,6 +502,7 @@ class AuditLog:
             if not self.fail_open:
                 raise
             metrics.JOURNAL_UNWRITTEN.labels("audit").inc()
+            self._unjournaled += 1
             return 0
 
     def enqueue(self, entry: AuditEntry) -> None:
@@ -613,7 +615,7 @@ class AuditLog:
                 self.journal.probe()  # room on the disk again: serving resumes
             if stopping or self._loop is None:
                 self._prepare()
-            while self._ready or self._dropped or self._unwritable:
+            while self._ready or self._dropped or self._unwritable or self._unjournaled:
                 batch: list[AuditEntry] = []
                 taken = 0
                 while self._ready and len(batch) < _BATCH:
@@ -628,6 +630,14 @@ class AuditLog:
                         f"{os.getpid()} (fail_open: the queue was full)"
                     )
                     batch.append(_loss_marker("audit_overflow", detail))
+                if self._unjournaled:
+                    count, self._unjournaled = self._unjournaled, 0
+                    detail = (
+                        f"{count} audit entries of worker {os.getpid()} were answered before "
+                        "they could be journaled (fail_open: the journal's disk was full or "
+                        "unwritable); they are stored, but a crash then would have lost them"
+                    )
+                    batch.append(_loss_marker("journal_skipped", detail))
                 if self._unwritable:
                     lost, self._unwritable = self._unwritable, 0
                     detail = (

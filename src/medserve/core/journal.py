@@ -51,6 +51,7 @@ log = logging.getLogger(__name__)
 SEGMENT_BYTES = 16 * 1024 * 1024  # a segment is closed past this size ...
 SEGMENT_SECONDS = 60.0  # ... or this age, so stored records do not linger on disk
 _SUFFIX = ".jnl"
+_write = os.write  # one name to replace in tests that fill the disk
 
 
 class JournalError(StoreError):
@@ -143,7 +144,7 @@ class Journal:
         line = b"%x %08x " % (seq, zlib.crc32(payload)) + payload + b"\n"
         with self._lock:
             try:
-                written = os.write(self._fd, line)
+                written = _write(self._fd, line)
             except OSError as exc:
                 raise self._failed(exc) from exc
             if written != len(line):  # the disk filled mid-record: take the torn part back
@@ -167,7 +168,7 @@ class Journal:
         try:
             fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             try:
-                os.write(fd, b"\0" * 4096)
+                _write(fd, b"\0" * 4096)
                 os.fsync(fd)
             finally:
                 os.close(fd)
