@@ -10,6 +10,7 @@ by ``render`` before it reads them: ``/metrics`` is at most a second behind for 
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import re
 from bisect import bisect_left
@@ -25,6 +26,41 @@ from prometheus_client import (
     generate_latest,
     multiprocess,
 )
+from prometheus_client import values as prometheus_values
+from prometheus_client.mmap_dict import MmapedDict
+
+log = logging.getLogger(__name__)
+_INITIAL_FILE_BYTES = 1024 * 1024  # prometheus-client's first size of a metrics file
+
+
+class AllocatedMmapedDict(MmapedDict):
+    """prometheus-client's memory-mapped metrics file, its blocks allocated before they are
+    mapped. The library grows a file with ``truncate`` (a sparse file) and maps it: on a full
+    disk the first store into an unallocated page kills the worker with SIGBUS. Allocated first
+    (``posix_fallocate``), a full disk is an ``OSError`` here instead, which the metrics code
+    catches: the worker keeps serving, its counts wait for room."""
+
+    def __init__(self, filename: str, read_mode: bool = False) -> None:
+        if not read_mode:
+            fd = os.open(filename, os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                if os.fstat(fd).st_size < _INITIAL_FILE_BYTES:
+                    os.posix_fallocate(fd, 0, _INITIAL_FILE_BYTES)
+            finally:
+                os.close(fd)
+        super().__init__(filename, read_mode)  # type: ignore[no-untyped-call]
+
+    def _init_value(self, key: str) -> None:
+        needed = self._used + len(key.encode("utf-8")) + 32  # the entry, padding included
+        capacity = self._capacity
+        while needed > capacity:
+            capacity *= 2
+        if capacity != self._capacity:
+            os.posix_fallocate(self._f.fileno(), 0, capacity)
+        super()._init_value(key)  # type: ignore[no-untyped-call]
+
+
+prometheus_values.MmapedDict = AllocatedMmapedDict  # type: ignore[attr-defined]  # used when a worker opens its files
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
@@ -64,15 +100,21 @@ class ModelMetrics:
     model: str
     version: str
     _pending: dict[str, list[float]] = field(default_factory=dict)
+    _batches: list[int] = field(default_factory=list)  # rows per runtime call, until flushed
 
     def __post_init__(self) -> None:
-        self.rows = ROWS.labels(self.model, self.version)
-        self.batch = BATCH_SIZE.labels(self.model, self.version)
-        self.ok = {p: REQUESTS.labels(self.model, self.version, p, "200") for p in PROTOCOLS}
-        self.latency = {p: LATENCY.labels(self.model, self.version, p) for p in PROTOCOLS}
         # per protocol: [requests, rows, latency sum, count per bucket (the last is +Inf)...]
         self._pending = {p: [0, 0, 0.0] + [0] * (len(LATENCY_BUCKETS) + 1) for p in PROTOCOLS}
+        self._children = False  # made at the first flush: with workers they open files
+        self.batch = BatchSizes(self._batches)
         _ALL.append(self)
+
+    def _resolve(self) -> None:
+        self.rows = ROWS.labels(self.model, self.version)
+        self.batch_sizes = BATCH_SIZE.labels(self.model, self.version)
+        self.ok = {p: REQUESTS.labels(self.model, self.version, p, "200") for p in PROTOCOLS}
+        self.latency = {p: LATENCY.labels(self.model, self.version, p) for p in PROTOCOLS}
+        self._children = True
 
     def observe(self, protocol: str, seconds: float, rows: int) -> None:
         pending = self._pending[protocol]
@@ -83,6 +125,12 @@ class ModelMetrics:
 
     def flush(self) -> None:
         """Move the pending counts into the Prometheus objects (their files, with workers)."""
+        if not self._children:
+            self._resolve()
+        if self._batches:
+            sizes, self._batches[:] = list(self._batches), []
+            for size in sizes:
+                self.batch_sizes.observe(size)
         for protocol, pending in self._pending.items():
             if not pending[0]:
                 continue
@@ -96,10 +144,36 @@ class ModelMetrics:
             self._pending[protocol] = [0, 0, 0.0] + [0] * (len(LATENCY_BUCKETS) + 1)
 
 
+@dataclass
+class BatchSizes:
+    """``observe`` for the batch-size histogram, kept until the next flush (no file write on the
+    request path)."""
+
+    sizes: list[int]
+
+    def observe(self, rows: int) -> None:
+        if len(self.sizes) < _MOST_PENDING:  # bounded while flushes fail (a full disk)
+            self.sizes.append(rows)
+
+
+_MOST_PENDING = 100_000
+_unflushed = 0  # flushes that failed (the metrics files' disk is full): counts kept for later
+
+
 def flush() -> None:
-    """Flush every model's pending counts (the server calls this once a second)."""
+    """Flush every model's pending counts (the server calls this once a second). A metrics
+    file that cannot be written (a full disk) leaves the counts pending: never an error here."""
+    global _unflushed
     for model_metrics in _ALL:
-        model_metrics.flush()
+        try:
+            model_metrics.flush()
+        except OSError as exc:
+            _unflushed += 1
+            if _unflushed == 1 or _unflushed % 600 == 0:
+                log.error(
+                    "metrics could not be written (%s); counts are kept until there is room",
+                    type(exc).__name__,
+                )
 
 
 @contextmanager
@@ -123,8 +197,12 @@ def flushing(interval_s: float) -> Iterator[None]:
 
 
 def record_error(model: str, version: str, protocol: str, status: int, code: str) -> None:
-    REQUESTS.labels(model, version, protocol, str(status)).inc()
-    ERRORS.labels(model, version, code).inc()
+    try:
+        REQUESTS.labels(model, version, protocol, str(status)).inc()
+        ERRORS.labels(model, version, code).inc()
+    except OSError:  # the metrics files' disk is full: the answer matters more than its count
+        global _unflushed
+        _unflushed += 1
 
 
 def render() -> bytes:
