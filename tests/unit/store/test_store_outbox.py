@@ -3,8 +3,10 @@ and the audit writer moves it into the hash chain exactly once."""
 
 from __future__ import annotations
 
+import getpass
 from pathlib import Path
 
+import orjson
 import pytest
 import sqlalchemy as sa
 from typer.testing import CliRunner
@@ -17,6 +19,7 @@ from medserve.core.store.monitoring import MonitoringStore
 from medserve.core.store.schema import registry_outbox
 from medserve.core.store.sql import SqlRegistryStore
 from medserve.faces.cli import app
+from medserve.features.security.keys import SecurityStore
 
 
 def _outbox(store: SqlRegistryStore) -> list[dict[str, object]]:
@@ -133,3 +136,45 @@ def test_monitoring_configuration_changes_are_audited(store: SqlRegistryStore) -
     audit.drain_outbox()
     changes = [(r["action"], r["actor"]) for r in audit.entries() if r["model"] == "sepsis"]
     assert changes[1:] == [("monitoring.config_set", "ops"), ("monitoring.rule_added", "ops")]
+
+
+def test_key_and_tenant_changes_are_audited_wherever_they_are_made(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The Python API and the CLI: each change's entry is written with the change (the outbox),
+    naming its actor (the caller's, or the local OS user for the CLI)."""
+    monkeypatch.setenv("MEDSERVE_HOME", str(tmp_path))
+    runner = CliRunner()
+    assert runner.invoke(app, ["init"]).exit_code == 0
+    store = SqlRegistryStore(f"sqlite:///{tmp_path}/registry.db")
+    try:
+        security = SecurityStore(store.engine)
+        issued = security.create_key("script-key", ["app"], created_by="script:etl")
+        security.revoke_key(issued.key.key_id, actor="script:etl")
+        security.set_model_tenant("sepsis", "onc", actor="script:etl")
+        kinds = [row["kind"] for row in _outbox(store)]
+        assert kinds == [
+            "security.key_created",
+            "security.key_revoked",
+            "security.tenant_assigned",
+        ]
+    finally:
+        store.close()
+    created = runner.invoke(app, ["keys", "create", "cli-key", "--role", "auditor"])
+    assert created.exit_code == 0, created.output
+    assigned = runner.invoke(app, ["tenants", "assign", "sepsis", "-"])
+    assert assigned.exit_code == 0, assigned.output
+    exported = runner.invoke(app, ["audit", "export"])
+    assert exported.exit_code == 0, exported.output
+    entries = [orjson.loads(line) for line in exported.stdout.splitlines()]
+    changes = [(e["action"], e["actor"]) for e in entries if e["action"].startswith("security.")]
+    user = f"cli:{getpass.getuser()}"
+    assert changes == [
+        ("security.key_created", "script:etl"),
+        ("security.key_revoked", "script:etl"),
+        ("security.tenant_assigned", "script:etl"),
+        ("security.key_created", user),
+        ("security.tenant_assigned", user),
+    ]
+    assert all(e["action"] not in {"key_create", "tenant_assign"} for e in entries)  # once
+    assert runner.invoke(app, ["audit", "verify"]).exit_code == 0

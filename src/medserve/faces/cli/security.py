@@ -14,7 +14,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from medserve.core.audit import AuditEntry, AuditLog, load_audit_keys
+from medserve.core.audit import AuditLog, load_audit_keys
 from medserve.core.errors import MedserveError
 from medserve.core.registry.service import Registry
 from medserve.core.settings import Settings
@@ -42,6 +42,8 @@ def _security() -> Iterator[tuple[SecurityStore, AuditLog]]:
         while audit.drain_outbox():  # registry changes made since a server last drained it
             pass
         yield SecurityStore(engine), audit
+        while audit.drain_outbox():  # this command's own change, into the chain now
+            pass
     finally:
         registry.close()
 
@@ -51,15 +53,12 @@ def _fail(exc: Exception) -> typer.Exit:
     return fail(exc)
 
 
-def _audit_change(audit: AuditLog, action: str, detail: str, model: str | None = None) -> None:
-
+def _actor() -> str:
+    """The local OS user, as the CLI's changes name their actor."""
     try:
-        user = getpass.getuser()
+        return f"cli:{getpass.getuser()}"
     except (KeyError, OSError):
-        user = "unknown"
-    audit.append(
-        [AuditEntry(actor=f"cli:{user}", action=action, outcome=200, model=model, detail=detail)]
-    )
+        return "cli:unknown"
 
 
 def keys_create(
@@ -78,7 +77,7 @@ def keys_create(
 ) -> None:
     """Create an API key. The key is printed once: it is stored only as a hash."""
     try:
-        with _security() as (store, audit):
+        with _security() as (store, _):
             issued = store.create_key(
                 name,
                 role,
@@ -86,12 +85,7 @@ def keys_create(
                 tenant=tenant,
                 expires_in=parse_duration(expires_in) if expires_in else None,
                 rate_limit=rate_limit,
-            )
-            _audit_change(
-                audit,
-                "key_create",
-                f"key {issued.key.key_id} roles={','.join(issued.key.roles)}"
-                f" tenant={issued.key.tenant or '-'}",
+                created_by=_actor(),
             )
     except MedserveError as exc:
         raise _fail(exc) from exc
@@ -126,9 +120,8 @@ def keys_list() -> None:
 def keys_revoke(key_id: Annotated[str, typer.Argument(help="The key id (or the key).")]) -> None:
     """Revoke a key: every server worker refuses it from its next request."""
     try:
-        with _security() as (store, audit):
-            key = store.revoke_key(key_id)
-            _audit_change(audit, "key_revoke", f"key {key.key_id}")
+        with _security() as (store, _):
+            key = store.revoke_key(key_id, actor=_actor())
     except MedserveError as exc:
         raise _fail(exc) from exc
     console.print(f"revoked key [bold]{key.key_id}[/] ({key.name})", highlight=False)
@@ -140,9 +133,8 @@ def tenants_assign(
 ) -> None:
     """Assign a model to a tenant: only that tenant's keys (and untenanted keys) see it."""
     try:
-        with _security() as (store, audit):
-            store.set_model_tenant(model, None if tenant == "-" else tenant)
-            _audit_change(audit, "tenant_assign", f"tenant={tenant}", model=model)
+        with _security() as (store, _):
+            store.set_model_tenant(model, None if tenant == "-" else tenant, actor=_actor())
     except MedserveError as exc:
         raise _fail(exc) from exc
     console.print(f"model [bold]{model}[/] -> tenant [bold]{tenant}[/]", highlight=False)

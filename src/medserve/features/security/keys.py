@@ -26,6 +26,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine, RowMapping
 
 from medserve.core.errors import InvalidRequestError, NotFoundError
+from medserve.core.store.outbox import record_change
 from medserve.core.store.tables_security import sec_api_keys, sec_model_tenants, sec_state
 from medserve.core.store.unit_of_work import UnitOfWork
 from medserve.features.security.permissions import ROLES
@@ -166,6 +167,8 @@ class SecurityStore:
         }
         with self._write() as conn:
             conn.execute(sec_api_keys.insert().values(**values))
+            detail = f"key {key_id} roles={','.join(sorted(set(roles)))} tenant={tenant or '-'}"
+            record_change(conn, "security.key_created", "-", actor=created_by, reason=detail)
         return IssuedKey(_key(values), f"{TOKEN_PREFIX}{key_id}_{secret}")  # type: ignore[arg-type]
 
     def list_keys(self) -> list[ApiKey]:
@@ -173,7 +176,9 @@ class SecurityStore:
             rows = conn.execute(sa.select(sec_api_keys).order_by(sec_api_keys.c.created_at))
             return [_key(r) for r in rows.mappings()]
 
-    def revoke_key(self, key_id: str) -> ApiKey:
+    def revoke_key(self, key_id: str, *, actor: str = "cli") -> ApiKey:
+        """Revoke a key; the audit entry is written with the change (the outbox), whoever
+        revokes it (the HTTP API, the CLI, a script)."""
         key_id = key_id.removeprefix(TOKEN_PREFIX).split("_", 1)[0]
         with self._write() as conn:
             row = (
@@ -188,6 +193,9 @@ class SecurityStore:
                     sec_api_keys.update()
                     .where(sec_api_keys.c.key_id == key_id)
                     .values(revoked_at=datetime.now(UTC))
+                )
+                record_change(
+                    conn, "security.key_revoked", "-", actor=actor, reason=f"key {key_id}"
                 )
             row = (
                 conn.execute(sa.select(sec_api_keys).where(sec_api_keys.c.key_id == key_id))
@@ -214,11 +222,19 @@ class SecurityStore:
         return key if key.state() == "active" else None
 
     # -- tenants ----------------------------------------------------------------------------
-    def set_model_tenant(self, model: str, tenant: str | None) -> None:
+    def set_model_tenant(self, model: str, tenant: str | None, *, actor: str = "cli") -> None:
+        """Assign ``model`` to ``tenant`` (None: no tenant), audited with the change."""
         with self._write() as conn:
             conn.execute(sec_model_tenants.delete().where(sec_model_tenants.c.model_name == model))
             if tenant:
                 conn.execute(sec_model_tenants.insert().values(model_name=model, tenant=tenant))
+            record_change(
+                conn,
+                "security.tenant_assigned",
+                model,
+                actor=actor,
+                reason=f"tenant={tenant or '-'}",
+            )
 
     def model_tenants(self) -> dict[str, str]:
         with self.uow.read() as conn:
