@@ -82,6 +82,7 @@ class _Bench:
     models: list[str]
     sides: list[str]
     extra: dict[str, str]  # environment of the 'on' side
+    off: dict[str, str]  # environment of the 'off' side
 
     def load(self, url: str, load: Load) -> WrkResult:
         return run_wrk(self.wrk, url, self.body, load, self.body.parent)
@@ -152,7 +153,7 @@ def _run_pair(bench: _Bench, restart: int, results: dict[tuple[int, int, str, st
         roots: dict[str, int] = {}
         for side in sides:  # one after the other: the first migrates the shared home
             ((port, launch),) = bench.server.launches(free_port)
-            env = {**launch.env, **(OFF if side == "off" else bench.extra)}
+            env = {**launch.env, **(bench.off if side == "off" else bench.extra)}
             base = f"http://127.0.0.1:{port}"
             proc = stack.enter_context(
                 running(
@@ -192,6 +193,11 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="'on' is the prediction log alone (security off on both sides): issue 6's budget",
     )
+    parser.add_argument(
+        "--journal-only",
+        action="store_true",
+        help="governance on both sides; 'off' without the write-ahead journal: its cost",
+    )
     parser.add_argument("--out", type=Path, help="also write the ratios here (markdown)")
     parser.add_argument(
         "--cpu", action="store_true", help="CPU µs per request, per worker thread (Linux)"
@@ -214,14 +220,21 @@ def main(argv: list[str] | None = None) -> int:
     if args.log_only:
         extra.setdefault("MEDSERVE_SECURITY", "false")
     sides = {"both": ["off", "on"], "on": ["on"], "off": ["off"]}[args.only]
-    bench = _Bench(args, wrk, body, server, models, sides, extra)
+    off = {"MEDSERVE_JOURNAL": "false"} if args.journal_only else OFF
+    bench = _Bench(args, wrk, body, server, models, sides, extra, off)
     results: dict[tuple[int, int, str, str], float] = {}
     for restart in range(args.restarts):
         if args.restarts > 1:
             print(f"-- server pair {restart + 1} of {args.restarts}", flush=True)
         _run_pair(bench, restart, results)
     if len(sides) == 2:
-        what = "prediction log only" if args.log_only else "governance"
+        what = (
+            "journal"
+            if args.journal_only
+            else "prediction log only"
+            if args.log_only
+            else "governance"
+        )
         lines = [
             f"{what} on / off, same round: median of {args.rounds} rounds x {args.restarts} "
             "server pair(s), 95% bootstrap interval"
