@@ -86,7 +86,7 @@ def _predict_and_label(client: TestClient, state: Any, headers: dict[str, str]) 
         }
         for patient, outcome in ((A, 1), (B, 0), (C, 1))
     ]
-    items.append({"prediction_id": "req-b-1-1", "outcome": "by-id"})
+    items.append({"prediction_id": "req-b-1-1", "outcome": "malignant"})
     labelled = client.post("/v1/outcomes", json={"outcomes": items}, headers=headers)
     assert labelled.status_code == 200, labelled.text
     assert labelled.json()["matched"] == [4, 2, 2, 1]
@@ -185,7 +185,9 @@ def test_an_admin_erases_a_patient_over_http(home: Path, caplog: pytest.LogCaptu
         assert len(before) == 4
         assert all(p["outcome"] is not None for p in before.values())
         assert len(_predictions(home, A)) == 4
-        [by_id] = [i for i, p in before.items() if p["outcome"] == "by-id"]  # req-b-1, row 1
+        [by_id] = [
+            i for i, p in before.items() if p["outcome"] == "malignant"
+        ]  # req-b-1, row 1 (by id)
         response = client.post(
             "/v1/patients/erase",
             json={"patient_id": A, "reason": f"erasure request from {A}, ticket 2026-117"},
@@ -210,11 +212,11 @@ def test_an_admin_erases_a_patient_over_http(home: Path, caplog: pytest.LogCaptu
         # B's outcome by id still lands on B's second row after the rewrite
         again = client.post(
             "/v1/outcomes",
-            json={"outcomes": [{"prediction_id": "req-b-1-1", "outcome": "again"}]},
+            json={"outcomes": [{"prediction_id": "req-b-1-1", "outcome": "benign"}]},
             headers=admin,
         )
         assert again.json()["matched"] == [1]
-        before[by_id]["outcome"] = "again"
+        before[by_id]["outcome"] = "benign"
     before[by_id]["outcome_at"] = _predictions(home, B)[by_id]["outcome_at"]
     _assert_erased(home, before, caplog.text)
     [access] = [e for e in _audit_entries(home) if e["detail"] == "POST /v1/patients/erase"]

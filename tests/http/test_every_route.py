@@ -577,7 +577,7 @@ def _outcomes(s: Served) -> None:
         return response.json() if response.json()["matched"] != [0, 0] else None
 
     body = wait_for(matched, timeout_s=30, what="the prediction in the prediction log")
-    assert body == {"matched": [1, 2], "labelled": 3}
+    assert body == {"matched": [1, 2], "labelled": 3, "unmatched": []}
 
 
 @covers("POST", "/v1/patients/erase")

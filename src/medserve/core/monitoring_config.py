@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -90,3 +90,25 @@ class ModelMonitoringConfig(BaseModel):
             "Off by default: only a keyed hash and the length are kept."
         ),
     )
+    retention_days: int | None = Field(
+        default=None,
+        description=(
+            "Keep this model's prediction log (inputs, outputs, outcomes) this many days, then "
+            "purge it on the monitoring schedule or with `medserve monitor purge`. Unset: kept. "
+            "The log is packed: a stored row goes when its newest prediction is older than the "
+            "cutoff, so it may hold predictions up to its span (60 s) older than that."
+        ),
+    )
+
+    @field_validator("retention_days", mode="before")
+    @classmethod
+    def _whole_days(cls, value: object) -> object:
+        """A whole number of days, 1 to 36500: ``--set retention_days=1.5`` or ``0`` is refused
+        here rather than rounded or read as "purge everything"."""
+        if value is None:
+            return None
+        if isinstance(value, str) and value.strip().lstrip("+").isdigit():
+            value = int(value.strip())
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 36500:
+            raise ValueError("retention_days must be a whole number of days from 1 to 36500")
+        return value

@@ -105,3 +105,93 @@ def test_parsing_warnings_never_show_header_values(caplog: pytest.LogCaptureFixt
     shown = " ".join(str(w.message) for w in caught) + caplog.text
     assert "Quaxley" not in shown
     assert "98765432" not in shown
+
+
+# PS3.15 Table E.1-1 attributes that name or reach a person (tag -> a planted value); each must
+# be gone from the de-identified header (issue 16: (0010,2155) survived once).
+PERSON_TAGS = {
+    0x00102155: "quaxley@example.org",  # PatientTelecomInformation
+    0x00102154: "+44 20 7946 0991",  # PatientTelephoneNumbers
+    0x00101040: "7 Quaxley Lane, Leeds",  # PatientAddress
+    0x0040A123: "Quaxley^Ermintrude",  # PersonName
+    0x00401104: "ermintrude@quaxley.example",  # PersonTelecomInformation
+    0x00401103: "+44 113 496 0000",  # PersonTelephoneNumbers
+    0x00401102: "9 Quaxley Row",  # PersonAddress
+    0x00080092: "12 Fennimore Street",  # ReferringPhysicianAddress
+    0x00080094: "+44 113 496 0123",  # ReferringPhysicianTelephoneNumbers
+    0x001021F0: "Quaxleyan",  # PatientReligiousPreference
+    0x00402011: "callback quaxley@example.org",  # OrderCallbackTelecomInformation
+    0x00402010: "0113 496 0777",  # OrderCallbackPhoneNumber
+    0x00380400: "Quaxley Ward 7",  # PatientInstitutionResidence
+    0x00321066: "Quaxley family visit",  # ReasonForVisit
+    0x00080015: "20240101120000",  # InstanceCoercionDateTime
+    0x0016004D: "Quaxley Camera Owner",  # CameraOwnerName
+}
+
+
+def test_every_person_attribute_of_the_profile_is_removed() -> None:
+    from pydicom.datadict import dictionary_VR
+
+    ds = pydicom.dcmread(io.BytesIO(ct_with_phi()))
+    for tag, value in PERSON_TAGS.items():
+        ds.add_new(tag, dictionary_VR(tag), value)
+    deidentify_dataset(ds, salt=SALT)
+    for tag in PERSON_TAGS:
+        assert tag not in ds or not ds[tag].value, hex(tag)
+    dumped = str(ds)
+    assert not any(value in dumped for value in PERSON_TAGS.values())
+
+
+def test_the_profile_names_only_real_attributes_and_covers_the_table() -> None:
+    from pydicom.datadict import tag_for_keyword
+
+    from medserve.features.modalities.dicom_deid import BASIC_PROFILE
+
+    assert [k for k in BASIC_PROFILE if tag_for_keyword(k) is None] == []
+    assert len(BASIC_PROFILE) > 600  # PS3.15 (2024b) Table E.1-1 lists ~620 attributes
+    kept = {"SOPClassUID", "Modality", "PixelData", "Rows", "Columns", "RescaleSlope"}
+    assert not kept & set(BASIC_PROFILE)  # what decoding needs is not in the profile
+
+
+def test_parser_warnings_with_values_are_held_not_printed(
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """pydicom warns *and* logs a malformed value with the value quoted: here a UID holding a
+    name, validated by pydicom's own ``validate_value`` as a WARN-mode read does. Nothing of it
+    reaches stdout, stderr, warnings or the logs; only a count is logged. The telecom is gone."""
+    from pydicom.valuerep import validate_value
+
+    ds = pydicom.dcmread(io.BytesIO(ct_with_phi()))
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds["StudyInstanceUID"].value = "1.2.Quaxley^Zebulon.98765432"
+        ds.save_as(buffer, enforce_file_format=True)
+    real_dcmread = pydicom.dcmread
+
+    def warning_dcmread(*args: object, **kwargs: object) -> pydicom.Dataset:
+        read = real_dcmread(*args, **kwargs)  # type: ignore[arg-type]
+        validate_value("UI", str(read["StudyInstanceUID"].value), pydicom.config.WARN)
+        return read
+
+    monkeypatch.setattr(pydicom, "dcmread", warning_dcmread)
+    caplog.set_level(logging.DEBUG)
+    logging.getLogger("pydicom").addHandler(handler := logging.StreamHandler())  # as an app might
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("default")  # what a server shows: printed once to stderr
+            image = read_dicom(buffer.getvalue(), salt=SALT)
+    finally:
+        logging.getLogger("pydicom").removeHandler(handler)
+    out, err = capsys.readouterr()
+    shown = out + err + caplog.text
+    assert "Quaxley" not in shown
+    assert "98765432" not in shown
+    assert "example.org" not in shown
+    assert "DICOM parsing raised 2 warnings/log records" in caplog.text  # the count only
+    assert image.modality == "CT"
+    raw = real_dcmread(io.BytesIO(buffer.getvalue()))
+    assert "PatientTelecomInformation" in raw
+    assert "PatientTelecomInformation" not in deidentify_dataset(raw, salt=SALT)

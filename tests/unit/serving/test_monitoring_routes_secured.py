@@ -183,9 +183,13 @@ def test_outcomes_by_id_touch_only_the_keys_own_models(home: Path) -> None:
         forbidden = client.post("/v1/outcomes", json=outcome, headers=other)
         not_there = client.post("/v1/outcomes", json=unknown, headers=other)
         assert forbidden.status_code == not_there.status_code == 200
-        assert forbidden.json() == not_there.json() == {"matched": [0], "labelled": 0}
+        assert (
+            forbidden.json()
+            == not_there.json()
+            == {"matched": [0], "labelled": 0, "unmatched": [0]}
+        )
         own = client.post("/v1/outcomes", json=outcome, headers=admin)
-        assert own.json() == {"matched": [1], "labelled": 1}
+        assert own.json() == {"matched": [1], "labelled": 1, "unmatched": []}
 
 
 def test_an_outcome_that_is_no_observation_is_refused(home: Path) -> None:

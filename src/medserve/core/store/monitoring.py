@@ -6,7 +6,7 @@ is not a registry change, and must not make every worker re-read its aliases.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -37,6 +37,30 @@ from medserve.core.store.tables_monitoring import (
 from medserve.core.store.unit_of_work import UnitOfWork, engine_of
 
 RULE_OPS = (">", ">=", "<", "<=")
+RETENTION_PURGE = "monitoring.retention_purge"  # outbox kind (32 characters at most)
+MAX_OUTCOME_PROBLEMS = 20  # refused outcomes listed in one answer (the message has the count)
+_SHOWN_CLASSES = 10  # classes named in a refusal, each cut to _SHOWN_CLASS_CHARS
+_SHOWN_CLASS_CHARS = 40
+
+
+@dataclass
+class Purged:
+    """What one retention purge removed from a model's prediction log."""
+
+    model: str
+    cutoff: datetime
+    rows: int = 0  # packed log rows (mon_prediction_batches)
+    predictions: int = 0  # predictions those rows held
+    outcomes: int = 0
+
+    def reason(self, why: str = "") -> str:
+        """The audit entry's reason: counts and the cutoff, never a value from the log."""
+        when = self.cutoff.strftime("%Y-%m-%dT%H:%M:%SZ")
+        text = (
+            f"{self.rows} rows older than {when} ({self.predictions} predictions, "
+            f"{self.outcomes} outcomes)"
+        )
+        return f"{text}; {why}" if why else text
 
 
 def _utc(value: datetime | None) -> datetime | None:
@@ -208,6 +232,7 @@ class MonitoringStore:
         allowed: Callable[[str], bool] | None = None,
         *,
         keyed: Callable[[str], str] | None = None,
+        signature_of: Callable[[str, int], Mapping[str, Any] | None] | None = None,
     ) -> list[int]:
         """Attach outcomes; each item names ``prediction_id`` or ``patient`` + a time window.
 
@@ -216,12 +241,22 @@ class MonitoringStore:
         model it refuses is not touched and counts as unmatched (the same answer as an unknown
         id: a caller learns nothing of other models' predictions). ``keyed`` maps a caller's own
         request id to the keyed form the log stores it under (``stored_request_id``).
+
+        With ``signature_of`` (model, version -> the version's stored signature), each outcome
+        is checked against the version of every prediction it matched (``outcome_problem``):
+        one that is not a class of a classifier, or not a number for a regressor, refuses the
+        whole call (``InvalidRequestError`` naming the item indices; nothing is attached). An
+        item that matches nothing is never refused: there is no model to check it against.
         """
         now = datetime.now(UTC)
         counts = []
-        seen: dict[int, tuple[str, list[str]]] = {}  # batch seq -> (model, ids), read once
+        seen: dict[int, tuple[str, int, list[str]]] = {}  # seq -> (model, version, ids), read once
+        versions: dict[int, tuple[str, int]] = {}  # seq -> (model, version) of matched rows
+        checked: dict[tuple[str, int, str], tuple[str, str] | None] = {}  # memo: -> (rule, why)
+        problems: list[dict[str, Any]] = []
+        refused = 0
         with self._write() as conn:
-            for item in items:
+            for position, item in enumerate(items):
                 if item.get("prediction_id"):
                     found = self._rows_by_id(conn, model, str(item["prediction_id"]), seen)
                     if not found and keyed is not None:
@@ -230,9 +265,23 @@ class MonitoringStore:
                             stored = f"{keyed(rid)}-{index}"
                             found = self._rows_by_id(conn, model, stored, seen)
                     hits = [h for h in found if allowed is None or allowed(seen[h[0]][0])]
+                    versions.update((seq, seen[seq][:2]) for seq, _ in hits)
                 else:
-                    hits = self._rows_by_patient(conn, item)
-                if hits:
+                    hits = self._rows_by_patient(conn, item, versions)
+                if hits and signature_of is not None:
+                    why = _first_problem(hits, versions, item["outcome"], signature_of, checked)
+                    if why is not None:
+                        refused += 1
+                        if len(problems) < MAX_OUTCOME_PROBLEMS:
+                            problems.append(
+                                {
+                                    "index": position,
+                                    "field": f"outcomes[{position}].outcome",
+                                    "rule": why[0],
+                                    "message": why[1],
+                                }
+                            )
+                if hits and not refused:
                     keys = sa.tuple_(mon_outcomes.c.batch_seq, mon_outcomes.c.idx)
                     for at in range(0, len(hits), 400):  # under SQLite's bound on parameters
                         chunk = hits[at : at + 400]
@@ -246,6 +295,13 @@ class MonitoringStore:
                         ],
                     )
                 counts.append(len(hits))
+            if refused:  # raised inside the transaction: nothing of the call is attached
+                first = problems[0]
+                more = f" (and {refused - 1} more)" if refused > 1 else ""
+                raise InvalidRequestError(
+                    f"{first['field']}: {first['message']}{more}; nothing was attached",
+                    details=problems,
+                )
         return counts
 
     def _rows_by_id(
@@ -253,7 +309,7 @@ class MonitoringStore:
         conn: Connection,
         model: str | None,
         prediction_id: str,
-        seen: dict[int, tuple[str, list[str]]],
+        seen: dict[int, tuple[str, int, list[str]]],
     ) -> list[tuple[int, int]]:
         request_id, _, index = prediction_id.rpartition("-")
         if not request_id or not index.isdigit():
@@ -273,31 +329,68 @@ class MonitoringStore:
             seqs.update(conn.execute(sa.select(b.c.seq).where(_overlapping(made, late))).scalars())
         missing = [s for s in seqs if s not in seen]
         if missing:
-            query = sa.select(b.c.seq, b.c.model_name, b.c.ids).where(b.c.seq.in_(missing))
-            for seq, name, ids in conn.execute(query):
-                seen[seq] = (name, orjson.loads(ids))
+            query = sa.select(b.c.seq, b.c.model_name, b.c.version, b.c.ids).where(
+                b.c.seq.in_(missing)
+            )
+            for seq, name, version, ids in conn.execute(query):
+                seen[seq] = (name, int(version), orjson.loads(ids))
         hits: list[tuple[int, int]] = []
         for seq in sorted(seqs):
-            name, ids = seen.get(seq, ("", []))
+            name, _, ids = seen.get(seq, ("", 0, []))
             if model is None or name == model:
                 hits.extend((seq, i) for i, x in enumerate(ids) if x == prediction_id)
         return hits
 
-    def _rows_by_patient(self, conn: Connection, item: dict[str, Any]) -> list[tuple[int, int]]:
+    def _rows_by_patient(
+        self,
+        conn: Connection,
+        item: dict[str, Any],
+        versions: dict[int, tuple[str, int]],
+    ) -> list[tuple[int, int]]:
         start, end = _aware(item["start"]), _aware(item["end"])
         b = mon_prediction_batches
-        query = sa.select(b.c.seq, b.c.patients, b.c.times).where(
+        query = sa.select(b.c.seq, b.c.version, b.c.patients, b.c.times).where(
             _overlapping(start, end), b.c.model_name == item["model"], b.c.patients.is_not(None)
         )
         low, high = _us(start), _us(end)
         hits = []
-        for seq, patients, times in conn.execute(query):
+        for seq, version, patients, times in conn.execute(query):
+            versions[seq] = (item["model"], int(version))
             for i, (patient, t) in enumerate(
                 zip(orjson.loads(patients), orjson.loads(times), strict=True)
             ):
                 if patient == item["patient"] and low <= t < high:
                     hits.append((seq, i))
         return hits
+
+    # -- retention --------------------------------------------------------------------------
+    def purge_before(self, model: str, cutoff: datetime, *, actor: str, why: str = "") -> Purged:
+        """Delete ``model``'s prediction-log rows whose newest prediction is older than
+        ``cutoff``, with their by-id index rows and outcomes, and the audit record, in one
+        transaction. Nothing to purge writes nothing (no audit entry per idle schedule tick).
+
+        Rows are packed (one row holds a writer batch): a row goes only when its ``last_at`` is
+        before the cutoff, so predictions up to ``PACKED_SPAN_S`` newer than the cutoff may
+        stay until the next purge.
+        """
+        cutoff = _aware(cutoff)
+        b, o, ids_t = mon_prediction_batches, mon_outcomes, mon_prediction_ids
+        expired = sa.and_(b.c.model_name == model, b.c.last_at < cutoff)
+        purged = Purged(model=model, cutoff=cutoff)
+        with self._write() as conn:
+            found = conn.execute(sa.select(b.c.seq, b.c.n).where(expired)).all()
+            if not found:
+                return purged
+            seqs = [int(seq) for seq, _ in found]
+            for at in range(0, len(seqs), 400):  # under SQLite's bound on parameters
+                chunk = seqs[at : at + 400]
+                purged.outcomes += conn.execute(o.delete().where(o.c.batch_seq.in_(chunk))).rowcount
+                conn.execute(ids_t.delete().where(ids_t.c.batch_seq.in_(chunk)))
+                conn.execute(b.delete().where(b.c.seq.in_(chunk)))
+            purged.rows = len(seqs)
+            purged.predictions = sum(int(n) for _, n in found)
+            record_change(conn, RETENTION_PURGE, model, actor=actor, reason=purged.reason(why))
+        return purged
 
     # -- runs -------------------------------------------------------------------------------
     def add_run(self, model: str, start: datetime, end: datetime, result: dict[str, Any]) -> int:
@@ -535,3 +628,56 @@ def inserted_id(result: Any) -> int:
     key = result.inserted_primary_key
     assert key is not None
     return int(key[0])
+
+
+def _first_problem(
+    hits: list[tuple[int, int]],
+    versions: dict[int, tuple[str, int]],
+    outcome: Any,
+    signature_of: Callable[[str, int], Mapping[str, Any] | None],
+    memo: dict[tuple[str, int, str], tuple[str, str] | None],
+) -> tuple[str, str] | None:
+    """The first (rule, message) by which ``outcome`` does not fit a matched version."""
+    token = orjson.dumps(outcome).decode()
+    for name, version in sorted({versions[seq] for seq, _ in hits}):
+        key = (name, version, token)
+        if key not in memo:
+            why = outcome_problem(signature_of(name, version), outcome)
+            memo[key] = None if why is None else (why[0], f"{why[1]} of {name} v{version}")
+        if memo[key] is not None:
+            return memo[key]
+    return None
+
+
+def outcome_problem(signature: Mapping[str, Any] | None, outcome: Any) -> tuple[str, str] | None:
+    """Why ``outcome`` cannot be observed for a version with ``signature``: ``(rule, message)``,
+    or ``None`` when it can. The message never repeats the outcome (a caller's free text).
+
+    A classifier's outcome is one of its classes (as stored or as text); a binary classifier
+    also takes 0/1 or false/true for its negative/positive class, as live performance reads
+    them. A regressor's is a number. ``null`` (no outcome) fits any model, and a version with
+    neither a task nor classes (a foundation model, an old registration) is not checked.
+    """
+    if outcome is None or not signature:
+        return None
+    task = signature.get("task")
+    labels = list(signature.get("class_labels") or [])
+    is_number = isinstance(outcome, int | float) and not isinstance(outcome, bool)
+    if task == "regression":
+        return None if is_number else ("type", "the outcome must be a number for the regressor")
+    if not labels:
+        return None
+    if isinstance(outcome, str):
+        fits = outcome in {str(label) for label in labels}
+    else:
+        numeric = [x for x in labels if isinstance(x, int | float) and not isinstance(x, bool)]
+        fits = (is_number and outcome in numeric) or (len(labels) == 2 and outcome in (0, 1))
+    if fits:
+        return None
+    shown = [str(label)[:_SHOWN_CLASS_CHARS] for label in labels[:_SHOWN_CLASSES]]
+    more = f" and {len(labels) - _SHOWN_CLASSES} more" if len(labels) > _SHOWN_CLASSES else ""
+    binary = " (or 0/1, false/true for the negative/positive class)" if len(labels) == 2 else ""
+    return (
+        "allowed_values",
+        f"the outcome must be one of the classes {', '.join(shown)}{more}{binary}",
+    )

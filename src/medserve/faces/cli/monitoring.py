@@ -9,6 +9,7 @@ from typing import Any
 
 import orjson
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
@@ -109,10 +110,37 @@ def register(app: typer.Typer, models_app: typer.Typer) -> None:
                     store.set_config(name, cfg, current_user())
         except MedserveError as exc:
             raise _fail(exc) from exc
+        except ValidationError as exc:  # name the setting and the rule, not pydantic's title
+            raise _fail(InvalidRequestError(_settings_problem(exc))) from exc
         except ValueError as exc:
             raise _fail(InvalidRequestError(str(exc).splitlines()[0])) from exc
         for key, value in cfg.model_dump().items():
             console.print(f"{key} = {value}")
+
+    @monitor.command("purge")
+    def purge(
+        name: str = typer.Argument(
+            None, help="Model name; every model with logged predictions if omitted."
+        ),
+    ) -> None:
+        """Purge prediction-log rows (inputs, outputs, outcomes) older than each model's
+        retention_days, now (the monitoring schedule does it on every run). Audited."""
+        from medserve.features.monitoring.retention import purge_expired  # noqa: PLC0415
+
+        try:
+            with _registry() as registry:
+                store = MonitoringStore(registry.store)
+                if name:
+                    registry.store.get_model(name)
+                names = [name] if name else store.logged_models()
+                for model in names:
+                    done = purge_expired(store, model, actor=current_user())
+                    if done is None:
+                        console.print(f"{model}: no retention_days set; nothing purged")
+                    else:
+                        console.print(f"{model}: purged {done.reason()}")
+        except MedserveError as exc:
+            raise _fail(exc) from exc
 
     @monitor.command("rule")
     def rule(
@@ -251,3 +279,12 @@ def alerts_table(rows: list[dict[str, object]]) -> Table:
             str(a["acknowledged_by"] or "-"),
         )
     return table
+
+
+def _settings_problem(exc: ValidationError) -> str:
+    """``setting: rule`` for each refused setting (bounded: the first three)."""
+    problems = [
+        f"{'.'.join(str(part) for part in e['loc'])}: {e['msg'].removeprefix('Value error, ')}"
+        for e in exc.errors()
+    ]
+    return "; ".join(problems[:3])

@@ -18,7 +18,7 @@ import numpy as np
 
 from medserve.core import metrics
 from medserve.core.artifacts import ArtifactStore
-from medserve.core.errors import InvalidRequestError
+from medserve.core.errors import InvalidRequestError, MedserveError
 from medserve.core.loaded_model import LoadedModel
 from medserve.core.registry.events import ReferenceProfiled, RegistryEvent
 from medserve.core.store.base import RegistryStore
@@ -200,9 +200,28 @@ class ExplainService:
                 "(text/plain, image/png, application/dicom), where explanations are on by default",
                 details=[{"field": free[0], "rule": "explainable", "message": "free text"}],
             )
+        return self._explained(loaded, X, target)
+
+    def _explained(
+        self, loaded: LoadedModel, X: np.ndarray, target: str | None = None
+    ) -> dict[str, Any]:
+        """The explanation, or a ``MedserveError`` that carries no input: the explainers'
+        own errors quote values (``could not convert string to float: '<the note>'``), and an
+        unexpected error's message is printed wherever a traceback is logged. So only its type
+        is logged and kept, and the cause is not chained (``from None``)."""
         started = time.perf_counter()
-        explainer = self.explainer(loaded, target)
-        result = to_json(explainer.explain(X), loaded, X)
+        try:
+            explainer = self.explainer(loaded, target)
+            result = to_json(explainer.explain(X), loaded, X)
+        except MedserveError:
+            raise
+        except Exception as exc:
+            kind = type(exc).__name__
+            log.warning("explanation failed for %s v%s: %s", loaded.name, loaded.number, kind)
+            raise MedserveError(
+                f"the explanation of {loaded.name!r} v{loaded.number} failed ({kind}); "
+                "the input is not shown"
+            ) from None
         metrics.EXPLAIN_SECONDS.labels(loaded.name, explainer.method).observe(
             time.perf_counter() - started
         )

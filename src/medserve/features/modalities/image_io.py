@@ -17,6 +17,7 @@ import numpy as np
 
 from medserve.core.errors import UnsupportedMediaTypeError, ValidationFailedError
 from medserve.features.modalities.dicom_deid import deidentify_dataset
+from medserve.features.modalities.held_warnings import held_warnings
 
 # process-local fallback; servers pass the home's PHI salt
 _PROCESS_SALT = os.urandom(32)
@@ -64,6 +65,15 @@ def _refuse(field_name: str, rule: str, message: str) -> ValidationFailedError:
 
 
 def read_dicom(
+    raw: bytes, *, modalities: list[str] | None = None, salt: bytes | None = None
+) -> DecodedImage:
+    """Parse, de-identify, check and decode a DICOM body; what pydicom warns or logs on the
+    way (values quoted) is held (``held_warnings``), never printed."""
+    with held_warnings("DICOM"):
+        return _read_dicom(raw, modalities=modalities, salt=salt)
+
+
+def _read_dicom(
     raw: bytes, *, modalities: list[str] | None = None, salt: bytes | None = None
 ) -> DecodedImage:
     import pydicom  # noqa: PLC0415 (optional extra: pydicom)
@@ -126,6 +136,12 @@ def read_dicom(
 
 
 def read_png(raw: bytes) -> DecodedImage:
+    """Decode a PNG body (Pillow's warnings, e.g. on text chunks, held like pydicom's)."""
+    with held_warnings("PNG"):
+        return _read_png(raw)
+
+
+def _read_png(raw: bytes) -> DecodedImage:
     from PIL import Image, UnidentifiedImageError  # noqa: PLC0415 (optional extra: PIL)
 
     try:

@@ -22,6 +22,7 @@ from medserve.core.runtimes._common import classifier_outputs, versions
 from medserve.core.runtimes.base import RuntimeMetadata
 from medserve.core.runtimes.onnx_runtime import session_options
 from medserve.features.modalities.bundle import read_bundle
+from medserve.features.modalities.held_warnings import errors_without_input
 
 
 class TextSpec(BaseModel):
@@ -120,7 +121,8 @@ class TextRuntime:
 
     def predict(self, X: npt.NDArray[Any]) -> dict[str, np.ndarray]:
         texts = [_as_text(v, i, self.spec.text_field) for i, v in enumerate(X[:, 0])]
-        probabilities = self.head.probabilities(self.embed(texts))
+        with errors_without_input("the text model"):
+            probabilities = self.head.probabilities(self.embed(texts))
         return {
             "label": self._labels[probabilities.argmax(axis=1)],
             "probabilities": probabilities,
@@ -134,7 +136,12 @@ class TextRuntime:
         ]
 
     def explain_text(self, text: str, target_label: str | None = None) -> dict[str, Any]:
-        """Word-occlusion attributions: ``[{"word", "start", "end", "attribution"}]``."""
+        """Word-occlusion attributions: ``[{"word", "start", "end", "attribution"}]``. An error
+        on the way names its type only, never the note (``errors_without_input``)."""
+        with errors_without_input("the text explanation"):
+            return self._explain_text(text, target_label)
+
+    def _explain_text(self, text: str, target_label: str | None) -> dict[str, Any]:
         encoding = self._tokenizer.encode(text)
         ids, mask = list(encoding.ids), list(encoding.attention_mask)
         words: dict[int, list[int]] = {}

@@ -1,6 +1,9 @@
 """One monitoring run for one model: drift on the latest window, performance on the latest
 matured window, stored as a run, then alert rules evaluated and webhooks delivered.
 
+Retention first: with the model's ``retention_days`` set, log rows older than it are purged
+(``retention.purge_expired``), so the server's schedule enforces it.
+
 Rules fire once: a rule whose metric breaches its threshold (with at least ``min_n`` rows) for
 ``consecutive`` runs opens an alert and delivers it; while that alert is open the rule does not
 fire again; when the metric recovers the alert is resolved and the rule re-arms.
@@ -25,6 +28,7 @@ from medserve.core.store.monitoring import AlertRule, LoggedPrediction, Monitori
 from medserve.core.store.tables_monitoring import mon_alerts
 from medserve.features.monitoring.drift import window_drift
 from medserve.features.monitoring.performance import performance
+from medserve.features.monitoring.retention import purge_expired
 
 log = logging.getLogger(__name__)
 
@@ -256,6 +260,8 @@ def run_model(
     backoff_s: float = 0.5,
 ) -> dict[str, Any]:
     now = now or datetime.now(UTC)
+    # first, so that a run that cannot compute (no reference yet) still enforces retention
+    purged = purge_expired(store, model, now=now)
     result = compute(store, registry_store, model, window_s=window_s, now=now)
     start = datetime.fromisoformat(result["window"]["start"])
     run_id = store.add_run(model, start, now, result)
@@ -273,6 +279,7 @@ def run_model(
         ok, attempts = deliver(url, payload, backoff_s=backoff_s)
         store.set_delivery(int(payload["alert_id"]), "delivered" if ok else "failed", attempts)
     result["run_id"] = run_id
+    result["purged"] = None if purged is None else purged.predictions
     result["alerts_fired"] = [a["alert_id"] for a in fired]
     metrics.LAST_RUN.labels(model).set(now.timestamp())
     summary = (result.get("drift") or {}).get("summary") or {}

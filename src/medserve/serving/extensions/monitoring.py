@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import fcntl
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import UTC, datetime
 from typing import Annotated, Any
@@ -24,6 +24,7 @@ from medserve.core.errors import (
     AuthenticationError,
     InvalidRequestError,
     MedserveError,
+    NotFoundError,
     PermissionDeniedError,
 )
 from medserve.core.extensions import RegistryHandler
@@ -144,7 +145,10 @@ def post_outcomes(
     """Attach outcomes by prediction id, or by (patient id, model, time window).
 
     The patient id is pseudonymized with the home's salt before it is compared: it is never
-    stored or logged as sent.
+    stored or logged as sent. Each outcome must fit the model version of every prediction it
+    matched (a class of a classifier, or 0/1 for a binary one; a number for a regressor): one
+    that does not is a 400 naming the item (``details[].index``) and nothing is attached. The
+    answer lists the items that matched no prediction (yet) under ``unmatched``.
     """
     resources = resources_of(request)
     salt = resources.get(MONITORING_SALT)
@@ -179,8 +183,31 @@ def post_outcomes(
     def keyed(request_id: str) -> str:  # a caller's own X-Request-ID is stored keyed
         return stored_request_id(request_id, None, salt)
 
-    counts = _mstore(request).attach_outcomes(None, parsed, allowed, keyed=keyed)
-    return {"matched": counts, "labelled": sum(counts)}
+    counts = _mstore(request).attach_outcomes(
+        None, parsed, allowed, keyed=keyed, signature_of=_stored_signatures(resources)
+    )
+    return {
+        "matched": counts,
+        "labelled": sum(counts),
+        "unmatched": [i for i, n in enumerate(counts) if n == 0],
+    }
+
+
+def _stored_signatures(resources: Resources) -> Callable[[str, int], dict[str, Any] | None]:
+    """A version's stored signature (its task and class labels), read once per request; a
+    version gone from the registry is not checked."""
+    store = resources.registry.store
+    cache: dict[tuple[str, int], dict[str, Any] | None] = {}
+
+    def signature(model: str, version: int) -> dict[str, Any] | None:
+        if (model, version) not in cache:
+            try:
+                cache[model, version] = dict(store.get_version(model, version).signature or {})
+            except NotFoundError:
+                cache[model, version] = None
+        return cache[model, version]
+
+    return signature
 
 
 @router.get("/v1/models/{name}/monitoring")
