@@ -53,6 +53,7 @@ def uvicorn_settings() -> dict[str, Any]:
         "timeout_keep_alive": 30,
         "server_header": False,
         "date_header": False,
+        "proxy_headers": bool(os.environ.get("FORWARDED_ALLOW_IPS")),
     }
 
 

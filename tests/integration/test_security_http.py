@@ -267,6 +267,10 @@ def test_audit_trail_and_phi_after_sigterm(home: Path, demo_home: Path) -> None:
             assert infer.status_code == 200
             audit_page = client.get("/v1/audit", params={"limit": 5})
             assert audit_page.status_code == 200
+            # refused before the caller is known: counted, written at the latest at SIGTERM
+            # (a path no other test of this module calls: the module's server shares the home)
+            for _ in range(3):
+                assert httpx.get(f"{srv.url}/v1/outcomes", timeout=10).status_code == 401
     finally:
         code = srv.stop()
     assert code == 0
@@ -282,6 +286,11 @@ def test_audit_trail_and_phi_after_sigterm(home: Path, demo_home: Path) -> None:
         salt = load_or_create_salt(home)
         sent = {stored_request_id(f"phi-{i}", None, salt) for i in range(n_ok)}  # kept keyed
         rows = [e for e in audit.entries() if e["request_id"] in sent]
+        failed = [
+            e
+            for e in audit.entries()
+            if e["action"] == "auth_failed" and " on /v1/outcomes " in str(e["detail"])
+        ]
         pseudonym = pseudonymize(PHI["patient_id"], salt=salt)
         with registry.store.engine.begin() as conn:  # type: ignore[attr-defined]
             reference = PatientKeys().refs(conn, {pseudonym})[pseudonym]
@@ -291,6 +300,9 @@ def test_audit_trail_and_phi_after_sigterm(home: Path, demo_home: Path) -> None:
     assert {r["patient_hash"] for r in rows} == {reference}  # erasable: the patient's own key
     assert {r["actor"] for r in rows} == {"key:test-admin"}
     assert {r["action"] for r in rows} == {"predict"}
+    # one entry per worker, source and minute (the three may straddle a minute or two workers)
+    assert sum(int(str(e["detail"]).split(" ")[0]) for e in failed) == 3
+    assert {e["outcome"] for e in failed} == {401}
 
     runner = CliRunner()
     verified = runner.invoke(cli_app, ["--home", str(home), "audit", "verify"])
@@ -312,4 +324,6 @@ def test_audit_changes_are_recorded(home: Path) -> None:
         actions = {entry["action"] for entry in audit.entries()}
     finally:
         registry.close()
-    assert {"predict", "admin", "read_models", "access"} <= actions
+    # the refusals before authentication are counted per source and minute: their
+    # ``auth_failed`` entries are checked after SIGTERM (test_audit_trail_and_phi_after_sigterm)
+    assert {"predict", "admin", "read_models", "auth_failed"} <= actions

@@ -91,6 +91,13 @@ class ModelLoadError(MedserveError):
     code = "model_load_failed"
 
 
+class ComputationFailedError(MedserveError):
+    """An explanation or a model failed on an input for a reason that is not the caller's
+    (a 500): the message names the error's type, never the input."""
+
+    code = "computation_failed"
+
+
 class ModelUnavailableError(MedserveError):
     code = "model_unavailable"
 

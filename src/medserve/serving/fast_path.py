@@ -19,6 +19,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from medserve.core.context import PRINCIPAL_SCOPE_KEY, RequestContext, made_request_id
 from medserve.core.errors import (
+    AuthenticationError,
     InvalidRequestError,
     MedserveError,
     PayloadTooLargeError,
@@ -28,8 +29,10 @@ from medserve.core.errors import (
 )
 from medserve.core.events import RefusalEvent
 from medserve.serving import metrics
+from medserve.serving.auth_failures import auth_failure_reason
 from medserve.serving.http_errors import status_for
 from medserve.serving.media import FHIR_JSON, MediaRequest, wants_fhir
+from medserve.serving.model_manager import ModelManager
 from medserve.serving.resources import Resources
 
 log = logging.getLogger(__name__)
@@ -302,11 +305,16 @@ class HotPathApp:
                 result = await plane.predict_records(name, ref, body, context)
         except MedserveError as exc:
             status = status_for(exc)
+            code = exc.code
             if not caller_known:  # nothing stored names what an unauthenticated URL said
                 matched = (protocol, UNNAMED, None)
+                if isinstance(exc, AuthenticationError):  # which: no credential, or a bad one
+                    code = auth_failure_reason(scope["headers"])
+            else:  # a model or version this server does not serve is the caller's text
+                matched = (protocol, *stored_names(self.resources.plane.manager, name, ref))
             metrics.record_error(matched[1], matched[2] or "production", protocol, status, exc.code)
             try:
-                self._refused(scope, matched, rid, status, exc.code, patient, caller_known, made)
+                self._refused(scope, matched, rid, status, code, patient, caller_known, made)
             except MedserveError as unrecorded:  # fail closed: the trail cannot take it
                 exc, status = unrecorded, status_for(unrecorded)
             if isinstance(exc, RateLimitedError):
@@ -315,7 +323,11 @@ class HotPathApp:
             return
         except Exception:
             log.exception("prediction failed (request %s)", rid)
-            metrics.record_error(name, ref or "production", protocol, 500, "internal")
+            if caller_known:
+                matched = (protocol, *stored_names(self.resources.plane.manager, name, ref))
+            else:
+                matched = (protocol, UNNAMED, None)
+            metrics.record_error(matched[1], matched[2] or "production", protocol, 500, "internal")
             try:
                 self._refused(scope, matched, rid, 500, "internal", patient, caller_known, made)
             except MedserveError as unrecorded:  # fail closed: the trail cannot take it
@@ -339,10 +351,11 @@ class HotPathApp:
         made: int | None,
     ) -> None:
         """The observe step of an error answer (audit): one place for successes and failures.
-        An unauthenticated request's URL is kept only as its route (the model name in it may be
-        any text, identifiers included)."""
+        The URL is kept only as its route: the model and version in it may be any text,
+        identifiers included (``matched`` holds what may be kept of them)."""
         client = scope.get("client")
-        path = scope["path"] if caller_known else _route_of(matched[0])
+        versioned = caller_known and scope["path"].count("/") == 6
+        path = _route_of(matched[0], versioned)
         self.resources.plane.refused(
             RefusalEvent(
                 request_id=request_id,
@@ -361,8 +374,27 @@ class HotPathApp:
         )
 
 
-UNNAMED = "-"  # the model of a request refused before its caller was known
+UNNAMED = "-"  # a model (or version) a refused request named that is not kept
+_VERSION_DIGITS = 4  # a version number longer than this is not kept from a refused URL
 
 
-def _route_of(protocol: str) -> str:
-    return "/v2/models/{name}/infer" if protocol == "v2" else "/v1/models/{name}/predict"
+def stored_names(manager: ModelManager, name: str, ref: str | None) -> tuple[str, str | None]:
+    """What the audit and the metrics keep of the model and version a refused request's URL
+    named: a model this server serves (under an alias) as named, any other name as ``-`` (it is
+    the caller's text: a typo, or a patient's name); a served alias or a short version number
+    as named, any other as ``-``. Cheap: the served aliases are in memory."""
+    served = manager.served()
+    if not any(model == name for model, _, _ in served):
+        return UNNAMED, None
+    if ref is None or (ref.isdigit() and len(ref) <= _VERSION_DIGITS):
+        return name, ref
+    if any(model == name and alias == ref for model, alias, _ in served):
+        return name, ref
+    return name, UNNAMED
+
+
+def _route_of(protocol: str, versioned: bool = False) -> str:
+    version = "/versions/{version}" if versioned else ""
+    if protocol == "v2":
+        return f"/v2/models/{{name}}{version}/infer"
+    return f"/v1/models/{{name}}{version}/predict"

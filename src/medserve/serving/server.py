@@ -126,6 +126,10 @@ def run_server(settings: Settings, app_factory: str) -> None:
         timeout_keep_alive=30,
         server_header=False,
         date_header=False,
+        # X-Forwarded-For is believed only from the proxies an operator names (uvicorn's
+        # FORWARDED_ALLOW_IPS): else any local process could write what the audit trail
+        # keeps as a caller's address (uvicorn trusts 127.0.0.1 by default)
+        proxy_headers=bool(os.environ.get("FORWARDED_ALLOW_IPS")),
         **tls,
     )
 

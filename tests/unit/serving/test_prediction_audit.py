@@ -1,5 +1,7 @@
 """The prediction pipeline's observe step audits every answer of the prediction endpoints, the
-successes and the refusals alike, once each (no second entry from the security middleware)."""
+successes and the refusals alike, once each (no second entry from the security middleware);
+a request refused before its caller is known is counted, audited per source and minute
+(``auth_failed``, see test_auth_failures_audit.py)."""
 
 from __future__ import annotations
 
@@ -60,14 +62,20 @@ def test_successes_and_refusals_of_predictions_are_audited_once(home: Path) -> N
     entries = {  # a caller's X-Request-ID is kept only as a keyed hash
         rid: _entries(home).get(stored_request_id(rid, None, salt), []) for rid in answers
     }
-    for rid, answer in answers.items():
-        assert len(entries.get(rid, [])) == 1, (rid, entries.get(rid))
-        [entry] = entries[rid]
+    assert entries.pop("no-key-1") == []  # counted in its source's minute, not kept one by one
+    for rid, entry_list in entries.items():
+        assert len(entry_list) == 1, (rid, entry_list)
+        [entry] = entry_list
         assert entry["action"] == "predict"
-        assert entry["outcome"] == answer.status_code
-    assert entries["no-key-1"][0]["actor"] == "unauthenticated"
+        assert entry["outcome"] == answers[rid].status_code
+    [failed] = [e for rows in _entries(home).values() for e in rows if e["outcome"] == 401]
+    assert failed["action"] == "auth_failed"
+    assert failed["actor"] == "unauthenticated"
+    assert str(failed["detail"]).startswith("1 request refused: missing_credential on ")
     assert entries["invalid-1"][0]["actor"] == "key:test"
-    assert entries["missing-1"][0]["model"] == "no-such-model"
+    # a model this server does not serve is the caller's text (a patient's name, say): not kept
+    assert entries["missing-1"][0]["model"] == "-"
+    assert entries["missing-1"][0]["detail"] == "POST /v1/models/{name}/predict"
     # the trail names a patient by a reference under the patient's own key (erasable)
     pseudonym = pseudonymize("MRN-0042", salt=salt)
     with registry_at(home) as registry, registry.store.engine.begin() as conn:  # type: ignore[attr-defined]
@@ -92,7 +100,9 @@ def test_an_unauthenticated_url_leaves_no_trace_of_its_model_name(home: Path) ->
         metrics_text = client.get("/metrics", headers=admin).text
     assert {r.status_code for r in refused} == {401}
     entries = [e for rows in _entries(home).values() for e in rows]
-    assert sum(e["outcome"] == 401 for e in entries) == len(refused)
+    failed = [e for e in entries if e["outcome"] == 401]  # counted per source and minute
+    assert {e["action"] for e in failed} == {"auth_failed"}
+    assert sum(int(str(e["detail"]).split(" ")[0]) for e in failed) == len(refused)
     assert "Quaxley" not in str(entries)
     assert "Quaxley" not in metrics_text
 
@@ -132,3 +142,33 @@ def test_a_tenant_admin_can_neither_give_away_nor_take_a_model(home: Path) -> No
         assert given.status_code == 403
         kept = client.put(tenants, json={"tenant": "onc"}, headers=onc_admin)
         assert kept.status_code == 200
+
+
+def test_a_url_naming_no_served_model_leaves_no_trace_even_authenticated(home: Path) -> None:
+    """An authenticated caller's URL may name anything too: a model or version this server does
+    not serve, or a route that does not exist, is kept neither in the trail nor the metrics."""
+    named = "Quaxley-Zebulon-MRN-98765432"
+    admin = create_key(home, ["admin"])
+    auditor = create_key(home, ["auditor"])
+    body = {"instances": records(1)}
+    with serve(home, security=True) as (client, _):
+        answers = [
+            client.post(f"/v1/models/{named}/predict", json=body, headers=admin),
+            client.post(f"/v2/models/{MODEL}/versions/{named}/infer", json={}, headers=admin),
+            client.post(f"/v1/models/{named}/predict", json=body, headers=auditor),
+            client.get(f"/v1/models/{named}/versions/1/card", headers=admin),
+            client.get(f"/patients/{named}/chart", headers=admin),
+        ]
+        kept = client.post(f"/v1/models/{MODEL}/versions/7/predict", json=body, headers=admin)
+        metrics_text = client.get("/metrics", headers=admin).text
+    assert [r.status_code for r in answers] == [404, 404, 403, 404, 404]
+    entries = [e for rows in _entries(home).values() for e in rows]
+    assert len([e for e in entries if e["outcome"] in (403, 404)]) == len(answers) + 1
+    assert "Quaxley" not in str(entries)
+    assert "98765432" not in str(entries)
+    assert "Quaxley" not in metrics_text
+    # what the server serves is still named: the model, and a version number
+    assert kept.status_code == 404
+    [missing_version] = [e for e in entries if e["version"] == "7"]
+    assert missing_version["model"] == MODEL
+    assert missing_version["detail"] == "POST /v1/models/{name}/versions/{version}/predict"

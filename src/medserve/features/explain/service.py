@@ -18,7 +18,7 @@ import numpy as np
 
 from medserve.core import metrics
 from medserve.core.artifacts import ArtifactStore
-from medserve.core.errors import InvalidRequestError, MedserveError
+from medserve.core.errors import ComputationFailedError, InvalidRequestError, MedserveError
 from medserve.core.loaded_model import LoadedModel
 from medserve.core.registry.events import ReferenceProfiled, RegistryEvent
 from medserve.core.store.base import RegistryStore
@@ -218,7 +218,7 @@ class ExplainService:
         except Exception as exc:
             kind = type(exc).__name__
             log.warning("explanation failed for %s v%s: %s", loaded.name, loaded.number, kind)
-            raise MedserveError(
+            raise ComputationFailedError(
                 f"the explanation of {loaded.name!r} v{loaded.number} failed ({kind}); "
                 "the input is not shown"
             ) from None

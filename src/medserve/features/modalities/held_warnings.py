@@ -17,7 +17,7 @@ from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from medserve.core.errors import MedserveError
+from medserve.core.errors import ComputationFailedError, MedserveError
 
 log = logging.getLogger(__name__)
 
@@ -80,4 +80,4 @@ def errors_without_input(what: str) -> Iterator[None]:
     except Exception as exc:
         kind = type(exc).__name__
         log.warning("%s failed: %s", what, kind)
-        raise MedserveError(f"{what} failed ({kind}); the input is not shown") from None
+        raise ComputationFailedError(f"{what} failed ({kind}); the input is not shown") from None

@@ -10,6 +10,11 @@ Three pieces work together:
   group (``x-medserve-action`` in a route's ``openapi_extra`` wins over the path rules) and asks
   the guard.
 - ``AuditObserver`` is a ``PredictionObserver`` that queues one audit entry per prediction.
+
+A request refused because its caller could not be authenticated (401) is not audited one entry
+each: both refusal paths count it in ``AuthFailures`` (``serving/auth_failures.py``), which writes
+one ``auth_failed`` entry per source, minute, coarse path and reason. A 403 (authenticated, not
+allowed) and every other refusal keep one entry each.
 """
 
 from __future__ import annotations
@@ -46,8 +51,9 @@ from medserve.features.security.guard import SecurityGuard
 from medserve.features.security.keys import ApiKey, ChangeCounter, SecurityStore
 from medserve.features.security.oidc import JwksSource, JwtVerifier
 from medserve.features.security.permissions import ROLES
+from medserve.serving.auth_failures import AuthFailures, auth_failure_reason, coarse_path
 from medserve.serving.extension import ServingExtension
-from medserve.serving.fast_path import hot_path_of
+from medserve.serving.fast_path import hot_path_of, stored_names
 from medserve.serving.http_errors import status_for
 from medserve.serving.params import IsoDateTime
 from medserve.serving.resources import ResourceKey, Resources, resources_of
@@ -57,6 +63,7 @@ log = logging.getLogger(__name__)
 # What this extension provides to the others (absent while security is off).
 AUDIT_LOG: ResourceKey[AuditLog] = ResourceKey("audit log")
 PHI_SALT: ResourceKey[bytes] = ResourceKey("PHI salt")
+AUTH_FAILURES: ResourceKey[AuthFailures] = ResourceKey("failed-authentication counts")
 
 OPEN_PATHS = frozenset({"/v2/health/live", "/v2/health/ready"})
 ACTION_SCOPE_KEY = "medserve.action"
@@ -220,7 +227,11 @@ class SecurityMiddleware:
                     action, model, version, template = scope.get(
                         ACTION_SCOPE_KEY, ("access", None, None, None)
                     )
-                    entry = self._entry(scope, status, action, model, version, template or path)
+                    if status >= 400 and model is not None:  # a name may be the caller's text
+                        model, version = stored_names(self.resources.plane.manager, model, version)
+                    # no route matched: the path is anyone's text, kept to medserve's words
+                    where = template or coarse_path(path)
+                    entry = self._entry(scope, status, action, model, version, where)
                     if status < 400 and scope.get(AUDITED_SCOPE_KEY):
                         pass  # audited in the change's own transaction
                     elif scope["method"] in _READ_METHODS:
@@ -276,9 +287,15 @@ class SecurityMiddleware:
         if isinstance(exc, RateLimitedError):
             headers.append((b"retry-after", str(max(1, round(exc.retry_after_s + 0.5))).encode()))
         _headers_with_security(headers, tls, False)
-        # refused before the caller is known: the path is kept to its first two segments (what
-        # follows may name a model, i.e. any text, identifiers included)
-        coarse = "/".join(scope["path"].split("/")[:3]) + "/…"
+        # refused before the caller is known: the path is kept to medserve's own route words
+        # (what follows may name a model, i.e. any text, identifiers included)
+        coarse = coarse_path(scope["path"])
+        if isinstance(exc, AuthenticationError):  # counted, audited per source and minute
+            client = scope.get("client")
+            reason = auth_failure_reason(scope["headers"])
+            self.resources.get(AUTH_FAILURES).count(client[0] if client else None, coarse, reason)
+            await self._send_error(send, status, headers, exc)
+            return
         try:
             self.resources.get(AUDIT_LOG).enqueue(
                 self._entry(scope, status, "access", None, None, coarse)
@@ -311,17 +328,23 @@ class SecurityMiddleware:
 
 class AuditObserver:
     """Queues one audit entry per prediction request: O(1) on the event loop (the entry, and
-    the patient pseudonym in it, are made by the audit writer thread)."""
+    the patient pseudonym in it, are made by the audit writer thread). With ``failures``, a
+    request refused before its caller was known is counted there instead."""
 
-    def __init__(self, audit: AuditLog, salt: bytes) -> None:
+    def __init__(self, audit: AuditLog, salt: bytes, failures: AuthFailures | None = None) -> None:
         self.audit = audit
         self.salt = salt
+        self.failures = failures
 
     def on_prediction(self, event: PredictionEvent) -> None:
         self.audit.enqueue_packed(self.record, event)
 
     def on_refusal(self, event: RefusalEvent) -> None:
         principal = event.principal
+        if self.failures is not None and principal is None and event.status == 401:
+            # counted: audited per source and minute (auth_failures)
+            self.failures.count(event.client, event.path, event.code)
+            return
         patient = event.patient_id
         self.audit.enqueue(
             AuditEntry(
@@ -473,7 +496,9 @@ async def revoke_key(request: Request, key_id: str) -> dict[str, Any]:
     current = {k.key_id: k for k in await asyncio.to_thread(store.list_keys)}
     target = current.get(key_id)
     _same_tenant(request, target.tenant if target else None)
-    key = await asyncio.to_thread(store.revoke_key, key_id)
+    principal = request.scope.get(PRINCIPAL_SCOPE_KEY)
+    actor = principal.subject if principal else "unknown"
+    key = await asyncio.to_thread(lambda: store.revoke_key(key_id, actor=actor))
     return _key_view(key)
 
 
@@ -490,7 +515,9 @@ async def assign_tenant(request: Request, name: str, body: TenantRequest) -> dic
         raise PermissionDeniedError(
             "a tenant administrator assigns only its own tenant's models, to its tenant"
         )
-    await asyncio.to_thread(_store(request).set_model_tenant, name, body.tenant)
+    actor = principal.subject if principal else "unknown"
+    store = _store(request)
+    await asyncio.to_thread(lambda: store.set_model_tenant(name, body.tenant, actor=actor))
     return {"model": name, "tenant": body.tenant}
 
 
@@ -549,14 +576,18 @@ async def lifespan(resources: Resources) -> AsyncIterator[None]:
     resources.guard = guard
     resources.provide(PHI_SALT, salt)
     resources.provide(AUDIT_LOG, audit)
-    resources.plane.observers.append(AuditObserver(audit, salt))
+    failures = AuthFailures(audit)
+    resources.provide(AUTH_FAILURES, failures)
+    resources.plane.observers.append(AuditObserver(audit, salt, failures))
     if not fail_open:  # the default
         resources.plane.required.append(lambda: audit.failure)
     audit.start()
     audit.drive(asyncio.get_running_loop())
+    failures.drive(asyncio.get_running_loop())
     try:
         yield
     finally:
+        failures.close()  # the open minutes' counts, queued before the trail drains
         audit.close()
         guard.close()
 
