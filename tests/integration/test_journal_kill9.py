@@ -59,6 +59,9 @@ def test_kill_9_under_load_then_restart_loses_nothing_acknowledged(
     assert len(acknowledged) == REQUESTS
     left = list(journal_dir(home).rglob("*.jnl"))
     assert any(p.stat().st_size for p in left), "the kill came after everything was stored"
+    journaled = b"".join(p.read_bytes() for p in left)
+    assert b"MRN-" not in journaled  # journaled de-identified: patients as pseudonyms
+    assert b"k9-" not in journaled  # and a caller's request ids keyed
 
     restarted = start_server(home, workers=2)  # the workers replay what the dead ones left
     assert restarted.stop() == 0  # a clean stop: everything written

@@ -174,6 +174,13 @@ class VerifyResult:
     checked: int
     first_bad_seq: int | None = None
     reason: str = ""
+    # entries that record a loss the chain could not avoid (fail open, a damaged journal, a
+    # queue overflow): (seq, action, detail). The chain is whole; these say where it is not
+    # the whole story.
+    gaps: list[tuple[int, str, str]] = field(default_factory=list)
+
+
+GAP_ACTIONS = frozenset({"audit_gap", "audit_overflow", "journal_skipped", "monitoring.log_gap"})
 
 
 def _loss_marker(action: str, detail: str) -> AuditEntry:
@@ -767,6 +774,7 @@ class AuditLog:
         checked = 0
         sealed_from: int | None = None
         anchored: str | None = None
+        gaps: list[tuple[int, str, str]] = []
         if anchor is not None:
             self._check_anchor(anchor)
         with self.engine.connect() as conn:
@@ -802,6 +810,8 @@ class AuditLog:
                     return VerifyResult(False, checked, seq, reason)
                 if row_hash(row, prev, sealer) != row["hash"]:
                     return VerifyResult(False, checked, seq, f"entry {seq} was modified")
+                if row["action"] in GAP_ACTIONS:
+                    gaps.append((seq, str(row["action"]), str(row["detail"] or "")))
                 if anchor is not None and seq == anchor["seq"]:
                     anchored = row["hash"]
                 prev = row["hash"]
@@ -817,7 +827,7 @@ class AuditLog:
             if anchored != anchor["hash"]:
                 reason = f"entry {anchor['seq']} is not the one anchored"
                 return VerifyResult(False, checked, int(anchor["seq"]), reason)
-        return VerifyResult(True, checked)
+        return VerifyResult(True, checked, gaps=gaps)
 
     def _check_anchor(self, anchor: dict[str, Any]) -> None:
         secret = self.keys.keys.get(str(anchor.get("key"))) if self.keys is not None else None

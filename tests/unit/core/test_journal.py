@@ -203,7 +203,9 @@ def test_a_damaged_audit_journal_leaves_a_gap_marker(tmp_path: Path, registry: R
     gaps = [e for e in second.entries() if e["action"] == "audit_gap"]
     assert len(gaps) == 1
     assert "unreadable bytes" in gaps[0]["detail"]
-    assert second.verify().ok  # the loss is recorded, and the chain is whole
+    result = second.verify()
+    assert result.ok  # the loss is recorded, and the chain is whole
+    assert [action for _, action, _ in result.gaps] == ["audit_gap"]  # and verify reports it
 
 
 def _event(request_id: str, patient: str | None = None) -> PredictionEvent:

@@ -101,6 +101,9 @@ def test_overflow_is_recorded_in_the_chain_when_failing_open(registry: Registry)
     assert [r["action"] for r in rows] == ["predict"] * 3 + ["audit_overflow"]
     assert "2 audit entries of answered requests were lost" in rows[-1]["detail"]
     assert "fail_open" in rows[-1]["detail"]
+    verified = CliRunner().invoke(app, ["audit", "verify"])
+    assert verified.exit_code == 0, verified.output
+    assert "recorded loss at entry 4 (audit_overflow): 2 audit entries" in verified.output
 
 
 def test_a_full_queue_refuses_when_failing_closed(registry: Registry) -> None:

@@ -168,6 +168,8 @@ def audit_verify(
         raise fail(exc) from exc
     if result.ok:
         console.print(f"[green]audit trail intact[/]: {result.checked} entries verified")
+        for seq, action, detail in result.gaps:  # losses recorded in the chain: not tampering
+            console.print(f"[yellow]recorded loss[/] at entry {seq} ({action}): {detail}")
         return
     err_console.print(
         f"[bold red]audit trail BROKEN at entry {result.first_bad_seq}[/]: {result.reason} "
