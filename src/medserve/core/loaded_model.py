@@ -14,6 +14,7 @@ from medserve.core.registry.entities import ModelVersion
 from medserve.core.registry.signature import Signature, Validator
 from medserve.core.runtimes.base import Runtime, RuntimeMetadata
 from medserve.core.runtimes.loader import load_runtime
+from medserve.core.store.governance import GovernanceStore
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,45 @@ class BatchingConfig:
         )
 
 
+@dataclass(frozen=True)
+class OperatingPoint:
+    """Where a binary classifier says "positive": the version's recorded threshold on the
+    positive class's probability (chosen at training, shown on the card). The served label
+    follows it, so the label a clinician sees is the one the card's sensitivity describes."""
+
+    threshold: float
+    positive_class: str | None = None  # None: the second class, as scikit-learn orders them
+    source: str = "training record"
+
+    def to_dict(self, positive_class: str | None) -> dict[str, Any]:
+        return {"value": self.threshold, "positive_class": positive_class, "source": self.source}
+
+
+def operating_point_of(
+    version: ModelVersion, training_run: dict[str, Any] | None
+) -> OperatingPoint | None:
+    """The version's operating point: ``serving_config["threshold"]`` when an operator set one,
+    else the threshold of its training record; None when neither exists (labels as the runtime
+    gives them)."""
+    configured = version.serving_config.get("threshold")
+    if configured is not None:
+        positive = version.serving_config.get("positive_class")
+        return OperatingPoint(
+            float(configured), str(positive) if positive is not None else None, "serving config"
+        )
+    if not training_run:
+        return None
+    recorded = training_run.get("threshold") or {}
+    value = recorded.get("value")
+    if value is None or recorded.get("method") == "not applicable":
+        return None
+    positive = (training_run.get("outcome") or {}).get("positive_label")
+    method = recorded.get("method") or "recorded"
+    return OperatingPoint(
+        float(value), str(positive) if positive is not None else None, f"training: {method}"
+    )
+
+
 @runtime_checkable
 class MemberReporting(Protocol):
     """A runtime made of other models (an ensemble) that reports each member in records."""
@@ -51,6 +91,7 @@ class LoadedModel:
     runtime: Runtime
     signature: Signature
     metadata: RuntimeMetadata
+    operating_point: OperatingPoint | None = None
     validator: Validator = field(init=False)
     batching: BatchingConfig | None = field(init=False)
     class_keys: list[str] | None = field(init=False)
@@ -63,6 +104,27 @@ class LoadedModel:
         self.class_keys = [str(_plain(c)) for c in labels] if labels is not None else None
         # decided once here, so other models pay nothing per row
         self.members = self.runtime if isinstance(self.runtime, MemberReporting) else None
+        self.threshold: float | None = None
+        self.positive_class: str | None = None
+        self.decision: dict[str, Any] | None = None  # named in every answer
+        point = self.operating_point
+        keys = self.class_keys
+        if point is not None and self.is_classifier and keys is not None and len(keys) == 2:
+            positive = _matching_key(point.positive_class, keys) if point.positive_class else None
+            if point.positive_class is not None and positive is None:
+                raise ModelLoadError(
+                    f"model {self.name!r} version {self.number}: its operating point names "
+                    f"positive class {point.positive_class!r}, not one of {keys}"
+                )
+            index = keys.index(positive) if positive is not None else 1
+            assert labels is not None
+            classes = np.asarray(labels)
+            self._positive_index = index
+            # label per row: classes[index] where p >= threshold, else the other class
+            self._labels_by_decision = classes[[1 - index, index]]
+            self.threshold = point.threshold
+            self.positive_class = keys[index]
+            self.decision = point.to_dict(keys[index])
 
     @property
     def name(self) -> str:
@@ -77,7 +139,11 @@ class LoadedModel:
         return self.metadata.task == "classification"
 
     def predict(self, X: np.ndarray) -> dict[str, np.ndarray]:
-        return self.runtime.predict(X)
+        outputs = self.runtime.predict(X)
+        if self.threshold is not None:
+            positive = outputs["probabilities"][:, self._positive_index] >= self.threshold
+            outputs["label"] = self._labels_by_decision[positive.astype(np.intp)]
+        return outputs
 
     def predict_records(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
         """Validate and predict records synchronously (CLI and tests; the server batches)."""
@@ -90,6 +156,8 @@ class LoadedModel:
             "version": self.number,
             "predictions": self.records_predictions(outputs),
         }
+        if self.decision is not None:
+            response["threshold"] = self.decision
         if self.members is not None:
             response["ensemble"] = self.members.combiner_summary()
         return response
@@ -117,8 +185,29 @@ def _plain(value: Any) -> Any:
     return value.item() if isinstance(value, np.generic) else value
 
 
+def _matching_key(wanted: str, keys: list[str]) -> str | None:
+    """``wanted`` among the class keys, also as a number (a label 1 recorded for classes 1.0)."""
+    if wanted in keys:
+        return wanted
+    try:
+        number = float(wanted)
+    except ValueError:
+        return None
+    for key in keys:
+        try:
+            if float(key) == number:
+                return key
+        except ValueError:
+            continue
+    return None
+
+
 def load_version(
-    artifacts: ArtifactStore, version: ModelVersion, *, intra_op_threads: int = 1
+    artifacts: ArtifactStore,
+    version: ModelVersion,
+    *,
+    intra_op_threads: int = 1,
+    operating_point: OperatingPoint | None = None,
 ) -> LoadedModel:
     """Load one version into its runtime, verifying the artifact's sha256 first."""
     try:
@@ -132,7 +221,7 @@ def load_version(
             artifacts=artifacts,  # ensembles load their members from the store
         )
         signature = Signature.model_validate(version.signature)
-        return LoadedModel(version, runtime, signature, runtime.metadata())
+        return LoadedModel(version, runtime, signature, runtime.metadata(), operating_point)
     except MedserveError as exc:
         raise ModelLoadError(
             f"model {version.model_name!r} version {version.version} failed to load: {exc.message}"
@@ -147,5 +236,14 @@ def load_version(
 def load_version_locally(registry: Any, version: ModelVersion) -> LoadedModel:
     """Load a version in-process (``medserve predict``), with the same checks as the server."""
     return load_version(
-        registry.artifacts, version, intra_op_threads=registry.settings.onnx_intra_op_threads
+        registry.artifacts,
+        version,
+        intra_op_threads=registry.settings.onnx_intra_op_threads,
+        operating_point=operating_point_in(registry.store, version),
     )
+
+
+def operating_point_in(store: Any, version: ModelVersion) -> OperatingPoint | None:
+    """The version's operating point read from the store (its training record)."""
+    record = GovernanceStore(store).training_run(version.model_name, version.version)
+    return operating_point_of(version, record)

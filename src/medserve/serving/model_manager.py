@@ -20,7 +20,7 @@ from medserve.core.errors import (
     MedserveError,
     ModelUnavailableError,
 )
-from medserve.core.loaded_model import LoadedModel, load_version
+from medserve.core.loaded_model import LoadedModel, load_version, operating_point_in
 from medserve.core.registry.signature import Signature
 from medserve.core.store.base import RegistryStore
 
@@ -91,7 +91,10 @@ class ModelManager:
                 try:
                     version = self.store.get_version(*key)
                     loaded[key] = load_version(
-                        self.artifacts, version, intra_op_threads=self.intra_op_threads
+                        self.artifacts,
+                        version,
+                        intra_op_threads=self.intra_op_threads,
+                        operating_point=operating_point_in(self.store, version),
                     )
                     failed.pop(key, None)
                 except MedserveError as exc:
@@ -115,7 +118,10 @@ class ModelManager:
         if current == model.version:
             return model
         signature = Signature.model_validate(current.signature)
-        return dataclasses.replace(model, version=current, signature=signature)
+        point = operating_point_in(self.store, current)  # a threshold set in the config
+        return dataclasses.replace(
+            model, version=current, signature=signature, operating_point=point
+        )
 
     # -- lookup ---------------------------------------------------------------------------
     def cached(self, name: str, ref: str) -> LoadedModel | None:
@@ -165,7 +171,10 @@ class ModelManager:
             model = self._loaded.get(key)
             if model is None:
                 model = load_version(
-                    self.artifacts, version, intra_op_threads=self.intra_op_threads
+                    self.artifacts,
+                    version,
+                    intra_op_threads=self.intra_op_threads,
+                    operating_point=operating_point_in(self.store, version),
                 )
                 self._loaded = {**self._loaded, key: model}
             self._explicit[key] = None

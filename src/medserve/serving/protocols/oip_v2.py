@@ -273,6 +273,12 @@ def build_infer_response(
     parameters = body.get("parameters")
     if isinstance(parameters, dict) and parameters:
         response["parameters"] = parameters
+    if model.decision is not None:  # the label's operating point, named in every answer
+        response["parameters"] = {
+            **response.get("parameters", {}),
+            "threshold": model.threshold,
+            "positive_class": model.positive_class,
+        }
     return response
 
 
