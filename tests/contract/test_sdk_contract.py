@@ -123,7 +123,10 @@ def test_infer_with_raw_v2_inputs_and_parameters(client: Client, reference: Any)
     X = reference.matrix(BC, 2)
     raw = [{"name": "input", "shape": [2, 30], "datatype": "FP32", "data": X.ravel().tolist()}]
     reply = client.infer(BC, raw, parameters={"trace": "abc"})
-    assert reply.parameters == {"trace": "abc"}
+    assert reply.parameters["trace"] == "abc"  # the caller's parameters come back
+    # with the label's operating point (the demo model's training chose it)
+    assert 0 < reply.parameters["threshold"] < 1
+    assert reply.parameters["positive_class"] in {"malignant", "benign"}
     assert reply.as_numpy("probabilities").shape == (2, 2)
 
 

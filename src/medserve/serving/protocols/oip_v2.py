@@ -127,6 +127,16 @@ def _tensor(raw: Any, index: int, binary: _BinaryReader | None = None) -> tuple[
         data = raw.get("data")
         if not isinstance(data, list):
             raise _bad(f"{where}.data", "required", "data must be a (flat or nested) list")
+        if dtype is not object and dtype is not np.bool_:
+            integral = np.issubdtype(dtype, np.integer)
+            if not _numbers_only(data, _INTEGER_TYPES if integral else _NUMBER_TYPES):
+                kind = "whole numbers" if integral else "numbers"
+                raise _bad(
+                    f"{where}.data",
+                    "type",
+                    f"{datatype} data must hold {kind}: strings and booleans are not read as "
+                    "numbers (the records API's rule)",
+                )
         try:
             array = np.asarray(data, dtype=dtype)
         except (ValueError, TypeError, OverflowError) as exc:
@@ -148,6 +158,17 @@ def _tensor(raw: Any, index: int, binary: _BinaryReader | None = None) -> tuple[
 
 
 _FLOAT_TENSORS = frozenset({"FP32", "FP64"})
+_NUMBER_TYPES = frozenset({int, float, type(None)})  # null: missing, as in records
+_INTEGER_TYPES = frozenset({int})
+
+
+def _numbers_only(data: list[Any], allowed: frozenset[type]) -> bool:
+    """Whether a (flat or nested) JSON list holds only values of ``allowed`` types:
+    ``np.asarray(..., float)`` would read ``"1.5"`` and ``true`` as numbers (and an integer
+    tensor would truncate 1.5), which the records API rightly refuses."""
+    if not data or type(data[0]) is not list:
+        return set(map(type, data)) <= allowed
+    return all(type(part) is list and _numbers_only(part, allowed) for part in data)
 
 
 def _float_columns(model: LoadedModel, inputs: list[Any]) -> np.ndarray | None:
@@ -174,6 +195,8 @@ def _float_columns(model: LoadedModel, inputs: list[Any]) -> np.ndarray | None:
             if rows >= 0:
                 return None
             rows = n
+        if not set(map(type, data)) <= _NUMBER_TYPES:  # the general path says what is wrong
+            return None
         columns[j] = data
     if rows <= 0:
         return None
