@@ -75,6 +75,18 @@ def test_bytes_that_are_not_dicom_are_unsupported_media() -> None:
         read_png(b"GIF89a....")
 
 
+def test_a_truncated_or_corrupt_dicom_file_is_422_not_415() -> None:
+    """Neither is a question of media type: the file is DICOM, and damaged."""
+    whole = ct_with_phi()
+    with pytest.raises(ValidationFailedError) as short_pixels:
+        read_dicom(whole[: len(whole) - 4000], modalities=["CT"], salt=SALT)  # cut in PixelData
+    assert short_pixels.value.details[0]["field"] == "PixelData"
+    assert "truncated or corrupt" in short_pixels.value.message
+    with pytest.raises(ValidationFailedError) as cut_header:
+        read_dicom(whole[:400], modalities=["CT"], salt=SALT)  # cut inside the header
+    assert "truncated or corrupt" in cut_header.value.message
+
+
 def test_ct_window_maps_hounsfield_units_to_unit_range() -> None:
     spec = ImagePreprocessing(
         size=(2, 3), window=Window(center=40, width=400), class_labels=["a", "b"], mean=0, std=1

@@ -81,6 +81,7 @@ def _read_dicom(
 
     # lazy import (optional extra: pydicom)
     from pydicom.pixels.processing import apply_modality_lut  # noqa: PLC0415
+    from pydicom.uid import RLELossless  # noqa: PLC0415 (optional extra: pydicom)
 
     # pydicom warns and logs a value that breaks its VR's rules, value included (a UID that
     # holds a name, an over-long id): read without value validation, so nothing of the header
@@ -89,6 +90,10 @@ def _read_dicom(
     try:
         ds = pydicom.dcmread(io.BytesIO(raw), force=False)
     except (InvalidDicomError, EOFError, ValueError, KeyError, TypeError, OSError) as exc:
+        if raw[128:132] == b"DICM":  # a DICOM file, damaged: not a question of media type
+            raise _refuse(
+                "body", "corrupt", "the DICOM file is truncated or corrupt: it cannot be parsed"
+            ) from exc
         raise UnsupportedMediaTypeError(
             "the body is not a readable DICOM Part 10 file (a 128-byte preamble then 'DICM')"
         ) from exc
@@ -96,7 +101,11 @@ def _read_dicom(
     sop_class = ds.get("SOPClassUID")
     sop_name = getattr(sop_class, "name", None) or "unknown SOP class"
     if sop_class is None:
-        raise _refuse("SOPClassUID", "required", "the DICOM object has no SOP Class UID")
+        raise _refuse(
+            "SOPClassUID",
+            "required",
+            "the DICOM object has no SOP Class UID: it is incomplete (truncated or corrupt?)",
+        )
     if "PixelData" not in ds:
         raise _refuse(
             "PixelData",
@@ -114,10 +123,18 @@ def _read_dicom(
     frames = int(ds.get("NumberOfFrames", 1) or 1)
     if frames != 1:
         raise _refuse("NumberOfFrames", "maximum", f"send one frame; the object has {frames}")
+    syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    readable = syntax is None or not syntax.is_compressed or syntax == RLELossless
     try:
         array = ds.pixel_array
     except Exception as exc:  # missing decoder plugins raise a variety of errors
-        syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+        if readable:  # a syntax medserve decodes: the data itself is short or damaged
+            raise _refuse(
+                "PixelData",
+                "corrupt",
+                "the pixel data is truncated or corrupt (shorter than its rows, columns and "
+                "bits allocated say, or not decodable)",
+            ) from exc
         name = getattr(syntax, "name", "an unknown transfer syntax")
         raise UnsupportedMediaTypeError(
             f"cannot decode pixel data encoded as {name}; send uncompressed or RLE DICOM"
