@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -151,6 +152,15 @@ class TcpProxy:
         self.cut()
         self._listener.close()
         self._thread.join()
+
+
+def writable_demo_home(demo_home: Path, target: Path) -> tuple[Path, dict[str, float]]:
+    """A writable copy of the session's demo home at ``target`` and one breast-cancer record."""
+    from medserve.faces.demo.data import breast_cancer_frame
+
+    shutil.copytree(demo_home, target, ignore=shutil.ignore_patterns("*.log", "prometheus"))
+    frame, _ = breast_cancer_frame()
+    return target, {str(k): float(v) for k, v in frame.iloc[0].to_dict().items()}
 
 
 def free_port() -> int:

@@ -5,13 +5,12 @@ resumes; every prediction answered 200 is then in the audit trail and the predic
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-from tests.support import fill_disk, small_tmpfs, start_server, wait_for
+from tests.support import fill_disk, small_tmpfs, start_server, wait_for, writable_demo_home
 
 from medserve.core.audit import AuditLog, load_audit_keys
 from medserve.core.context import stored_request_id
@@ -19,7 +18,6 @@ from medserve.core.phi import load_or_create_salt
 from medserve.core.registry.service import Registry
 from medserve.core.settings import Settings
 from medserve.core.store.monitoring import MonitoringStore
-from medserve.faces.demo.data import breast_cancer_frame
 
 MODEL = "breast-cancer"
 
@@ -33,10 +31,7 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
 def test_a_full_home_refuses_until_there_is_room_and_loses_nothing(
     demo_home: Path, small_disk: Path
 ) -> None:
-    home = small_disk / "home"
-    shutil.copytree(demo_home, home, ignore=shutil.ignore_patterns("*.log", "prometheus"))
-    frame, _ = breast_cancer_frame()
-    row = {k: float(v) for k, v in frame.iloc[0].to_dict().items()}
+    home, row = writable_demo_home(demo_home, small_disk / "home")
     server = start_server(home, workers=2)
     statuses: dict[str, int] = {}
     try:

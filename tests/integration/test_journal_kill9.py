@@ -5,14 +5,13 @@ workers' journals are replayed), and the chain verifies."""
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
-from tests.support import start_server
+from tests.support import start_server, writable_demo_home
 
 from medserve.core.audit import AuditLog, load_audit_keys
 from medserve.core.context import stored_request_id
@@ -21,7 +20,6 @@ from medserve.core.phi import load_or_create_salt
 from medserve.core.registry.service import Registry
 from medserve.core.settings import Settings
 from medserve.core.store.monitoring import MonitoringStore
-from medserve.faces.demo.data import breast_cancer_frame
 
 MODEL = "breast-cancer"
 REQUESTS = 400
@@ -31,10 +29,7 @@ CALLERS = 8
 def test_kill_9_under_load_then_restart_loses_nothing_acknowledged(
     demo_home: Path, tmp_path: Path
 ) -> None:
-    home = tmp_path / "home"
-    shutil.copytree(demo_home, home, ignore=shutil.ignore_patterns("*.log", "prometheus"))
-    frame, _ = breast_cancer_frame()
-    row = {k: float(v) for k, v in frame.iloc[0].to_dict().items()}
+    home, row = writable_demo_home(demo_home, tmp_path / "home")
     # a writer interval long enough that the store holds almost none of it when the kill comes
     env = {"MEDSERVE_MONITOR_FLUSH_INTERVAL_S": "30"}
     server = start_server(home, workers=2, env=env)

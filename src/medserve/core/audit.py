@@ -52,7 +52,14 @@ from sqlalchemy.exc import OperationalError
 from medserve.core import metrics
 from medserve.core.crypto import Keyring
 from medserve.core.errors import AuditUnavailableError, MedserveError, StoreError
-from medserve.core.journal import Journal, JournalError, Orphan, record_progress, replay_orphans
+from medserve.core.journal import (
+    Journal,
+    JournalError,
+    Orphan,
+    failure_of,
+    record_progress,
+    replay_orphans,
+)
 from medserve.core.patients import PatientKeys
 from medserve.core.phi import PSEUDONYM_PREFIX as PSEUDONYM
 from medserve.core.store.schema import registry_outbox
@@ -596,11 +603,8 @@ class AuditLog:
 
     @property
     def failure(self) -> str | None:
-        """Why the trail cannot be written now (the store, or the journal before it), or None:
-        fail closed refuses predictions and readiness while it is set."""
-        if self.journal is not None and self.journal.failure is not None:
-            return self.journal.failure
-        return self._store_failure
+        """Why the trail cannot be written now (see ``core.journal.failure_of``), or None."""
+        return failure_of(self.journal, self._store_failure)
 
     def _replay_quietly(self) -> None:
         """Replay stopped workers' journals; on failure (the store is down) try again at the

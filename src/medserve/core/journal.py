@@ -218,6 +218,14 @@ class Journal:
                 os.fsync(self._fd)
 
 
+def failure_of(journal: Journal | None, store_failure: str | None) -> str | None:
+    """Why a journaled writer cannot record now: its journal first, then its store (None: it
+    can). Fail closed refuses predictions and readiness while this is set."""
+    if journal is not None and journal.failure is not None:
+        return journal.failure
+    return store_failure
+
+
 # -- progress ---------------------------------------------------------------------------------
 def record_progress(conn: Connection, stream: str, journal: str, upto: int) -> None:
     """In the writer's transaction: records up to ``upto`` of ``journal`` are stored."""
