@@ -633,7 +633,7 @@ def _hook_call(s: Served) -> None:
     card = _hook_card(s)
     assert card["indicator"] in {"info", "warning", "critical"}
     assert card["summary"]
-    assert card["source"]["url"].endswith(f"/v1/models/{CARDIO}/versions/1/card?format=html")
+    assert "url" not in card["source"]  # absolute links only with MEDSERVE_PUBLIC_URL
     unknown = s.post("/cds-services/no-such-service", json=example_hook_request())
     assert unknown.status_code == 404
     assert set(unknown.json()) >= {"error", "code"}
@@ -642,7 +642,16 @@ def _hook_call(s: Served) -> None:
 @covers("POST", "/cds-services/{service_id}/feedback")
 def _hook_feedback(s: Served) -> None:
     card = _hook_card(s)["uuid"]
-    feedback = {"feedback": [{"card": card, "outcome": "accepted", "acceptedSuggestions": []}]}
+    feedback = {
+        "feedback": [
+            {
+                "card": card,
+                "outcome": "accepted",
+                "acceptedSuggestions": [],
+                "outcomeTimestamp": datetime.now(UTC).isoformat(),
+            }
+        ]
+    }
     response = s.post(f"/cds-services/{CARDIO}/feedback", json=feedback)
     assert response.status_code == 200, response.text
     assert response.json() == {"stored": 1}

@@ -277,8 +277,9 @@ def test_cds_discovery_lists_the_service_with_prefetch(server: ServerProcess) ->
     assert service["description"]
     prefetch = service["prefetch"]
     assert prefetch["patient"] == "Patient/{{context.patientId}}"
-    assert "http://loinc.org|14749-6" in prefetch["obs-glucose"]
-    assert "http://loinc.org|85354-9" in prefetch["obs-systolic_bp"]  # the BP panel too
+    assert prefetch["obs-glucose"].startswith("Observation?patient={{context.patientId}}&")
+    assert "http://loinc.org%7C14749-6" in prefetch["obs-glucose"]  # '|' encoded in a URL
+    assert "http://loinc.org%7C85354-9" in prefetch["obs-systolic_bp"]  # the BP panel too
     assert prefetch["cond-hypertension"].startswith("Condition?patient={{context.patientId}}")
 
 
@@ -295,14 +296,19 @@ def test_hook_call_with_prefetch_returns_a_card(server: ServerProcess) -> None:
     assert len(card["summary"]) < 140
     assert card["indicator"] in {"info", "warning", "critical"}
     assert card["source"]["label"]
-    assert card["source"]["url"].endswith(f"/v1/models/{MODEL}/versions/1/card?format=html")
+    # no MEDSERVE_PUBLIC_URL: no link (an absolute one would come from the Host header)
+    assert "url" not in card["source"]
     plain = _predict(server, example_bundle(), FHIR).json()["predictions"][0]
     probability = plain["probabilities"]["1"]
     expected = "info" if probability < 0.1 else "warning" if probability < 0.3 else "critical"
     assert card["indicator"] == expected
     assert f"{probability:.0%}" in card["summary"]
     assert "raised the risk" in card["detail"]
-    card_page = httpx.get(card["source"]["url"], headers=server.headers, timeout=30)
+    card_page = httpx.get(
+        f"{server.url}/v1/models/{MODEL}/versions/1/card?format=html",
+        headers=server.headers,
+        timeout=30,
+    )
     assert card_page.status_code == 200
     audit = httpx.get(
         f"{server.url}/v1/audit",
@@ -336,7 +342,13 @@ def test_absent_prefetch_fetched_from_an_allowed_fhir_server(
         "hook": "patient-view",
         "hookInstance": "b3f9c0a4-0000-4000-8000-000000000001",
         "fhirServer": fhir_server,
-        "fhirAuthorization": {"access_token": "loopback-token", "token_type": "Bearer"},
+        "fhirAuthorization": {
+            "access_token": "loopback-token",
+            "token_type": "Bearer",
+            "expires_in": 300,
+            "scope": "user/Patient.read user/Observation.read user/Condition.read",
+            "subject": "medserve",
+        },
         "context": {"userId": "Practitioner/example", "patientId": "fetched-1"},
     }
     response = _call(server, request)
@@ -384,11 +396,23 @@ def test_feedback_stored_counted_and_deidentified(server: ServerProcess) -> None
     feedback["feedback"][0]["overrideReason"]["userComment"] = (
         "Discussed with Dr. Alan Whitfield; patient: Maria Gonzalez, MRN 4455667, call 617-555-0199"
     )
-    accepted = {"feedback": [{"card": card, "outcome": "accepted", "acceptedSuggestions": []}]}
+    when = "2026-11-30T10:05:00Z"
+    accepted = {
+        "feedback": [
+            {
+                "card": card,
+                "outcome": "accepted",
+                "acceptedSuggestions": [],
+                "outcomeTimestamp": when,
+            }
+        ]
+    }
     url = f"{server.url}/cds-services/{MODEL}/feedback"
     assert httpx.post(url, json=feedback, headers=server.headers, timeout=30).status_code == 200
     assert httpx.post(url, json=accepted, headers=server.headers, timeout=30).status_code == 200
-    unknown = {"feedback": [{"card": "not-a-card", "outcome": "accepted"}]}
+    unknown = {
+        "feedback": [{"card": "not-a-card", "outcome": "overridden", "outcomeTimestamp": when}]
+    }
     assert httpx.post(url, json=unknown, headers=server.headers, timeout=30).status_code == 404
     bad = {"feedback": [{"card": card, "outcome": "ignored"}]}
     response = httpx.post(url, json=bad, headers=server.headers, timeout=30)

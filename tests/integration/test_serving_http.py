@@ -99,12 +99,25 @@ def test_v2_matrix_infer_matches_sklearn(
     out = response.json()
     assert out["id"] == "abc-123"
     assert out["model_name"] == "breast-cancer-rf"
-    assert out["parameters"] == {"trace": "t1"}
+    parameters = out["parameters"]
+    assert parameters["trace"] == "t1"  # the caller's, with the label's operating point
     tensors = {t["name"]: t for t in out["outputs"]}
     assert tensors["label"]["datatype"] == "BYTES"
-    assert tensors["label"]["data"] == list(demo.estimator.predict(demo.frame.iloc[:5]))
     probs = np.asarray(tensors["probabilities"]["data"]).reshape(tensors["probabilities"]["shape"])
     np.testing.assert_allclose(probs, demo.estimator.predict_proba(demo.frame.iloc[:5]), atol=1e-5)
+    assert tensors["label"]["data"] == _at_threshold(
+        demo.estimator, probs, parameters["threshold"], parameters["positive_class"]
+    )
+
+
+def _at_threshold(
+    estimator: Any, probabilities: np.ndarray, threshold: float, positive: str
+) -> list[str]:
+    """The labels the card's operating threshold gives (not scikit-learn's argmax)."""
+    classes = [str(c) for c in estimator.classes_]
+    i = classes.index(positive)
+    other = classes[1 - i]
+    return [positive if p[i] >= threshold else other for p in np.asarray(probabilities)]
 
 
 def test_v2_per_feature_tensors_and_output_selection(
@@ -142,9 +155,9 @@ def test_records_predict_matches_sklearn(
     assert isinstance(body["version"], int)
     expected = demo.estimator.predict_proba(demo.frame.iloc[:4])
     classes = list(demo.estimator.classes_)
-    for pred, exp, label in zip(
-        body["predictions"], expected, demo.estimator.predict(demo.frame.iloc[:4]), strict=True
-    ):
+    point = body["threshold"]  # the label follows the version's operating threshold
+    labels = _at_threshold(demo.estimator, expected, point["value"], point["positive_class"])
+    for pred, exp, label in zip(body["predictions"], expected, labels, strict=True):
         assert pred["label"] == label
         np.testing.assert_allclose([pred["probabilities"][c] for c in classes], exp, atol=1e-5)
 

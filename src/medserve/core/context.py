@@ -85,6 +85,9 @@ class RequestContext:
     # The time medserve put in ``request_id`` when it made the id (µs); None for a caller's own
     # id. Saves the prediction log parsing every id to learn whether it carries its time.
     id_time_us: int | None = None
+    # One patient per input row, where one request scores several (a FHIR Bundle of several
+    # Patients): raw like ``patient_id``; the prediction log pseudonymizes each row's own.
+    patient_ids: tuple[str, ...] | None = None
 
 
 def local_context(protocol: str = "python") -> RequestContext:

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Protocol
 import numpy as np
 
 from medserve.core.context import Principal, RequestContext
+from medserve.core.registry.signature import imputed_counts
 
 if TYPE_CHECKING:
     from medserve.core.loaded_model import LoadedModel
@@ -29,6 +30,13 @@ class PredictionEvent:
     inputs: np.ndarray  # the validated model matrix, one row per instance
     outputs: dict[str, np.ndarray]
     latency_s: float
+
+    @property
+    def missing(self) -> np.ndarray | None:
+        """Per feature, the values that arrived missing and were imputed into ``inputs`` by
+        the validator (``None``: none were). ``inputs`` holds the imputed values, so this is
+        how monitoring sees the missingness of what was sent."""
+        return imputed_counts(self.inputs)
 
     @property
     def prediction_ids(self) -> list[str]:

@@ -49,13 +49,25 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
 from medserve.core import metrics
-from medserve.core.context import now_us, request_id_time_us, stored_request_id
+from medserve.core.context import (
+    RequestContext,
+    now_us,
+    request_id_time_us,
+    stored_request_id,
+)
 from medserve.core.errors import StoreError
 from medserve.core.events import PredictionEvent, RefusalEvent
-from medserve.core.journal import Journal, JournalError, Orphan, record_progress, replay_orphans
+from medserve.core.journal import (
+    Journal,
+    JournalError,
+    Orphan,
+    failure_of,
+    record_progress,
+    replay_orphans,
+)
 from medserve.core.monitoring_config import MonitoringSettings
 from medserve.core.phi import deidentify_text, pseudonymize
-from medserve.core.registry.signature import Signature
+from medserve.core.registry.signature import Signature, imputed_counts
 from medserve.core.store.outbox import record_change
 from medserve.core.store.tables_monitoring import (
     PACKED_SPAN_S,
@@ -104,7 +116,8 @@ def carries_time(request_id: str, at_us: int, made_us: int | None = None) -> boo
 SignatureLookup = Callable[[str, int], Signature | None]
 # One prediction as logged, de-identified (what the journal holds and packs are made of):
 # [model, version, request id as stored, its time (µs) where medserve made it, log time (µs),
-#  patient pseudonym, site, latency (ms), input rows as encoded, outputs, rows]
+#  patient pseudonym, site, latency (ms), input rows as encoded, outputs, rows,
+#  values imputed per feature or None (absent from records journaled before it was added)]
 LogRecord = list[Any]
 Pack = tuple[dict[str, Any], set[str]]  # a mon_prediction_batches row and the ids to index
 Bundle = tuple[list[Pack], int, int]  # the packs of one queue slice, their rows, newest record
@@ -275,11 +288,8 @@ class PredictionLog:
 
     @property
     def failure(self) -> str | None:
-        """Why the log cannot be written now (the store, or the journal before it), or None:
-        fail closed refuses predictions and readiness while it is set."""
-        if self.journal is not None and self.journal.failure is not None:
-            return self.journal.failure
-        return self._store_failure
+        """Why the log cannot be written now (see ``core.journal.failure_of``), or None."""
+        return failure_of(self.journal, self._store_failure)
 
     def on_prediction(self, event: PredictionEvent) -> None:
         rows = event.inputs.shape[0]
@@ -312,12 +322,14 @@ class PredictionLog:
             stored_request_id(context.request_id, context.id_time_us, self.salt),
             context.id_time_us,
             at_us,
-            self._patient(patient) if patient else None,
+            self._patients_of(context, event.inputs.shape[0])
+            or (self._patient(patient) if patient else None),
             self._site(site) if site else None,
             event.latency_s * 1000.0,
             self._encoder(event.model, event.version)(event.inputs),
             event.outputs,
             event.inputs.shape[0],
+            imputed_counts(event.inputs),  # what arrived missing (inputs hold imputed values)
         ]
 
     def _hurry(self) -> None:
@@ -525,6 +537,13 @@ class PredictionLog:
             token = self._patients[patient_id] = pseudonymize(patient_id, salt=self.salt)
         return token
 
+    def _patients_of(self, context: RequestContext, rows: int) -> list[str] | None:
+        """One pseudonym per row where the request names a patient per row (several rows)."""
+        per_row = context.patient_ids
+        if per_row is None or rows < 2 or len(per_row) != rows:
+            return None
+        return [self._patient(p) for p in per_row]
+
     def _site(self, value: str) -> str:
         """A registered site code as sent; anything else as a keyed pseudonym."""
         if value in self._sites:
@@ -550,8 +569,10 @@ class PredictionLog:
         else:  # a request's rows share its id (with the row number), time, patient and site
             ids = [f"{rid}-{i}" for rid, n in zip(rids, sizes, strict=True) for i in range(n)]
             times = _repeat(stamps, sizes)
-            patients, sites, latency = (_repeat(c, sizes) for c in (patients, sites, latency))
+            sites, latency = (_repeat(c, sizes) for c in (sites, latency))
+            patients = _per_row(patients, sizes)
         inputs = _stack([r[8] for r in records])
+        missing = _missing_cells(records, sizes)
         numeric = type(inputs) is np.ndarray
         outputs = [r[9] for r in records]
         row = {
@@ -569,6 +590,7 @@ class PredictionLog:
             "inputs_npy": npy_bytes(inputs) if numeric else None,
             "outputs": dumps(output_columns(outputs, sizes)).decode(),
             "latency_ms": dumps(latency).decode(),
+            "missing": dumps(missing).decode() if missing else None,
         }
         return row, by_id
 
@@ -638,8 +660,34 @@ class PredictionLog:
                 )
 
 
+def _missing_cells(records: list[LogRecord], sizes: list[int]) -> list[list[int]]:
+    """``[[row, feature, count], ...]``: ``count`` values of ``feature`` arrived missing in the
+    request whose first row is the pack's ``row`` (its rows share one time, so a time window
+    takes or leaves the count whole). Empty, and costing one pass, when nothing was imputed."""
+    if not any(len(r) > 11 and r[11] is not None for r in records):
+        return []
+    cells: list[list[int]] = []
+    row = 0
+    for record, n in zip(records, sizes, strict=True):
+        counts = record[11] if len(record) > 11 else None
+        if counts is not None:
+            cells.extend([row, j, int(c)] for j, c in enumerate(counts) if c)
+        row += n
+    return cells
+
+
 def _repeat(values: list[Any], sizes: list[int]) -> list[Any]:
     return [value for value, n in zip(values, sizes, strict=True) for _ in range(n)]
+
+
+def _per_row(values: list[Any], sizes: list[int]) -> list[Any]:
+    """``_repeat``, except that a list (one value per row: ``RequestContext.patient_ids``) is
+    spread over its rows as it is."""
+    return [
+        v
+        for value, n in zip(values, sizes, strict=True)
+        for v in (value if type(value) is list else [value] * n)
+    ]
 
 
 def from_us(us: int) -> datetime:

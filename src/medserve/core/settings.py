@@ -166,7 +166,7 @@ class Settings(BaseSettings):
         default=None,
         description=(
             "Base URL clients reach this server at, for links in CDS cards and FHIR resources; "
-            "unset: taken from the request's Host header."
+            "unset: card links (source.url) are left out."
         ),
     )
 

@@ -121,19 +121,28 @@ def test_gate_passes_a_complete_card_meeting_its_criteria(registry: Registry) ->
     assert event.reason.startswith("promotion gate passed")
 
 
-def test_criteria_checks_each_reportable_subgroup_and_skips_flagged_ones() -> None:
+def test_criteria_check_each_subgroup_and_report_flagged_ones_as_not_assessable() -> None:
+    """A subgroup below min_n/min_events is not skipped: unchecked is not passed."""
     result = {
         "metrics": {"auroc": {"value": 0.8, "ci_low": 0.7, "ci_high": 0.9}},
         "subgroups": {
             "sex": [
                 {"level": "f", "n": 90, "flagged": False, "metrics": {"auroc": {"value": 0.82}}},
                 {"level": "m", "n": 80, "flagged": False, "metrics": {"auroc": {"value": 0.66}}},
-                {"level": "x", "n": 3, "flagged": True},
+                {
+                    "level": "x",
+                    "n": 3,
+                    "flagged": True,
+                    "reason": "n=3 is below the minimum of 30: not reported",
+                },
             ]
         },
     }
     problems = check_criteria([{"metric": "auroc", "scope": "each_subgroup", "min": 0.7}], result)
-    assert problems == ["auroc value (sex=m) = 0.6600, required >= 0.7"]
+    assert sorted(problems) == [
+        "auroc (sex=x) is not assessable: n=3 is below the minimum of 30",
+        "auroc value (sex=m) = 0.6600, required >= 0.7",
+    ]
     assert check_criteria([{"metric": "auroc", "statistic": "ci_low", "min": 0.7}], result) == []
     assert check_criteria([{"metric": "auroc"}], result) == [
         "malformed acceptance criterion {'metric': 'auroc'}"

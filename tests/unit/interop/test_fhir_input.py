@@ -161,3 +161,205 @@ def test_risk_bands_must_increase() -> None:
         "moderate",
         "high",
     ]
+
+
+# -- Bundle reference resolution ---------------------------------------------------------------
+
+
+def _from_server(base: str, patient_id: str, glucose_mmol: float) -> list[dict[str, Any]]:
+    """The example patient as server ``base`` would send it: RESTful fullUrls, relative refs."""
+    bundle = example_bundle(patient_id, now=NOW)
+    for entry in bundle["entry"]:
+        resource = entry["resource"]
+        entry["fullUrl"] = f"{base}/{resource['resourceType']}/{resource['id']}"
+        if resource["resourceType"] == "Observation" and resource["code"]["coding"][0]["code"] in (
+            "14749-6",
+        ):
+            resource["valueQuantity"]["value"] = glucose_mmol
+    return list(bundle["entry"])
+
+
+def test_same_id_patients_from_two_servers_are_scored_apart(
+    fmap: FhirMap, signature: Signature
+) -> None:
+    first = _from_server("https://ehr-a.example/fhir", "123", 5.0)
+    second = _from_server("http://ehr-b.example/r4", "123", 9.0)
+    # the second server's resources carry the same logical ids: make them its own
+    for entry in second:
+        entry["resource"] = copy.deepcopy(entry["resource"])
+    bundle = {"resourceType": "Bundle", "type": "collection", "entry": first + second}
+    patients = bundle_to_records(bundle, fmap, signature, as_of=NOW)
+    assert [p.reference for p in patients] == [
+        "https://ehr-a.example/fhir/Patient/123",
+        "http://ehr-b.example/r4/Patient/123",
+    ]
+    assert patients[0].record["glucose"] == pytest.approx(5.0 * 18.0156, rel=1e-4)
+    assert patients[1].record["glucose"] == pytest.approx(9.0 * 18.0156, rel=1e-4)
+    # each takes the mean of its own two BP panels, not of four pooled ones
+    assert patients[0].record["systolic_bp"] == pytest.approx((152 + 146) / 2)
+    assert all(b.startswith("https://ehr-a.example/") for b in patients[0].basis)
+    assert all(b.startswith("http://ehr-b.example/") for b in patients[1].basis)
+    assert {p.log_reference for p in patients} == {"Patient/123"}  # what erasure finds
+
+
+def test_absolute_and_urn_uuid_references_resolve_by_full_url(
+    fmap: FhirMap, signature: Signature
+) -> None:
+    bundle = example_bundle("p9", now=NOW)
+    patient_urn = "urn:uuid:04121321-4af5-424c-a0e1-ed3aab1c349d"
+    bundle["entry"][0]["fullUrl"] = patient_urn
+    for i, entry in enumerate(bundle["entry"][1:]):
+        entry["fullUrl"] = f"urn:uuid:00000000-0000-4000-8000-{i:012d}"
+        entry["resource"]["subject"] = {"reference": patient_urn}
+    [patient] = bundle_to_records(bundle, fmap, signature, as_of=NOW)
+    assert patient.record["glucose"] == pytest.approx(7.8 * 18.0156, rel=1e-4)
+    # an absolute reference to a server that sent no such Patient attaches to nobody
+    stray = copy.deepcopy(_entries(bundle, "14749-6")[0])
+    stray["fullUrl"] = "https://other.example/fhir/Observation/x1"
+    stray["resource"]["subject"] = {"reference": "https://other.example/fhir/Patient/p9"}
+    stray["resource"]["valueQuantity"]["value"] = 30.0
+    stray["resource"]["effectiveDateTime"] = NOW.isoformat()
+    bundle["entry"].append(stray)
+    [patient] = bundle_to_records(bundle, fmap, signature, as_of=NOW)
+    assert patient.record["glucose"] == pytest.approx(7.8 * 18.0156, rel=1e-4)
+
+
+def test_two_patients_that_cannot_be_told_apart_are_refused(
+    fmap: FhirMap, signature: Signature
+) -> None:
+    first = example_bundle("123", now=NOW)
+    second = example_bundle("123", now=NOW)
+    for entry in second["entry"]:
+        entry["fullUrl"] = entry["fullUrl"].replace("urn:example:", "urn:other:")
+    bundle = {**first, "entry": first["entry"] + second["entry"]}
+    with pytest.raises(FhirInputError) as caught:
+        bundle_to_records(bundle, fmap, signature, as_of=NOW)
+    [problem] = caught.value.problems
+    assert problem.code == "structure"
+    assert "ambiguous" in problem.message
+    assert "123" not in problem.message
+
+
+# -- Observation values ------------------------------------------------------------------------
+
+
+def _glucose(bundle: dict[str, Any]) -> dict[str, Any]:
+    entry: dict[str, Any] = _entries(bundle, "14749-6")[0]
+    return entry
+
+
+def _add_glucose(bundle: dict[str, Any], oid: str, hours_ago: float, **fields: Any) -> None:
+    extra = copy.deepcopy(_glucose(bundle))
+    extra["fullUrl"] = f"urn:example:Observation/{oid}"
+    resource = extra["resource"]
+    resource["id"] = oid
+    resource.pop("valueQuantity")
+    resource["effectiveDateTime"] = (NOW - timedelta(hours=hours_ago)).isoformat()
+    resource.update(fields)
+    bundle["entry"].append(extra)
+
+
+@pytest.mark.parametrize(
+    "valueless",
+    [
+        {"dataAbsentReason": {"coding": [{"code": "not-performed"}]}},
+        {"status": "registered"},
+        {"status": "cancelled", "dataAbsentReason": {"text": "sample lost"}},
+        {"status": "entered-in-error", "valueQuantity": {"value": 40.0, "unit": "mmol/L"}},
+        {},  # no value at all
+    ],
+)
+def test_a_valueless_observation_beside_a_valid_one_is_skipped(
+    fmap: FhirMap, signature: Signature, valueless: dict[str, Any]
+) -> None:
+    bundle = example_bundle(now=NOW)
+    _add_glucose(bundle, "glu-absent", 1, **valueless)  # newer than the valid reading
+    [patient] = bundle_to_records(bundle, fmap, signature, as_of=NOW)
+    assert patient.record["glucose"] == pytest.approx(7.8 * 18.0156, rel=1e-4)
+    assert "urn:example:Observation/glu-absent" not in patient.basis
+
+
+def test_only_valueless_observations_say_so(fmap: FhirMap, signature: Signature) -> None:
+    bundle = example_bundle(now=NOW)
+    _add_glucose(bundle, "glu-absent", 1, dataAbsentReason={"text": "not done"})
+    bundle["entry"].remove(_glucose(bundle))
+    with pytest.raises(FhirInputError) as caught:
+        bundle_to_records(bundle, fmap, signature, as_of=NOW)
+    [problem] = caught.value.problems
+    assert problem.feature == "glucose"
+    assert problem.code == "required"
+    assert "(1 without a value)" in problem.message
+
+
+def test_a_period_with_only_an_end_is_timed_by_its_end(fmap: FhirMap, signature: Signature) -> None:
+    bundle = example_bundle(now=NOW)
+    resource = _glucose(bundle)["resource"]
+    del resource["effectiveDateTime"]
+    resource["effectivePeriod"] = {"end": (NOW - timedelta(days=2)).isoformat()}
+    [patient] = bundle_to_records(bundle, fmap, signature, as_of=NOW)
+    assert patient.record["glucose"] == pytest.approx(7.8 * 18.0156, rel=1e-4)
+    # with start and end, the end decides which reading is the latest
+    _add_glucose(
+        bundle,
+        "glu-24h",
+        30,
+        valueQuantity={"value": 100, "unit": "mg/dL"},
+        effectivePeriod={
+            "start": (NOW - timedelta(days=5)).isoformat(),
+            "end": (NOW - timedelta(days=1)).isoformat(),
+        },
+    )
+    del bundle["entry"][-1]["resource"]["effectiveDateTime"]
+    [patient] = bundle_to_records(bundle, fmap, signature, as_of=NOW)
+    assert patient.record["glucose"] == 100.0
+
+
+def test_a_comparator_value_is_refused_where_it_would_be_used(
+    fmap: FhirMap, signature: Signature
+) -> None:
+    bundle = example_bundle(now=NOW)
+    _add_glucose(
+        bundle, "glu-low", 1, valueQuantity={"value": 2.0, "comparator": "<", "unit": "mmol/L"}
+    )
+    with pytest.raises(FhirInputError) as caught:
+        bundle_to_records(bundle, fmap, signature, as_of=NOW)
+    [problem] = caught.value.problems
+    assert problem.feature == "glucose"
+    assert problem.code == "value"
+    assert "comparator '<'" in problem.message
+    assert "not an exact reading" in problem.message
+    assert problem.expression is not None
+    assert problem.expression.endswith(".valueQuantity.comparator")
+    # an older bound is not what 'latest' uses: the newer exact reading is scored
+    _glucose(bundle)["resource"]["effectiveDateTime"] = (NOW - timedelta(minutes=5)).isoformat()
+    [patient] = bundle_to_records(bundle, fmap, signature, as_of=NOW)
+    assert patient.record["glucose"] == pytest.approx(7.8 * 18.0156, rel=1e-4)
+
+
+def test_a_bound_inside_a_mean_is_refused(fmap: FhirMap, signature: Signature) -> None:
+    bundle = example_bundle(now=NOW)
+    panel = _entries(bundle, "85354-9")[1]["resource"]
+    panel["component"][0]["valueQuantity"]["comparator"] = ">"
+    with pytest.raises(FhirInputError) as caught:
+        bundle_to_records(bundle, fmap, signature, as_of=NOW)
+    assert [p.feature for p in caught.value.problems] == ["systolic_bp"]
+
+
+def test_a_string_value_names_the_observation_and_the_type_expected(
+    fmap: FhirMap, signature: Signature
+) -> None:
+    bundle = example_bundle(now=NOW)
+    resource = _glucose(bundle)["resource"]
+    del resource["valueQuantity"]
+    resource["valueString"] = "7.8 mmol/L"
+    with pytest.raises(FhirInputError) as caught:
+        bundle_to_records(bundle, fmap, signature, as_of=NOW)
+    [problem] = caught.value.problems
+    index = bundle["entry"].index(_glucose(bundle))
+    assert problem.feature == "glucose"
+    assert problem.message == (
+        f"feature 'glucose': the Observation at Bundle.entry[{index}] (LOINC 14749-6) has a "
+        "valueString; a valueQuantity in mg/dL (or a unit convertible to it) is expected"
+    )
+    assert problem.expression == f"Bundle.entry[{index}].resource.valueString"
+    assert "7.8" not in problem.message  # values are never quoted

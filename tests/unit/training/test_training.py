@@ -152,11 +152,20 @@ def test_medserve_train_registers_a_version_with_card_and_report(
     gate = runner.invoke(
         app, ["--home", str(trained_home), "models", "gate", "breast-cancer-clinic@1"]
     )
-    assert gate.exit_code == 0, gate.output
-    promoted = runner.invoke(
+    # The synthetic <40 age band of the test split is too small to check 'each_subgroup':
+    # it is not assessable, which blocks the gate (it used to be skipped silently).
+    assert gate.exit_code == 1, gate.output
+    assert "auroc (synthetic_age_band=<40) is not assessable" in " ".join(gate.output.split())
+    blocked = runner.invoke(
         app,
         ["--home", str(trained_home), "models", "alias", "breast-cancer-clinic", "production", "1"],
     )
+    assert blocked.exit_code != 0
+    promoted = runner.invoke(
+        app,
+        ["--home", str(trained_home), "models", "alias", "breast-cancer-clinic", "production", "1",
+         "--override-approver", "Dr Lee", "--reason", "synthetic subgroup, demonstration only"],
+    )  # fmt: skip
     assert promoted.exit_code == 0, promoted.output
 
 

@@ -1,8 +1,11 @@
 """One evaluation: every metric of the task with percentile-bootstrap 95% CIs, overall and per
 subgroup, plus the curves the report draws. The result is plain JSON, stored as is.
 
-Subgroups smaller than ``min_n`` are listed with their n and flagged, never given numbers: a
-metric on 12 patients reads as evidence and is not.
+Subgroups smaller than ``min_n``, or with fewer than ``min_events`` events (survival) or
+outcomes of the rarer class (binary), are listed with their counts and flagged, never given
+numbers: a metric on 12 patients or 4 events reads as evidence and is not. A subgroup whose
+discrimination cannot be estimated (no comparable pair in most bootstrap resamples) is flagged
+as not estimable for the same reason.
 """
 
 from __future__ import annotations
@@ -20,6 +23,9 @@ from medserve.core.evaluation import survival_metrics as sm
 
 Task = Literal["binary", "multiclass", "regression", "survival"]
 DEFAULT_DC_THRESHOLDS = (0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5)
+DEFAULT_MIN_EVENTS = 10
+# The discrimination metric whose absence makes a subgroup "not estimable".
+_DISCRIMINATION = {"binary": "auroc", "survival": "concordance"}
 
 
 @dataclass(frozen=True)
@@ -64,6 +70,7 @@ def scalar_metrics(pred: Predictions, threshold: float) -> dict[str, float]:
     for horizon, surv in pred.survival_at.items():
         out[f"brier_at_{horizon:g}"] = sm.brier_at(pred.y, pred.event, surv, horizon)
         out[f"auc_at_{horizon:g}"] = sm.auc_at(pred.y, pred.event, pred.score, horizon)
+        out[f"oe_at_{horizon:g}"] = sm.oe_at(pred.y, pred.event, surv, horizon)
     out["event_rate"] = float(np.mean(pred.event))
     return out
 
@@ -104,6 +111,7 @@ def evaluate(
     seed: int = 0,
     decision_thresholds: Sequence[float] = DEFAULT_DC_THRESHOLDS,
     synthetic_subgroups: Sequence[str] = (),
+    min_events: int = DEFAULT_MIN_EVENTS,
 ) -> dict[str, Any]:
     """Evaluate ``pred`` overall and within each level of each subgroup column."""
     if len(pred) == 0:
@@ -114,6 +122,7 @@ def evaluate(
         "metrics": bootstrap(pred, threshold, n_boot, seed),
         "bootstrap": {"resamples": n_boot, "seed": seed, "method": "percentile, 95%"},
         "min_n": min_n,
+        "min_events": min_events,
     }
     if pred.task == "binary":
         result["positive_label"] = pred.positive_label
@@ -136,33 +145,85 @@ def evaluate(
         assert pred.event is not None
         result["n_events"] = int(pred.event.sum())
         result["horizons"] = sorted(pred.survival_at)
+        groups = 10 if result["n_events"] >= 100 else 5
+        result["survival_calibration"] = {
+            "groups": f"{groups} quantile groups of predicted risk",
+            "observed": "Kaplan-Meier risk within each group",
+            "by_horizon": {
+                f"{h:g}": sm.calibration_at(pred.y, pred.event, s, h, groups)
+                for h, s in sorted(pred.survival_at.items())
+            },
+        }
     if pred.task == "regression":
         result["residuals"] = _residual_sample(pred.y, pred.score)
     result["subgroups"] = {
-        column: _subgroup(pred, np.asarray(values), threshold, min_n, n_boot, seed)
+        column: _subgroup(pred, np.asarray(values), threshold, min_n, min_events, n_boot, seed)
         for column, values in (subgroups or {}).items()
     }
     result["synthetic_subgroups"] = list(synthetic_subgroups)
     return result
 
 
+def _events(pred: Predictions) -> tuple[int, str] | None:
+    """(events, what they are) for the min_events rule; None where it does not apply."""
+    if pred.task == "survival" and pred.event is not None:
+        return int(pred.event.sum()), "events"
+    if pred.task == "binary":
+        positives = int(pred.y.sum())
+        return min(positives, len(pred) - positives), "outcomes of the rarer class"
+    return None
+
+
 def _subgroup(
-    pred: Predictions, values: np.ndarray, threshold: float, min_n: int, n_boot: int, seed: int
+    pred: Predictions,
+    values: np.ndarray,
+    threshold: float,
+    min_n: int,
+    min_events: int,
+    n_boot: int,
+    seed: int,
 ) -> list[dict[str, Any]]:
     if len(values) != len(pred):
         raise InvalidRequestError("a subgroup column must have one value per evaluated row")
     rows = []
-    for level in sorted({str(v) for v in values}):
-        idx = np.flatnonzero(np.array([str(v) for v in values]) == level)
+    text = np.array([str(v) for v in values])
+    for level in sorted(set(text.tolist())):
+        idx = np.flatnonzero(text == level)
+        part = pred.take(idx)
         entry: dict[str, Any] = {"level": level, "n": len(idx)}
+        events = _events(part)
+        if events is not None:
+            entry["n_events"] = events[0]
         if len(idx) < min_n:
-            entry["flagged"] = True
-            entry["reason"] = f"n={len(idx)} is below the minimum of {min_n}: not reported"
+            _flag(entry, "below_min_n", f"n={len(idx)} is below the minimum of {min_n}")
+        elif events is not None and events[0] < min_events:
+            _flag(
+                entry,
+                "below_min_events",
+                f"{events[0]} {events[1]} is below the minimum of {min_events} events",
+            )
         else:
-            entry["flagged"] = False
-            entry["metrics"] = bootstrap(pred.take(idx), threshold, n_boot, seed)
+            metrics = bootstrap(part, threshold, n_boot, seed)
+            key = _DISCRIMINATION.get(pred.task)
+            found = metrics.get(key, {}) if key else {}
+            # Too few resamples with a comparable pair: the CI (and so the number) means nothing.
+            unusable = key is not None and (
+                found.get("value") is None or (n_boot >= 10 and found.get("ci_low") is None)
+            )
+            if unusable:
+                _flag(
+                    entry,
+                    "not_estimable",
+                    f"{key} is not estimable: most bootstrap resamples have no comparable pair",
+                )
+            else:
+                entry.update(flagged=False, status="reported", metrics=metrics)
         rows.append(entry)
     return rows
+
+
+def _flag(entry: dict[str, Any], status: str, why: str) -> None:
+    entry.update(flagged=True, status=status, reason=f"{why}: not reported")
 
 
 def _binary_curves(y: np.ndarray, p: np.ndarray) -> dict[str, Any]:

@@ -18,7 +18,7 @@ PLOT_IDS = {
     "binary": ["roc", "precision-recall", "calibration", "decision-curve", "subgroups"],
     "multiclass": ["subgroups"],
     "regression": ["observed-vs-predicted", "subgroups"],
-    "survival": ["time-dependent", "subgroups"],
+    "survival": ["time-dependent", "survival-calibration", "subgroups"],
 }
 _CSS = (
     "body{font-family:sans-serif;max-width:1000px;margin:2em auto}"
@@ -109,8 +109,26 @@ def _plots(result: Mapping[str, Any]) -> dict[str, str]:
         ax.set(xlabel="horizon", title="Time-dependent AUC and Brier")
         ax.legend()
         out["time-dependent"] = _png(fig)
+        out["survival-calibration"] = _survival_calibration_plot(result, plt)
     out["subgroups"] = _subgroup_plot(result, plt)
     return out
+
+
+def _survival_calibration_plot(result: Mapping[str, Any], plt: Any) -> str:
+    """Predicted risk by each horizon against Kaplan-Meier observed risk, by risk group."""
+    calibration = result.get("survival_calibration") or {}
+    fig, ax = plt.subplots(figsize=(4.2, 4))
+    ax.plot([0, 1], [0, 1], "--", color="grey", label="ideal")
+    for horizon, rows in (calibration.get("by_horizon") or {}).items():
+        xs = [r["predicted"] for r in rows]
+        ax.plot(xs, [r["observed"] for r in rows], "o-", label=f"by {horizon}")
+    ax.set(
+        xlabel="predicted risk by the horizon",
+        ylabel="observed risk (Kaplan-Meier)",
+        title=f"Survival calibration ({calibration.get('groups', 'no horizon')})",
+    )
+    ax.legend(loc="upper left", fontsize="small")
+    return _png(fig)
 
 
 def _subgroup_plot(result: Mapping[str, Any], plt: Any) -> str:
@@ -189,6 +207,21 @@ def render_report(
         f"<img id='plot-{pid}' alt='{pid}' src='data:image/png;base64,{data}'>"
         for pid, data in plots.items()
     ]
+    calibration = (result.get("survival_calibration") or {}).get("by_horizon") or {}
+    if calibration:
+        parts.append(
+            "<h2>Survival calibration</h2><table><tr><th>horizon</th><th>risk group</th>"
+            "<th>n</th><th>events by horizon</th><th>predicted risk</th>"
+            "<th>observed risk (Kaplan-Meier)</th></tr>"
+        )
+        parts += [
+            f"<tr><td>{esc(h)}</td><td>{r['group']}</td><td>{r['n']}</td>"
+            f"<td>{r['events_by_horizon']}</td><td>{r['predicted']:.3f}</td>"
+            f"<td>{r['observed']:.3f}</td></tr>"
+            for h, rows in calibration.items()
+            for r in rows
+        ]
+        parts.append("</table>")
     parts.append("<h2>Subgroups</h2>")
     if result.get("synthetic_subgroups"):
         parts.append(

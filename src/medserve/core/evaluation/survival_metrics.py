@@ -1,4 +1,5 @@
-"""Survival metrics: Harrell's concordance, and IPCW time-dependent Brier score and AUC.
+"""Survival metrics: Harrell's concordance, IPCW time-dependent Brier score and AUC, and
+calibration against Kaplan-Meier observed risk.
 
 Censoring is handled by inverse probability of censoring weights from the Kaplan-Meier estimate
 of the censoring distribution (Graf et al. 1999 for the Brier score; Uno et al. 2007 for the
@@ -9,16 +10,65 @@ cumulative/dynamic AUC). Without censoring both reduce to the plain Brier score 
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 
 
 def concordance(time: np.ndarray, event: np.ndarray, risk: np.ndarray) -> float:
-    """Harrell's C: higher risk should mean earlier events (lifelines' implementation)."""
+    """Harrell's C: higher risk should mean earlier events (lifelines' implementation).
+
+    NaN when no pair is comparable (no event, or every event after every other time), which a
+    bootstrap resample of a small subgroup meets; lifelines raises ZeroDivisionError there."""
     # lazy import (heavy: lifelines, kept off the serving path)
     from lifelines.utils import concordance_index  # noqa: PLC0415
 
-    return float(concordance_index(time, -risk, event))
+    try:
+        return float(concordance_index(time, -risk, event))
+    except ZeroDivisionError:  # "No admissable pairs in the dataset."
+        return math.nan
+
+
+def km_risk_at(time: np.ndarray, event: np.ndarray, horizon: float) -> float:
+    """Observed risk by ``horizon``: 1 - the Kaplan-Meier survival there (censoring-aware)."""
+    event_times = np.unique(time[(event == 1) & (time <= horizon)])
+    if len(time) == 0:
+        return math.nan
+    if len(event_times) == 0:
+        return 0.0
+    at_risk = np.sum(time[None, :] >= event_times[:, None], axis=1).astype(float)
+    deaths = np.sum((time[None, :] == event_times[:, None]) & (event[None, :] == 1), axis=1)
+    return float(1.0 - np.prod(1.0 - deaths / at_risk))
+
+
+def oe_at(time: np.ndarray, event: np.ndarray, surv_at_t: np.ndarray, horizon: float) -> float:
+    """Observed (Kaplan-Meier) over expected (mean predicted) risk by ``horizon``: 1 when the
+    average predicted risk is right."""
+    expected = float(np.mean(1.0 - surv_at_t))
+    return km_risk_at(time, event, horizon) / expected if expected > 0 else math.nan
+
+
+def calibration_at(
+    time: np.ndarray, event: np.ndarray, surv_at_t: np.ndarray, horizon: float, groups: int
+) -> list[dict[str, float]]:
+    """Predicted risk against Kaplan-Meier observed risk by ``horizon``, within ``groups``
+    quantile groups of predicted risk (Royston & Altman 2013): the survival calibration plot."""
+    risk = 1.0 - surv_at_t
+    order = np.argsort(risk, kind="stable")
+    rows = []
+    for number, chunk in enumerate(np.array_split(order, min(groups, max(1, len(risk)))), 1):
+        if len(chunk) == 0:
+            continue
+        rows.append(
+            {
+                "group": number,
+                "n": len(chunk),
+                "events_by_horizon": int(np.sum((event[chunk] == 1) & (time[chunk] <= horizon))),
+                "predicted": round(float(np.mean(risk[chunk])), 6),
+                "observed": round(km_risk_at(time[chunk], event[chunk], horizon), 6),
+            }
+        )
+    return rows
 
 
 def censoring_survival(time: np.ndarray, event: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -61,3 +111,20 @@ def auc_at(time: np.ndarray, event: np.ndarray, risk: np.ndarray, horizon: float
     r_ctrl = risk[controls][None, :]
     wins = (r_case > r_ctrl).astype(float) + 0.5 * (r_case == r_ctrl)
     return float(np.sum(w[:, None] * wins) / (np.sum(w) * controls.sum()))
+
+
+def survival_from_risk(
+    risk: np.ndarray, baseline: dict[str, Any], horizons: list[float]
+) -> dict[float, np.ndarray]:
+    """S(h | x) = exp(-H0(h) exp(coefficient * risk)) from a served risk score and the
+    baseline recorded at training (``{coefficient, times, cumulative_hazard}``, a step
+    function; past its last time it stays at its last value)."""
+    times = np.asarray(baseline["times"], dtype=float)
+    cumhaz = np.asarray(baseline["cumulative_hazard"], dtype=float)
+    coef = float(baseline["coefficient"])
+    out = {}
+    for h in horizons:
+        k = int(np.searchsorted(times, h, side="right")) - 1
+        h0 = float(cumhaz[k]) if k >= 0 else 0.0
+        out[h] = np.exp(-h0 * np.exp(coef * np.asarray(risk, dtype=float)))
+    return out

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import sys
+import weakref
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal, NoReturn
 
@@ -54,7 +55,10 @@ class OutputSpec(BaseModel):
 class Signature(BaseModel):
     inputs: list[FeatureSpec]
     outputs: list[OutputSpec] = Field(default_factory=list)
-    task: Literal["classification", "regression"] | None = None
+    task: Literal["classification", "regression", "survival"] | None = Field(
+        default=None,
+        description="survival: the output is a risk score served like a regression value.",
+    )
     class_labels: list[Any] | None = None
 
     _validator: Validator | None = PrivateAttr(default=None)
@@ -388,6 +392,40 @@ class _Field:
         return number
 
 
+# What a validator imputed, by the matrix it returned. The model matrix must stay a plain
+# ndarray (runtimes get it as is), so the per-feature counts travel beside it: keyed by the
+# matrix's id and checked through a weak reference (a new array reusing a freed id is never
+# mistaken for it). Only a request with a missing value pays (~0.3 µs); the usual one costs a
+# dict miss when the prediction log asks (``imputed_counts``).
+_IMPUTED: dict[int, tuple[weakref.ref[np.ndarray], np.ndarray]] = {}
+_IMPUTED_PRUNE_AT = 1024  # entries; pruned of freed matrices when reached (in-flight ones stay)
+
+
+def _note_imputed(matrix: np.ndarray, counts: np.ndarray) -> None:
+    if len(_IMPUTED) >= _IMPUTED_PRUNE_AT:
+        for key, (ref, _) in list(_IMPUTED.items()):
+            if ref() is None:
+                _IMPUTED.pop(key, None)
+    _IMPUTED[id(matrix)] = (weakref.ref(matrix), counts)
+
+
+def imputed_counts(matrix: np.ndarray) -> np.ndarray | None:
+    """Per feature, how many values of ``matrix`` arrived missing (absent, null, NaN, inf) and
+    were imputed by the validator that returned it; ``None`` when none were.
+
+    Why: the matrix holds the imputed values, so monitoring could never see missingness in it;
+    the prediction log records these counts instead (what arrived, not what the model got).
+    """
+    entry = _IMPUTED.get(id(matrix))
+    if entry is None or entry[0]() is not matrix:
+        return None
+    return entry[1]
+
+
+def _counts(indices: list[int], n_features: int) -> np.ndarray:
+    return np.bincount(np.asarray(indices, dtype=np.intp), minlength=n_features).astype(np.int64)
+
+
 class Validator:
     """Checks input rows against a signature and converts them to the runtime's matrix.
 
@@ -428,6 +466,7 @@ class Validator:
         if not records:
             _raise([_problem(None, None, "empty", "the request holds no rows")])
         problems: list[dict[str, Any]] = []
+        imputed: list[int] = []  # the feature index of each value imputed
         out: list[list[Any]] = []
         fast = self._fast
         n_features = self.n_features
@@ -450,7 +489,7 @@ class Validator:
                 else:
                     if value is _MISSING:
                         absent = True
-                    append(slow(field, value, i, problems))
+                    append(slow(field, value, i, problems, imputed))
             if absent or len(row) != n_features:
                 by_name = self._by_name
                 for key in row:
@@ -460,15 +499,28 @@ class Validator:
         if problems:
             _raise(problems)
         if self.all_numeric:
-            return np.array(out, dtype=np.float32)
-        matrix = np.empty((len(out), n_features), dtype=object)
-        matrix[:] = out
+            matrix = np.array(out, dtype=np.float32)
+        else:
+            matrix = np.empty((len(out), n_features), dtype=object)
+            matrix[:] = out
+        if imputed:
+            _note_imputed(matrix, _counts(imputed, n_features))
         return matrix
 
-    def _slow(self, f: _Field, value: Any, row: int | None, problems: list[dict[str, Any]]) -> Any:
-        """Check one value the fast path could not accept; record a problem or convert it."""
+    def _slow(
+        self,
+        f: _Field,
+        value: Any,
+        row: int | None,
+        problems: list[dict[str, Any]],
+        imputed: list[int] | None = None,
+    ) -> Any:
+        """Check one value the fast path could not accept; record a problem or convert it
+        (an imputed value's feature index goes to ``imputed``)."""
         if value is _MISSING or _is_missing(value):
             if f.fill is not _REJECT:
+                if imputed is not None:
+                    imputed.append(f.index)
                 return f.fill
             if value is _MISSING:
                 problems.append(_problem(row, f.name, "required", "this field is required"))
@@ -603,6 +655,7 @@ class Validator:
             problems.append(_problem(None, None, "empty", "the request holds no rows"))
             _raise(problems)
         built: list[Any] = []
+        imputed: list[int] = []
         for f in self._fields:
             column = columns.get(f.name, _MISSING)
             if column is _MISSING:
@@ -613,10 +666,11 @@ class Validator:
                     built.append(None)
                 else:
                     built.append(self._filled(f, n_rows))
+                    imputed.extend([f.index] * n_rows)
             elif lengths.get(f.name) != n_rows:
                 built.append(None)  # its shape problem is already recorded
             else:
-                built.append(self._check_column(f, column, problems))
+                built.append(self._check_column(f, column, problems, imputed))
         if problems:
             _raise(problems)
         if self.all_numeric:
@@ -625,6 +679,8 @@ class Validator:
             matrix = np.empty((n_rows, self.n_features), dtype=object)
         for j, column in enumerate(built):
             matrix[:, j] = column
+        if imputed:
+            _note_imputed(matrix, _counts(imputed, self.n_features))
         return matrix
 
     def _lists_as_rows(self, columns: Mapping[str, Any]) -> list[dict[str, Any]] | None:
@@ -666,7 +722,11 @@ class Validator:
         return column
 
     def _check_column(
-        self, f: _Field, column: Sequence[Any] | np.ndarray, problems: list[dict[str, Any]]
+        self,
+        f: _Field,
+        column: Sequence[Any] | np.ndarray,
+        problems: list[dict[str, Any]],
+        imputed: list[int],
     ) -> np.ndarray:
         if (
             isinstance(column, np.ndarray)
@@ -674,7 +734,7 @@ class Validator:
             and f.kind != _STR
             and not f.categories
         ):
-            return self._check_numeric_array(f, column, problems)
+            return self._check_numeric_array(f, column, problems, imputed)
         values: list[Any] = []
         append = values.append
         ok_types, lo, hi = f.ok_types, f.lo, f.hi
@@ -682,7 +742,7 @@ class Validator:
             if type(value) in ok_types and lo <= value <= hi:
                 append(value)
             else:
-                append(self._slow(f, value, i, problems))
+                append(self._slow(f, value, i, problems, imputed))
         if self.all_numeric:
             return np.array([math.nan if v is None else v for v in values], dtype=np.float64)
         array = np.empty(len(values), dtype=object)
@@ -690,7 +750,7 @@ class Validator:
         return array
 
     def _check_numeric_array(
-        self, f: _Field, column: np.ndarray, problems: list[dict[str, Any]]
+        self, f: _Field, column: np.ndarray, problems: list[dict[str, Any]], imputed: list[int]
     ) -> np.ndarray:
         """Vectorised checks of one numeric column; problems only cost time when present."""
         n_before = len(problems)
@@ -735,6 +795,7 @@ class Validator:
                     )
             else:
                 values[missing] = f.fill_f64
+                imputed.extend([f.index] * int(missing.sum()))
         if len(problems) > n_before or self.all_numeric:
             return values
         if f.kind == _INT:
@@ -805,6 +866,9 @@ class Validator:
             if (~finite[:, self._rejects]).any():
                 return None
             array = np.where(finite, array, self._fill)  # a copy: the caller's array is untouched
+            matrix = np.ascontiguousarray(array, dtype=np.float32)
+            _note_imputed(matrix, (~finite).sum(axis=0).astype(np.int64))
+            return matrix
         return np.ascontiguousarray(array, dtype=np.float32)
 
 

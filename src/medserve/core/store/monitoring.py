@@ -6,12 +6,14 @@ is not a registry change, and must not make every worker re-read its aliases.
 
 from __future__ import annotations
 
+import io
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import numpy as np
 import orjson
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine, RowMapping
@@ -37,6 +39,36 @@ from medserve.core.store.tables_monitoring import (
 from medserve.core.store.unit_of_work import UnitOfWork, engine_of
 
 RULE_OPS = (">", ">=", "<", "<=")
+# What an alert rule may watch (``runner.metric_value`` reads them from a run): the window's
+# drift summary, live performance, or a per-feature figure as ``KIND:FEATURE`` (a prediction
+# column too, e.g. ``psi:p:malignant``). A rule on another name could never fire: refused.
+SUMMARY_METRICS = (
+    "psi_max",
+    "prediction_psi",
+    "missing_rate_max",
+    "out_of_range_rate_max",
+)
+PERFORMANCE_METRICS = (
+    "auroc",
+    "sensitivity",
+    "ppv",
+    "observed_expected",
+    "calibration_slope",
+    "mae",
+    "rmse",
+    "bias",
+)
+FEATURE_METRICS = (
+    "psi",
+    "ks_statistic",
+    "ks_pvalue",
+    "chi2",
+    "chi2_pvalue",
+    "missing_rate",
+    "out_of_range_rate",
+    "mean",
+)
+WINDOW_PAGE_ROWS = 32_768  # predictions read per query when a window is streamed
 RETENTION_PURGE = "monitoring.retention_purge"  # outbox kind (32 characters at most)
 MAX_OUTCOME_PROBLEMS = 20  # refused outcomes listed in one answer (the message has the count)
 _SHOWN_CLASSES = 10  # classes named in a refusal, each cut to _SHOWN_CLASS_CHARS
@@ -85,6 +117,39 @@ class LoggedPrediction:
     outcome: Any
     outcome_at: datetime | None
     latency_ms: float | None = None
+
+
+@dataclass
+class WindowBatch:
+    """One stored batch of a model version, decoded for monitoring (see ``window_batches``).
+
+    ``inputs`` is the logged matrix as stored: the ``.npy`` matrix itself (float32 for an
+    all-numeric signature, never through decimal text, so values compare with the reference
+    exactly as the model got them), or JSON rows for other signatures. ``keep`` selects the rows
+    in the window (``None``: all of them). ``missing`` is ``[[row, feature, count], ...]``: what
+    arrived missing before imputation. ``outcomes`` maps a row to its decoded outcome.
+    """
+
+    seq: int
+    version: int
+    n: int
+    keep: np.ndarray | None
+    inputs: np.ndarray | list[list[Any]]
+    outputs: dict[str, Any]
+    missing: list[list[int]]
+    outcomes: dict[int, Any]
+    sites_json: str | None
+
+    @property
+    def kept(self) -> int:
+        return self.n if self.keep is None else int(self.keep.sum())
+
+    def sites(self) -> list[str | None]:
+        """Each row's site (decoded on demand: only labelled rows need it)."""
+        if self.sites_json is None:
+            return [None] * self.n
+        found: list[str | None] = orjson.loads(self.sites_json)
+        return found
 
 
 @dataclass(frozen=True)
@@ -224,6 +289,80 @@ class MonitoringStore:
         for batch in batches:
             found.extend(_unpack(batch, outcomes, low, high))
         return found
+
+    def window_batches(
+        self,
+        model: str,
+        start: datetime,
+        end: datetime,
+        *,
+        labelled_only: bool = False,
+        page_rows: int = WINDOW_PAGE_ROWS,
+    ) -> Iterator[WindowBatch]:
+        """The batches holding ``model``'s predictions logged in ``[start, end)``, oldest first,
+        read a page at a time (by ``seq``, about ``page_rows`` predictions a query), so that a
+        caller folding them into fixed-size summaries holds one page, whatever the window.
+
+        ``labelled_only``: only batches with an outcome attached. Ids and patients are not read;
+        a batch's times are read only where it straddles the window's edges.
+        """
+        start, end = _aware(start), _aware(end)
+        b, o = mon_prediction_batches, mon_outcomes
+        inside = sa.and_(b.c.first_at >= start, b.c.last_at < end)
+        times = sa.case((inside, sa.null()), else_=b.c.times).label("times")
+        window = sa.and_(_overlapping(start, end), b.c.model_name == model)
+        if labelled_only:
+            window = sa.and_(window, sa.exists().where(o.c.batch_seq == b.c.seq))
+        columns = (
+            b.c.seq,
+            b.c.version,
+            b.c.n,
+            times,
+            b.c.inputs,
+            b.c.inputs_npy,
+            b.c.outputs,
+            b.c.missing,
+            b.c.sites,
+        )
+        low, high = _us(start), _us(end)
+        after, page = -1, 16  # batches per query: adapted to the rows they hold
+        while True:
+            query = sa.select(*columns).where(window, b.c.seq > after).order_by(b.c.seq)
+            with self._read() as conn:
+                rows = conn.execute(query.limit(page)).all()
+                if rows:
+                    first, last = rows[0].seq, rows[-1].seq
+                    labelled = sa.select(o.c.batch_seq, o.c.idx, o.c.outcome).where(
+                        o.c.batch_seq.between(first, last)
+                    )
+                    outcomes: dict[int, dict[int, Any]] = {}
+                    for seq, idx, outcome in conn.execute(labelled):
+                        outcomes.setdefault(seq, {})[idx] = outcome
+            if not rows:
+                return
+            for row in rows:
+                yield _window_batch(row, outcomes.get(row.seq, {}), low, high)
+            after = rows[-1].seq
+            if len(rows) < page:
+                return
+            per_batch = max(1, sum(int(r.n) for r in rows) // len(rows))
+            page = max(1, min(4096, page_rows // per_batch))
+
+    def count_window(self, model: str, start: datetime, end: datetime) -> int:
+        """How many of ``model``'s predictions were logged in ``[start, end)`` (only the batches
+        straddling an edge are opened)."""
+        start, end = _aware(start), _aware(end)
+        b = mon_prediction_batches
+        window = sa.and_(_overlapping(start, end), b.c.model_name == model)
+        inside = sa.and_(b.c.first_at >= start, b.c.last_at < end)
+        low, high = _us(start), _us(end)
+        with self._read() as conn:
+            whole = conn.execute(
+                sa.select(sa.func.coalesce(sa.func.sum(b.c.n), 0)).where(window, inside)
+            ).scalar_one()
+            edges = conn.execute(sa.select(b.c.times).where(window, sa.not_(inside))).scalars()
+            partial = sum(sum(1 for t in orjson.loads(times) if low <= t < high) for times in edges)
+        return int(whole) + partial
 
     def attach_outcomes(
         self,
@@ -436,6 +575,7 @@ class MonitoringStore:
     ) -> AlertRule:
         if op not in RULE_OPS:
             raise InvalidRequestError(f"rule operator must be one of {', '.join(RULE_OPS)}")
+        rule_metric_problem(metric)
         if min_n < 0 or consecutive < 1:
             raise InvalidRequestError("min_n must be >= 0 and consecutive >= 1")
         with self._write() as conn:
@@ -603,6 +743,46 @@ def _unpack(
         )
 
 
+def npy_matrix(blob: bytes) -> np.ndarray:
+    """A matrix stored as ``.npy`` bytes, read in place (no copy, no decimal text)."""
+    buffer = io.BytesIO(blob)
+    version = np.lib.format.read_magic(buffer)
+    if version == (1, 0):
+        shape, fortran, dtype = np.lib.format.read_array_header_1_0(buffer)
+    else:
+        shape, fortran, dtype = np.lib.format.read_array_header_2_0(buffer)
+    if dtype.hasobject:
+        raise ValueError("an object matrix is not a logged input matrix")
+    count = int(np.prod(shape)) if shape else 1
+    flat = np.frombuffer(blob, dtype=dtype, count=count, offset=buffer.tell())
+    return flat.reshape(shape, order="F" if fortran else "C")
+
+
+def _window_batch(row: Any, outcomes: dict[int, Any], low: int, high: int) -> WindowBatch:
+    n = int(row.n)
+    keep = None
+    if row.times is not None:  # the batch straddles an edge of the window
+        times = np.asarray(orjson.loads(row.times), dtype=np.int64)
+        keep = (times >= low) & (times < high)
+    blob = row.inputs_npy
+    inputs: np.ndarray | list[list[Any]] = (
+        npy_matrix(blob) if blob is not None else orjson.loads(row.inputs)
+    )
+    return WindowBatch(
+        seq=int(row.seq),
+        version=int(row.version),
+        n=n,
+        keep=keep,
+        inputs=inputs,
+        outputs=orjson.loads(row.outputs),
+        missing=orjson.loads(row.missing) if row.missing else [],
+        outcomes={
+            idx: orjson.loads(text) for idx, text in outcomes.items() if keep is None or keep[idx]
+        },
+        sites_json=row.sites,
+    )
+
+
 def _alert(r: RowMapping) -> dict[str, Any]:
     return {
         "id": r["id"],
@@ -622,6 +802,24 @@ def _alert(r: RowMapping) -> dict[str, Any]:
         "acknowledged_at": _utc(r["acknowledged_at"]),
         "note": r["note"],
     }
+
+
+def rule_metric_problem(metric: str) -> None:
+    """Refuse a rule metric that no run computes (``InvalidRequestError`` naming it and the known
+    ones): such a rule would never fire, which looks the same as a healthy model."""
+    kind, sep, feature = metric.partition(":")
+    if sep and kind in FEATURE_METRICS and feature:
+        return
+    if not sep and metric in SUMMARY_METRICS + PERFORMANCE_METRICS:
+        return
+    shown = metric if len(metric) <= 80 else metric[:80] + "..."
+    known = ", ".join(SUMMARY_METRICS + PERFORMANCE_METRICS)
+    kinds = ", ".join(f"{k}:FEATURE" for k in FEATURE_METRICS)
+    raise InvalidRequestError(
+        f"unknown rule metric {shown!r}: use one of {known}, or per feature (or prediction "
+        f"column such as p:CLASS) {kinds}",
+        details=[{"field": "metric", "rule": "allowed_values", "message": "unknown metric"}],
+    )
 
 
 def inserted_id(result: Any) -> int:

@@ -48,6 +48,9 @@ mon_prediction_batches = Table(
     Column("inputs_npy", LargeBinary, nullable=True),
     Column("outputs", Text, nullable=False),  # JSON {output: [value per row]}
     Column("latency_ms", Text, nullable=False),  # JSON [ms, ...]
+    # What arrived missing and was imputed (the inputs hold the imputed values): JSON
+    # [[row of the request's first row, feature index, count], ...]; NULL: nothing was.
+    Column("missing", Text, nullable=True),
     Index("ix_mon_prediction_batches_model_first", "model_name", "first_at"),
     Index("ix_mon_prediction_batches_first", "first_at"),
 )

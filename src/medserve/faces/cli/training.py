@@ -75,7 +75,19 @@ def register(app: typer.Typer, models_app: typer.Typer) -> None:
             f"split: {split['method']}; train {split['train_patients']} patients / "
             f"test {split['test_patients']} patients; overlap {split['patient_overlap']}"
         )
+        horizon = result.record["data"].get("horizon_label")
+        if horizon:
+            console.print(
+                f"label {horizon['label']}: {horizon['rule']}; "
+                f"[yellow]{horizon['excluded_censored_before_horizon']} of "
+                f"{horizon['rows_with_outcome']} patients excluded (censored before "
+                f"{horizon['horizon']:g}, outcome unknown)[/]; "
+                f"{horizon['events_by_horizon']} events by the horizon",
+                highlight=False,
+            )
         _print_evaluation(result.evaluation, "held-out test evaluation")
+        for warning in result.record.get("warnings", []):
+            console.print(f"[yellow]warning:[/] {warning}", highlight=False)
         v = result.version
         console.print(
             f"registered [bold]{v.model_name}[/] v{v.version} ({result.record['cv']['selected']}; "
@@ -87,7 +99,19 @@ def register(app: typer.Typer, models_app: typer.Typer) -> None:
     def evaluate(
         ref: Annotated[str, typer.Argument(help="NAME[@VERSION|ALIAS]")],
         data: Annotated[Path, typer.Option(help="Labelled rows: CSV, JSON, Parquet.")],
-        label: Annotated[str, typer.Option(help="Outcome column.")],
+        label: Annotated[
+            str | None, typer.Option(help="Outcome column (not for survival: --time/--event).")
+        ] = None,
+        time: Annotated[
+            str | None, typer.Option(help="Survival/horizon: follow-up time column.")
+        ] = None,
+        event: Annotated[
+            str | None, typer.Option(help="Survival/horizon: event column (1 = event).")
+        ] = None,
+        horizon: Annotated[
+            list[float] | None,
+            typer.Option(help="Survival: horizon for AUC/Brier/calibration (repeat)."),
+        ] = None,
         subgroup: Annotated[
             list[str] | None, typer.Option(help="Subgroup column (repeat).")
         ] = None,
@@ -95,10 +119,15 @@ def register(app: typer.Typer, models_app: typer.Typer) -> None:
         positive: Annotated[str | None, typer.Option(help="Positive class (binary).")] = None,
         threshold: Annotated[float | None, typer.Option(help="Operating threshold.")] = None,
         min_n: int = 30,
+        min_events: Annotated[
+            int, typer.Option(help="Survival/binary subgroups: fewest events to report.")
+        ] = 10,
         bootstrap: int = 500,
         report: Annotated[Path | None, typer.Option(help="Also write the HTML here.")] = None,
     ) -> None:
-        """Evaluate a version on labelled data; stored against (version, data fingerprint)."""
+        """Evaluate a version on labelled data; stored against (version, data fingerprint).
+
+        A survival version takes --time and --event (default: the training spec's columns)."""
         # lazy import (pulls pandas)
         from medserve.features.evaluation.run import evaluate_version  # noqa: PLC0415
 
@@ -122,6 +151,10 @@ def register(app: typer.Typer, models_app: typer.Typer) -> None:
                     min_n=min_n,
                     n_boot=bootstrap,
                     actor=current_user(),
+                    time=time,
+                    event=event,
+                    horizons=horizon,
+                    min_events=min_events,
                 )
                 if report is not None and sha:
                     report.write_bytes(registry.artifacts.read_bytes(sha))

@@ -1,4 +1,10 @@
-"""Evaluating a registered version on a labelled file, through the same runtime that serves it."""
+"""Evaluating a registered version on a labelled file, through the same runtime that serves it.
+
+A survival version is evaluated on time and event columns (concordance, time-dependent AUC and
+Brier, calibration against Kaplan-Meier), never on the follow-up time as if it were a regression
+target: its served risk score is not a predicted time. A binary version trained at a horizon can
+be given the time and event columns instead of a label, and derives the label the same way.
+"""
 
 from __future__ import annotations
 
@@ -9,8 +15,9 @@ import pandas as pd
 
 from medserve.core.datasets import fingerprint
 from medserve.core.errors import InvalidRequestError
-from medserve.core.evaluation.evaluate import Predictions, evaluate
+from medserve.core.evaluation.evaluate import DEFAULT_MIN_EVENTS, Predictions, evaluate
 from medserve.core.evaluation.report import render_report
+from medserve.core.evaluation.survival_metrics import survival_from_risk
 from medserve.core.loaded_model import load_version_locally
 from medserve.core.registry.entities import ModelVersion
 from medserve.core.registry.service import Registry
@@ -22,7 +29,7 @@ def evaluate_version(
     version: ModelVersion,
     frame: pd.DataFrame,
     *,
-    label: str,
+    label: str | None,
     dataset_name: str,
     subgroups: list[str] | None = None,
     kind: str = "local",
@@ -32,26 +39,57 @@ def evaluate_version(
     n_boot: int = 500,
     seed: int = 0,
     actor: str = "unknown",
+    time: str | None = None,
+    event: str | None = None,
+    horizons: list[float] | None = None,
+    min_events: int = DEFAULT_MIN_EVENTS,
 ) -> tuple[dict[str, Any], str | None]:
     """Evaluate, store against (version, data fingerprint), store the HTML report; returns
-    (result, report sha256)."""
+    (result, report sha256). ``time``/``event`` default to the training spec's columns."""
 
-    missing = [c for c in [label, *(subgroups or [])] if c not in frame]
-    if missing:
-        raise InvalidRequestError(f"columns not in the data: {', '.join(missing)}")
     gov = GovernanceStore(registry.store)
     record = gov.training_run(version.model_name, version.version) or {}
+    trained = record.get("spec") or {}
+    survival = trained.get("task") == "survival" or version.signature.get("task") == "survival"
+    horizon = trained.get("horizon") if not survival else None
+    time = time or trained.get("time")
+    event = event or trained.get("event")
+    if survival or (horizon is not None and label is None):
+        if not time or not event:
+            raise InvalidRequestError(
+                "this version needs --time and --event columns to be evaluated",
+                details=[{"field": "time/event", "rule": "required for time-to-event outcomes"}],
+            )
+        outcome = [time, event]
+    elif label is None:
+        raise InvalidRequestError("give the outcome column (--label)")
+    else:
+        outcome = [label]
+    missing = [c for c in [*outcome, *(subgroups or [])] if c not in frame]
+    if missing:
+        raise InvalidRequestError(f"columns not in the data: {', '.join(missing)}")
     model = load_version_locally(registry, version)
-    frame = frame.dropna(subset=[label]).reset_index(drop=True)
+    frame = frame.dropna(subset=outcome).reset_index(drop=True)
+    excluded = 0
+    if not survival and label is None:
+        assert time is not None
+        assert event is not None
+        assert horizon is not None
+        frame, excluded, label = _horizon_label(frame, time, event, float(horizon))
     rows = frame[model.signature.feature_names].to_dict(orient="records")
     outputs = model.predict(model.validator.records_to_matrix(rows))
     method = "fixed at 0.5"
-    if model.is_classifier and model.class_keys is not None:
+    if survival:
+        assert time is not None
+        assert event is not None
+        pred = _survival_predictions(frame, outputs, time, event, record, horizons)
+    elif model.is_classifier and model.class_keys is not None:
         keys = [str(k) for k in model.class_keys]
         proba = np.asarray(outputs["probabilities"], dtype=float)
-        truth = frame[label].astype(str).to_numpy()
+        truth = np.array([_as_key(v, keys) for v in frame[label].tolist()])
         if len(keys) == 2:
             positive = positive_label or record.get("outcome", {}).get("positive_label") or keys[1]
+            positive = _as_key(positive, keys)
             if positive not in keys:
                 raise InvalidRequestError(f"positive label must be one of {keys}")
             if threshold is None:
@@ -72,8 +110,9 @@ def evaluate_version(
             y = np.array([keys.index(v) for v in truth])
             pred = Predictions("multiclass", y, proba, class_names=keys)
     else:
+        assert label is not None
         value = np.asarray(outputs["value"], dtype=float).reshape(len(frame), -1)[:, 0]
-        pred = Predictions("regression", frame[label].to_numpy(dtype=float), value)
+        pred = Predictions("regression", _numbers(frame, label), value)
     result = evaluate(
         pred,
         threshold=0.5 if threshold is None else threshold,
@@ -82,9 +121,12 @@ def evaluate_version(
         min_n=min_n,
         n_boot=n_boot,
         seed=seed,
+        min_events=min_events,
     )
     sha = fingerprint(frame)
     result["dataset"] = {"kind": kind, "sha256": sha, "rows": len(frame), "name": dataset_name}
+    if horizon is not None and not survival and excluded:
+        result["dataset"]["excluded_censored_before_horizon"] = excluded
     report = render_report(
         result,
         title=f"{version.model_name} v{version.version}: {kind} evaluation",
@@ -102,3 +144,73 @@ def evaluate_version(
         created_by=actor,
     )
     return result, report_sha
+
+
+def _as_key(value: Any, keys: list[str]) -> str:
+    """``value`` as the model's class key it equals: a CSV's 1 is the class 1.0 of a model
+    trained on a float column (and the reverse); anything else stays as text."""
+    text = str(value)
+    if text in keys:
+        return text
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return text
+    for key in keys:
+        try:
+            if float(key) == number:
+                return key
+        except ValueError:
+            continue
+    return text
+
+
+def _numbers(frame: pd.DataFrame, column: str) -> np.ndarray:
+    try:
+        return np.asarray(frame[column].to_numpy(dtype=float))
+    except (TypeError, ValueError) as exc:
+        raise InvalidRequestError(
+            f"column {column!r} must be numeric, but holds {frame[column].dtype} values",
+            details=[{"column": column, "rule": "numeric"}],
+        ) from exc
+
+
+def _events(frame: pd.DataFrame, column: str) -> np.ndarray:
+    values = _numbers(frame, column)
+    if not np.isin(values, (0.0, 1.0)).all():
+        raise InvalidRequestError(
+            f"column {column!r} must hold 0/1: 1 = the event happened",
+            details=[{"column": column, "rule": "0 or 1"}],
+        )
+    return values.astype(int)
+
+
+def _horizon_label(
+    frame: pd.DataFrame, time: str, event: str, horizon: float
+) -> tuple[pd.DataFrame, int, str]:
+    """The training rule: event by the horizon is 1, followed past it is 0, censored before it
+    is unknown and excluded (counted)."""
+    t, e = _numbers(frame, time), _events(frame, event)
+    unknown = (e == 0) & (t < horizon)
+    kept = frame.loc[~unknown].copy()
+    label = f"{event}_by_{horizon:g}"
+    kept[label] = np.where((e[~unknown] == 1) & (t[~unknown] <= horizon), "1", "0")
+    return kept.reset_index(drop=True), int(unknown.sum()), label
+
+
+def _survival_predictions(
+    frame: pd.DataFrame,
+    outputs: dict[str, Any],
+    time: str,
+    event: str,
+    record: dict[str, Any],
+    horizons: list[float] | None,
+) -> Predictions:
+    risk = np.asarray(outputs["value"], dtype=float).reshape(len(frame), -1)[:, 0]
+    info = record.get("survival") or {}
+    chosen = list(horizons or info.get("horizons") or [])
+    baseline = info.get("baseline")
+    surv = survival_from_risk(risk, baseline, chosen) if baseline and chosen else {}
+    return Predictions(
+        "survival", _numbers(frame, time), risk, event=_events(frame, event), survival_at=surv
+    )

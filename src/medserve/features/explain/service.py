@@ -118,6 +118,15 @@ def plain_words(
 ) -> list[str]:
     effects = explanation.points if explanation.points is not None else explanation.attributions
     order = np.argsort(-np.abs(effects[row]))[:TOP_N]
+    # A linear model's points split the change from the mean patient among the features (on
+    # the probability scale, where effects do not add): a share, not what this value alone does.
+    share = ""
+    if explanation.points is not None:
+        total = float(effects[row].sum()) * 100
+        share = (
+            f" (its share of the {total:+.1f}-point change from the mean patient, "
+            "not the effect of this value alone)"
+        )
     sentences = []
     for j in order:
         effect = float(effects[row, j])
@@ -129,7 +138,7 @@ def plain_words(
         if explanation.target is not None and explanation.output in ("probability", "log_odds"):
             sentences.append(
                 f"{what} {verb} the probability of {explanation.target} "
-                f"by {abs(effect) * 100:.1f} points"
+                f"by {abs(effect) * 100:.1f} points{share}"
             )
         else:
             sentences.append(f"{what} {verb} the predicted value by {abs(effect):.4g}")

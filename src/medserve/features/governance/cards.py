@@ -151,7 +151,30 @@ def summarize_validity(result: Mapping[str, Any]) -> str:
         if result.get("task") == "survival" and name != "event_rate" and name not in names:
             names = (*names, name)
     parts = [f"{n} {_fmt_entry(metrics.get(n))}" for n in names if n in metrics]
-    return f"n={result.get('n')}: " + "; ".join(parts)
+    text = f"n={result.get('n')}: " + "; ".join(parts)
+    calibration = survival_calibration_summary(result)
+    return f"{text}; {calibration}" if calibration else text
+
+
+def survival_calibration_summary(result: Mapping[str, Any]) -> str:
+    """One line per horizon: predicted vs Kaplan-Meier observed risk, lowest and highest
+    risk group, so a reader sees whether the model's absolute risks hold."""
+    calibration = result.get("survival_calibration") or {}
+    parts = []
+    for horizon, rows in (calibration.get("by_horizon") or {}).items():
+        if not rows:
+            continue
+        low, high = rows[0], rows[-1]
+        parts.append(
+            f"at {horizon}: predicted {low['predicted']:.3f} vs observed {low['observed']:.3f} "
+            f"(lowest-risk group), {high['predicted']:.3f} vs {high['observed']:.3f} (highest)"
+        )
+    if not parts:
+        return ""
+    return (
+        f"survival calibration ({calibration.get('groups')}, observed = Kaplan-Meier risk): "
+        + "; ".join(parts)
+    )
 
 
 def summarize_fairness(result: Mapping[str, Any]) -> str:
@@ -161,7 +184,8 @@ def summarize_fairness(result: Mapping[str, Any]) -> str:
     for column, rows in result.get("subgroups", {}).items():
         for row in rows:
             if row["flagged"]:
-                lines.append(f"{column}={row['level']} n={row['n']}: not reported (below min n)")
+                why = str(row.get("reason") or "below min n").removesuffix(": not reported")
+                lines.append(f"{column}={row['level']} n={row['n']}: not reported ({why})")
             else:
                 lines.append(
                     f"{column}={row['level']} n={row['n']}: {metric} "
@@ -270,6 +294,17 @@ def build_card(gov: GovernanceStore, version: ModelVersion) -> dict[str, Any]:
         )
     if record.get("final_fit", "").startswith("the registered model was refit"):
         caveats.append(record["final_fit"])
+    horizon = (record.get("data") or {}).get("horizon_label")
+    exclusions = None
+    if horizon:
+        exclusions = (
+            f"{horizon['excluded_censored_before_horizon']} of {horizon['rows_with_outcome']} "
+            f"patients were excluded: censored before the horizon ({horizon['horizon']:g}), "
+            f"so whether {horizon['event']} happened by then is unknown. Label: {horizon['rule']}."
+        )
+        caveats.append(exclusions)
+    warnings = list(record.get("warnings") or [])
+    caveats += warnings
 
     sections: dict[str, Any] = {
         "model_details": {
@@ -315,10 +350,12 @@ def build_card(gov: GovernanceStore, version: ModelVersion) -> dict[str, Any]:
             "rows": record.get("data", {}).get("rows_used"),
             "split": record.get("split"),
             "criteria": author.get("training_criteria"),
+            **({"exclusions": exclusions, "outcome_label": horizon} if horizon else {}),
         },
         "quantitative_analyses": {
             "overall": derived["validity_test"],
             "subgroups": derived["fairness_test"],
+            **_survival_calibration(test_eval, local, external),
         },
         "ethical_considerations": author.get("ethical_considerations"),
         "caveats_and_recommendations": caveats,
@@ -329,6 +366,7 @@ def build_card(gov: GovernanceStore, version: ModelVersion) -> dict[str, Any]:
         "complete": not missing and not problems,
         "missing": missing,
         "problems": problems,
+        "warnings": warnings,
         "model_card": sections,
         "hti1_source_attributes": hti1,
         "demographic_inputs": demographic,
@@ -337,6 +375,16 @@ def build_card(gov: GovernanceStore, version: ModelVersion) -> dict[str, Any]:
         "global_feature_importance": _global_importance(gov, version),
         "author_statements": author,
     }
+
+
+def _survival_calibration(*evaluations: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The calibration tables of the stored survival evaluations, by evaluation kind."""
+    tables = {
+        e["kind"]: e["result"]["survival_calibration"]
+        for e in evaluations
+        if e and e["result"].get("survival_calibration")
+    }
+    return {"survival_calibration": tables} if tables else {}
 
 
 def render_card_html(card: Mapping[str, Any]) -> str:
@@ -365,6 +413,10 @@ def render_card_html(card: Mapping[str, Any]) -> str:
         parts.append("<ul class='bad'>")
         parts += [f"<li>missing: {esc(m)}</li>" for m in card["missing"]]
         parts += [f"<li>problem: {esc(p)}</li>" for p in card["problems"]]
+        parts.append("</ul>")
+    if card.get("warnings"):
+        parts.append("<ul class='bad'>")
+        parts += [f"<li>warning: {esc(w)}</li>" for w in card["warnings"]]
         parts.append("</ul>")
     parts.append("<h2>Model card</h2>")
     for section, value in card["model_card"].items():

@@ -1,9 +1,11 @@
 """The promotion gate on the ``production`` alias.
 
 Production needs: a complete model card, an evaluation meeting the version's declared acceptance
-criteria, and a recorded train/test split with no patient on both sides. Otherwise the move is
-refused with the full list of what is missing. An override needs a named approver and a written
-reason, and both go into the alias history with the problems that were overridden.
+criteria, and a recorded train/test split with no patient on both sides. An ``each_subgroup``
+criterion is met only when every subgroup was assessed: one below ``min_n`` or ``min_events``, or
+not estimable, is reported as not assessable and blocks (an override can accept it). Otherwise
+the move is refused with the full list of what is missing. An override needs a named approver
+and a written reason, and both go into the alias history with the problems that were overridden.
 """
 
 from __future__ import annotations
@@ -43,12 +45,19 @@ def check_criteria(criteria: list[dict[str, Any]], result: dict[str, Any]) -> li
         if scope == "overall":
             targets.append(("overall", result.get("metrics", {})))
         elif scope == "each_subgroup":
-            for column, rows in result.get("subgroups", {}).items():
-                targets += [
-                    (f"{column}={r['level']}", r["metrics"]) for r in rows if not r["flagged"]
-                ]
-            if not targets:
-                problems.append(f"{metric}: no reportable subgroup to check 'each_subgroup'")
+            subgroups = result.get("subgroups", {})
+            for column, rows in subgroups.items():
+                for r in rows:
+                    where = f"{column}={r['level']}"
+                    if not r["flagged"]:
+                        targets.append((where, r["metrics"]))
+                        continue
+                    # An unchecked subgroup is not a passed one: it blocks unless overridden.
+                    why = str(r.get("reason") or f"n={r.get('n')} below the minimum")
+                    why = why.removesuffix(": not reported")
+                    problems.append(f"{metric} ({where}) is not assessable: {why}")
+            if not subgroups or not any(subgroups.values()):
+                problems.append(f"{metric}: no subgroup was evaluated to check 'each_subgroup'")
         else:
             problems.append(f"unknown scope {scope!r} in criterion for {metric}")
         for where, metrics in targets:

@@ -3,11 +3,13 @@
 A model version serves CDS hooks when its FHIR feature map names them (``hooks:
 [patient-view]``); the service is whatever version the model's ``production`` alias points at,
 so a promotion moves the CDS service with it. Prefetch templates come from the feature map.
-When the client's prefetch lacks something required, medserve queries the client's
-``fhirServer`` only if that server is on the ``MEDSERVE_CDS_FHIR_SERVERS`` allowlist; otherwise
-it answers 412 as the specification asks. Nothing of the hook request is stored: only the ids
-of the cards issued (for feedback) and the feedback itself, with its free-text comment
-de-identified.
+A prefetch key that is ``null`` is the client saying it has no such data (the feature is then
+missing, as for an empty search); a key that is absent is fetched from the client's
+``fhirServer``, only if that server is on the ``MEDSERVE_CDS_FHIR_SERVERS`` allowlist and the
+request carries ``fhirAuthorization`` (its access token), following ``next`` links within
+:class:`FetchLimits`; otherwise medserve answers 412 as the specification asks. Nothing of the
+hook request is stored: only the ids of the cards issued (for feedback) and the feedback
+itself, with its free-text comment de-identified.
 """
 
 from __future__ import annotations
@@ -18,10 +20,11 @@ import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
-from urllib.parse import quote
+from urllib.parse import quote, urljoin
 
 import httpx
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from medserve.core.context import RequestContext
 from medserve.core.errors import (
@@ -39,10 +42,15 @@ from medserve.features.interop import metrics
 from medserve.features.interop.feature_map import LOINC, FhirMap
 from medserve.features.interop.fhir_input import (
     FhirInputError,
+    Problem,
     bundle_to_records,
-    parse_fhir_datetime,
 )
-from medserve.features.interop.fhir_output import fhir_map, positive_probability
+from medserve.features.interop.fhir_output import (
+    OperatingThreshold,
+    fhir_map,
+    operating_threshold,
+    positive_probability,
+)
 
 SERVICE_ALIAS = "production"
 # Blood-pressure components live inside the panel Observation: search for the panel too.
@@ -54,6 +62,17 @@ OVERRIDE_REASONS = [
     {"system": OVERRIDE_SYSTEM, "code": "data-wrong", "display": "Input data wrong or outdated"},
     {"system": OVERRIDE_SYSTEM, "code": "already-addressed", "display": "Already addressed"},
 ]
+
+
+@dataclass(frozen=True)
+class FetchLimits:
+    """How much of a FHIR server one hook call may read when prefetch is absent: pages of one
+    search (``Bundle.link[next]``), bytes and seconds of the whole call. Past a limit the call
+    is answered 412: scoring part of a search could miss the newest reading or skew a mean."""
+
+    pages: int = 10
+    bytes: int = 5_000_000
+    seconds: float = 10.0
 
 
 @dataclass(frozen=True)
@@ -97,16 +116,24 @@ def prefetch_templates(fmap: FhirMap, signature: Signature) -> tuple[dict[str, s
             )
             key = f"obs-{name}"
             templates[key] = (
-                f"Observation?subject={patient}&code="
-                + ",".join(f"{LOINC}|{c}" for c in codes)
+                f"Observation?patient={patient}&code="
+                + ",".join(_token(f"{LOINC}|{c}") for c in codes)
                 + "&_sort=-date&_count=100"
             )
         elif source.condition:
             key = f"cond-{name}"
-            templates[key] = f"Condition?patient={patient}&code=" + ",".join(source.condition)
+            templates[key] = f"Condition?patient={patient}&code=" + ",".join(
+                _token(c) for c in source.condition
+            )
         if key is not None and needed:
             required.add(key)
     return templates, required
+
+
+def _token(code: str) -> str:
+    """A token search value in a URL: ``system|code`` with ``|`` percent-encoded (``%7C``), as
+    a query string must carry it; ``,`` stays the separator of alternatives."""
+    return quote(code, safe=":/.-_~")
 
 
 def service_id(model: str, hook: str, hooks: list[str]) -> str:
@@ -138,6 +165,25 @@ def services_of(model: LoadedModel) -> list[CdsService]:
     ]
 
 
+class FhirAuthorization(BaseModel):
+    """The access token the CDS client grants for its FHIR server (every field REQUIRED)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    access_token: str = Field(min_length=1)
+    token_type: str
+    expires_in: int
+    scope: str
+    subject: str
+
+    @field_validator("token_type")
+    @classmethod
+    def _bearer(cls, value: str) -> str:
+        if value.lower() != "bearer":
+            raise ValueError("must be 'Bearer'")
+        return value
+
+
 class HookRequest(BaseModel):
     """The CDS Hooks 2.0 request body (fields medserve reads; others are allowed)."""
 
@@ -148,7 +194,7 @@ class HookRequest(BaseModel):
     context: dict[str, Any]
     prefetch: dict[str, Any] | None = None
     fhirServer: str | None = None  # noqa: N815
-    fhirAuthorization: dict[str, Any] | None = None  # noqa: N815
+    fhirAuthorization: FhirAuthorization | None = None  # noqa: N815
 
 
 class OverrideReason(BaseModel):
@@ -158,14 +204,42 @@ class OverrideReason(BaseModel):
     userComment: str | None = Field(default=None, max_length=2000)  # noqa: N815
 
 
+class AcceptedSuggestion(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    id: str = Field(min_length=1, max_length=128)
+
+
 class FeedbackItem(BaseModel):
+    """One feedback item as CDS Hooks 2.0 defines it: ``outcomeTimestamp`` is required (an
+    ISO 8601 date-time with its zone), and so is ``acceptedSuggestions`` for ``accepted``."""
+
     model_config = ConfigDict(extra="allow")
 
     card: str = Field(min_length=1, max_length=64)
     outcome: Literal["accepted", "overridden"]
-    acceptedSuggestions: list[dict[str, Any]] = Field(default_factory=list)  # noqa: N815
+    acceptedSuggestions: list[AcceptedSuggestion] | None = None  # noqa: N815
     overrideReason: OverrideReason | None = None  # noqa: N815
-    outcomeTimestamp: str | None = None  # noqa: N815
+    outcomeTimestamp: datetime  # noqa: N815
+
+    @field_validator("outcomeTimestamp", mode="before")
+    @classmethod
+    def _instant(cls, value: Any) -> datetime:
+        parsed = None
+        if isinstance(value, str) and "T" in value:
+            try:
+                parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+            except ValueError:
+                parsed = None
+        if parsed is None or parsed.tzinfo is None:
+            raise ValueError("must be an ISO 8601 date-time with a zone, e.g. 2026-11-30T10:00:00Z")
+        return parsed.astimezone(UTC)
+
+    @model_validator(mode="after")
+    def _accepted_names_suggestions(self) -> FeedbackItem:
+        if self.outcome == "accepted" and self.acceptedSuggestions is None:
+            raise ValueError("acceptedSuggestions is required for an 'accepted' outcome")
+        return self
 
 
 class FeedbackRequest(BaseModel):
@@ -196,12 +270,16 @@ class CdsHooks:
         rationales: Rationales,
         allowed_fhir_servers: list[str] | None = None,
         fetch_timeout_s: float = 5.0,
+        limits: FetchLimits | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self.plane = plane
         self.store = store
         self.rationales = rationales
         self.allowed = [s.rstrip("/") for s in allowed_fhir_servers or []]
         self.fetch_timeout_s = fetch_timeout_s
+        self.limits = limits or FetchLimits()
+        self.transport = transport  # tests: an httpx transport in place of the network
 
     # -- discovery --------------------------------------------------------------------------
     async def services(self) -> list[CdsService]:
@@ -227,7 +305,7 @@ class CdsHooks:
 
     # -- hook calls -------------------------------------------------------------------------
     async def call(
-        self, service: CdsService, body: Any, context: RequestContext, base_url: str
+        self, service: CdsService, body: Any, context: RequestContext, base_url: str | None
     ) -> dict[str, Any]:
         request: HookRequest = _parse(HookRequest, body, "CDS Hooks request")
         if request.hook != service.hook:
@@ -241,18 +319,31 @@ class CdsHooks:
                 "context.patientId is required",
                 details=[{"field": "context.patientId", "rule": "required", "message": "missing"}],
             )
-        prefetch = dict(request.prefetch or {})
-        missing = sorted(k for k in service.required if prefetch.get(k) is None)
+        # an absent key was not prefetched (fetch it or 412); a null one is "no such data"
+        prefetch: dict[str, Any] = dict(request.prefetch or {})
+        missing = sorted(k for k in service.required if k not in prefetch)
         if missing:
             prefetch.update(await self._fetch(service, request, patient_id, missing))
         model = await self.plane.model(service.model, SERVICE_ALIAS)
         fmap = fhir_map(model)
         assert fmap is not None
-        bundle = _bundle_from_prefetch(prefetch)
+        bundle = bundle_from_prefetch(prefetch, request.fhirServer)
         context = dataclasses.replace(context, patient_id=f"Patient/{patient_id}")
         try:
+            if "patient" in prefetch and prefetch["patient"] is None:
+                raise FhirInputError(
+                    [
+                        Problem(
+                            "required",
+                            "the CDS client has no Patient for context.patientId "
+                            "(prefetch 'patient' is null)",
+                            "prefetch.patient",
+                        )
+                    ]
+                )
             patients = bundle_to_records(bundle, fmap, model.signature, as_of=datetime.now(UTC))
-            patient = next((p for p in patients if p.reference == f"Patient/{patient_id}"), None)
+            wanted = f"Patient/{patient_id}"
+            patient = next((p for p in patients if p.logical == wanted), None)
             if patient is None:
                 raise PreconditionFailedError(
                     "prefetch 'patient' does not hold the Patient named by context.patientId"
@@ -267,7 +358,8 @@ class CdsHooks:
             reasons = await self.rationales(
                 model, [patient.record], fmap.positive_class if fmap is not None else None
             )
-            card = self._card(model, fmap, probability, reasons[0], base_url)
+            threshold = operating_threshold(model, fmap)
+            card = self._card(model, fmap, probability, reasons[0], base_url, threshold)
         issued = IssuedCard(
             uuid=card["uuid"],
             service_id=service.id,
@@ -285,41 +377,50 @@ class CdsHooks:
         self, service: CdsService, request: HookRequest, patient_id: str, missing: list[str]
     ) -> dict[str, Any]:
         server = (request.fhirServer or "").rstrip("/")
+        details = [
+            {"field": f"prefetch.{k}", "rule": "required", "message": "absent"} for k in missing
+        ]
+        absent = f"prefetch {', '.join(missing)} absent"
         if not server or server not in self.allowed:
-            metrics.CDS_PRECONDITION_FAILED.labels(service.id).inc()
             why = (
                 "no fhirServer was given"
                 if not server
                 else "the fhirServer is not on the allowlist (MEDSERVE_CDS_FHIR_SERVERS)"
             )
-            raise PreconditionFailedError(
-                f"prefetch {', '.join(missing)} absent and {why}",
-                details=[
-                    {"field": f"prefetch.{k}", "rule": "required", "message": "absent"}
-                    for k in missing
-                ],
+            raise _precondition(service, f"{absent} and {why}", details)
+        if request.fhirAuthorization is None:
+            raise _precondition(
+                service,
+                f"{absent} and no fhirAuthorization was given: medserve reads a FHIR server "
+                "only with the access token the CDS client grants for it",
+                details,
             )
-
-        headers = {"Accept": "application/fhir+json"}
-        token = (request.fhirAuthorization or {}).get("access_token")
-        if isinstance(token, str) and token:
-            headers["Authorization"] = f"Bearer {token}"
+        headers = {
+            "Accept": "application/fhir+json",
+            "Authorization": f"Bearer {request.fhirAuthorization.access_token}",
+        }
         fetched: dict[str, Any] = {}
-        async with httpx.AsyncClient(timeout=self.fetch_timeout_s, headers=headers) as client:
-            for key in missing:
-                path = service.prefetch[key].replace(
-                    "{{context.patientId}}", quote(patient_id, safe="")
-                )
-                try:
-                    reply = await client.get(f"{server}/{path}")
-                    reply.raise_for_status()
-                    fetched[key] = reply.json()
-                except (httpx.HTTPError, ValueError) as exc:
-                    metrics.CDS_PRECONDITION_FAILED.labels(service.id).inc()
-                    raise PreconditionFailedError(
-                        f"prefetch {key} absent and the FHIR server could not provide it "
-                        f"({type(exc).__name__})"
-                    ) from exc
+        read = _Reader(self, service, server)
+        try:
+            async with (
+                asyncio.timeout(self.limits.seconds),
+                httpx.AsyncClient(
+                    timeout=self.fetch_timeout_s,
+                    headers=headers,
+                    transport=self.transport,
+                    follow_redirects=False,
+                ) as client,
+            ):
+                for key in missing:
+                    path = service.prefetch[key].replace(
+                        "{{context.patientId}}", quote(patient_id, safe="")
+                    )
+                    fetched[key] = await read.search(client, key, f"{server}/{path}")
+        except TimeoutError as exc:
+            raise _precondition(
+                service,
+                f"{absent} and the FHIR server did not provide it within {self.limits.seconds:g} s",
+            ) from exc
         return fetched
 
     def _card(
@@ -328,19 +429,34 @@ class CdsHooks:
         fmap: FhirMap,
         probability: float,
         rationale: str | None,
-        base_url: str,
+        base_url: str | None,
+        threshold: OperatingThreshold | None = None,
     ) -> dict[str, Any]:
         band = fmap.band(probability)
         label = (band.label or band.code) if band is not None else None
         risk = f"{label} risk " if label else ""
-        summary = f"{fmap.outcome.text}: {risk}({probability:.0%})"
-        if len(summary) > 139:
-            summary = summary[:138] + "…"
+        figures = f"{probability:.0%}"
+        if threshold is not None:
+            side = "at/above" if probability >= threshold.value else "below"
+            figures += f", {side} the {_pct(threshold.value)} threshold"
+        suffix = f": {risk}({figures})"
+        room = 139 - len(suffix)
+        outcome = fmap.outcome.text
+        if len(outcome) > room:
+            outcome = outcome[: max(room - 1, 0)] + "…"
+        summary = (outcome + suffix)[:139]
         lines = [
             f"**{fmap.outcome.text}**: estimated probability **{probability:.1%}**"
             + (f" ({label} risk)" if label else "")
             + f", from model `{model.name}` version {model.number}.",
         ]
+        if threshold is not None:
+            lines += [
+                "",
+                f"The model's label is positive ({threshold.positive_class}) at risk >= "
+                f"{threshold.value:g} ({_pct(threshold.value)}), the operating threshold of "
+                f"version {model.number}: this risk is {threshold.verdict(probability)}.",
+            ]
         if rationale:
             lines += ["", "Main contributing factors:"]
             lines += [f"- {part.strip()}" for part in rationale.split(";") if part.strip()]
@@ -359,7 +475,7 @@ class CdsHooks:
         }
 
     def _not_scored(
-        self, model: LoadedModel, fmap: FhirMap, exc: ValidationFailedError, base_url: str
+        self, model: LoadedModel, fmap: FhirMap, exc: ValidationFailedError, base_url: str | None
     ) -> dict[str, Any]:
         """Data the model needs is absent or implausible: say so rather than guess."""
         lines = ["This patient could not be scored:", ""]
@@ -379,6 +495,21 @@ class CdsHooks:
     def feedback(self, service: CdsService, body: Any, actor: str) -> dict[str, Any]:
 
         request: FeedbackRequest = _parse(FeedbackRequest, body, "CDS Hooks feedback")
+        unknown = [
+            {
+                "field": f"feedback.{i}.acceptedSuggestions.{j}.id",
+                "rule": "suggestion_of_card",
+                "message": "medserve's cards carry no suggestions: nothing can be accepted",
+            }
+            for i, item in enumerate(request.feedback)
+            for j, _ in enumerate(item.acceptedSuggestions or [])
+        ]
+        if unknown:
+            raise InvalidRequestError(
+                "invalid CDS Hooks feedback: acceptedSuggestions names suggestions the card "
+                "does not have (" + ", ".join(d["field"] for d in unknown) + ")",
+                details=unknown,
+            )
         items = []
         for item in request.feedback:
             reason = (item.overrideReason.reason or {}) if item.overrideReason else {}
@@ -391,8 +522,8 @@ class CdsHooks:
                     override_system=_text(reason.get("system")),
                     override_display=_text(reason.get("display")),
                     user_comment=deidentify_text(comment) if comment else None,
-                    accepted_suggestions=len(item.acceptedSuggestions),
-                    outcome_at=parse_fhir_datetime(item.outcomeTimestamp),
+                    accepted_suggestions=len(item.acceptedSuggestions or []),
+                    outcome_at=item.outcomeTimestamp,
                 )
             )
         cards = self.store.record_feedback(service.id, items, actor)
@@ -405,31 +536,150 @@ def _text(value: Any, limit: int = 256) -> str | None:
     return value[:limit] if isinstance(value, str) and value else None
 
 
-def _source(model: LoadedModel, fmap: FhirMap, base_url: str) -> dict[str, Any]:
-    return {
+def _pct(value: float) -> str:
+    return f"{value * 100:.4g}%"
+
+
+def _precondition(
+    service: CdsService, message: str, details: list[dict[str, Any]] | None = None
+) -> PreconditionFailedError:
+    metrics.CDS_PRECONDITION_FAILED.labels(service.id).inc()
+    return PreconditionFailedError(message, details=details or [])
+
+
+class _Reader:
+    """Reads prefetch from the client's FHIR server within the call's :class:`FetchLimits`:
+    a search's ``next`` pages are followed on the same server only (a link elsewhere is a
+    request forgery vector), and every byte read counts against the call's budget."""
+
+    def __init__(self, hooks: CdsHooks, service: CdsService, server: str) -> None:
+        self.limits = hooks.limits
+        self.service = service
+        self.server = server
+        self.read = 0
+
+    async def search(self, client: httpx.AsyncClient, key: str, url: str) -> Any:
+        first = await self._get(client, key, url)
+        if first.get("resourceType") != "Bundle":
+            return first
+        entries = list(first.get("entry") or [])
+        page, current = first, url
+        for pages in range(1, self.limits.pages + 1):
+            following = _next_link(page)
+            if following is None:
+                first["entry"] = entries
+                first.pop("link", None)
+                return first
+            if pages == self.limits.pages:
+                break
+            current = urljoin(current, following)
+            if not _on_server(current, self.server):
+                raise _precondition(
+                    self.service,
+                    f"prefetch {key}: the FHIR server's next link leaves that server; "
+                    "medserve follows links on the fhirServer only",
+                )
+            page = await self._get(client, key, current)
+            entries.extend(page.get("entry") or [])
+        raise _precondition(
+            self.service,
+            f"prefetch {key}: the search has more than {self.limits.pages} pages "
+            "(the most medserve reads for one prefetch key)",
+        )
+
+    async def _get(self, client: httpx.AsyncClient, key: str, url: str) -> dict[str, Any]:
+        chunks: list[bytes] = []
+        try:
+            async with client.stream("GET", url) as reply:
+                reply.raise_for_status()
+                async for chunk in reply.aiter_bytes():
+                    self.read += len(chunk)
+                    if self.read > self.limits.bytes:
+                        raise _precondition(
+                            self.service,
+                            f"prefetch {key}: the FHIR server's answers exceed "
+                            f"{self.limits.bytes} bytes (the most medserve reads for one call)",
+                        )
+                    chunks.append(chunk)
+            body = orjson.loads(b"".join(chunks))
+        except (httpx.HTTPError, ValueError) as exc:
+            raise _precondition(
+                self.service,
+                f"prefetch {key} absent and the FHIR server could not provide it "
+                f"({type(exc).__name__})",
+            ) from exc
+        if not isinstance(body, dict):
+            raise _precondition(
+                self.service, f"prefetch {key}: the FHIR server answered with no resource"
+            )
+        return body
+
+
+def _next_link(bundle: dict[str, Any]) -> str | None:
+    for link in bundle.get("link") or []:
+        if isinstance(link, dict) and link.get("relation") == "next" and link.get("url"):
+            return str(link["url"])
+    return None
+
+
+def _on_server(url: str, server: str) -> bool:
+    return url == server or url.startswith((f"{server}/", f"{server}?"))
+
+
+def _source(model: LoadedModel, fmap: FhirMap, base_url: str | None) -> dict[str, Any]:
+    """The card's source. Its ``url`` must be absolute (CDS Hooks 2.0), so it is given only
+    where ``MEDSERVE_PUBLIC_URL`` says where medserve is: a URL built from the request's
+    ``Host`` header would let any caller put its own host into the card."""
+    source: dict[str, Any] = {
         "label": f"medserve: {model.name} v{model.number}",
-        "url": f"{base_url}/v1/models/{quote(model.name)}/versions/{model.number}/card?format=html",
         "topic": {"system": "urn:medserve:model", "code": model.name, "display": fmap.outcome.text},
     }
+    if base_url:
+        source["url"] = (
+            f"{base_url}/v1/models/{quote(model.name)}/versions/{model.number}/card?format=html"
+        )
+    return source
 
 
-def _bundle_from_prefetch(prefetch: dict[str, Any]) -> dict[str, Any]:
-    """One collection Bundle out of the prefetch: resources as they are, searchsets unpacked."""
+def bundle_from_prefetch(prefetch: dict[str, Any], server: str | None = None) -> dict[str, Any]:
+    """One collection Bundle out of the prefetch: resources as they are, searchsets unpacked,
+    null keys skipped, and each resource once although several keys may return it (a blood
+    pressure panel answers both the systolic and the diastolic search).
+
+    Everything in a hook call comes from the client's one FHIR server, so each resource is
+    named ``<fhirServer>/<Type>/<id>`` (or by ``Type/id`` where no server is named): the
+    prefetch's relative references then resolve by the Bundle rules, whatever fullUrls the
+    searchsets carried."""
+    base = server.rstrip("/") if server else None
     entries: list[dict[str, Any]] = []
+    seen: set[Any] = set()
+
+    def add(resource: Any, full_url: Any) -> None:
+        if not isinstance(resource, dict) or "resourceType" not in resource:
+            return
+        kind = resource.get("resourceType")
+        if kind == "OperationOutcome":
+            return
+        if resource.get("id"):
+            key: Any = (kind, resource["id"])
+            item: dict[str, Any] = {"resource": resource}
+            if base:
+                item["fullUrl"] = f"{base}/{kind}/{resource['id']}"
+        else:
+            key = full_url or orjson.dumps(resource, option=orjson.OPT_SORT_KEYS)
+            item = {"resource": resource, **({"fullUrl": full_url} if full_url else {})}
+        if key in seen:
+            return
+        seen.add(key)
+        entries.append(item)
+
     for value in prefetch.values():
         if not isinstance(value, dict):
             continue
         if value.get("resourceType") == "Bundle":
             for entry in value.get("entry") or []:
-                resource = entry.get("resource") if isinstance(entry, dict) else None
-                if (
-                    isinstance(resource, dict)
-                    and resource.get("resourceType") != "OperationOutcome"
-                ):
-                    item = {"resource": resource}
-                    if entry.get("fullUrl"):
-                        item["fullUrl"] = entry["fullUrl"]
-                    entries.append(item)
-        elif "resourceType" in value:
-            entries.append({"resource": value})
+                if isinstance(entry, dict):
+                    add(entry.get("resource"), entry.get("fullUrl"))
+        else:
+            add(value, None)
     return {"resourceType": "Bundle", "type": "collection", "entry": entries}

@@ -22,10 +22,28 @@ from medserve.core.registry.signature import Signature
 from medserve.features.interop.feature_map import LOINC, FeatureSource, FhirMap
 from medserve.features.interop.units import UnitConversionError, convert
 
-_EXCLUDED_STATUS = frozenset({"entered-in-error", "cancelled"})
+# Observations that carry no usable result (FHIR observation-status): never a reading.
+_NO_RESULT_STATUS = frozenset({"registered", "cancelled", "entered-in-error"})
 _INACTIVE_CONDITION = frozenset({"inactive", "remission", "resolved"})
 _REFUTED = frozenset({"refuted", "entered-in-error"})
-_PATIENT_TAIL = re.compile(r"(?:^|/)(Patient/[A-Za-z0-9\-.]{1,64})(?:/_history/.*)?$")
+# A RESTful reference: [root/]Type/id[/_history/vid] (FHIR R4, References and Bundle.fullUrl).
+_RESTFUL = re.compile(
+    r"^(?:(?P<root>https?://\S+?)/)?(?P<type>[A-Z][A-Za-z]{1,63})/(?P<id>[A-Za-z0-9\-.]{1,64})"
+    r"(?:/_history/[A-Za-z0-9\-.]{1,64})?$"
+)
+_VALUE_TYPES = (
+    "valueQuantity",
+    "valueCodeableConcept",
+    "valueString",
+    "valueBoolean",
+    "valueInteger",
+    "valueRange",
+    "valueRatio",
+    "valueSampledData",
+    "valueTime",
+    "valueDateTime",
+    "valuePeriod",
+)
 
 
 @dataclass(frozen=True)
@@ -62,20 +80,35 @@ class FhirInputError(ValidationFailedError):
 
 @dataclass
 class PatientInput:
-    reference: str  # how the Bundle refers to the patient (Patient/id or the entry's fullUrl)
+    """One Patient of a Bundle. ``reference`` is how an answer names it: the entry's fullUrl
+    where that is a server's URL (two servers may both hold a ``Patient/123``), else
+    ``Patient/<id>``. ``logical`` is ``Patient/<id>``: the form the prediction log pseudonymizes,
+    as erasure and outcomes name a patient by id."""
+
+    reference: str
     entry: int  # index of the Patient entry
+    logical: str | None = None
     record: dict[str, Any] = field(default_factory=dict)
     basis: list[str] = field(default_factory=list)
+
+    @property
+    def log_reference(self) -> str:
+        return self.logical or self.reference
 
 
 @dataclass(frozen=True)
 class _Reading:
+    """One coded result. ``kind`` is ``valueQuantity`` when ``value`` holds a number, ``absent``
+    for a result without a value (``dataAbsentReason``), else the value[x] type found."""
+
     code: str
     at: datetime | None
     value: float | None
     unit: str | None
     reference: str
     expression: str
+    kind: str = "valueQuantity"
+    comparator: str | None = None
 
 
 def parse_fhir_datetime(text: Any) -> datetime | None:
@@ -132,11 +165,80 @@ def _loc(loc: Any) -> str:
     return ".".join(parts) or "Bundle"
 
 
-def _patient_key(reference: str | None) -> str | None:
-    if not reference:
+def _restful(url: Any) -> tuple[str | None, str] | None:
+    """``(root, "Type/id")`` of a RESTful URL or relative reference (history dropped); the root
+    is None for a relative one. None for anything else (a URN, a fragment)."""
+    if not isinstance(url, str):
         return None
-    match = _PATIENT_TAIL.search(reference)
-    return match.group(1) if match else reference
+    match = _RESTFUL.match(url)
+    if match is None:
+        return None
+    return match.group("root"), f"{match.group('type')}/{match.group('id')}"
+
+
+def _without_history(url: str) -> str:
+    cut = url.find("/_history/")
+    return url[:cut] if cut >= 0 else url
+
+
+class _PatientIndex:
+    """The Bundle's Patients, found the way FHIR R4 resolves references inside a Bundle: an
+    absolute reference (``http...``, ``urn:uuid:...``) is an entry's fullUrl; a relative
+    ``Patient/123`` is read against the server root of the referring entry's fullUrl. Where
+    the referring entry has no server fullUrl (a URN or none), the reference is to the unknown
+    server the Bundle came from: it matches a Patient that has no server fullUrl either. A
+    bare id therefore never joins resources of two different servers."""
+
+    def __init__(self) -> None:
+        self.patients: list[PatientInput] = []
+        self._by_url: dict[str, PatientInput] = {}
+        self._by_local: dict[tuple[str | None, str], PatientInput] = {}
+
+    def add(self, entry: dict[str, Any], resource: dict[str, Any], index: int) -> Problem | None:
+        full_url = entry.get("fullUrl")
+        split = _restful(full_url)
+        root = split[0] if split is not None else None
+        logical = f"Patient/{resource['id']}" if resource.get("id") else None
+        if root is not None and isinstance(full_url, str):
+            reference = _without_history(full_url)
+        else:
+            reference = logical or (str(full_url) if full_url else f"Patient/#{index}")
+        patient = PatientInput(reference=reference, entry=index, logical=logical)
+        keys: list[tuple[dict[Any, PatientInput], Any]] = []
+        if isinstance(full_url, str) and full_url:
+            keys.append((self._by_url, _without_history(full_url)))
+        if logical is not None:
+            keys.append((self._by_local, (root, logical)))
+        for table, key in keys:
+            other = table.get(key)
+            if other is not None:
+                return Problem(
+                    "structure",
+                    f"Bundle.entry[{index}] is a second Patient with the identity of "
+                    f"Bundle.entry[{other.entry}] (same fullUrl, or same id with no server "
+                    "fullUrl to tell them apart): references to them are ambiguous",
+                    f"Bundle.entry[{index}]",
+                )
+        for table, key in keys:
+            table[key] = patient
+        self.patients.append(patient)
+        return None
+
+    def resolve(self, reference: Any, referrer: Any) -> PatientInput | None:
+        """The Patient ``reference`` (written in the entry whose fullUrl is ``referrer``) names."""
+        if not isinstance(reference, str) or not reference or reference.startswith("#"):
+            return None
+        target = _without_history(reference)
+        split = _restful(target)
+        if ":" in target.split("/", 1)[0]:  # absolute: a scheme before the first '/'
+            found = self._by_url.get(target)
+            if found is None and split is not None and split[0] is not None:
+                found = self._by_local.get(split)
+            return found
+        if split is None:
+            return None
+        base = _restful(referrer)
+        return self._by_local.get((base[0] if base is not None else None, split[1]))
 
 
 def _codes(concept: Any, system: str | None = None) -> list[str]:
@@ -153,37 +255,56 @@ def _codes(concept: Any, system: str | None = None) -> list[str]:
     return out
 
 
-def _observation_readings(resource: dict[str, Any], reference: str, expr: str) -> list[_Reading]:
-    at = parse_fhir_datetime(
+def observation_time(resource: dict[str, Any]) -> datetime | None:
+    """When an Observation was true: effectiveDateTime, else its effectivePeriod's end (the
+    result of a collection period is known at its end) or start, else effectiveInstant, else
+    issued."""
+    period = resource.get("effectivePeriod") or {}
+    return parse_fhir_datetime(
         resource.get("effectiveDateTime")
-        or (resource.get("effectivePeriod") or {}).get("start")
+        or period.get("end")
+        or period.get("start")
         or resource.get("effectiveInstant")
         or resource.get("issued")
     )
+
+
+def _observation_readings(resource: dict[str, Any], reference: str, expr: str) -> list[_Reading]:
+    if resource.get("status") in _NO_RESULT_STATUS:
+        return []
+    at = observation_time(resource)
     readings = []
-    for code in _codes(resource.get("code"), LOINC):
-        quantity = resource.get("valueQuantity") or {}
-        readings.append(_reading(code, at, quantity, reference, f"{expr}.valueQuantity"))
-    for j, component in enumerate(resource.get("component") or []):
+    components = resource.get("component") or []
+    # a panel (components, no value of its own) is not a reading of the panel's code
+    if not components or any(k in resource for k in (*_VALUE_TYPES, "dataAbsentReason")):
+        for code in _codes(resource.get("code"), LOINC):
+            readings.append(_reading(code, at, resource, reference, expr))
+    for j, component in enumerate(components):
         for code in _codes(component.get("code"), LOINC):
-            quantity = component.get("valueQuantity") or {}
-            path = f"{expr}.component[{j}].valueQuantity"
-            readings.append(_reading(code, at, quantity, reference, path))
+            path = f"{expr}.component[{j}]"
+            readings.append(_reading(code, at, component, reference, path))
     return readings
 
 
 def _reading(
-    code: str, at: datetime | None, quantity: dict[str, Any], reference: str, expr: str
+    code: str, at: datetime | None, holder: dict[str, Any], reference: str, expr: str
 ) -> _Reading:
-    value = quantity.get("value")
-    unit = quantity.get("code") if quantity.get("system") == "http://unitsofmeasure.org" else None
+    """The value of an Observation or a component (``holder``) as a reading."""
+    kind = next((k for k in _VALUE_TYPES if k in holder), "absent")
+    quantity = holder.get("valueQuantity") if kind == "valueQuantity" else None
+    if not isinstance(quantity, dict) or not isinstance(quantity.get("value"), int | float):
+        # no number: a dataAbsentReason, no value at all, or a value of another type
+        return _Reading(code, at, None, None, reference, f"{expr}.{kind}", kind=kind)
+    ucum = quantity.get("system") == "http://unitsofmeasure.org"
+    unit = quantity.get("code") if ucum else None
     return _Reading(
         code=code,
         at=at,
-        value=float(value) if isinstance(value, int | float) else None,
+        value=float(quantity["value"]),
         unit=unit or quantity.get("unit") or quantity.get("code"),
         reference=reference,
-        expression=expr,
+        expression=f"{expr}.valueQuantity",
+        comparator=quantity.get("comparator") or None,
     )
 
 
@@ -196,10 +317,13 @@ def _condition_active(resource: dict[str, Any]) -> bool:
 
 
 def _entry_reference(entry: dict[str, Any], resource: dict[str, Any]) -> str:
+    """How an answer's ``basis`` names a resource of the Bundle: its fullUrl, else Type/id."""
     full_url = entry.get("fullUrl")
+    if full_url:
+        return str(full_url)
     if resource.get("id"):
         return f"{resource['resourceType']}/{resource['id']}"
-    return str(full_url) if full_url else f"{resource.get('resourceType')}/#"
+    return f"{resource.get('resourceType')}/#"
 
 
 def bundle_to_records(
@@ -211,57 +335,54 @@ def bundle_to_records(
     """One record per Patient in the Bundle; raises :class:`FhirInputError` with every problem."""
     bundle = validate_bundle(raw)
     as_of = as_of or parse_fhir_datetime(bundle.get("timestamp")) or datetime.now(UTC)
-    patients: dict[str, PatientInput] = {}
-    resources: dict[str, dict[str, Any]] = {}
-    readings: dict[str, list[_Reading]] = {}
-    conditions: dict[str, list[tuple[set[str], str]]] = {}
-    unattached: list[tuple[str, Any]] = []
+    index = _PatientIndex()
+    resources: dict[int, dict[str, Any]] = {}
+    readings: dict[int, list[_Reading]] = {}
+    conditions: dict[int, list[tuple[set[str], str]]] = {}
+    unattached: list[tuple[Any, Any, str, Any]] = []
+    problems: list[Problem] = []
     for i, entry in enumerate(bundle.get("entry") or []):
         resource = entry.get("resource") or {}
         kind = resource.get("resourceType")
         expr = f"Bundle.entry[{i}].resource"
         if kind == "Patient":
-            ref = _entry_reference(entry, resource)
-            patient = PatientInput(reference=ref, entry=i)
-            for key in {ref, entry.get("fullUrl"), _patient_key(entry.get("fullUrl"))}:
-                if key:
-                    patients[key] = patient
-            resources[ref] = resource
+            problem = index.add(entry, resource, i)
+            if problem is not None:
+                problems.append(problem)
+            resources[i] = resource
         elif kind in ("Observation", "Condition"):
-            if kind == "Observation" and resource.get("status") in _EXCLUDED_STATUS:
-                continue
             subject = (resource.get("subject") or {}).get("reference")
-            ref = entry.get("fullUrl") or _entry_reference(entry, resource)
+            ref = _entry_reference(entry, resource)
             if kind == "Observation":
                 item: Any = _observation_readings(resource, ref, expr)
             elif _condition_active(resource):
                 item = (set(_codes(resource.get("code"), None)), ref)
             else:
                 continue
-            unattached.append((subject or "", (kind, item)))
-    unique = {id(p): p for p in patients.values()}
-    if not unique:
+            unattached.append((subject, entry.get("fullUrl"), kind, item))
+    if problems:
+        raise FhirInputError(problems)
+    if not index.patients:
         raise FhirInputError([Problem("required", "the Bundle holds no Patient", "Bundle.entry")])
-    only = next(iter(unique.values())) if len(unique) == 1 else None
-    for subject, (kind, item) in unattached:
-        owner = patients.get(subject) or patients.get(_patient_key(subject) or "")
+    only = index.patients[0] if len(index.patients) == 1 else None
+    for subject, referrer, kind, item in unattached:
+        owner = index.resolve(subject, referrer)
         if owner is None and only is not None and not subject:
             owner = only
         if owner is None:
             continue
         if kind == "Observation":
-            readings.setdefault(owner.reference, []).extend(item)
+            readings.setdefault(owner.entry, []).extend(item)
         else:
-            conditions.setdefault(owner.reference, []).append(item)
-    problems: list[Problem] = []
+            conditions.setdefault(owner.entry, []).append(item)
     specs = {f.name: f for f in signature.inputs}
-    ordered = sorted(unique.values(), key=lambda p: p.entry)
+    ordered = index.patients
     for patient in ordered:
         context = _PatientContext(
             patient,
-            resources[patient.reference],
-            readings.get(patient.reference, []),
-            conditions.get(patient.reference, []),
+            resources[patient.entry],
+            readings.get(patient.entry, []),
+            conditions.get(patient.entry, []),
             as_of,
             fmap,
         )
@@ -364,31 +485,37 @@ class _PatientContext:
         codes = set(source.loinc or [])
         window_start = self.as_of - timedelta(days=self.fmap.lookback(source))
         window_end = self.as_of + timedelta(days=1)
-        candidates = [
+        in_window = [
             r
             for r in self.readings
             if r.code in codes and r.at is not None and window_start <= r.at <= window_end
         ]
+        # a result without a value (dataAbsentReason, or none given) says nothing: skipped
+        candidates = [r for r in in_window if r.kind != "absent"]
         label = "/".join(source.loinc or [])
         if not candidates:
+            valueless = len(in_window)
+            why = f" ({valueless} without a value)" if valueless else ""
             problems.append(
                 Problem(
                     "required",
-                    f"feature {name!r}: no Observation with LOINC {label} for the patient in the "
-                    f"last {self.fmap.lookback(source)} days",
+                    f"feature {name!r}: no Observation with a value for LOINC {label} for the "
+                    f"patient in the last {self.fmap.lookback(source)} days{why}",
                     f"{self.expr}",
                     name,
                 )
             )
             return None
-        values: list[tuple[datetime, float, str]] = []
+        values: list[tuple[datetime, float, str, _Reading]] = []
         failed = False
         for reading in candidates:
             if reading.value is None:
                 problems.append(
                     Problem(
                         "value",
-                        f"feature {name!r}: Observation LOINC {reading.code} has no valueQuantity",
+                        f"feature {name!r}: the Observation at {_entry_of(reading.expression)} "
+                        f"(LOINC {reading.code}) has a {reading.kind}; a valueQuantity in "
+                        f"{source.unit} (or a unit convertible to it) is expected",
                         reading.expression,
                         name,
                     )
@@ -409,18 +536,46 @@ class _PatientContext:
                 failed = True
                 continue
             assert reading.at is not None
-            values.append((reading.at, converted, reading.reference))
+            values.append((reading.at, converted, reading.reference, reading))
         if failed or not values:
+            return None
+        bounded = self._bounded(source, values)
+        if bounded is not None:
+            problems.append(
+                Problem(
+                    "value",
+                    f"feature {name!r}: the Observation at {_entry_of(bounded.expression)} "
+                    f"(LOINC {bounded.code}) has valueQuantity.comparator "
+                    f"'{bounded.comparator}': a bound, not an exact reading the model can use",
+                    f"{bounded.expression}.comparator",
+                    name,
+                )
+            )
             return None
         return self._aggregate(source, values)
 
-    def _aggregate(self, source: FeatureSource, values: list[tuple[datetime, float, str]]) -> float:
+    @staticmethod
+    def _bounded(
+        source: FeatureSource, values: list[tuple[datetime, float, str, _Reading]]
+    ) -> _Reading | None:
+        """A reading with a comparator (``<0.5``) that the aggregate would use, if any: its
+        number is a bound, and using it as exact (or skipping it for an older value) would
+        misstate the patient, so the feature is refused instead."""
+        values.sort(key=lambda v: v[0])
+        if source.aggregate in ("latest", "earliest"):
+            chosen = values[-1] if source.aggregate == "latest" else values[0]
+            return chosen[3] if chosen[3].comparator else None
+        return next((v[3] for v in values if v[3].comparator), None)
+
+    def _aggregate(
+        self, source: FeatureSource, values: list[tuple[datetime, float, str, _Reading]]
+    ) -> float:
         values.sort(key=lambda v: v[0])
         if source.aggregate in ("latest", "earliest"):
             chosen = values[-1] if source.aggregate == "latest" else values[0]
             self._use(chosen[2])
             return chosen[1]
-        for _, _, reference in values:
+        for _, _, reference, _ in values:
             self._use(reference)
         numbers = [v[1] for v in values]
         if source.aggregate == "mean":
@@ -430,3 +585,8 @@ class _PatientContext:
     def _use(self, reference: str) -> None:
         if reference not in self.patient.basis:
             self.patient.basis.append(reference)
+
+
+def _entry_of(expression: str) -> str:
+    """``Bundle.entry[i]`` of an expression: names the Observation without quoting its id."""
+    return expression.split(".resource", 1)[0]

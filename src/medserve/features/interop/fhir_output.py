@@ -8,6 +8,9 @@ computed, the top contributing features in plain words as ``rationale``.
 
 from __future__ import annotations
 
+import re
+import uuid
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -16,6 +19,7 @@ from medserve.core.loaded_model import LoadedModel
 from medserve.features.interop.feature_map import RISK_PROBABILITY_SYSTEM, FhirMap, fhir_map_of
 from medserve.features.interop.fhir_input import FhirInputError, PatientInput, Problem
 
+_FHIR_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
 _ISSUE_TYPE = {
     "validation_failed": "invalid",
     "invalid_request": "invalid",
@@ -66,6 +70,62 @@ def outcome_for_error(
     return operation_outcome(problems)
 
 
+def fhir_id_base(request_id: str, made_by_medserve: bool) -> str:
+    """The stem of the FHIR ids of an answer (``[A-Za-z0-9-.]{1,64}`` with room for ``-<row>``):
+    medserve's own request id (hex), else a fresh uuid. A caller's ``X-Request-ID`` is any text
+    (an encounter number, say) and never becomes a resource id; answers still carry it in
+    ``identifier``."""
+    if made_by_medserve and _FHIR_ID.match(request_id) and len(request_id) <= 48:
+        return request_id
+    return uuid.uuid4().hex
+
+
+@dataclass(frozen=True)
+class OperatingThreshold:
+    """The version's recorded operating point: its label is ``positive_class`` at
+    ``P(positive_class) >= value``."""
+
+    value: float
+    positive_class: str
+
+    def statement(self, version: int) -> str:
+        return (
+            f"positive ({self.positive_class}) at risk >= {self.value:g} "
+            f"(operating threshold of version {version})"
+        )
+
+    def verdict(self, probability: float) -> str:
+        side = "at or above" if probability >= self.value else "below"
+        return f"{side} the operating threshold {self.value:g}"
+
+
+def operating_threshold(model: LoadedModel, fmap: FhirMap | None) -> OperatingThreshold | None:
+    """The threshold the served label used, when the version records one for the class whose
+    probability the answer reports (None otherwise: nothing is claimed)."""
+    value = getattr(model, "threshold", None)
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return None
+    positive = getattr(model, "positive_class", None)
+    reported = reported_class(model, fmap)
+    if positive is not None and reported is not None and str(positive) != reported:
+        return None
+    label = str(positive) if positive is not None else reported
+    return OperatingThreshold(float(value), label or "positive")
+
+
+def reported_class(model: LoadedModel, fmap: FhirMap | None) -> str | None:
+    """The class whose probability is the risk: the map's ``positive_class``, else the
+    version's recorded positive class, else the last class."""
+    wanted = fmap.positive_class if fmap is not None else None
+    if wanted is None:
+        positive = getattr(model, "positive_class", None)
+        wanted = str(positive) if positive is not None else None
+    keys = model.class_keys or []
+    if wanted is not None and (not keys or wanted in keys):
+        return wanted
+    return keys[-1] if keys else None
+
+
 def risk_assessment(
     *,
     model: str,
@@ -79,8 +139,12 @@ def risk_assessment(
     request_id: str,
     index: int,
     occurrence: datetime | None = None,
+    threshold: OperatingThreshold | None = None,
+    fhir_id: str | None = None,
 ) -> dict[str, Any]:
-    """One RiskAssessment (R4) for one patient and one model version."""
+    """One RiskAssessment (R4) for one patient and one model version. ``fhir_id`` is the stem
+    of its id (:func:`fhir_id_base`); ``threshold`` is stated in a ``note`` (which side of it
+    this risk is), so a reader knows where the served label flips."""
     outcome_map = fmap.outcome if fmap is not None else None
     outcome: dict[str, Any] = {"text": outcome_map.text if outcome_map else "risk"}
     if outcome_map is not None and outcome_map.code:
@@ -96,9 +160,13 @@ def risk_assessment(
         }
     if rationale:
         prediction["rationale"] = rationale
+    notes: list[dict[str, Any]] = []
+    if threshold is not None:
+        stated = f"{threshold.statement(version)}; this risk is {threshold.verdict(probability)}"
+        notes.append({"text": stated[:1].upper() + stated[1:] + "."})
     resource: dict[str, Any] = {
         "resourceType": "RiskAssessment",
-        "id": f"{request_id}-{index}",
+        "id": f"{fhir_id or fhir_id_base(request_id, False)}-{index}",
         "contained": [
             {
                 "resourceType": "Device",
@@ -118,13 +186,16 @@ def risk_assessment(
     }
     if basis:
         resource["basis"] = [{"reference": ref} for ref in basis]
+    if notes:
+        resource["note"] = notes
     return resource
 
 
-def collection(resources: list[dict[str, Any]], request_id: str) -> dict[str, Any]:
+def collection(resources: list[dict[str, Any]], fhir_id: str) -> dict[str, Any]:
+    """A collection Bundle of ``resources``; ``fhir_id`` from :func:`fhir_id_base`."""
     return {
         "resourceType": "Bundle",
-        "id": request_id,
+        "id": fhir_id,
         "type": "collection",
         "timestamp": datetime.now(UTC).isoformat(timespec="seconds"),
         "entry": [
@@ -155,6 +226,6 @@ def positive_probability(
     model: LoadedModel, fmap: FhirMap | None, prediction: dict[str, Any]
 ) -> float:
     probabilities: dict[str, float] = prediction["probabilities"]
-    wanted = fmap.positive_class if fmap is not None else None
-    key = wanted if wanted in probabilities else (model.class_keys or list(probabilities))[-1]
+    wanted = reported_class(model, fmap)
+    key = wanted if wanted in probabilities else list(probabilities)[-1]
     return float(probabilities[key])

@@ -3,6 +3,11 @@
 Only summaries are kept (per-feature quantiles, PSI bin proportions, category frequencies, range,
 missing rate, and the same for the model's own predictions on the sample), never rows: the
 reference may be read by anyone allowed to see monitoring, and must not hold patient data.
+
+Numbers are summarized in float32, the precision the model gets them in and the log keeps them
+in, so that a window compares with its reference value for value (edges included). A feature
+with few distinct values also keeps them with their proportions (``levels``), which makes its
+KS test exact. The missing rate is what arrived missing, before the validator imputed it.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from medserve.core.extensions import emit
 from medserve.core.loaded_model import load_version
 from medserve.core.registry.entities import ModelVersion
 from medserve.core.registry.events import ReferenceProfiled, RegistryEvent, VersionRegistered
-from medserve.core.registry.signature import Signature
+from medserve.core.registry.signature import Signature, imputed_counts
 from medserve.core.store.monitoring import MonitoringStore
 
 if TYPE_CHECKING:
@@ -30,6 +35,7 @@ log = logging.getLogger(__name__)
 N_QUANTILES = 101
 PSI_BINS = 10
 MAX_CLASSES = 10
+MAX_LEVELS = 32  # distinct values kept exactly (with proportions) for a discrete feature
 IMPORTANCE_ROWS = 200
 
 
@@ -43,9 +49,15 @@ def _as_float(values: np.ndarray) -> np.ndarray:
     return out
 
 
+def _f32(values: np.ndarray) -> np.ndarray:
+    """Float32-rounded values, held as float64 (exactly representable: JSON keeps them)."""
+    return np.asarray(values, dtype=np.float32).astype(np.float64)
+
+
 def psi_edges(finite: np.ndarray) -> list[float]:
-    """Interior bin edges at the deciles (duplicates removed for discrete features)."""
-    qs = np.quantile(finite, np.linspace(0, 1, PSI_BINS + 1)[1:-1])
+    """Interior bin edges at the deciles, float32-rounded (duplicates removed for discrete
+    features)."""
+    qs = _f32(np.quantile(finite, np.linspace(0, 1, PSI_BINS + 1)[1:-1]))
     return [float(v) for v in np.unique(qs)]
 
 
@@ -55,14 +67,16 @@ def bin_proportions(finite: np.ndarray, edges: list[float]) -> list[float]:
     return [float(c) for c in counts / max(1, len(finite))]
 
 
-def summarize_numeric(values: np.ndarray) -> dict[str, Any]:
+def summarize_numeric(values: np.ndarray, imputed: int = 0) -> dict[str, Any]:
+    """``imputed``: values that arrived missing and were imputed into ``values``."""
     x = values.astype(np.float64) if values.dtype != object else _as_float(values)
+    x = _f32(x)
     finite = x[np.isfinite(x)]
     n = len(x)
     summary: dict[str, Any] = {
         "kind": "numeric",
         "n": int(n),
-        "missing_rate": float(1 - len(finite) / n) if n else 0.0,
+        "missing_rate": float((n - len(finite) + imputed) / n) if n else 0.0,
     }
     if len(finite) == 0:
         return summary
@@ -76,10 +90,15 @@ def summarize_numeric(values: np.ndarray) -> dict[str, Any]:
         edges=edges,
         proportions=bin_proportions(finite, edges),
     )
+    levels, counts = np.unique(finite, return_counts=True)
+    if len(levels) <= MAX_LEVELS:
+        summary["levels"] = [
+            [float(v), float(c / len(finite))] for v, c in zip(levels, counts, strict=True)
+        ]
     return summary
 
 
-def summarize_categorical(values: np.ndarray) -> dict[str, Any]:
+def summarize_categorical(values: np.ndarray, imputed: int = 0) -> dict[str, Any]:
     present = [str(v) for v in values if v is not None and not (isinstance(v, float) and v != v)]
     n = len(values)
     levels, counts = np.unique(np.asarray(present, dtype=object), return_counts=True)
@@ -87,7 +106,7 @@ def summarize_categorical(values: np.ndarray) -> dict[str, Any]:
     return {
         "kind": "categorical",
         "n": int(n),
-        "missing_rate": float(1 - len(present) / n) if n else 0.0,
+        "missing_rate": float((n - len(present) + imputed) / n) if n else 0.0,
         "frequencies": {str(k): float(c / total) for k, c in zip(levels, counts, strict=True)},
     }
 
@@ -109,16 +128,21 @@ def build_reference(
     X: np.ndarray,
     outputs: dict[str, np.ndarray] | None,
     class_keys: list[str] | None,
+    missing: np.ndarray | None = None,
 ) -> dict[str, Any]:
+    """``missing``: per feature, the sample's values imputed into ``X`` (``imputed_counts``)."""
     features: dict[str, Any] = {}
     for j, spec in enumerate(signature.inputs):
         if spec.identifier:
             continue  # identifiers are not a distribution to monitor
+        if spec.type == "string" and not spec.categories:
+            continue  # free text: its values are never kept (a note may name anyone)
         column = X[:, j]
+        imputed = int(missing[j]) if missing is not None else 0
         if spec.type == "string":
-            features[spec.name] = summarize_categorical(column)
+            features[spec.name] = summarize_categorical(column, imputed)
         else:
-            features[spec.name] = summarize_numeric(column)
+            features[spec.name] = summarize_numeric(column, imputed)
     predictions = {
         key: summarize_numeric(values)
         for key, values in (score_columns(outputs, class_keys) if outputs else {}).items()
@@ -155,7 +179,7 @@ def _record(registry: Registry, version: ModelVersion, sample: pd.DataFrame) -> 
     records = sample[signature.feature_names].to_dict(orient="records")
     X = signature.validator().records_to_matrix(records)
     outputs = loaded.predict(X)
-    reference = build_reference(signature, X, outputs, loaded.class_keys)
+    reference = build_reference(signature, X, outputs, loaded.class_keys, imputed_counts(X))
     MonitoringStore(registry.store).put_reference(
         version.model_name, version.version, reference, None, datetime.now(UTC)
     )

@@ -11,6 +11,8 @@ from typing import Any
 
 from rich.table import Table
 
+from medserve.features.monitoring.drift import INSUFFICIENT
+
 
 def _num(value: Any, digits: int = 3) -> str:
     if value is None:
@@ -22,18 +24,32 @@ def _num(value: Any, digits: int = 3) -> str:
     return str(value)
 
 
-STATUS_STYLE = {"alert": "bold red", "warn": "yellow", "ok": "green"}
+STATUS_STYLE = {"alert": "bold red", "warn": "yellow", "ok": "green", INSUFFICIENT: "dim"}
+
+
+def enough_data(drift: dict[str, Any]) -> bool:
+    """Whether the window had ``min_window_n`` predictions (runs stored before the flag: yes)."""
+    return bool(drift.get("enough_data", True))
+
+
+def _insufficient_note(drift: dict[str, Any], n: int) -> str:
+    least = drift.get("min_window_n")
+    return f"insufficient data: {n} predictions" + (f", fewer than {least}" if least else "")
 
 
 def drift_table(run: dict[str, Any]) -> Table:
     drift = run.get("drift") or {}
-    table = Table(title=f"{run.get('model')}: drift, window of {run['window']['n']} predictions")
+    title = f"{run.get('model')}: drift, window of {run['window']['n']} predictions"
+    if drift and not enough_data(drift):
+        title += f" ({_insufficient_note(drift, run['window']['n'])}: no verdict)"
+    table = Table(title=title)
     for column in ("feature", "PSI", "status", "KS p / chi2 p", "missing", "out of range", "mean"):
         table.add_column(column, justify="left" if column in ("feature", "status") else "right")
     features = drift.get("features", {})
     ordered = sorted(features.items(), key=lambda kv: -(kv[1].get("psi") or 0.0))
+    verdict = enough_data(drift)
     for name, f in ordered:
-        status = f.get("status", "-")
+        status = f.get("status", "-") if verdict else INSUFFICIENT
         style = STATUS_STYLE.get(status, "")
         table.add_row(
             name,
@@ -45,7 +61,7 @@ def drift_table(run: dict[str, Any]) -> Table:
             _num(f.get("mean"), 4),
         )
     for key, p in (drift.get("predictions") or {}).items():
-        status = p.get("status", "-")
+        status = p.get("status", "-") if verdict else INSUFFICIENT
         table.add_row(
             f"[italic]prediction {key}[/]",
             _num(p.get("psi")),
@@ -132,14 +148,23 @@ def html_report(
         )
         psis = {k: float(f["psi"]) for k, f in drift.get("features", {}).items() if "psi" in f}
         psis = dict(sorted(psis.items(), key=lambda kv: -kv[1]))
-        body.append(_bars("PSI per feature (dashed line: alert threshold)", psis, psi_alert))
+        if drift and not enough_data(drift):
+            note = _insufficient_note(drift, int(latest["window"]["n"]))
+            body.append(
+                f"<p><strong>Status: {html.escape(note)}.</strong> No drift verdict is given "
+                "for this window; its PSI values are shown without alert colours.</p>"
+            )
+            body.append(_bars("PSI per feature (insufficient data: no verdict)", psis, None))
+        else:
+            body.append(_bars("PSI per feature (dashed line: alert threshold)", psis, psi_alert))
         history = {
             str(r["window"]["end"])[:19]: float(
                 ((r.get("drift") or {}).get("summary") or {}).get("psi_max") or 0
             )
             for r in reversed(runs)
+            if enough_data(r.get("drift") or {})  # a run without a verdict is not a point
         }
-        body.append(_bars("Largest PSI per run", history, psi_alert))
+        body.append(_bars("Largest PSI per run (runs with enough data)", history, psi_alert))
         perf = latest["performance"]
         rows = "".join(
             f"<tr><td>{html.escape(k)}</td><td>{html.escape(_num(v))}</td></tr>"

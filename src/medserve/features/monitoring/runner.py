@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import Counter
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -21,18 +21,25 @@ import httpx
 import numpy as np
 
 from medserve.core import metrics
+from medserve.core.errors import NotFoundError
 from medserve.core.monitoring_config import ModelMonitoringConfig
 from medserve.core.registry.signature import Signature
 from medserve.core.store.base import RegistryStore
-from medserve.core.store.monitoring import AlertRule, LoggedPrediction, MonitoringStore, inserted_id
+from medserve.core.store.monitoring import (
+    PERFORMANCE_METRICS,
+    AlertRule,
+    MonitoringStore,
+    WindowBatch,
+    inserted_id,
+)
 from medserve.core.store.tables_monitoring import mon_alerts
-from medserve.features.monitoring.drift import window_drift
-from medserve.features.monitoring.performance import performance
+from medserve.features.monitoring.drift import WindowDrift
+from medserve.features.monitoring.performance import LivePerformance
 from medserve.features.monitoring.retention import purge_expired
 
 log = logging.getLogger(__name__)
 
-PERFORMANCE_METRICS = ("auroc", "sensitivity", "ppv", "observed_expected", "calibration_slope")
+PAGE_ROWS = 32_768  # predictions folded into the drift summaries at a time
 
 
 def positive_key(signature: Signature, cfg: ModelMonitoringConfig) -> str | None:
@@ -43,15 +50,6 @@ def positive_key(signature: Signature, cfg: ModelMonitoringConfig) -> str | None
     if cfg.positive_class is not None and cfg.positive_class in labels:
         return cfg.positive_class
     return labels[1] if len(labels) >= 2 else labels[0]
-
-
-def _score(p: LoggedPrediction, positive: str | None, labels: list[str]) -> float:
-    if positive is None:
-        return float(p.outputs.get("value", np.nan))
-    probabilities = p.outputs.get("probabilities")
-    if isinstance(probabilities, list) and positive in labels:
-        return float(probabilities[labels.index(positive)])
-    return float("nan")
 
 
 def _label(outcome: Any, positive: str | None) -> float | None:
@@ -68,6 +66,82 @@ def _label(outcome: Any, positive: str | None) -> float | None:
     return None
 
 
+def _column(outputs: dict[str, Any], key: str, n: int) -> np.ndarray:
+    values = outputs.get(key)
+    if values is None:
+        return np.full((n,), np.nan)
+    try:
+        return np.asarray([np.nan if v is None else v for v in values], dtype=np.float64)
+    except (TypeError, ValueError):
+        return np.full((n,), np.nan)
+
+
+@dataclass
+class _Version:
+    """What one version's rows are read with, and its drift summaries."""
+
+    signature: Signature
+    labels: list[str]
+    positive: str | None
+    drift: WindowDrift | None
+    n: int = 0
+    pending: list[tuple[Any, dict[str, np.ndarray], np.ndarray]] = field(default_factory=list)
+    pending_rows: int = 0
+
+    def scores(self, batch: WindowBatch) -> dict[str, np.ndarray]:
+        """The monitored score columns of a batch: each class probability, or the value."""
+        if not self.labels:
+            return {"value": _column(batch.outputs, "value", batch.n).reshape(-1)}
+        probabilities = _column(batch.outputs, "probabilities", batch.n)
+        if probabilities.ndim != 2 or probabilities.shape[1] != len(self.labels):
+            return {f"p:{k}": np.full(batch.n, np.nan) for k in self.labels}
+        return {f"p:{k}": probabilities[:, i] for i, k in enumerate(self.labels)}
+
+    def score(self, scores: dict[str, np.ndarray], positive: str | None) -> np.ndarray:
+        key = "value" if positive is None else f"p:{positive}"
+        found = scores.get(key)
+        return found if found is not None else np.full(len(next(iter(scores.values()))), np.nan)
+
+    def fold(self, batch: WindowBatch, scores: dict[str, np.ndarray]) -> None:
+        """Queue a batch's rows in the window for the drift summaries (folded a page at a
+        time: a page of small batches costs the numpy calls of one)."""
+        assert self.drift is not None
+        width = len(self.signature.inputs)
+        missing = np.zeros(width, dtype=np.int64)
+        for row, feature, count in batch.missing:
+            if feature < width and (batch.keep is None or batch.keep[row]):
+                missing[feature] += count
+        inputs: Any = batch.inputs
+        if batch.keep is not None:
+            scores = {k: v[batch.keep] for k, v in scores.items()}
+            if isinstance(inputs, np.ndarray):
+                inputs = inputs[batch.keep]
+            else:
+                inputs = [r for r, keep in zip(inputs, batch.keep.tolist(), strict=True) if keep]
+        self.pending.append((inputs, scores, missing))
+        self.pending_rows += batch.kept
+        if self.pending_rows >= PAGE_ROWS:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.pending or self.drift is None:
+            return
+        parts, self.pending, self.pending_rows = self.pending, [], 0
+        inputs: Any
+        if all(isinstance(p[0], np.ndarray) and p[0].dtype != object for p in parts):
+            inputs = parts[0][0] if len(parts) == 1 else np.concatenate([p[0] for p in parts])
+        else:
+            inputs = [
+                row
+                for p in parts
+                for row in (p[0].tolist() if isinstance(p[0], np.ndarray) else p[0])
+            ]
+        keys = parts[0][1].keys()
+        scores = {k: np.concatenate([p[1][k] for p in parts]) for k in keys}
+        missing = np.sum([p[2] for p in parts], axis=0)
+        self.drift.add(inputs, scores, missing)
+
+
 def compute(
     store: MonitoringStore,
     registry_store: RegistryStore,
@@ -76,72 +150,120 @@ def compute(
     window_s: float,
     now: datetime,
 ) -> dict[str, Any]:
+    """Drift of the window ending ``now`` and live performance of the matured window, read
+    page by page into fixed-size summaries: memory does not grow with the window."""
     cfg = store.config(model)
     start, end = now - timedelta(seconds=window_s), now
-    window = store.predictions(model, start, end)
-    by_version = Counter(p.version for p in window)
-    versions: dict[str, Any] = {}
-    for version, _ in by_version.most_common():
-        rows = [p for p in window if p.version == version]
-        signature = Signature.model_validate(registry_store.get_version(model, version).signature)
-        labels = [str(c) for c in signature.class_labels or []]
-        try:
-            reference, _ = store.reference(model, version)
-        except Exception:
-            versions[str(version)] = {
-                "n": len(rows),
-                "error": "no reference stored at registration",
-            }
-            continue
-        scores = {}
-        if labels:
-            for key in reference.get("predictions", {}):
-                label = key[2:]
-                scores[key] = np.array([_score(p, label, labels) for p in rows])
-        else:
-            scores["value"] = np.array([_score(p, None, labels) for p in rows])
-        drift = window_drift(
-            reference, signature.feature_names, [p.inputs for p in rows], scores, cfg
-        )
-        drift["enough_data"] = len(rows) >= cfg.min_window_n
-        versions[str(version)] = drift
-
     horizon = timedelta(seconds=cfg.outcome_horizon_s)
     m_start, m_end = start - horizon, end - horizon
-    matured = store.predictions(model, m_start, m_end) if horizon else window
-    perf_rows = []
-    task = "regression"
-    for p in matured:
-        if p.outcome is None:
+    versions: dict[int, _Version] = {}
+    errors: dict[int, str] = {}
+
+    def version_of(number: int) -> _Version:
+        found = versions.get(number)
+        if found is None:
+            signature = Signature.model_validate(
+                registry_store.get_version(model, number).signature
+            )
+            labels = [str(c) for c in signature.class_labels or []]
+            drift = None
+            try:
+                reference, _ = store.reference(model, number)
+            except NotFoundError:
+                errors[number] = "no reference stored at registration"
+            else:
+                keys = [f"p:{k}" for k in labels] if labels else ["value"]
+                drift = WindowDrift(reference, signature.feature_names, keys)
+            found = versions[number] = _Version(
+                signature, labels, positive_key(signature, cfg), drift
+            )
+        return found
+
+    live = LivePerformance(cfg.threshold, cfg.subgroups)
+    labelled = 0
+    for batch in store.window_batches(model, start, end):
+        state = version_of(batch.version)
+        kept = batch.kept
+        if not kept:
             continue
-        signature = Signature.model_validate(registry_store.get_version(model, p.version).signature)
-        labels = [str(c) for c in signature.class_labels or []]
-        positive = positive_key(signature, cfg)
-        task = "classification" if positive is not None else "regression"
-        y = _label(p.outcome, positive)
-        if y is None:
+        state.n += kept
+        scores = state.scores(batch)
+        if state.drift is not None:
+            state.fold(batch, scores)
+        if not horizon and batch.outcomes:
+            labelled += _fold_labelled(live, batch, state, scores, cfg)
+    if horizon:
+        n_matured = store.count_window(model, m_start, m_end)
+        for batch in store.window_batches(model, m_start, m_end, labelled_only=True):
+            state = version_of(batch.version)
+            labelled += _fold_labelled(live, batch, state, state.scores(batch), cfg)
+    else:
+        n_matured = sum(v.n for v in versions.values())
+
+    results: dict[str, Any] = {}
+    for number, state in sorted(versions.items(), key=lambda kv: -kv[1].n):
+        if not state.n:
             continue
-        features = dict(zip(signature.feature_names, p.inputs, strict=False))
-        groups = {key: (p.site if key == "site" else features.get(key)) for key in cfg.subgroups}
-        perf_rows.append({"y": y, "score": _score(p, positive, labels), "groups": groups})
-    live = performance(perf_rows, task=task, threshold=cfg.threshold, subgroups=cfg.subgroups)
-    main = versions.get(str(by_version.most_common(1)[0][0])) if by_version else None
+        if state.drift is None:
+            results[str(number)] = {"n": state.n, "error": errors[number]}
+            continue
+        state.flush()
+        results[str(number)] = state.drift.result(cfg)
+    window_n = sum(v.n for v in versions.values())
+    main = next(iter(results.values()), None)
     return {
         "model": model,
-        "window": {"start": start.isoformat(), "end": end.isoformat(), "n": len(window)},
+        "window": {"start": start.isoformat(), "end": end.isoformat(), "n": window_n},
         "drift": main,
-        "versions": versions,
+        "versions": results,
         "performance": {
             "matured_window": {
                 "start": m_start.isoformat(),
                 "end": m_end.isoformat(),
-                "n_predictions": len(matured),
-                "n_labelled": len(perf_rows),
+                "n_predictions": n_matured,
+                "n_labelled": labelled,
                 "outcome_horizon_s": cfg.outcome_horizon_s,
             },
-            **live,
+            **live.result(),
         },
     }
+
+
+def _fold_labelled(
+    live: LivePerformance,
+    batch: WindowBatch,
+    state: _Version,
+    scores: dict[str, np.ndarray],
+    cfg: ModelMonitoringConfig,
+) -> int:
+    """Add a batch's labelled rows (in the window) to live performance; returns how many."""
+    rows, ys = [], []
+    for idx, outcome in batch.outcomes.items():
+        y = _label(outcome, state.positive)
+        if y is not None:
+            rows.append(idx)
+            ys.append(y)
+    if not rows:
+        return 0
+    picked = np.asarray(rows, dtype=np.int64)
+    score = state.score(scores, state.positive)[picked]
+    groups: dict[str, list[Any]] = {}
+    names = state.signature.feature_names
+    for key in cfg.subgroups:
+        if key == "site":
+            sites = batch.sites()
+            groups[key] = [sites[i] for i in rows]
+        elif key in names:
+            j = names.index(key)
+            inputs = batch.inputs
+            groups[key] = [
+                inputs[i, j] if isinstance(inputs, np.ndarray) else inputs[i][j] for i in rows
+            ]
+        else:
+            groups[key] = [None] * len(rows)
+    task = "classification" if state.positive is not None else "regression"
+    live.add(task, np.asarray(ys, dtype=np.float64), score, groups)
+    return len(rows)
 
 
 def metric_value(result: dict[str, Any], metric: str) -> tuple[float | None, int]:

@@ -37,7 +37,7 @@ from medserve.core.store.governance import GovernanceStore
 from medserve.features.training import algorithms as algos
 from medserve.features.training.spec import LOWER_IS_BETTER, TrainingSpec
 from medserve.features.training.split import cv_folds, patient_split
-from medserve.features.training.survival import make_survival
+from medserve.features.training.survival import CoxConvergenceError, make_survival
 
 
 @dataclass(frozen=True)
@@ -60,6 +60,84 @@ class _Data:
     positive: Any
 
 
+def _numeric_column(frame: pd.DataFrame, column: str, field: str) -> np.ndarray:
+    """A column the spec needs as numbers, or a spec error naming it (never its values:
+    they may identify a patient)."""
+    try:
+        return np.asarray(frame[column].to_numpy(dtype=float))
+    except (TypeError, ValueError) as exc:
+        raise InvalidRequestError(
+            f"{field}: column {column!r} must be numeric, but holds {frame[column].dtype} values",
+            details=[{"field": field, "column": column, "rule": "numeric"}],
+        ) from exc
+
+
+def _event_column(frame: pd.DataFrame, column: str) -> np.ndarray:
+    values = _numeric_column(frame, column, "event")
+    if not np.isin(values, (0.0, 1.0)).all():
+        raise InvalidRequestError(
+            f"event: column {column!r} must hold 0/1 (or false/true): 1 = the event happened",
+            details=[{"field": "event", "column": column, "rule": "0 or 1"}],
+        )
+    return values.astype(int)
+
+
+def _derive_horizon_label(
+    spec: TrainingSpec, frame: pd.DataFrame
+) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """'Event by the horizon' from time and event. A patient censored before the horizon has
+    an unknown label; treating them as event-free would bias risks down, so they are
+    excluded and counted (TRIPOD+AI 5c, 20a)."""
+    assert spec.horizon is not None
+    assert spec.time
+    assert spec.event
+    label = spec.label_column
+    assert label is not None
+    if label in frame:
+        raise InvalidRequestError(
+            f"horizon: the derived label column {label!r} already exists in the data",
+            details=[{"field": "horizon", "column": label, "rule": "derived column name is free"}],
+        )
+    time = _numeric_column(frame, spec.time, "time")
+    event = _event_column(frame, spec.event)
+    unknown = (event == 0) & (time < spec.horizon)
+    kept = frame.loc[~unknown].copy()
+    by_horizon = (event[~unknown] == 1) & (time[~unknown] <= spec.horizon)
+    kept[label] = by_horizon.astype(int)
+    info = {
+        "horizon": spec.horizon,
+        "time": spec.time,
+        "event": spec.event,
+        "label": label,
+        "rule": f"1 = {spec.event} by {spec.horizon:g} ({spec.time} <= {spec.horizon:g}); "
+        f"0 = followed past {spec.horizon:g} without it (an event after it counts as 0)",
+        "rows_with_outcome": len(frame),
+        "excluded_censored_before_horizon": int(unknown.sum()),
+        "events_by_horizon": int(by_horizon.sum()),
+        "event_free_at_horizon": int((~by_horizon).sum()),
+    }
+    return kept.reset_index(drop=True), info
+
+
+def _match_label(wanted: Any, classes: list[Any]) -> Any:
+    """The class equal to ``wanted``: by value, as text, or as a number (1 == 1.0 == '1'),
+    since YAML, CSV readers and pandas disagree on what a 1 is."""
+    for c in classes:
+        if c == wanted or str(c) == str(wanted):
+            return c
+    try:
+        number = float(wanted)
+    except (TypeError, ValueError):
+        return None
+    for c in classes:
+        try:
+            if float(c) == number:
+                return c
+        except (TypeError, ValueError):
+            continue
+    return None
+
+
 def _prepare(spec: TrainingSpec, frame: pd.DataFrame) -> tuple[_Data, dict[str, Any]]:
     frame = frame.copy()
     if spec.age_bands:
@@ -68,18 +146,44 @@ def _prepare(spec: TrainingSpec, frame: pd.DataFrame) -> tuple[_Data, dict[str, 
         add_synthetic_subgroups(frame, list(spec.synthetic_subgroups), spec.seed)
     outcome = [c for c in (spec.target, spec.time, spec.event) if c]
     named = [*outcome, *([spec.patient_id] if spec.patient_id else []), *spec.subgroup_columns]
-    missing_cols = [c for c in named + spec.features.categorical if c not in frame]
-    missing_cols += [c for c in spec.features.numeric or [] if c not in frame]
+    declared = [*spec.features.categorical, *(spec.features.numeric or []), *spec.features.include]
+    missing_cols = [c for c in named + declared if c not in frame]
     if missing_cols:
         raise InvalidRequestError(f"columns not in the data: {', '.join(missing_cols)}")
-    excluded = set(named) | set(spec.features.drop) | set(spec.features.categorical)
-    numeric = spec.features.numeric or [c for c in frame.columns if c not in excluded]
-    features = [*numeric, *spec.features.categorical]
+    for column in (spec.time, spec.event, spec.patient_id):
+        if column and column in declared:
+            raise InvalidRequestError(
+                f"features: {column!r} is an outcome or identifier column and cannot be an input",
+                details=[{"field": "features", "column": column, "rule": "not an outcome"}],
+            )
+    # A subgroup column is evaluation-only unless the spec also declares it as an input.
+    excluded = (set(named) | set(spec.features.drop) | set(spec.features.categorical)) - set(
+        spec.features.include
+    )
+    numeric = spec.features.numeric or [
+        c for c in frame.columns if c not in excluded or c in spec.features.include
+    ]
+    for column in numeric:
+        if not (
+            pd.api.types.is_numeric_dtype(frame[column])
+            or pd.api.types.is_bool_dtype(frame[column])
+        ):
+            raise InvalidRequestError(
+                f"features: column {column!r} holds {frame[column].dtype} values, not numbers, "
+                "so it cannot be a numeric input: list it under features.categorical, "
+                "features.drop, or as patient_id if it identifies patients",
+                details=[{"field": "features.numeric", "column": column, "rule": "numeric"}],
+            )
+    features = [*numeric, *[c for c in spec.features.categorical if c not in numeric]]
     if not features:
         raise InvalidRequestError("no feature columns left after exclusions")
     rows_in = len(frame)
     frame = frame.dropna(subset=outcome)
     dropped_outcome = rows_in - len(frame)
+    horizon_info: dict[str, Any] | None = None
+    if spec.horizon is not None:
+        frame, horizon_info = _derive_horizon_label(spec, frame)
+    label = spec.label_column
     nan_cols = [c for c in features if frame[c].isna().any()]
     dropped_missing = 0
     if nan_cols and spec.missing == "reject":
@@ -95,26 +199,32 @@ def _prepare(spec: TrainingSpec, frame: pd.DataFrame) -> tuple[_Data, dict[str, 
     positive: Any = None
     event = None
     if spec.task == "survival":
-        y = frame[spec.time].to_numpy(dtype=float)
+        assert spec.time
+        assert spec.event
+        y = _numeric_column(frame, spec.time, "time")
         y_eval = y
-        event = frame[spec.event].astype(int).to_numpy()
+        event = _event_column(frame, spec.event)
     elif spec.task == "regression":
-        y = frame[spec.target].to_numpy(dtype=float)
+        assert label is not None
+        y = _numeric_column(frame, label, "target")
         y_eval = y
     else:
-        y = frame[spec.target].to_numpy()
+        assert label is not None
+        y = frame[label].to_numpy()
         classes = sorted(pd.unique(y).tolist(), key=str)
         if spec.task == "binary":
             if len(classes) != 2:
                 raise InvalidRequestError(f"a binary target needs 2 classes, found {len(classes)}")
-            positive = spec.positive_label
-            if positive is None and set(map(str, classes)) == {"0", "1"}:
-                positive = next(c for c in classes if str(c) == "1")
-            if positive is None or str(positive) not in set(map(str, classes)):
+            wanted = 1 if spec.horizon is not None else spec.positive_label
+            positive = None if wanted is None else _match_label(wanted, classes)
+            if wanted is None and all(_match_label(v, classes) is not None for v in (0, 1)):
+                positive = _match_label(1, classes)
+            if positive is None:
                 raise InvalidRequestError(
-                    f"set positive_label to one of {[str(c) for c in classes]}"
+                    f"positive_label: set it to one of {[str(c) for c in classes]}"
+                    + (f" (got {wanted!r})" if wanted is not None else ""),
+                    details=[{"field": "positive_label", "column": label, "rule": "a class"}],
                 )
-            positive = next(c for c in classes if str(c) == str(positive))
             y_eval = (y == positive).astype(float)
         else:
             y_eval = np.array([classes.index(v) for v in y])
@@ -124,7 +234,7 @@ def _prepare(spec: TrainingSpec, frame: pd.DataFrame) -> tuple[_Data, dict[str, 
         else np.arange(len(frame)).astype(str)
     )
     data = _Data(frame, frame[features], y, y_eval, event, groups, classes, positive)
-    info = {
+    info: dict[str, Any] = {
         "rows": rows_in,
         "rows_used": len(frame),
         "rows_dropped_missing_outcome": dropped_outcome,
@@ -132,7 +242,13 @@ def _prepare(spec: TrainingSpec, frame: pd.DataFrame) -> tuple[_Data, dict[str, 
         "features_with_missing": nan_cols,
         "numeric_features": numeric,
         "categorical_features": list(spec.features.categorical),
+        "subgroups_also_inputs": [c for c in spec.subgroup_columns if c in features],
     }
+    if horizon_info is not None:
+        info["rows_excluded_censored_before_horizon"] = horizon_info[
+            "excluded_censored_before_horizon"
+        ]
+        info["horizon_label"] = horizon_info
     return data, info
 
 
@@ -197,6 +313,17 @@ def _new(name: str, spec: TrainingSpec, data: _Data, estimator: Any) -> Any:
         balanced=spec.class_weight == "balanced",
         impute=spec.missing == "impute",
     )
+
+
+def _fit_final(name: str, spec: TrainingSpec, data: _Data, estimator: Any, idx: np.ndarray) -> Any:
+    model = _new(name, spec, data, estimator)
+    try:
+        return _fit(model, name, spec, data, idx)
+    except CoxConvergenceError as exc:
+        raise InvalidRequestError(
+            f"algorithms: {name} could not be fit on the training rows: {exc}",
+            details=[{"field": "algorithms", "rule": "the model must converge"}],
+        ) from exc
 
 
 def choose_threshold(spec: TrainingSpec, y: np.ndarray, p: np.ndarray) -> tuple[float, str]:
@@ -276,10 +403,27 @@ def train(
         )
         for name in names:
             scores: list[float] = []
+            convergence: list[dict[str, Any]] = []
             out: np.ndarray | None = None
-            for fit_idx, val_idx in folds:
+            for fold, (fit_idx, val_idx) in enumerate(folds, 1):
                 model = _new(name, spec, data, estimator)
-                _fit(model, name, spec, data, train_idx[fit_idx])
+                try:
+                    _fit(model, name, spec, data, train_idx[fit_idx])
+                except CoxConvergenceError as exc:
+                    # No usable coefficients: the fold has no score (not a near-0.5 one).
+                    convergence.append({"fold": fold, "outcome": "failed", "detail": str(exc)})
+                    scores.append(math.nan)
+                    if progress is not None and task_id is not None:
+                        progress.advance(task_id)
+                    continue
+                if getattr(model, "convergence", None):
+                    convergence.append(
+                        {
+                            "fold": fold,
+                            "outcome": f"converged with penalizer {model.penalizer:g}",
+                            "detail": "; ".join(model.convergence),
+                        }
+                    )
                 s = _score(model, name, spec, data, train_idx[val_idx])
                 if out is None:
                     out = np.zeros((len(train_idx), *s.shape[1:]))
@@ -290,18 +434,24 @@ def train(
                 scores.append(float(value))
                 if progress is not None and task_id is not None:
                     progress.advance(task_id)
-            assert out is not None
-            oof[name] = out
+            if out is not None:
+                oof[name] = out
             finite = [v for v in scores if math.isfinite(v)]
-            cv_rows.append(
-                {
-                    "algorithm": name,
-                    "mean": float(np.mean(finite)) if finite else None,
-                    "sd": float(np.std(finite)) if finite else None,
-                    "folds": [round(v, 6) if math.isfinite(v) else None for v in scores],
-                }
-            )
+            row: dict[str, Any] = {
+                "algorithm": name,
+                "mean": float(np.mean(finite)) if finite else None,
+                "sd": float(np.std(finite)) if finite else None,
+                "folds": [round(v, 6) if math.isfinite(v) else None for v in scores],
+            }
+            if convergence:
+                row["convergence"] = convergence
+                row["failed_folds"] = sum(c["outcome"] == "failed" for c in convergence)
+            cv_rows.append(row)
     ranked = [r for r in cv_rows if r["mean"] is not None]
+    # An algorithm that failed to converge in a fold is scored on fewer folds than the others:
+    # it is chosen only when nothing fit every fold.
+    clean = [r for r in ranked if not r.get("failed_folds")]
+    ranked = clean or ranked
     if not ranked:
         raise InvalidRequestError(f"no algorithm produced a finite {metric} in cross-validation")
     best_row = (min if lower else max)(ranked, key=lambda r: r["mean"])
@@ -312,8 +462,7 @@ def train(
     elif spec.task == "multiclass":
         threshold_method = "highest predicted probability"
 
-    dev = _new(best, spec, data, estimator)
-    _fit(dev, best, spec, data, train_idx)
+    dev = _fit_final(best, spec, data, estimator, train_idx)
     test_score = _score(dev, best, spec, data, test_idx)
     horizons = list(spec.evaluation.horizons)
     if spec.task == "survival" and not horizons:
@@ -333,16 +482,23 @@ def train(
         seed=spec.seed,
         decision_thresholds=spec.evaluation.decision_thresholds,
         synthetic_subgroups=[f"synthetic_{s}" for s in spec.synthetic_subgroups],
+        min_events=spec.evaluation.min_events,
     )
     result["dataset"] = {"kind": "held-out test split", "sha256": data_sha, "rows": len(test_idx)}
+    warnings_ = _calibration_warnings(spec, result)
 
     final = dev
     if spec.final_fit == "all":
-        final = _new(best, spec, data, estimator)
-        _fit(final, best, spec, data, np.arange(len(data.frame)))
+        final = _fit_final(best, spec, data, estimator, np.arange(len(data.frame)))
 
     sig = signature or infer_signature(data.X, range_margin=spec.range_margin)
     version = _register(spec, registry, final, best, data, sig, actor, tags)
+    if spec.task == "survival":
+        # The runtime serves a risk score as a regressor would; the signature says what it is.
+        survival_sig = {**version.signature, "task": "survival"}
+        version = registry.store.update_version(
+            spec.name, version.version, signature=survival_sig, actor=actor
+        )
 
     record: dict[str, Any] = {
         "spec": spec.model_dump(mode="json"),
@@ -363,6 +519,7 @@ def train(
         },
         "threshold": {"value": threshold, "method": threshold_method},
         "outcome": _outcome_summary(spec, data, train_idx, test_idx),
+        "warnings": warnings_,
         "final_fit": (
             "the registered model is the evaluated fit (training split only)"
             if spec.final_fit == "train"
@@ -376,6 +533,30 @@ def train(
         ),
         "created_by": actor,
     }
+    not_converged = {r["algorithm"]: r["convergence"] for r in cv_rows if r.get("convergence")}
+    if not_converged:
+        record["convergence"] = not_converged
+        for name, notes in not_converged.items():
+            failed = sum(n["outcome"] == "failed" for n in notes)
+            warnings_.append(
+                f"{name} did not converge at the default penalizer in {len(notes)} of "
+                f"{len(folds)} CV folds ({failed} failed even with a stronger penalty"
+                + (": it was not eligible for selection" if failed and name != best else "")
+                + ")"
+            )
+    final_notes = getattr(final, "convergence", None)
+    if final_notes:
+        warnings_.append(
+            f"the registered {best} converged only with penalizer {final.penalizer:g}: "
+            + "; ".join(final_notes)
+        )
+    if spec.task == "survival":
+        coef, times, cumhaz = final.baseline()
+        record["survival"] = {
+            "horizons": horizons,
+            "served_output": "risk score (higher = earlier event)",
+            "baseline": _thin_baseline(coef, times, cumhaz, best),
+        }
     text = spec_text if spec_text is not None else yaml.safe_dump(spec.model_dump(mode="json"))
     gov = GovernanceStore(registry.store)
     gov.save_training_run(spec.name, version.version, record, text, actor=actor)
@@ -406,15 +587,51 @@ def train(
     return TrainingResult(version, result, record, report_sha)
 
 
+def _calibration_warnings(spec: TrainingSpec, result: dict[str, Any]) -> list[str]:
+    """Reweighting classes shifts every predicted risk towards the minority class: say so when
+    the test split shows it (the 95% CI of calibration-in-the-large excludes 0)."""
+    if spec.task != "binary" or spec.class_weight != "balanced":
+        return []
+    entry = result.get("metrics", {}).get("calibration_intercept") or {}
+    low, high = entry.get("ci_low"), entry.get("ci_high")
+    if low is None or high is None or low <= 0 <= high:
+        return []
+    direction = "over" if high < 0 else "under"
+    return [
+        f"class_weight: balanced degraded calibration: the calibration intercept on the test "
+        f"split is {entry['value']:.3f} (95% CI {low:.3f} to {high:.3f}), which excludes 0; "
+        f"predicted risks {direction}estimate the observed risk and are not absolute "
+        "probabilities. Use class_weight: none, or recalibrate before using them as risks."
+    ]
+
+
+def _thin_baseline(coef: float, times: np.ndarray, cumhaz: np.ndarray, name: str) -> dict[str, Any]:
+    """The baseline cumulative hazard at the times it changes (a step function)."""
+    keep = np.concatenate([[True], np.diff(cumhaz) != 0]) if len(cumhaz) else np.array([], bool)
+    return {
+        "coefficient": coef,
+        "times": [float(t) for t in times[keep]],
+        "cumulative_hazard": [float(h) for h in cumhaz[keep]],
+        "method": "lifelines Breslow baseline of the Cox model"
+        if name == "cox_ph"
+        else "Breslow-Cox model of the training outcomes on the forest's risk score",
+    }
+
+
 def _outcome_summary(
     spec: TrainingSpec, data: _Data, train_idx: np.ndarray, test_idx: np.ndarray
 ) -> dict[str, Any]:
     if spec.task == "binary":
-        return {
+        summary: dict[str, Any] = {
             "positive_label": str(data.positive),
             "prevalence_train": float(data.y_eval[train_idx].mean()),
             "prevalence_test": float(data.y_eval[test_idx].mean()),
         }
+        if spec.horizon is not None:
+            summary.update(
+                label=spec.label_column, horizon=spec.horizon, time=spec.time, event=spec.event
+            )
+        return summary
     if spec.task == "survival" and data.event is not None:
         return {
             "time": spec.time,

@@ -54,6 +54,12 @@ class Features(_Strict):
     )
     categorical: list[str] = Field(default_factory=list)
     drop: list[str] = Field(default_factory=list)
+    include: list[str] = Field(
+        default_factory=list,
+        description="Numeric inputs added to the default list although named elsewhere: a "
+        "subgroup column that is also a model input (a subgroup named under numeric or "
+        "categorical is an input too).",
+    )
 
 
 class Threshold(_Strict):
@@ -73,6 +79,12 @@ class AgeBands(_Strict):
 class EvaluationSettings(_Strict):
     bootstrap: int = Field(default=500, ge=0)
     min_n: int = Field(default=30, ge=1)
+    min_events: int = Field(
+        default=10,
+        ge=0,
+        description="Survival and binary subgroups: fewest events (binary: outcomes of the "
+        "rarer class) for a subgroup to be reported.",
+    )
     horizons: list[float] = Field(default_factory=list, description="Survival horizons.")
     decision_thresholds: list[float] = Field(
         default_factory=lambda: [0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5]
@@ -85,11 +97,17 @@ class TrainingSpec(_Strict):
     data: str = Field(description="CSV/Parquet path, or sklearn:NAME / lifelines:NAME.")
     task: Task
     target: str | None = Field(default=None, description="Label column (not for survival).")
-    positive_label: str | int | None = Field(
+    positive_label: str | int | float | bool | None = Field(
         default=None, description="Binary: the class whose risk the model outputs."
     )
     time: str | None = None
     event: str | None = None
+    horizon: float | None = Field(
+        default=None,
+        gt=0,
+        description="Binary from time-to-event data: the label is 'event by horizon', derived "
+        "from the time and event columns; patients censored before it are excluded.",
+    )
     patient_id: str | None = Field(
         default=None, description="Rows of one patient never straddle the train/test split."
     )
@@ -121,13 +139,27 @@ class TrainingSpec(_Strict):
 
     @model_validator(mode="after")
     def _consistent(self) -> TrainingSpec:
+        if self.horizon is not None:
+            if self.task != "binary":
+                raise ValueError(
+                    "horizon: only for task 'binary' (a survival spec takes evaluation.horizons)"
+                )
+            if not self.time or not self.event:
+                raise ValueError("horizon: needs the 'time' and 'event' columns it is built from")
+            if self.target:
+                raise ValueError("target: give a target column or a horizon, not both")
         if self.task == "survival":
             if not self.time or not self.event:
                 raise ValueError("a survival spec needs 'time' and 'event' columns")
+            if self.features.categorical:
+                raise ValueError(
+                    "features.categorical: survival models take numeric inputs only; "
+                    "encode the categories as 0/1 columns"
+                )
             allowed: tuple[str, ...] = SURVIVAL
         else:
-            if not self.target:
-                raise ValueError(f"a {self.task} spec needs a 'target' column")
+            if not self.target and self.horizon is None:
+                raise ValueError(f"a {self.task} spec needs a 'target' column (or a horizon)")
             allowed = REGRESSORS if self.task == "regression" else CLASSIFIERS
         unknown = [a for a in self.algorithms if a not in allowed]
         if unknown or not self.algorithms:
@@ -135,6 +167,13 @@ class TrainingSpec(_Strict):
                 f"algorithms {unknown} are not available for {self.task}; choose from {allowed}"
             )
         return self
+
+    @property
+    def label_column(self) -> str | None:
+        """The label column: the target, or the one derived from time and event at horizon."""
+        if self.horizon is not None:
+            return f"{self.event}_by_{self.horizon:g}"
+        return self.target
 
     @property
     def metric(self) -> str:

@@ -13,6 +13,7 @@ converts to ONNX: for Cox the linear predictor x·beta, for the forest the fores
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import numpy as np
@@ -34,22 +35,62 @@ def _nelson_aalen_at(time: np.ndarray, event: np.ndarray, at: np.ndarray) -> np.
     return np.where(idx >= 0, cum[np.clip(idx, 0, None)], 0.0)
 
 
+# A ConvergenceWarning with one of these means Newton-Raphson did not reach a unique maximum;
+# lifelines' other ConvergenceWarnings (low variance before fitting) are advice about the data.
+_NOT_CONVERGED = ("Newton-Raphson", "suspiciously close to 0")
+PENALIZERS = (0.01, 0.1, 1.0)
+
+
+class CoxConvergenceError(Exception):
+    """Cox did not converge at any penalizer tried: the fit has no usable coefficients."""
+
+
 class CoxModel:
     name = "cox_ph"
 
-    def __init__(self, seed: int, penalizer: float = 0.01) -> None:
+    def __init__(self, seed: int, penalizers: tuple[float, ...] = PENALIZERS) -> None:
         self.seed = seed
-        self.penalizer = penalizer
+        self.penalizers = penalizers
+        self.penalizer = penalizers[0]
+        self.convergence: list[str] = []  # what went wrong before the accepted fit, if anything
 
     def fit(self, X: pd.DataFrame, time: np.ndarray, event: np.ndarray) -> CoxModel:
+        """Fit at the first penalizer that converges. A non-converged Cox fit still returns
+        coefficients, which then score near 0.5 and quietly steer model selection, so
+        lifelines' convergence warnings and errors are caught and the fit is retried with a
+        stronger L2 penalty; ``convergence`` says what happened."""
         # lazy import (heavy: lifelines, kept off the serving path)
         from lifelines import CoxPHFitter  # noqa: PLC0415
+        from lifelines.exceptions import ConvergenceError, ConvergenceWarning  # noqa: PLC0415
 
         self.imputer = SimpleImputer(strategy="median").fit(X)
         frame = pd.DataFrame(self.imputer.transform(X), columns=X.columns)
         frame["__time"], frame["__event"] = time, event
-        self.cph = CoxPHFitter(penalizer=self.penalizer).fit(frame, "__time", "__event")
-        return self
+        self.convergence = []
+        for penalizer in self.penalizers:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")  # recorded here, judged below; none leak
+                try:
+                    cph = CoxPHFitter(penalizer=penalizer).fit(frame, "__time", "__event")
+                except (ConvergenceError, np.linalg.LinAlgError, ValueError) as exc:
+                    self.convergence.append(f"penalizer {penalizer:g}: {_first_line(exc)}")
+                    continue
+            failed = [
+                _first_line(w.message)
+                for w in caught
+                if issubclass(w.category, ConvergenceWarning)
+                and any(k in str(w.message) for k in _NOT_CONVERGED)
+            ]
+            if failed or not np.all(np.isfinite(cph.params_.to_numpy(dtype=float))):
+                why = failed[0] if failed else "non-finite coefficients"
+                self.convergence.append(f"penalizer {penalizer:g}: {why}")
+                continue
+            self.cph, self.penalizer = cph, penalizer
+            return self
+        raise CoxConvergenceError(
+            "Cox regression did not converge at any penalizer "
+            f"({', '.join(f'{p:g}' for p in self.penalizers)}): {'; '.join(self.convergence)}"
+        )
 
     def _frame(self, X: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame(self.imputer.transform(X), columns=X.columns)
@@ -68,12 +109,21 @@ class CoxModel:
         linear.coef_ = beta
         linear.intercept_ = float(-mean @ beta)
         linear.n_features_in_ = len(beta)
-        linear.feature_names_in_ = np.asarray(X.columns, dtype=object)
         pipe = Pipeline([("impute", self.imputer), ("log_partial_hazard", linear)])
         return pipe
 
     def description(self) -> str:
-        return "Cox proportional hazards (lifelines CoxPHFitter, L2 penalty 0.01)"
+        retried = " after non-convergence at weaker penalties" if self.convergence else ""
+        return (
+            f"Cox proportional hazards (lifelines CoxPHFitter, L2 penalty {self.penalizer:g}"
+            f"{retried})"
+        )
+
+    def baseline(self) -> tuple[float, np.ndarray, np.ndarray]:
+        """(coefficient on the served risk, times, cumulative baseline hazard): the served
+        log partial hazard r gives S(t | x) = exp(-H0(t) * exp(r)), exactly lifelines'."""
+        h0 = self.cph.baseline_cumulative_hazard_
+        return 1.0, h0.index.to_numpy(dtype=float), h0.iloc[:, 0].to_numpy(dtype=float)
 
 
 class SurvivalForest:
@@ -93,6 +143,7 @@ class SurvivalForest:
         residual = event - _nelson_aalen_at(time, event, time)
         self.pipe = Pipeline([("impute", self.imputer), ("forest", self.forest)]).fit(X, residual)
         self.train_leaves = self.forest.apply(self.imputer.transform(X))
+        self._train_X = X
         self.time, self.event = time.astype(float), event.astype(int)
         return self
 
@@ -130,6 +181,22 @@ class SurvivalForest:
     def serving_estimator(self, X: pd.DataFrame) -> Any:
         return self.pipe
 
+    def baseline(self) -> tuple[float, np.ndarray, np.ndarray]:
+        """(coefficient, times, cumulative baseline hazard) of a Breslow-Cox model of the
+        training outcomes on the forest's risk score: the served output carries only the risk,
+        so this is how a later evaluation turns it into survival probabilities."""
+        # lazy import (heavy: lifelines, kept off the serving path)
+        from lifelines import CoxPHFitter  # noqa: PLC0415
+
+        frame = pd.DataFrame({"risk": self.pipe.predict(self._train_X)})
+        frame["__time"], frame["__event"] = self.time, self.event
+        cph = CoxPHFitter(penalizer=0.0).fit(frame, "__time", "__event")
+        coef = float(cph.params_["risk"])
+        h0 = cph.baseline_cumulative_hazard_.iloc[:, 0]
+        # lifelines centres covariates: H0 is at the mean risk; shift it to risk 0.
+        scale = float(np.exp(-coef * float(cph._norm_mean["risk"])))
+        return coef, h0.index.to_numpy(dtype=float), h0.to_numpy(dtype=float) * scale
+
     def description(self) -> str:
         return (
             "random survival forest on martingale residuals (scikit-learn RandomForestRegressor, "
@@ -139,3 +206,7 @@ class SurvivalForest:
 
 def make_survival(name: str, seed: int) -> CoxModel | SurvivalForest:
     return CoxModel(seed) if name == "cox_ph" else SurvivalForest(seed)
+
+
+def _first_line(message: object) -> str:
+    return str(message).strip().splitlines()[0][:200] if str(message).strip() else "failed"

@@ -83,9 +83,11 @@ def _authorize(request: Request, service: CdsService, action: str) -> Principal:
     return principal
 
 
-def _base_url(request: Request) -> str:
+def _base_url(request: Request) -> str | None:
+    """Where medserve is, for absolute links in cards: ``MEDSERVE_PUBLIC_URL`` only. Never the
+    request's ``Host`` header, which any caller sets (links would point at its host)."""
     configured = resources_of(request).settings.public_url
-    return str(configured or request.base_url).rstrip("/")
+    return str(configured).rstrip("/") if configured else None
 
 
 @router.get("/cds-services")

@@ -33,7 +33,9 @@ from medserve.features.interop.fhir_input import (
 )
 from medserve.features.interop.fhir_output import (
     collection,
+    fhir_id_base,
     fhir_map,
+    operating_threshold,
     outcome_for_error,
     positive_probability,
     risk_assessment,
@@ -111,7 +113,12 @@ async def fhir_handler(
             rows: Any = [p.record for p in patients]
             if len(patients) == 1 and context.patient_id is None:
                 # the pseudonym for outcome joins: observers keep only its salted hash
-                context = dataclasses.replace(context, patient_id=patients[0].reference)
+                context = dataclasses.replace(context, patient_id=patients[0].log_reference)
+            elif len(patients) > 1:
+                # one patient per row: the prediction log keeps each row's own pseudonym
+                context = dataclasses.replace(
+                    context, patient_ids=tuple(p.log_reference for p in patients)
+                )
         else:
             rows = body.get("instances") if isinstance(body, dict) else None
         response, X = await _predict(plane, model, rows, context)
@@ -130,6 +137,8 @@ async def fhir_handler(
         reasons = (
             await matrix_rationales(plane, model, X, target) if explain else [None] * X.shape[0]
         )
+        threshold = operating_threshold(model, fmap)
+        fhir_id = fhir_id_base(context.request_id, context.id_time_us is not None)
         assessments = []
         for i, prediction in enumerate(response["predictions"]):
             patient = patients[i] if patients is not None else None
@@ -150,9 +159,11 @@ async def fhir_handler(
                     rationale=reasons[i],
                     request_id=context.request_id,
                     index=i,
+                    threshold=threshold,
+                    fhir_id=fhir_id,
                 )
             )
-        bundle = collection(assessments, context.request_id)
+        bundle = collection(assessments, fhir_id)
         return 200, orjson.dumps(bundle), FHIR_JSON
     except MedserveError as exc:
         if not (fhir_in or fhir_out):

@@ -158,8 +158,8 @@ def _tensor(raw: Any, index: int, binary: _BinaryReader | None = None) -> tuple[
 
 
 _FLOAT_TENSORS = frozenset({"FP32", "FP64"})
-_NUMBER_TYPES = frozenset({int, float, type(None)})  # null: missing, as in records
-_INTEGER_TYPES = frozenset({int})
+_NUMBER_TYPES: frozenset[type] = frozenset({int, float, type(None)})  # null: missing
+_INTEGER_TYPES: frozenset[type] = frozenset({int})
 
 
 def _numbers_only(data: list[Any], allowed: frozenset[type]) -> bool:
