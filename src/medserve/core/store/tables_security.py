@@ -8,7 +8,17 @@ covers its own fields and the previous row's hash.
 
 from __future__ import annotations
 
-from sqlalchemy import JSON, BigInteger, Column, DateTime, Integer, String, Table, Text
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Column,
+    DateTime,
+    Integer,
+    String,
+    Table,
+    Text,
+)
 
 from medserve.core.store.metadata import metadata
 
@@ -63,4 +73,30 @@ sec_audit = Table(
     Column("chain_key", String(32), nullable=True),
 )
 
-__all__ = ["metadata", "sec_api_keys", "sec_audit", "sec_model_tenants", "sec_state"]
+# A key's settings for language models (migration 0013, branch ``llm``): its PHI policy, whether
+# it may send identifiers to a model (``phi_allow``), and its budgets (NULL: the server default).
+# A table of its own, not columns of ``sec_api_keys``: most keys never call a language model, and
+# the key cache of the guard does not need these on every request.
+sec_key_llm = Table(
+    "sec_key_llm",
+    metadata,
+    Column("key_id", String(32), primary_key=True),
+    Column("phi_policy", String(16), nullable=True),
+    Column("phi_allow", Boolean, nullable=False),
+    Column("requests_per_minute", Integer, nullable=True),
+    Column("tokens_per_minute", BigInteger, nullable=True),
+    Column("tokens_per_day", BigInteger, nullable=True),
+    Column("max_tokens", Integer, nullable=True),
+    Column("max_context", Integer, nullable=True),
+    Column("updated_by", String(256), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+__all__ = [
+    "metadata",
+    "sec_api_keys",
+    "sec_audit",
+    "sec_key_llm",
+    "sec_model_tenants",
+    "sec_state",
+]

@@ -16,6 +16,7 @@ from medserve.core.extensions import extensions
 from medserve.core.loaded_model import load_version_locally
 from medserve.core.registry.service import sample_from_file
 from medserve.core.settings import Settings
+from medserve.faces.cli.chat import register as register_chat
 from medserve.faces.cli.models import models_app
 from medserve.faces.cli.monitoring import register as register_monitoring
 from medserve.faces.cli.privacy import register as register_privacy
@@ -157,7 +158,13 @@ def demo(
 
 def _register_groups() -> None:
     """The built-in command groups, then every extension's (``Extension.cli_groups``)."""
-    for register in (register_training, register_security, register_monitoring, register_privacy):
+    for register in (
+        register_training,
+        register_security,
+        register_monitoring,
+        register_privacy,
+        register_chat,
+    ):
         register(app, models_app)
     for extension in extensions():
         for group in extension.cli_groups():

@@ -52,7 +52,14 @@ def models_register(
         ),
     ] = False,
 ) -> None:
-    """Register a model file (.onnx, .skops, XGBoost .json/.ubj, LightGBM .txt, MLflow dir)."""
+    """Register a model file (.onnx, .skops, XGBoost .json/.ubj, LightGBM .txt, MLflow dir,
+    or a .gguf language model)."""
+    # lazy import (the GGUF magic check; the llm feature's heavy parts stay unimported)
+    from medserve.features.llm.gguf_metadata import is_gguf  # noqa: PLC0415
+
+    if path.suffix.lower() == ".gguf" or is_gguf(path):
+        _register_gguf(name, path, alias=alias, description=description, tags=tag)
+        return
     try:
         with console.status("registering..."), _registry() as registry:
             frame = sample_from_file(sample) if sample else None
@@ -72,6 +79,41 @@ def models_register(
         f"(runtime {version.runtime}; {version.runtime_reason})"
         + (f", alias [green]{alias}[/]" if alias else "")
     )
+
+
+def _register_gguf(
+    name: str, path: Path, *, alias: str | None, description: str, tags: list[str] | None
+) -> None:
+    """A GGUF language model: its metadata is read with the ``gguf`` package and stored on the
+    version; an alias is moved through the promotion gate like any other (production needs a
+    complete card, or an override: ``medserve models alias NAME production V --override-...``)."""
+    # lazy import (optional extra: llm)
+    from medserve.features.governance.gate import set_alias_gated  # noqa: PLC0415
+    from medserve.features.llm.register import register_gguf  # noqa: PLC0415 (extra: llm)
+
+    try:
+        with console.status("registering (sha256 and GGUF metadata)..."), _registry() as registry:
+            version = register_gguf(
+                registry, name, path, description=description, tags=_parse_tags(tags)
+            )
+    except MedserveError as exc:
+        raise _fail(exc) from exc
+    info = version.serving_config.get("gguf", {})
+    console.print(
+        f"registered [bold]{name}[/] version [bold]{version.version}[/] "
+        f"(runtime {version.runtime}; {info.get('architecture')}, "
+        f"{info.get('quantization')}, context {info.get('context_length')} tokens, chat template "
+        f"{'yes' if info.get('chat_template') else 'no'})",
+        highlight=False,
+    )
+    if not alias:
+        return
+    try:
+        with _registry() as registry:
+            set_alias_gated(registry, name, alias, version.version, actor=current_user())
+    except MedserveError as exc:
+        raise _fail(exc) from exc
+    console.print(f"alias [green]{alias}[/] → v{version.version}")
 
 
 @models_app.command("ensemble")
@@ -231,6 +273,14 @@ def _print_version(version: ModelVersion) -> None:
     )
     console.print(f"artifact {version.artifact_filename} sha256 {version.artifact_sha256}")
     console.print(f"libraries: {version.library_versions}")
+    gguf = version.serving_config.get("gguf")
+    if gguf:
+        console.print(
+            f"GGUF: {gguf.get('architecture')}, {gguf.get('quantization')}, context "
+            f"{gguf.get('context_length')} tokens, chat template "
+            f"{'yes' if gguf.get('chat_template') else 'no'}; {gguf.get('extra', {})}",
+            highlight=False,
+        )
     signature = Signature.model_validate(version.signature)
     table = Table(title=f"Signature ({signature.task}; classes {signature.class_labels})")
     for column in ("feature", "type", "required", "missing", "range", "categories"):

@@ -6,6 +6,7 @@ import getpass
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated
 
@@ -19,6 +20,7 @@ from medserve.core.errors import MedserveError
 from medserve.core.registry.service import Registry
 from medserve.core.settings import Settings
 from medserve.faces.cli.support import fail, parse_duration, parse_since
+from medserve.features.llm.budgets import BudgetStore, budget_path
 from medserve.features.security.keys import SecurityStore
 from medserve.features.security.permissions import ROLES
 
@@ -127,6 +129,40 @@ def keys_revoke(key_id: Annotated[str, typer.Argument(help="The key id (or the k
     console.print(f"revoked key [bold]{key.key_id}[/] ({key.name})", highlight=False)
 
 
+def keys_usage(
+    key_id: Annotated[
+        str | None, typer.Argument(help="A key id (or the key); default: every key.")
+    ] = None,
+    days: Annotated[int, typer.Option(min=1, max=400, help="UTC days back, today included.")] = 7,
+) -> None:
+    """Language-model usage per key, UTC day and model (calls and tokens; /openai/v1)."""
+    path = budget_path(Settings().home)
+    if not path.exists():
+        console.print("no language-model calls in this home yet")
+        return
+    key = key_id.removeprefix("msk_").split("_", 1)[0] if key_id else None
+    since = (datetime.now(UTC) - timedelta(days=days - 1)).date().isoformat()
+    store = BudgetStore(path)
+    try:
+        rows = store.usage(key, since)
+        current = store.window(key) if key else None
+    finally:
+        store.close()
+    table = Table("key", "day (UTC)", "model", "calls", "prompt tokens", "completion tokens")
+    for r in rows:
+        table.add_row(
+            r.key, r.day, r.model, str(r.requests), str(r.prompt_tokens), str(r.completion_tokens)
+        )
+    console.print(table)
+    if current is not None:
+        console.print(
+            "this minute: {requests_this_minute} calls, {tokens_this_minute} tokens; today: "
+            "{requests_today} calls, {tokens_today} tokens (reservations of calls in flight "
+            "included)".format(**current),
+            highlight=False,
+        )
+
+
 def tenants_assign(
     model: Annotated[str, typer.Argument(help="Model name.")],
     tenant: Annotated[str, typer.Argument(help="Tenant that owns it ('-' to clear).")],
@@ -232,6 +268,7 @@ def register(app: typer.Typer, models_app: typer.Typer) -> None:
     keys_app.command("create")(keys_create)
     keys_app.command("list")(keys_list)
     keys_app.command("revoke")(keys_revoke)
+    keys_app.command("usage")(keys_usage)
     tenants_app.command("assign")(tenants_assign)
     tenants_app.command("list")(tenants_list)
     audit_app.command("verify")(audit_verify)

@@ -262,6 +262,9 @@ def run_demo(console: Console, *, serve: bool, port: int = 8000, drift: bool = F
     # lazy import (the demo trains models (scikit-learn))
     from medserve.faces.demo.composition import ENSEMBLE_MODEL, register_demo_ensemble  # noqa: PLC0415
 
+    # lazy import (the demo's foundation models: GGUF metadata, the MiniLM ONNX graph)
+    from medserve.faces.demo.llm import register_llm_demos  # noqa: PLC0415
+
     # lazy import (the demo trains models (scikit-learn))
     from medserve.faces.demo.modalities import register_modality_demos  # noqa: PLC0415
 
@@ -282,12 +285,18 @@ def run_demo(console: Console, *, serve: bool, port: int = 8000, drift: bool = F
         examples[f"{ENSEMBLE_MODEL}:v2"] = examples["breast-cancer:v2"]
         with console.status("registering the image, text and sequence demo models..."):
             modalities = register_modality_demos(registry, settings.home, base)
-        extra_commands = [*modalities.commands, *_interop_demo(registry, settings, base)]
+        with console.status("registering the chat and embedding demo models..."):
+            llm = register_llm_demos(registry, settings.home, base)
+        extra_commands = [
+            *modalities.commands,
+            *_interop_demo(registry, settings, base),
+            *llm.commands,
+        ]
     finally:
         registry.close()
     console.rule("demo models")
     console.print("List them: [bold].venv/bin/medserve models list[/]")
-    for skipped in modalities.skipped:
+    for skipped in [*modalities.skipped, *llm.skipped]:
         console.print(f"[yellow]skipped[/] {skipped}")
     console.rule("call them")
     for name in ("breast-cancer", "breast-cancer-rf", "diabetes-progression", ENSEMBLE_MODEL):

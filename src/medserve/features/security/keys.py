@@ -18,7 +18,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -27,7 +27,12 @@ from sqlalchemy.engine import Connection, Engine, RowMapping
 
 from medserve.core.errors import InvalidRequestError, NotFoundError
 from medserve.core.store.outbox import record_change
-from medserve.core.store.tables_security import sec_api_keys, sec_model_tenants, sec_state
+from medserve.core.store.tables_security import (
+    sec_api_keys,
+    sec_key_llm,
+    sec_model_tenants,
+    sec_state,
+)
 from medserve.core.store.unit_of_work import UnitOfWork
 from medserve.features.security.permissions import ROLES
 
@@ -83,6 +88,36 @@ class IssuedKey:
 
     key: ApiKey
     token: str
+
+
+PHI_POLICIES = ("allow", "redact", "block")
+
+
+@dataclass(frozen=True)
+class KeyLlmSettings:
+    """A key's settings for language models. ``None`` means "the server's default" (a limit) or
+    "the model's policy" (``phi_policy``); ``phi_allow`` is the explicit grant without which a
+    policy of ``allow`` is applied as ``redact``."""
+
+    phi_policy: str | None = None
+    phi_allow: bool = False
+    requests_per_minute: int | None = None
+    tokens_per_minute: int | None = None
+    tokens_per_day: int | None = None
+    max_tokens: int | None = None
+    max_context: int | None = None
+
+    def validated(self) -> KeyLlmSettings:
+        if self.phi_policy is not None and self.phi_policy not in PHI_POLICIES:
+            raise InvalidRequestError(
+                f"phi_policy must be one of {', '.join(PHI_POLICIES)} (or null for the model's)"
+            )
+        for f in fields(self):
+            value = getattr(self, f.name)
+            limit = f.name.startswith(("requests_", "tokens_", "max_"))
+            if limit and value is not None and (type(value) is not int or value <= 0):
+                raise InvalidRequestError(f"{f.name} must be a positive integer (or null)")
+        return self
 
 
 def _key(row: RowMapping) -> ApiKey:
@@ -220,6 +255,45 @@ class SecurityStore:
             return None
         key = _key(row)
         return key if key.state() == "active" else None
+
+    # -- language-model settings -------------------------------------------------------------
+    def llm_settings(self, key_id: str) -> KeyLlmSettings:
+        """The key's language-model settings (the defaults where none were set)."""
+        with self.uow.read() as conn:
+            row = (
+                conn.execute(sa.select(sec_key_llm).where(sec_key_llm.c.key_id == key_id))
+                .mappings()
+                .first()
+            )
+        if row is None:
+            return KeyLlmSettings()
+        return KeyLlmSettings(**{f.name: row[f.name] for f in fields(KeyLlmSettings)})
+
+    def set_llm_settings(
+        self, key_id: str, settings: KeyLlmSettings, *, actor: str = "cli"
+    ) -> KeyLlmSettings:
+        """Replace the key's language-model settings, audited with the change (the outbox);
+        every worker applies them from its next request (the security counter)."""
+        settings = settings.validated()
+        key_id = key_id.removeprefix(TOKEN_PREFIX).split("_", 1)[0]
+        values = {f.name: getattr(settings, f.name) for f in fields(KeyLlmSettings)}
+        with self._write() as conn:
+            found = conn.execute(
+                sa.select(sec_api_keys.c.key_id).where(sec_api_keys.c.key_id == key_id)
+            ).first()
+            if found is None:
+                raise NotFoundError(f"no API key with id {key_id!r}")
+            conn.execute(sec_key_llm.delete().where(sec_key_llm.c.key_id == key_id))
+            conn.execute(
+                sec_key_llm.insert().values(
+                    key_id=key_id, updated_by=actor, updated_at=datetime.now(UTC), **values
+                )
+            )
+            detail = " ".join(f"{k}={'-' if v is None else v}" for k, v in values.items())
+            record_change(
+                conn, "security.key_llm_settings", "-", actor=actor, reason=f"key {key_id} {detail}"
+            )
+        return settings
 
     # -- tenants ----------------------------------------------------------------------------
     def set_model_tenant(self, model: str, tenant: str | None, *, actor: str = "cli") -> None:

@@ -1,0 +1,20 @@
+"""The runtime flavors of foundation models, for the llm extension's ``runtime_flavors()``.
+
+Importing this module is cheap: each loader imports llama.cpp, onnxruntime or tokenizers only
+when a version of its flavor loads.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from medserve.core.extensions import FlavorLoader
+from medserve.features.llm.embedding_runtime import FLAVOR as EMBEDDING_FLAVOR
+from medserve.features.llm.embedding_runtime import load_minilm_embeddings
+from medserve.features.llm.gguf_runtime import FLAVOR as GGUF_FLAVOR
+from medserve.features.llm.gguf_runtime import load_gguf
+
+RUNTIME_FLAVORS: Final[dict[str, FlavorLoader]] = {
+    GGUF_FLAVOR: load_gguf,
+    EMBEDDING_FLAVOR: load_minilm_embeddings,
+}
