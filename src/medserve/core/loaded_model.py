@@ -110,8 +110,9 @@ class LoadedModel:
         point = self.operating_point
         keys = self.class_keys
         if point is not None and self.is_classifier and keys is not None and len(keys) == 2:
-            positive = _matching_key(point.positive_class, keys) if point.positive_class else None
-            if point.positive_class is not None and positive is None:
+            wanted = point.positive_class
+            positive = matching_class_key(wanted, keys) if wanted is not None else None
+            if wanted is not None and positive is None:
                 raise ModelLoadError(
                     f"model {self.name!r} version {self.number}: its operating point names "
                     f"positive class {point.positive_class!r}, not one of {keys}"
@@ -185,13 +186,15 @@ def _plain(value: Any) -> Any:
     return value.item() if isinstance(value, np.generic) else value
 
 
-def _matching_key(wanted: str, keys: list[str]) -> str | None:
-    """``wanted`` among the class keys, also as a number (a label 1 recorded for classes 1.0)."""
-    if wanted in keys:
-        return wanted
+def matching_class_key(wanted: Any, keys: list[str]) -> str | None:
+    """``wanted`` among the class keys, also as a number (a label 1 recorded, or read from a
+    CSV, for the classes 1.0 of a model trained on a float column, and the reverse)."""
+    text = str(wanted)
+    if text in keys:
+        return text
     try:
         number = float(wanted)
-    except ValueError:
+    except (TypeError, ValueError):
         return None
     for key in keys:
         try:

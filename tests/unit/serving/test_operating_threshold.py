@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import numpy as np
 from tests.unit.serving.inprocess_app import MODEL, create_key, records, registry_at, serve
 
-from medserve.core.loaded_model import _matching_key, operating_point_of
+from medserve.core.loaded_model import matching_class_key, operating_point_of
 from medserve.core.store.governance import GovernanceStore
 from medserve.faces.demo.data import breast_cancer_frame
 
@@ -88,5 +88,5 @@ def test_the_operating_point_comes_from_the_config_then_the_training_record() ->
     not_binary = {"threshold": {"value": 0.5, "method": "not applicable"}}
     assert operating_point_of(plain, not_binary) is None
     assert operating_point_of(plain, None) is None
-    assert _matching_key("1", ["0.0", "1.0"]) == "1.0"  # a label 1 for float classes
-    assert _matching_key("yes", ["0.0", "1.0"]) is None
+    assert matching_class_key("1", ["0.0", "1.0"]) == "1.0"  # a label 1 for float classes
+    assert matching_class_key("yes", ["0.0", "1.0"]) is None

@@ -18,7 +18,7 @@ from medserve.core.errors import InvalidRequestError
 from medserve.core.evaluation.evaluate import DEFAULT_MIN_EVENTS, Predictions, evaluate
 from medserve.core.evaluation.report import render_report
 from medserve.core.evaluation.survival_metrics import survival_from_risk
-from medserve.core.loaded_model import load_version_locally
+from medserve.core.loaded_model import load_version_locally, matching_class_key
 from medserve.core.registry.entities import ModelVersion
 from medserve.core.registry.service import Registry
 from medserve.core.store.governance import GovernanceStore
@@ -147,22 +147,8 @@ def evaluate_version(
 
 
 def _as_key(value: Any, keys: list[str]) -> str:
-    """``value`` as the model's class key it equals: a CSV's 1 is the class 1.0 of a model
-    trained on a float column (and the reverse); anything else stays as text."""
-    text = str(value)
-    if text in keys:
-        return text
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return text
-    for key in keys:
-        try:
-            if float(key) == number:
-                return key
-        except ValueError:
-            continue
-    return text
+    """``value`` as the model's class key it equals (see ``matching_class_key``), else as text."""
+    return matching_class_key(value, keys) or str(value)
 
 
 def _numbers(frame: pd.DataFrame, column: str) -> np.ndarray:
