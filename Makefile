@@ -55,6 +55,10 @@ bench: $(STAMP_DEV)
 		--out benchmarks/results/prediction-log-cost.md
 	$(BIN)/python -m benchmarks.floor_ratio --restarts 3 --rounds 8 --seconds 3 \
 		--out benchmarks/results/floor-ratio.md
+	$(BIN)/python -m benchmarks.llm --restarts 3 --rounds 5 --seconds 3 --concurrency 1,4 \
+		--out benchmarks/results/llm.md
+	$(BIN)/python -m benchmarks.embeddings --restarts 3 --rounds 5 --seconds 2 \
+		--out benchmarks/results/embeddings.md
 
 clean:
 	rm -rf $(VENV) .medserve .pytest_cache .mypy_cache .ruff_cache
