@@ -759,6 +759,18 @@ def _revoke_key(s: Served) -> None:
     assert refused.status_code == 401
     assert refused.json()["code"] == "unauthenticated"
 
+    def revocation() -> dict[str, Any] | None:  # the change's own entry, with its actor
+        entries = s.call("GET", "/v1/audit", params={"limit": 1000}).json()["entries"]
+        found = [
+            e
+            for e in entries
+            if e["action"] == "security.key_revoked" and issued["key_id"] in e["detail"]
+        ]
+        return found[0] if found else None
+
+    entry = wait_for(revocation, timeout_s=30, what="the revocation in the audit trail")
+    assert entry["actor"] == "key:test"  # the admin who revoked it, not "cli"
+
 
 @covers("PUT", "/v1/security/tenants/{name}")
 def _assign_tenant(s: Served) -> None:

@@ -190,9 +190,10 @@ class VerifyResult:
 GAP_ACTIONS = frozenset({"audit_gap", "audit_overflow", "journal_skipped", "monitoring.log_gap"})
 
 
-def _loss_marker(action: str, detail: str) -> AuditEntry:
-    """An entry that records entries the chain could not keep (when, how many, why)."""
-    return AuditEntry(actor="medserve", action=action, outcome=500, detail=detail)
+def _loss_marker(action: str, detail: str, outcome: int = 500) -> AuditEntry:
+    """An entry of medserve's own: what the chain could not keep (when, how many, why), or,
+    with outcome 200, what it recovered."""
+    return AuditEntry(actor="medserve", action=action, outcome=outcome, detail=detail)
 
 
 _PATIENT = 9  # a packed record's patient field ([at, *_FIELDS])
@@ -221,10 +222,6 @@ def _packed_detail(records: list[list[Any]], refs: dict[str, str]) -> str:
             for r in records
         ]
     return orjson.dumps(records).decode()
-
-
-def _loss_marker_ok(action: str, detail: str) -> AuditEntry:
-    return AuditEntry(actor="medserve", action=action, outcome=200, detail=detail)
 
 
 def _entry_fields(e: AuditEntry) -> list[Any]:
@@ -462,10 +459,11 @@ class AuditLog:
 
     def _apply_orphan(self, conn: Connection, orphan: Orphan) -> None:
         entries: list[AuditEntry] = [
-            _loss_marker_ok(
+            _loss_marker(
                 "audit_replayed",
                 f"{len(orphan.records)} entries recovered from the journal of stopped worker "
                 f"{orphan.journal}",
+                outcome=200,
             )
         ]
         records: list[list[Any]] = []

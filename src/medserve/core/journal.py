@@ -37,9 +37,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-import orjson
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
@@ -343,18 +341,6 @@ def _claimed(folder: Path, lock_path: Path, journal: str) -> Iterator[list[Path]
         os.close(fd)
 
 
-def has_orphans(directory: Path, stream: str) -> bool:
-    """Whether ``directory/stream`` holds a journal no live worker owns (cheap: one listdir and
-    a lock attempt per journal)."""
-    folder = directory / stream
-    if not folder.is_dir():
-        return False
-    for lock_path in folder.glob("*.lock"):
-        for _ in _claimed(folder, lock_path, lock_path.name[: -len(".lock")]):
-            return True
-    return False
-
-
 def scrubber(home: Path) -> Callable[[str], int]:
     """Erasure's hook: remove every record naming a pseudonym from the journals of stopped
     workers (a live worker's records are stored within a writer interval, then emptied from its
@@ -387,8 +373,3 @@ def scrub(directory: Path, matches: Callable[[bytes], bool]) -> int:
                         tmp.write_bytes(b"\n".join(kept))
                         os.replace(tmp, path)
     return removed
-
-
-def payloads(records: list[tuple[int, bytes]]) -> list[Any]:
-    """The JSON payloads of replayed records, in order."""
-    return [orjson.loads(payload) for _, payload in records]

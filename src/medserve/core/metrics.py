@@ -19,9 +19,9 @@ LOG_DROPPED = Counter(
 )
 AUDIT_UNRECORDED = Counter(
     "medserve_audit_unrecorded_total",
-    "Audit entries or log rows of answered requests that were not recorded (fail_open only: "
-    "the queue was full or the store could not be written), by stream and reason. Each loss "
-    "is also marked in the audit chain.",
+    "Audit entries of answered requests that were not recorded (fail_open only: the queue was "
+    "full, or a batch could not be written), by reason; each loss is also marked in the chain. "
+    "The prediction log's drops are medserve_monitor_log_dropped_total.",
     ["stream", "reason"],
 )
 JOURNAL_UNWRITTEN = Counter(

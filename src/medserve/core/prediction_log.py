@@ -1,9 +1,11 @@
 """The prediction log: every prediction recorded, de-identified, off the hot path.
 
-``on_prediction`` runs on the event loop for every request, so it only timestamps the event and
-appends it to a bounded deque (a few hundred nanoseconds, no lock). Every ``flush_interval_s``
-(1 s, or when the queue passes half full) the queued events are de-identified and encoded
-(*packed*), and a writer thread per worker process inserts the packs in one transaction. In the
+``on_prediction`` runs on the event loop for every request: it de-identifies the prediction
+into one record (``record``), appends it to the worker's journal (``core.journal``: one
+``write()``, so a killed worker loses nothing it answered) and to a bounded deque. Every
+``flush_interval_s`` (1 s, or when the queue passes half full) the queued records are grouped
+and encoded (*packed*), and a writer thread per worker process inserts the packs, with the
+journal's progress, in one transaction. In the
 server the packing runs on the event loop in slices between requests (``drive``); elsewhere the
 writer thread packs too. ``close()`` drains everything that was accepted: the server calls it on
 shutdown (SIGTERM included), so entries are not lost.
@@ -359,7 +361,6 @@ class PredictionLog:
     def _drop(self, rows: int, reason: str) -> None:
         self.dropped += rows
         metrics.LOG_DROPPED.labels(reason).inc(rows)
-        metrics.AUDIT_UNRECORDED.labels("log", reason).inc(rows)
         log.warning("prediction log dropped %d row(s): %s", rows, reason)
 
     # -- packing on the event loop ----------------------------------------------------------

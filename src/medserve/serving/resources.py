@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 
-from medserve.core.errors import MedserveError
+from medserve.core.context import ANONYMOUS, PRINCIPAL_SCOPE_KEY, Principal
+from medserve.core.errors import AuthenticationError, MedserveError
 
 if TYPE_CHECKING:
     from starlette.requests import HTTPConnection
@@ -67,3 +68,15 @@ def resources_of(connection: HTTPConnection) -> Resources:
     """The resources of the app serving ``connection`` (a request)."""
     found: Resources = connection.app.state.resources
     return found
+
+
+def principal_of(connection: HTTPConnection) -> Principal:
+    """The caller, as the security middleware authenticated (and rate-limited) it once for this
+    request: authenticating again in a route would spend another rate-limit token. Security off
+    (the demo): anonymous; security on but no caller: refused (never expected: fail closed)."""
+    principal = connection.scope.get(PRINCIPAL_SCOPE_KEY)
+    if isinstance(principal, Principal):
+        return principal
+    if not resources_of(connection).settings.security:
+        return ANONYMOUS
+    raise AuthenticationError("the request was not authenticated")

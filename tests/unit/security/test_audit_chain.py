@@ -8,6 +8,7 @@ import pytest
 import sqlalchemy as sa
 from typer.testing import CliRunner
 
+from medserve.core import metrics
 from medserve.core.audit import AuditEntry, AuditLog
 from medserve.core.errors import AuditUnavailableError
 from medserve.core.registry.service import Registry
@@ -93,6 +94,8 @@ def test_writer_drains_queue_on_close(registry: Registry) -> None:
 
 def test_overflow_is_recorded_in_the_chain_when_failing_open(registry: Registry) -> None:
     log = AuditLog(registry.store.engine, queue_size=3, fail_open=True)  # type: ignore[attr-defined]
+    counted = metrics.AUDIT_UNRECORDED.labels("audit", "queue_full")
+    before = counted._value.get()
     for _ in range(5):
         log.enqueue(AuditEntry(actor="key:app", action="predict", outcome=200))
     log.start()
@@ -101,6 +104,7 @@ def test_overflow_is_recorded_in_the_chain_when_failing_open(registry: Registry)
     assert [r["action"] for r in rows] == ["predict"] * 3 + ["audit_overflow"]
     assert "2 audit entries of answered requests were lost" in rows[-1]["detail"]
     assert "fail_open" in rows[-1]["detail"]
+    assert counted._value.get() == before + 2  # and counted in /metrics
     verified = CliRunner().invoke(app, ["audit", "verify"])
     assert verified.exit_code == 0, verified.output
     assert "recorded loss at entry 4 (audit_overflow): 2 audit entries" in verified.output

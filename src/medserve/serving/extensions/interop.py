@@ -19,8 +19,6 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from medserve.core.context import (
-    ANONYMOUS,
-    PRINCIPAL_SCOPE_KEY,
     Principal,
     RequestContext,
     made_request_id,
@@ -32,7 +30,7 @@ from medserve.serving.extension import ServingExtension
 from medserve.serving.extensions.interop_http import media_handlers, rationales
 from medserve.serving.extensions.security import ACTION_SCOPE_KEY, visible
 from medserve.serving.media import MediaHandler
-from medserve.serving.resources import ResourceKey, Resources, resources_of
+from medserve.serving.resources import ResourceKey, Resources, principal_of, resources_of
 
 router = APIRouter(tags=["cds-hooks"])
 
@@ -68,15 +66,10 @@ def _cds(request: Request) -> CdsHooks:
     return resources_of(request).get(CDS_HOOKS)
 
 
-def _principal(request: Request) -> Principal:
-    principal = request.scope.get(PRINCIPAL_SCOPE_KEY)
-    return principal if isinstance(principal, Principal) else ANONYMOUS
-
-
 def _authorize(request: Request, service: CdsService, action: str) -> Principal:
     """Per-model authorization (the path names a service, not a model) and the audit entry's
     model and version."""
-    principal = _principal(request)
+    principal = principal_of(request)
     resources_of(request).guard.authorize(principal, "predict", service.model)
     template = request.scope.get(ACTION_SCOPE_KEY, (None, None, None, request.url.path))[3]
     request.scope[ACTION_SCOPE_KEY] = (action, service.model, str(service.version), template)

@@ -34,14 +34,11 @@ from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
 from medserve.core.context import (
-    ANONYMOUS,
-    PRINCIPAL_SCOPE_KEY,
     Principal,
     made_request_id,
 )
 from medserve.core.errors import (
     AuditUnavailableError,
-    AuthenticationError,
     InvalidRequestError,
     MedserveError,
     NotFoundError,
@@ -78,7 +75,7 @@ from medserve.serving.extensions.security import (
     visible,
 )
 from medserve.serving.http_errors import status_for
-from medserve.serving.resources import ResourceKey, Resources, resources_of
+from medserve.serving.resources import ResourceKey, Resources, principal_of, resources_of
 
 log = logging.getLogger(__name__)
 
@@ -186,15 +183,6 @@ def _limits(settings: KeyLlmSettings) -> Limits:
     )
 
 
-def _principal(request: Request) -> Principal:
-    principal = request.scope.get(PRINCIPAL_SCOPE_KEY)
-    if isinstance(principal, Principal):
-        return principal
-    if not resources_of(request).settings.security:
-        return ANONYMOUS
-    raise AuthenticationError("the request was not authenticated")  # never expected
-
-
 def _status(exc: MedserveError) -> int:
     if isinstance(exc, PhiUnavailableError):
         return 503
@@ -252,7 +240,7 @@ async def _serve(request: Request, kind: type[Any], prepare: Prepare) -> Respons
         unavailable = resources.plane.unavailable()
         if unavailable is not None:  # the audit trail cannot be written: fail closed
             raise AuditUnavailableError(unavailable)
-        principal = _principal(request)
+        principal = principal_of(request)
         parsed = parse_request(kind, await _body(request))
         name, ref = model_reference(parsed.model)
         action = request.scope.get(ACTION_SCOPE_KEY)
@@ -348,7 +336,7 @@ async def get_model(request: Request, model_id: str) -> Response:
     try:
         name, ref = model_reference(model_id)
         resources = resources_of(request)
-        resources.guard.authorize(_principal(request), "predict", name)
+        resources.guard.authorize(principal_of(request), "predict", name)
         model = await resources.plane.model(name, ref)
         if not is_language_model(model):
             raise NotFoundError(f"model {name!r} is not a language model")
@@ -372,7 +360,7 @@ async def own_usage(request: Request, days: int = Query(default=7, ge=1, le=400)
     """The caller's own usage: its limits, what it used this minute and today, per day."""
     try:
         resources = resources_of(request)
-        principal = _principal(request)
+        principal = principal_of(request)
         caller = await _caller(request, principal)
         service = resources.get(LLM_SERVICE)
         limits = service.defaults.over(caller.limits)
@@ -413,7 +401,7 @@ def _guard(request: Request) -> SecurityGuard:
 
 async def _same_tenant(request: Request, guard: SecurityGuard, key_id: str) -> None:
     """A tenant's administrator manages only its own tenant's keys."""
-    principal = _principal(request)
+    principal = principal_of(request)
     keys = {k.key_id: k for k in await asyncio.to_thread(guard.store.list_keys)}
     key = keys.get(key_id)
     if key is None or key.state() == "revoked":  # a revoked key is gone (its usage too)
@@ -436,7 +424,7 @@ async def put_key_llm(request: Request, key_id: str, body: KeyLlmRequest) -> dic
     worker from its next request."""
     guard = _guard(request)
     await _same_tenant(request, guard, key_id)
-    actor = _principal(request).subject
+    actor = principal_of(request).subject
     settings = KeyLlmSettings(**body.model_dump())
     saved = await asyncio.to_thread(
         lambda: guard.store.set_llm_settings(key_id, settings, actor=actor)

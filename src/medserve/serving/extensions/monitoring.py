@@ -19,9 +19,8 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Path, Request
 from pydantic import BaseModel, Field
 
-from medserve.core.context import ANONYMOUS, PRINCIPAL_SCOPE_KEY, Principal, stored_request_id
+from medserve.core.context import Principal, stored_request_id
 from medserve.core.errors import (
-    AuthenticationError,
     InvalidRequestError,
     MedserveError,
     NotFoundError,
@@ -39,7 +38,7 @@ from medserve.features.monitoring.reference import on_version_registered
 from medserve.serving.extension import ServingExtension
 from medserve.serving.extensions.security import AUDIT_LOG, AUDITED_SCOPE_KEY, SQL_INT_MAX
 from medserve.serving.params import IsoDateTime
-from medserve.serving.resources import ResourceKey, Resources, resources_of
+from medserve.serving.resources import ResourceKey, Resources, principal_of, resources_of
 
 log = logging.getLogger(__name__)
 
@@ -100,19 +99,8 @@ class ExplainRequest(BaseModel):
     )
 
 
-def _principal(request: Request) -> Principal:
-    """The caller, as the security middleware authenticated (and rate-limited) it once for this
-    request; authenticating again here would spend another rate-limit token."""
-    principal = request.scope.get(PRINCIPAL_SCOPE_KEY)
-    if isinstance(principal, Principal):
-        return principal
-    if not resources_of(request).settings.security:
-        return ANONYMOUS  # security off (demo): the open guard lets everyone through
-    raise AuthenticationError("the request was not authenticated")  # never expected: fail closed
-
-
 def _allow(request: Request, action: str, model: str | None) -> Principal:
-    principal = _principal(request)
+    principal = principal_of(request)
     resources_of(request).guard.authorize(principal, action, model)
     return principal
 

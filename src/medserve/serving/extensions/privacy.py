@@ -14,16 +14,14 @@ from typing import Any
 from fastapi import APIRouter, Body, Request
 from pydantic import BaseModel, ConfigDict, Field
 
-from medserve.core.context import ANONYMOUS, PRINCIPAL_SCOPE_KEY, Principal
 from medserve.core.erasure import MAX_PATIENT_ID, MAX_REASON, erase_patient
-from medserve.core.errors import AuthenticationError
 from medserve.core.journal import scrubber
 from medserve.core.phi import load_or_create_salt
 from medserve.core.store.unit_of_work import engine_of
 from medserve.serving.extension import ServingExtension
 from medserve.serving.extensions.monitoring import PREDICTION_LOG
 from medserve.serving.extensions.security import AUDIT_LOG
-from medserve.serving.resources import resources_of
+from medserve.serving.resources import principal_of, resources_of
 
 router = APIRouter(tags=["privacy"])
 
@@ -50,16 +48,6 @@ class ErasureRequest(BaseModel):
     )
 
 
-def _principal(request: Request) -> Principal:
-    """The caller as the security middleware authenticated it (security off: anonymous)."""
-    principal = request.scope.get(PRINCIPAL_SCOPE_KEY)
-    if isinstance(principal, Principal):
-        return principal
-    if not resources_of(request).settings.security:
-        return ANONYMOUS
-    raise AuthenticationError("the request was not authenticated")  # never expected: fail closed
-
-
 @router.post("/v1/patients/erase", openapi_extra={"x-medserve-action": ERASE_ACTION})
 def erase(
     request: Request, body: ErasureRequest = Body(examples=[ERASE_EXAMPLE])
@@ -72,7 +60,7 @@ def erase(
     worker's (at most its flush interval old) may land after: repeat the call to be sure.
     """
     resources = resources_of(request)
-    principal = _principal(request)
+    principal = principal_of(request)
     resources.guard.authorize(principal, ERASE_ACTION, None)
     prediction_log = resources.find(PREDICTION_LOG)
     if prediction_log is not None:

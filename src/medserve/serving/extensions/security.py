@@ -327,9 +327,10 @@ class SecurityMiddleware:
 
 
 class AuditObserver:
-    """Queues one audit entry per prediction request: O(1) on the event loop (the entry, and
-    the patient pseudonym in it, are made by the audit writer thread). With ``failures``, a
-    request refused before its caller was known is counted there instead."""
+    """Queues one audit entry per prediction request: with the journal on (the default) the
+    entry is made and journaled before the answer; without it, later between requests. The
+    patient is kept as a pseudonym (the writer makes it a per-patient reference). With
+    ``failures``, a request refused before its caller was known is counted there instead."""
 
     def __init__(self, audit: AuditLog, salt: bytes, failures: AuthFailures | None = None) -> None:
         self.audit = audit
