@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -29,9 +28,7 @@ def _require() -> Path:
     ]
     if missing:
         message = f"the GGUF test needs {', '.join(missing)} (make test installs them)"
-        if os.environ.get("CI"):
-            pytest.fail(f"CI must run the real GGUF model: {message}")
-        pytest.skip(message)
+        pytest.skip(message)  # a failure under CI (tests/conftest.py)
     from medserve.faces.demo.llm import smollm2_path
 
     return smollm2_path()

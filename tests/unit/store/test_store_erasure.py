@@ -250,7 +250,9 @@ def test_no_byte_of_the_patient_lingers_in_the_sqlite_files(
     store: SqlRegistryStore, store_uri: str
 ) -> None:
     if not store_uri.startswith("sqlite"):
-        pytest.skip("file bytes: SQLite only (PostgreSQL: see docs/privacy.md)")
+        pytest.skip(
+            "not applicable: file bytes are checked on SQLite (PostgreSQL: docs/privacy.md)"
+        )
     _populate(store)
     path = Path(sa.engine.make_url(store_uri).database or "")
     needles = [n.encode() for n in _needles(A)]

@@ -115,8 +115,7 @@ def test_count_tokens_and_plain_completion(runtime: GgufRuntime) -> None:
 def test_stop_sequences_end_the_answer(runtime: GgufRuntime) -> None:
     full = _text(list(runtime.chat(QUESTION, GenerationParams(max_tokens=24, temperature=0))))
     cut_at = next((w for w in full.split() if len(w) > 3), None)
-    if cut_at is None:
-        pytest.skip(f"no word to stop at in {full!r}")
+    assert cut_at is not None, full  # temperature 0: the same answer every time
     chunks = list(
         runtime.chat(QUESTION, GenerationParams(max_tokens=24, temperature=0, stop=[cut_at]))
     )
