@@ -1,23 +1,23 @@
 """The tamper-evident audit trail: an append-only, hash-chained table.
 
-Every row has a dense sequence number and ``hash = sha256(canonical fields + prev_hash)``. Editing
-a row breaks its own hash; deleting or reordering rows breaks the link to the previous hash (and
-the dense sequence), so ``verify`` names the first row that no longer fits. Appends from all
+Every row has a dense sequence number and ``hash = HMAC(audit key, fields + prev_hash)`` (plain
+sha256 for rows from before audit keys). Editing a row breaks its own hash; deleting or reordering
+rows breaks the link to the previous hash (and the dense sequence), so ``verify`` names the first
+row that no longer fits; an anchor (``anchor``) catches truncation and wipes. Appends from all
 worker processes are serialised by the database (SQLite ``BEGIN IMMEDIATE``, a PostgreSQL
 advisory lock), so the chain stays one line.
 
-Changes are appended synchronously before the response is sent; registry changes are written in
-their own transaction to the outbox (``registry_outbox``) and moved into the chain by the writer
-(``drain_outbox``), whichever process or tool made them. Predictions are appended
-to a bounded deque (O(1), never blocking the event loop) and written in batches by a writer
-thread once a second; ``close`` drains the queue, which the server does on a clean shutdown and
-on SIGTERM. If the queue overflows, the number of lost entries is itself written to the chain.
-
-The request does as little as it can: a prediction's entry is queued as ``(build, event,
-time)`` (``enqueue_packed``) and built later, in slices between requests on the server's event
-loop (``drive``; in the writer thread elsewhere); the writer chains the hashes and inserts a
-batch as multi-row ``INSERT ... VALUES`` statements (one GIL release and one B-tree pass per
-256 rows instead of one per row, which under load left the writer waiting for the GIL).
+Changes write their record in their own transaction to the outbox (``registry_outbox``), which the
+writer moves into the chain (``drain_outbox``), whichever process or tool made them. A prediction's
+entry (and an access's) is built and appended to the worker's journal (``core.journal``: one
+``write()``) before the answer, then queued in a bounded deque (fail closed: a full queue or an
+unwritable journal refuses the request; fail open counts and marks the loss); a writer thread
+stores batches once a second with the journal's progress, and the next start replays what a killed
+worker left. Without a journal (``MEDSERVE_JOURNAL=false``) a prediction's entry is built later, in
+slices between requests (``drive``). The writer chains the hashes and inserts a batch as multi-row
+``INSERT ... VALUES`` statements (one GIL release and one B-tree pass per 256 rows instead of one
+per row, which under load left the writer waiting for the GIL); patients are stored as references
+under their own keys (``core.patients``), looked up in the writer's transaction.
 
 Prediction entries are *packed*: the consecutive prediction entries of one prepared slice (up
 to ``_SLICE``) are stored as one chained row (action ``predict_batch``, the entries as a JSON
@@ -575,8 +575,8 @@ class AuditLog:
 
     def _prepare(self, most: int | None = None) -> None:
         """Queued items -> entries ready to chain, in order: an ``AuditEntry`` stays a row of
-        its own, consecutive prediction entries become one packed entry (its JSON made here, so
-        that the writer thread only hashes and inserts)."""
+        its own, consecutive prediction entries become one packed entry (its JSON is made by the
+        writer, once each patient pseudonym in it is replaced by the patient's reference)."""
         with self._prepare_lock:  # the loop's slices, or the writer when it stops
             queue = self._queue
             taken = 0
