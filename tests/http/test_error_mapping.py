@@ -124,7 +124,7 @@ def test_open_paths_need_no_credential(served: Served) -> None:
         ("auditor", "POST", predict_path(), {"instances": records(1)}, "predict"),
         ("auditor", "POST", infer_path(), {"inputs": []}, "predict"),
         ("auditor", "POST", "/v1/alerts/1/acknowledge", {}, "write"),
-        ("app", "GET", "/metrics", None, "read_monitoring"),
+        ("app", "GET", "/metrics", None, "read_metrics"),
     ],
 )
 def test_403_for_a_role_without_the_action(

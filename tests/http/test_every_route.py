@@ -184,7 +184,7 @@ def exposed_routes(api: FastAPI) -> set[tuple[str, str]]:
 
 def concrete(path: str) -> str:
     """A request path for a template (every parameter filled in)."""
-    for name in ("name", "version", "key_id", "service_id", "alert_id", "model_id"):
+    for name in ("name", "version", "key_id", "service_id", "alert_id", "model_id", "alias"):
         path = path.replace("{" + name + "}", "x1")
     assert "{" not in path, path
     return path
@@ -431,6 +431,40 @@ def _alias_history(s: Served) -> None:
     assert moves == {("production", None, 1), ("staging", None, 2)}
     staging = s.get(f"/v1/models/{MODEL}/aliases/history", params={"alias": "staging"})
     assert [e["alias"] for e in staging.json()["events"]] == ["staging"]
+
+
+@covers("GET", "/v1/models/{name}/traffic/{alias}")
+def _traffic(s: Served) -> None:
+    response = s.get(f"/v1/models/{MODEL}/traffic/staging")
+    assert response.status_code == 200
+    assert response.json() == {
+        "model": MODEL,
+        "alias": "staging",
+        "version": 2,
+        "split": {"2": 100},
+        "shadow": [],
+    }
+
+
+@covers("PUT", "/v1/models/{name}/traffic/{alias}")
+def _traffic_change(s: Served) -> None:
+    # staging is not gated; the same split again changes nothing served (an audited no-op)
+    response = s.put(f"/v1/models/{MODEL}/traffic/staging", json={"split": {"2": 100}})
+    assert response.status_code == 200
+    assert response.json()["split"] == {"2": 100}
+    bad = s.put(f"/v1/models/{MODEL}/traffic/staging", json={"split": {"x": 100}})
+    assert bad.status_code == 400
+    assert bad.json()["details"][0]["field"] == "split.x"
+
+
+@covers("GET", "/v1/models/{name}/compare")
+def _compare(s: Served) -> None:
+    response = s.get(f"/v1/models/{MODEL}/compare", params={"hours": 1})
+    assert response.status_code == 200
+    body = response.json()
+    assert (body["model"], body["alias"], body["traffic"]["version"]) == (MODEL, "production", 1)
+    assert isinstance(body["versions"], list)
+    assert body["shadows"] == []
 
 
 @covers("GET", "/v1/served")
@@ -842,6 +876,15 @@ def _openai_usage(s: Served) -> None:
     assert body["days"] == []
 
 
+@covers("POST", "/v1/models/{name}/fhir-answer")
+def _fhir_answer(s: Served) -> None:
+    bundle = {"resourceType": "Bundle", "entry": [{"resource": {"resourceType": "Condition"}}]}
+    body = {"bundle": bundle, "question": "which conditions?"}
+    _openai_error(s.post("/v1/models/nobody/fhir-answer", json=body), 404, None)
+    _openai_error(s.post(f"/v1/models/{MODEL}/fhir-answer", json=body), 404, None)  # tabular
+    _openai_error(s.post(f"/v1/models/{MODEL}/fhir-answer", json={**body, "top_k": 0}), 400, None)
+
+
 @covers("PUT", "/v1/security/keys/{key_id}/llm")
 def _put_key_llm(s: Served) -> None:
     issued = _issue(s)
@@ -905,7 +948,7 @@ def _openapi(s: Served) -> None:
         for path, operations in document["paths"].items()
         for method in operations
     }
-    docs_routes = {"/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}
+    docs_routes = {"/openapi.json"}
     assert documented == {r for r in exposed_routes(s.api) if r[1] not in docs_routes}
     assert document["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
     assert "Error" in document["components"]["schemas"]
@@ -925,49 +968,6 @@ def _head(s: Served, path: str) -> None:
 @covers("HEAD", "/openapi.json")
 def _openapi_head(s: Served) -> None:
     _head(s, "/openapi.json")
-
-
-@covers("GET", "/docs")
-def _docs(s: Served) -> None:
-    response = s.get("/docs")
-    assert response.status_code == 200
-    assert response.headers["content-type"].startswith("text/html")
-    assert "swagger-ui" in response.text
-    assert "/openapi.json" in response.text
-    assert "content-security-policy" not in response.headers  # it loads its scripts from a CDN
-    assert response.headers["x-frame-options"] == "DENY"
-
-
-@covers("HEAD", "/docs")
-def _docs_head(s: Served) -> None:
-    _head(s, "/docs")
-
-
-@covers("GET", "/docs/oauth2-redirect")
-def _oauth2_redirect(s: Served) -> None:
-    response = s.get("/docs/oauth2-redirect")
-    assert response.status_code == 200
-    assert response.headers["content-type"].startswith("text/html")
-    assert "swaggerUIRedirectOauth2" in response.text
-
-
-@covers("HEAD", "/docs/oauth2-redirect")
-def _oauth2_redirect_head(s: Served) -> None:
-    _head(s, "/docs/oauth2-redirect")
-
-
-@covers("GET", "/redoc")
-def _redoc(s: Served) -> None:
-    response = s.get("/redoc")
-    assert response.status_code == 200
-    assert response.headers["content-type"].startswith("text/html")
-    assert "redoc" in response.text.lower()
-    assert "/openapi.json" in response.text
-
-
-@covers("HEAD", "/redoc")
-def _redoc_head(s: Served) -> None:
-    _head(s, "/redoc")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1003,11 +1003,35 @@ EXTENSIONS = {
     "explain": "global importance on registration: test_explain_importance_of_every_version",
     "privacy": "a patient's erasure (case above; tests/http/test_erasure_http.py)",
     "llm": "/openai/v1 and key settings (cases above; tests/unit/llm, test_openai_*)",
+    "llm-grounding": "fhir-answer (case above; tests/unit/llm/test_grounding.py)",
+    "console": "/ui and the bundled /docs: test_console_and_docs (tests/contract/browser)",
+    "traffic": "traffic splits and compare (cases above; tests/http/test_traffic_http.py)",
+    "ray": "inference on Ray deployments, off under uvicorn: tests/integration/test_ray_backend.py",
+    "grpc": "OIP v2 over gRPC when --grpc-port is set: tests/contract/test_grpc_*.py",
 }
 
 
 def test_every_installed_extension_is_exercised() -> None:
     assert {e.name for e in extensions()} == set(EXTENSIONS)
+
+
+def test_console_and_docs(served: Served) -> None:
+    """The console extension's wrapper: /docs is Swagger UI from bundled assets under a CSP
+    (no CDN), /ui asks a browser to sign in, / leads to /ui/ (the browser tests go further)."""
+    docs = served.client.get("/docs")
+    assert docs.status_code == 200
+    assert docs.headers["content-type"].startswith("text/html")
+    assert "/docs/assets/swagger-ui-bundle.js" in docs.text
+    assert "cdn" not in docs.text.lower()
+    assert "script-src 'self'" in docs.headers["content-security-policy"]
+    assert docs.headers["x-frame-options"] == "DENY"
+    bundle = served.client.get("/docs/assets/swagger-ui-bundle.js")
+    assert bundle.status_code == 200
+    assert "SwaggerUIBundle" in bundle.text
+    ui = served.client.get("/ui/", follow_redirects=False)
+    assert ui.status_code == 303
+    assert ui.headers["location"].startswith("/ui/login")
+    assert served.client.get("/", follow_redirects=False).headers["location"] == "/ui/"
 
 
 def test_interop_fhir_in_and_risk_assessment_out(served: Served) -> None:

@@ -19,7 +19,7 @@ def test_demo_card_is_complete_and_served_as_json_and_html(demo_server: ServerPr
         f"{base}/card", headers={**demo_server.headers, "Accept": "text/html"}, timeout=30
     )
     assert page.headers["content-type"].startswith("text/html")
-    assert "ONC HTI-1 source attributes" in page.text
+    assert "every HTI-1 attribute is filled and nothing disagrees" in page.text
     report = httpx.get(f"{base}/report", headers=demo_server.headers, timeout=30)
     assert report.status_code == 200
     assert "id='plot-calibration'" in report.text
@@ -29,6 +29,7 @@ def test_demo_card_is_complete_and_served_as_json_and_html(demo_server: ServerPr
         "version": gate["version"],
         "passed": True,
         "problems": [],
+        "fixes": [],
     }
 
 

@@ -106,15 +106,17 @@ GROUPS: dict[str, list[tuple[str, str]]] = {
     "read_models": [("GET", "/v1/models"), ("GET", f"/v1/models/{BC}")],
     "write": [("POST", "/v1/alerts/999999/acknowledge")],
     "read_audit": [("GET", "/v1/audit")],
-    "read_monitoring": [("GET", "/metrics"), ("GET", f"/v1/models/{BC}/monitoring")],
+    "read_monitoring": [("GET", f"/v1/models/{BC}/monitoring")],
+    "read_metrics": [("GET", "/metrics")],
     "admin": [("GET", "/v1/security/keys")],
 }
 ALLOWED = {
     "admin": set(GROUPS),
-    "developer": {"predict", "read_models", "write", "read_monitoring"},
-    "approver": {"read_models", "read_monitoring"},
+    "developer": {"predict", "read_models", "write", "read_monitoring", "read_metrics"},
+    "approver": {"read_models", "read_monitoring", "read_metrics"},
     "app": {"predict"},
-    "auditor": {"read_audit", "read_monitoring", "read_models"},
+    "auditor": {"read_audit", "read_monitoring", "read_models", "read_metrics"},
+    "metrics": {"read_metrics"},
 }
 
 
@@ -132,15 +134,33 @@ def test_role_by_endpoint_group_matrix(server: ServerProcess, home: Path) -> Non
             assert status == 403, (role, group, path, status)
 
 
-def test_every_endpoint_but_health_needs_a_credential(server: ServerProcess) -> None:
+def test_every_endpoint_but_health_and_static_pages_needs_a_credential(
+    server: ServerProcess,
+) -> None:
+    """Only the health checks and data-free static pages answer without a credential: the
+    Swagger UI page and its bundled assets (the OpenAPI document it loads needs a key) and the
+    console's sign-in form (every other console page needs a signed-in session)."""
     assert httpx.get(f"{server.url}/v2/health/live").status_code == 200
     assert httpx.get(f"{server.url}/v2/health/ready").status_code == 200
     paths = [p for routes in GROUPS.values() for p in routes]
-    paths += [("GET", "/openapi.json"), ("GET", "/docs"), ("GET", "/v2")]
+    paths += [("GET", "/openapi.json"), ("GET", "/v2")]
     for method, path in paths:
         response = httpx.request(method, server.url + path, json={}, timeout=10)
         assert response.status_code == 401, (path, response.status_code)
         assert response.headers["www-authenticate"].startswith("Bearer")
+    # the static pages: the same bytes for anyone, naming no model, route or key
+    docs = httpx.get(f"{server.url}/docs")
+    assert docs.status_code == 200
+    login = httpx.get(f"{server.url}/ui/login")
+    assert login.status_code == 200
+    for page in (docs, login):
+        assert BC not in page.text
+        assert DIAB not in page.text
+        assert "/v2/models/{name}/infer" not in page.text  # the API's own description needs a key
+    for path in ("/ui/", f"/ui/models/{BC}", "/ui/audit", "/ui/keys"):
+        console = httpx.get(server.url + path, follow_redirects=False)
+        assert console.status_code == 303, path
+        assert console.headers["location"].startswith("/ui/login"), path
     bad = httpx.get(f"{server.url}/v1/models", headers=auth("msk_0123456789ab_" + "x" * 43))
     assert bad.status_code == 401
     assert "x" * 43 not in bad.text

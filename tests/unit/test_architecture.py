@@ -94,7 +94,8 @@ def test_every_builtin_capability_is_an_extension_found_by_entry_point() -> None
 
 def test_runtime_flavors_beyond_the_core_come_from_extensions() -> None:
     extra = set(flavors()) - set(CORE_FLAVORS)
-    assert extra == {"image", "text", "sequence", "ensemble", "gguf", "minilm-onnx"}
+    assert extra == {"image", "text", "sequence", "ensemble", "gguf", "minilm-onnx",
+                     "gguf-embedding", "openai-upstream"}  # fmt: skip
 
 
 HEAVY = {

@@ -314,3 +314,92 @@ def test_api_key_is_a_bearer_token_and_connections_are_kept_alive(
     assert all(headers["Authorization"] == "Bearer s3cret" for _, headers in seen[:3])
     assert "Authorization" not in seen[3][1]
     assert seen[0][1]["User-Agent"].startswith("medserve-client/")
+
+
+# -- request ids, explanations, outcomes and governance (both clients) ------------------------
+_CARD = {
+    "model": "m",
+    "version": 2,
+    "complete": False,
+    "missing": ["HTI-1 funding"],
+    "problems": [],
+    "hti1_source_attributes": {"funding": {"filled": False}},
+}
+_EVALUATION = {
+    "kind": "test",
+    "dataset_name": "test.csv",
+    "dataset_sha256": "ab" * 32,
+    "created_at": "2026-12-06T10:00:00+00:00",
+    "result": {"metrics": {"auroc": {"value": 0.91, "ci_low": 0.88, "ci_high": 0.94}}},
+}
+
+
+def _answer(request: httpx.Request) -> httpx.Response:
+    """A stand-in server: what medserve answers on each route the SDK calls here."""
+    path = request.url.path
+    headers = {"X-Request-ID": "0193abc-server-id"}
+    if path.endswith("/predict"):
+        body = {"model": "m", "version": 2, "predictions": [{"label": "1"}]}
+        if b"with-body-id" in request.content:
+            body["request_id"] = "from-the-body"
+        return httpx.Response(200, json=body, headers=headers)
+    if path.endswith("/infer"):
+        return httpx.Response(200, json={"model_name": "m", "outputs": []}, headers=headers)
+    if path.endswith("/explain"):
+        sent = orjson.loads(request.content)
+        row = {"base_value": 0.2, "prediction": 0.5, "attributions": {"a": 0.3}, "top": ["a up"]}
+        body = {"model": "m", "version": 2, "method": "exact", "target": sent.get("class")}
+        return httpx.Response(200, json={**body, "explanations": [row]}, headers=headers)
+    if path == "/v1/outcomes":
+        sent = orjson.loads(request.content)
+        assert sent == {"outcomes": [{"prediction_id": "x-0", "outcome": 1}]}
+        return httpx.Response(200, json={"matched": [1], "labelled": 1, "unmatched": []})
+    if path.endswith("/card"):
+        return httpx.Response(200, json=_CARD)
+    if path.endswith("/evaluations"):
+        return httpx.Response(200, json={"model": "m", "version": 2, "evaluations": [_EVALUATION]})
+    if path.endswith("/gate"):
+        body = {"model": "m", "version": 2, "passed": False, "problems": ["p1"], "fixes": ["f1"]}
+        return httpx.Response(200, json=body)
+    return httpx.Response(404, json={"error": "no"}, headers=headers)
+
+
+def test_responses_carry_the_request_id_and_typed_governance_results() -> None:
+    with Client("http://medserve", transport=httpx.MockTransport(_answer)) as client:
+        answer = client.predict("m", [{"a": 1}])
+        assert answer.request_id == "0193abc-server-id"
+        assert answer.prediction_ids == ["0193abc-server-id-0"]
+        assert client.predict("m", [{"a": "with-body-id"}]).request_id == "from-the-body"
+        assert client.infer("m", np.ones((1, 1))).request_id == "0193abc-server-id"
+        explained = client.explain("m", [{"a": 1}], target="1")
+        assert explained.target == "1"
+        assert explained.explanations[0].attributions == {"a": 0.3}
+        assert explained.explanations[0].top == ["a up"]
+        outcome = client.outcomes([{"prediction_id": "x-0", "outcome": 1}])
+        assert (outcome.matched, outcome.labelled, outcome.unmatched) == ([1], 1, [])
+        card = client.card("m", 2)
+        assert card.complete is False
+        assert card.missing == ["HTI-1 funding"]
+        assert card.hti1["funding"] == {"filled": False}
+        [evaluation] = client.evaluations("m", 2)
+        assert evaluation.kind == "test"
+        assert evaluation.metric("auroc", "ci_low") == 0.88
+        assert evaluation.metric("brier") is None
+        assert evaluation.created_at is not None
+        gate = client.gate("m", 2)
+        assert gate.passed is False
+        assert [(p.message, p.fix) for p in gate.problems] == [("p1", "f1")]
+        with pytest.raises(NotFound) as caught:
+            client.model("nothing")
+        assert caught.value.request_id == "0193abc-server-id"
+
+
+async def test_the_async_client_has_the_same_methods() -> None:
+    transport = httpx.MockTransport(_answer)
+    async with AsyncClient("http://medserve", transport=transport) as client:
+        assert (await client.predict("m", [{"a": 1}])).request_id == "0193abc-server-id"
+        assert (await client.explain("m", [{"a": 1}])).explanations[0].prediction == 0.5
+        assert (await client.outcomes([{"prediction_id": "x-0", "outcome": 1}])).labelled == 1
+        assert (await client.card("m", 2)).missing == ["HTI-1 funding"]
+        assert (await client.evaluations("m", 2))[0].metric("auroc") == 0.91
+        assert (await client.gate("m", 2)).problems[0].fix == "f1"

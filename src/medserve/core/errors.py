@@ -98,8 +98,36 @@ class ComputationFailedError(MedserveError):
     code = "computation_failed"
 
 
+class InternalError(MedserveError):
+    """A fault of medserve's, not the caller's (a 500): what a transport answers for an
+    unexpected exception, whose own words stay in the server's log."""
+
+    code = "internal"
+
+
 class ModelUnavailableError(MedserveError):
     code = "model_unavailable"
+
+
+class UpstreamError(MedserveError):
+    """A model served through an upstream route (another OpenAI-compatible server) failed: the
+    upstream answered an error, broke its connection or sent what cannot be read (a 502). The
+    message names the upstream's status or the failure's type, never the request's text."""
+
+    code = "upstream_error"
+
+
+class UpstreamTimeoutError(UpstreamError):
+    """The upstream did not answer within the route's timeout (a 504)."""
+
+    code = "upstream_timeout"
+
+
+class UpstreamUnavailableError(UpstreamError):
+    """The route's circuit breaker is open after repeated upstream failures: the call was not
+    sent (a 503 until the breaker lets a trial call through)."""
+
+    code = "upstream_unavailable"
 
 
 class StoreError(MedserveError):

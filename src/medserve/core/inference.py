@@ -15,7 +15,9 @@ class ModelServer(Protocol):
 
     def list_served(self) -> list[dict[str, Any]]: ...
 
-    async def model(self, name: str, ref: str | None) -> LoadedModel: ...
+    async def model(
+        self, name: str, ref: str | None, context: RequestContext | None = None
+    ) -> LoadedModel: ...
 
     async def predict_records(
         self, name: str, ref: str | None, body: Any, context: RequestContext | None = None

@@ -14,6 +14,7 @@ from medserve.core.registry.entities import ModelVersion
 from medserve.core.registry.signature import Signature, Validator
 from medserve.core.runtimes.base import Runtime, RuntimeMetadata
 from medserve.core.runtimes.loader import load_runtime
+from medserve.core.series_input import SeriesDecoder
 from medserve.core.store.governance import GovernanceStore
 
 
@@ -96,9 +97,12 @@ class LoadedModel:
     batching: BatchingConfig | None = field(init=False)
     class_keys: list[str] | None = field(init=False)
     members: MemberReporting | None = field(init=False)
+    series: SeriesDecoder | None = field(init=False)
 
     def __post_init__(self) -> None:
         self.validator = self.signature.validator()
+        # trajectories: decoded beside the validator; None (nothing per request) without series
+        self.series = SeriesDecoder(self.signature) if self.signature.series else None
         self.batching = BatchingConfig.from_serving_config(self.version.serving_config)
         labels = self.metadata.class_labels
         self.class_keys = [str(_plain(c)) for c in labels] if labels is not None else None
@@ -148,7 +152,10 @@ class LoadedModel:
 
     def predict_records(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
         """Validate and predict records synchronously (CLI and tests; the server batches)."""
-        X = self.validator.records_to_matrix(rows)
+        if self.series is not None:
+            X = self.series.records_to_matrix(rows)
+        else:
+            X = self.validator.records_to_matrix(rows)
         return self.records_response(self.predict(X))
 
     def records_response(self, outputs: dict[str, np.ndarray]) -> dict[str, Any]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from functools import cached_property
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -28,13 +29,43 @@ class Settings(BaseSettings):
         default=None,
         description="Where artifacts are stored (content addressed). Unset means `home/artifacts`.",
     )
+    artifact_uri: str | None = Field(
+        default=None,
+        description=(
+            "Shared artifact storage: `s3://bucket/prefix` (S3-compatible; endpoint and "
+            "credentials from the AWS_* environment, e.g. AWS_ENDPOINT_URL_S3), read through a "
+            "local cache in `artifact_root`. Unset: artifacts on local disk in `artifact_root`."
+        ),
+    )
+    artifact_cache_bytes: int = Field(
+        default=10 << 30,
+        gt=0,
+        description="Size bound of the local read-through cache of S3 artifacts, in bytes.",
+    )
     host: str = Field(
         default="127.0.0.1", description="Address the server binds; loopback by default."
     )
     port: int = Field(default=8000, description="TCP port the server listens on.")
+    grpc_port: int | None = Field(
+        default=None,
+        ge=1,
+        le=65535,
+        description=(
+            "TCP port of the Open Inference Protocol v2 gRPC endpoint, on `host` with the same "
+            "TLS options as HTTP (docs/grpc.md). Unset (the default): no gRPC."
+        ),
+    )
     workers: int = Field(
         default_factory=lambda: os.cpu_count() or 1,
         description="Server worker processes; one per core by default.",
+    )
+    access_log: bool = Field(
+        default=True,
+        description="One line per HTTP request on stderr: method, route template, status, "
+        "latency, request id (never paths, bodies or caller ids).",
+    )
+    log_format: Literal["text", "json"] = Field(
+        default="text", description="Access-log lines as text or as JSON lines."
     )
     max_body_bytes: int = Field(
         default=8 * 1024 * 1024,
@@ -104,6 +135,14 @@ class Settings(BaseSettings):
         description=(
             "Default requests/second per credential (0: unlimited); keys can set their own. "
             "Enforced per worker process as limit / workers."
+        ),
+    )
+    shared_rate_limits: bool = Field(
+        default=False,
+        description=(
+            "Count rate limits once for the whole deployment in the registry's PostgreSQL (one "
+            "statement per limited request) instead of limit / workers in each process: set by "
+            "the Ray backend for its replicas; useful for uvicorn servers on several machines."
         ),
     )
     auth_cache_ttl_s: float = Field(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import asdict
@@ -22,6 +23,7 @@ from medserve.core.registry.service import Registry
 from medserve.core.settings import Settings
 from medserve.core.store.sql import MAX_PAGE
 from medserve.serving import metrics
+from medserve.serving.access_log import AccessLog, loaded_line
 from medserve.serving.data_plane import DataPlane
 from medserve.serving.extension import serving_extensions
 from medserve.serving.extensions import security as security_ext
@@ -134,6 +136,9 @@ def create_api(settings: Settings) -> FastAPI:
                         resources.plane.after_inference.append(after)
                 stack.enter_context(metrics.flushing(METRICS_FLUSH_S))
                 tune_gc()
+                if settings.access_log:  # what this worker serves, once (the banner's sequel)
+                    failed = list(manager.failures())
+                    print(loaded_line(manager.served(), failed), file=sys.stderr, flush=True)
                 yield
         finally:
             manager.stop()
@@ -145,6 +150,10 @@ def create_api(settings: Settings) -> FastAPI:
         description="Clinical model serving: Open Inference Protocol v2, records API, registry.",
         lifespan=lifespan,
         default_response_class=ORJSONResponse,
+        # /docs is the bundled Swagger UI of the console extension (faces/console): no CDN,
+        # usable with a key; FastAPI's CDN-loading pages are off.
+        docs_url=None,
+        redoc_url=None,
         # Every route is authorized by action group (see serving/extensions/security.py).
         dependencies=[Depends(security_ext.authorize_route)],
     )
@@ -338,6 +347,8 @@ def create_app(settings: Settings | None = None) -> ASGIApp:
     app: ASGIApp = HotPathApp(bounded, resources, settings.max_body_bytes, settings.body_timeout_s)
     for extension in serving_extensions():
         app = extension.wrap(app, resources)
+    if settings.access_log:  # outermost: it times and sees the status of every answer
+        app = AccessLog(app, settings.log_format)
     return app
 
 

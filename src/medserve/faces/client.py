@@ -83,12 +83,14 @@ class MedserveClientError(Exception):
         status: int | None = None,
         code: str | None = None,
         details: list[dict[str, Any]] | None = None,
+        request_id: str | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
         self.status = status
         self.code = code
         self.details: list[dict[str, Any]] = details or []
+        self.request_id = request_id  # the server's X-Request-ID: quote it when reporting
 
     def __str__(self) -> str:
         where = f"{self.status} " if self.status is not None else ""
@@ -173,7 +175,13 @@ def error_from_response(response: httpx.Response) -> MedserveClientError:
     cls = _ERROR_BY_STATUS.get(status)
     if cls is None:
         cls = ServerError if status >= 500 else MedserveClientError
-    return cls(message, status=status, code=code, details=details)
+    return cls(
+        message,
+        status=status,
+        code=code,
+        details=details,
+        request_id=response.headers.get("x-request-id"),
+    )
 
 
 # -- response types -------------------------------------------------------------------------
@@ -188,10 +196,24 @@ class Prediction:
 
 @dataclass(frozen=True)
 class PredictResponse:
+    """``request_id`` is medserve's id of the call: row ``i``'s prediction id is
+    ``f"{request_id}-{i}"``, which outcomes are posted against (``Client.outcomes``)."""
+
     model: str
     version: int
     predictions: list[Prediction]
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+    request_id: str | None = None
+
+    @property
+    def prediction_ids(self) -> list[str]:
+        """Each row's prediction id, for posting its outcome later."""
+        if self.request_id is None:  # a response built by hand, or a server that sent no id
+            raise MedserveClientError(
+                "this response carries no request id (X-Request-ID): its predictions have no "
+                "ids to post outcomes against"
+            )
+        return [f"{self.request_id}-{i}" for i in range(len(self.predictions))]
 
     @property
     def labels(self) -> list[str | int | None]:
@@ -202,14 +224,161 @@ class PredictResponse:
         return [p.value for p in self.predictions]
 
     @classmethod
-    def from_json(cls, body: dict[str, Any]) -> PredictResponse:
+    def from_json(cls, body: dict[str, Any], request_id: str | None = None) -> PredictResponse:
         predictions = [
             Prediction(
                 label=p.get("label"), probabilities=p.get("probabilities"), value=p.get("value")
             )
             for p in body["predictions"]
         ]
-        return cls(body["model"], int(body["version"]), predictions, body)
+        rid = body.get("request_id") or request_id
+        return cls(body["model"], int(body["version"]), predictions, body, rid)
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """One row's explanation: ``base_value + sum(attributions) == prediction``; ``top`` are the
+    largest contributions in plain words."""
+
+    base_value: float
+    prediction: float
+    attributions: dict[str, float]
+    top: list[str]
+
+    @classmethod
+    def from_json(cls, body: dict[str, Any]) -> Explanation:
+        return cls(
+            float(body["base_value"]),
+            float(body["prediction"]),
+            {str(k): float(v) for k, v in body["attributions"].items()},
+            [str(s) for s in body.get("top", [])],
+        )
+
+
+@dataclass(frozen=True)
+class ExplainResponse:
+    model: str
+    version: int
+    method: str
+    target: str | None
+    explanations: list[Explanation]
+    request_id: str | None = None
+    raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @classmethod
+    def from_json(cls, body: dict[str, Any], request_id: str | None = None) -> ExplainResponse:
+        return cls(
+            body["model"],
+            int(body["version"]),
+            str(body.get("method", "")),
+            body.get("target"),
+            [Explanation.from_json(e) for e in body["explanations"]],
+            request_id,
+            body,
+        )
+
+
+@dataclass(frozen=True)
+class OutcomesResult:
+    """``matched[i]``: how many predictions item ``i`` labelled; ``unmatched``: the items that
+    matched no prediction (yet)."""
+
+    matched: list[int]
+    labelled: int
+    unmatched: list[int]
+    request_id: str | None = None
+
+    @classmethod
+    def from_json(cls, body: dict[str, Any], request_id: str | None = None) -> OutcomesResult:
+        return cls(
+            [int(n) for n in body["matched"]],
+            int(body["labelled"]),
+            [int(i) for i in body["unmatched"]],
+            request_id,
+        )
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """A version's model card; ``raw`` holds every section and HTI-1 attribute."""
+
+    model: str
+    version: int
+    complete: bool
+    missing: list[str]
+    problems: list[str]
+    raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def hti1(self) -> dict[str, Any]:
+        """The 31 HTI-1 source attributes: ``{id: {label, value, source, filled}}``."""
+        found: dict[str, Any] = self.raw.get("hti1_source_attributes", {})
+        return found
+
+    @classmethod
+    def from_json(cls, body: dict[str, Any]) -> ModelCard:
+        return cls(
+            body["model"],
+            int(body["version"]),
+            bool(body["complete"]),
+            list(body.get("missing", [])),
+            list(body.get("problems", [])),
+            body,
+        )
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """One stored evaluation of a version (``kind``: test, external or local)."""
+
+    kind: str
+    dataset_name: str
+    dataset_sha256: str
+    metrics: dict[str, Any]
+    created_at: datetime | None
+    raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    def metric(self, name: str, statistic: str = "value") -> float | None:
+        """``metric("auroc")``, ``metric("auroc", "ci_low")``; None when not reported."""
+        value = (self.metrics.get(name) or {}).get(statistic)
+        return None if value is None else float(value)
+
+    @classmethod
+    def from_json(cls, body: dict[str, Any]) -> Evaluation:
+        result = body.get("result") or {}
+        return cls(
+            str(body.get("kind", "")),
+            str(body.get("dataset_name", "")),
+            str(body.get("dataset_sha256", "")),
+            dict(result.get("metrics") or {}),
+            _when(body.get("created_at")),
+            body,
+        )
+
+
+@dataclass(frozen=True)
+class GateProblem:
+    message: str
+    fix: str | None = None
+
+
+@dataclass(frozen=True)
+class GateResult:
+    """Whether a version may become production; if not, every problem with its fix."""
+
+    model: str
+    version: int
+    passed: bool
+    problems: list[GateProblem]
+
+    @classmethod
+    def from_json(cls, body: dict[str, Any]) -> GateResult:
+        fixes = list(body.get("fixes") or [])
+        problems = [
+            GateProblem(str(p), fixes[i] if i < len(fixes) else None)
+            for i, p in enumerate(body.get("problems", []))
+        ]
+        return cls(body["model"], int(body["version"]), bool(body["passed"]), problems)
 
 
 _NUMPY_BY_DATATYPE: dict[str, Any] = {
@@ -257,6 +426,7 @@ class InferResponse:
     outputs: list[OutputTensor]
     id: str | None = None
     parameters: dict[str, Any] = field(default_factory=dict)
+    request_id: str | None = None  # medserve's id of the call (X-Request-ID)
 
     def output(self, name: str) -> OutputTensor:
         for tensor in self.outputs:
@@ -269,7 +439,7 @@ class InferResponse:
         return self.output(name).as_numpy()
 
     @classmethod
-    def from_json(cls, body: dict[str, Any]) -> InferResponse:
+    def from_json(cls, body: dict[str, Any], request_id: str | None = None) -> InferResponse:
         outputs = [
             OutputTensor(
                 name=o["name"],
@@ -287,6 +457,7 @@ class InferResponse:
             outputs=outputs,
             id=body.get("id"),
             parameters=body.get("parameters") or {},
+            request_id=request_id,
         )
 
 
@@ -559,6 +730,12 @@ def _flag(response: httpx.Response) -> bool:
     return response.is_success
 
 
+def _request_id(response: httpx.Response) -> str | None:
+    """medserve's id of the call (the response's ``X-Request-ID``), when it sent one."""
+    value: str | None = response.headers.get("x-request-id")
+    return value
+
+
 class _Calls:
     """Builds each endpoint's request and parser once; the two clients only send them."""
 
@@ -593,7 +770,7 @@ class _Calls:
         return _Call(
             "POST",
             _model_path("/v2", name, version) + "/infer",
-            lambda r: InferResponse.from_json(_json(r)),
+            lambda r: InferResponse.from_json(_json(r), _request_id(r)),
             body=_dumps(body),
         )
 
@@ -602,8 +779,55 @@ class _Calls:
         return _Call(
             "POST",
             _model_path("/v1", name, version) + "/predict",
-            lambda r: PredictResponse.from_json(_json(r)),
+            lambda r: PredictResponse.from_json(_json(r), _request_id(r)),
             body=_dumps({"instances": _records(records)}),
+        )
+
+    @staticmethod
+    def explain(
+        name: str, version: Version, records: Any, target: str | None
+    ) -> _Call[ExplainResponse]:
+        body: dict[str, Any] = {"instances": _records(records)}
+        if target is not None:
+            body["class"] = target
+        return _Call(
+            "POST",
+            _model_path("/v1", name, version) + "/explain",
+            lambda r: ExplainResponse.from_json(_json(r), _request_id(r)),
+            body=_dumps(body),
+        )
+
+    @staticmethod
+    def outcomes(items: Sequence[Mapping[str, Any]]) -> _Call[OutcomesResult]:
+        return _Call(
+            "POST",
+            "/v1/outcomes",
+            lambda r: OutcomesResult.from_json(_json(r), _request_id(r)),
+            body=_dumps({"outcomes": [dict(item) for item in items]}),
+        )
+
+    @staticmethod
+    def card(name: str, version: int | str) -> _Call[ModelCard]:
+        return _Call(
+            "GET",
+            _model_path("/v1", name, version) + "/card",
+            lambda r: ModelCard.from_json(_json(r)),
+        )
+
+    @staticmethod
+    def evaluations(name: str, version: int | str) -> _Call[list[Evaluation]]:
+        return _Call(
+            "GET",
+            _model_path("/v1", name, version) + "/evaluations",
+            lambda r: [Evaluation.from_json(e) for e in _json(r)["evaluations"]],
+        )
+
+    @staticmethod
+    def gate(name: str, version: int | str) -> _Call[GateResult]:
+        return _Call(
+            "GET",
+            _model_path("/v1", name, version) + "/gate",
+            lambda r: GateResult.from_json(_json(r)),
         )
 
     @staticmethod
@@ -764,6 +988,29 @@ class Client:
         )
         return self._send(_Calls.infer(name, version, body))
 
+    def explain(
+        self, name: str, records: Any, *, version: Version = None, target: str | None = None
+    ) -> ExplainResponse:
+        """Per-feature attributions of each row (``target``: the class explained)."""
+        return self._send(_Calls.explain(name, version, records, target))
+
+    def outcomes(self, items: Sequence[Mapping[str, Any]]) -> OutcomesResult:
+        """Attach ground truth: ``{"prediction_id": f"{response.request_id}-{row}",
+        "outcome": ...}`` items, or ``{"patient_id", "model", "start", "end", "outcome"}``."""
+        return self._send(_Calls.outcomes(items))
+
+    # governance
+    def card(self, name: str, version: int | str = "production") -> ModelCard:
+        return self._send(_Calls.card(name, version))
+
+    def evaluations(self, name: str, version: int | str = "production") -> list[Evaluation]:
+        """The version's stored evaluations, newest first."""
+        return self._send(_Calls.evaluations(name, version))
+
+    def gate(self, name: str, version: int | str) -> GateResult:
+        """What stands between a version and production (each problem with its fix)."""
+        return self._send(_Calls.gate(name, version))
+
     # registry
     def models(self, search: str | None = None) -> list[ModelInfo]:
         """Every registered model (all pages), or those whose name contains ``search``."""
@@ -860,6 +1107,23 @@ class AsyncClient:
             inputs, outputs=outputs, request_id=request_id, parameters=parameters
         )
         return await self._send(_Calls.infer(name, version, body))
+
+    async def explain(
+        self, name: str, records: Any, *, version: Version = None, target: str | None = None
+    ) -> ExplainResponse:
+        return await self._send(_Calls.explain(name, version, records, target))
+
+    async def outcomes(self, items: Sequence[Mapping[str, Any]]) -> OutcomesResult:
+        return await self._send(_Calls.outcomes(items))
+
+    async def card(self, name: str, version: int | str = "production") -> ModelCard:
+        return await self._send(_Calls.card(name, version))
+
+    async def evaluations(self, name: str, version: int | str = "production") -> list[Evaluation]:
+        return await self._send(_Calls.evaluations(name, version))
+
+    async def gate(self, name: str, version: int | str) -> GateResult:
+        return await self._send(_Calls.gate(name, version))
 
     async def models(self, search: str | None = None) -> list[ModelInfo]:
         found: list[ModelInfo] = []

@@ -28,12 +28,16 @@ from medserve.serving.batching import AdaptiveBatcher
 from medserve.serving.metrics import ModelMetrics
 from medserve.serving.model_manager import ModelManager
 from medserve.serving.protocols import oip_v2, records
+from medserve.serving.traffic import RoutedModel
 
 DEFAULT_REF = "production"
 
 
 Explainer = Callable[[dict[str, np.ndarray]], Awaitable[Any]]
 """The explain step of the pipeline: given the outputs, the explanation to answer with."""
+
+RemoteInfer = Callable[[LoadedModel, np.ndarray], Awaitable[dict[str, np.ndarray]]]
+"""A version's inference somewhere else (the Ray backend's model deployments)."""
 
 
 class DataPlane:
@@ -47,6 +51,9 @@ class DataPlane:
         self.before_inference: list[BeforeInference] = []
         self.after_inference: list[AfterInference] = []
         self._batchers: dict[tuple[str, int], AdaptiveBatcher] = {}
+        # Where inference runs when not here: the Ray backend's model deployments
+        # (serving/backends/ray_ingress.py); None (uvicorn): in this process.
+        self.remote: RemoteInfer | None = None
         self._metrics: dict[tuple[str, int], ModelMetrics] = {}
 
     # -- health ---------------------------------------------------------------------------
@@ -74,11 +81,19 @@ class DataPlane:
         }
 
     # -- models ---------------------------------------------------------------------------
-    async def model(self, name: str, ref: str | None) -> LoadedModel:
+    async def model(
+        self, name: str, ref: str | None, context: RequestContext | None = None
+    ) -> LoadedModel:
+        """The version that answers: an alias with a canary split chooses one by a hash of
+        the request's patient (else its id; ``context``), see ``serving/traffic.py``."""
         ref = ref or DEFAULT_REF
         model = self.manager.cached(name, ref)
         if model is not None:
             return model
+        if self.manager.routes:  # only aliases with a split or shadow get here
+            route = self.manager.routes.get((name, ref))
+            if route is not None:
+                return route.choose(context)
         return await asyncio.to_thread(self.manager.get, name, ref)
 
     async def model_metadata(self, name: str, ref: str | None) -> dict[str, Any]:
@@ -113,6 +128,9 @@ class DataPlane:
         return outputs
 
     async def _run(self, model: LoadedModel, X: np.ndarray) -> dict[str, np.ndarray]:
+        if self.remote is not None:  # Ray: the version's deployment batches and predicts
+            self._metrics_for(model).batch.observe(X.shape[0])
+            return await self.remote(model, X)
         if model.batching is None:
             self._metrics_for(model).batch.observe(X.shape[0])
             return model.predict(X)
@@ -178,6 +196,10 @@ class DataPlane:
         explanation = await explain(outputs) if explain is not None else None
         latency = self._notify(model, context, X if logged is None else logged, outputs, started)
         self._metrics_for(model).observe(protocol, latency, X.shape[0])
+        if self.manager.shadowing and isinstance(model, RoutedModel) and model.shadows:
+            shadow_log = self.manager.shadow_log
+            if shadow_log is not None:  # a copy for the shadows; the answer does not wait
+                shadow_log.dispatch(model, X, outputs, context, latency)
         return outputs, explanation
 
     async def infer_v2(
@@ -190,7 +212,7 @@ class DataPlane:
     ) -> dict[str, Any]:
         started = time.perf_counter()
         context = context or local_context("v2")
-        model = await self.model(name, ref)
+        model = await self.model(name, ref, context)
         X = oip_v2.parse_infer_request(model, body, binary)
         selected = oip_v2.requested_outputs(model, body)
         outputs, _ = await self.serve(model, X, context, "v2", started)
@@ -201,13 +223,18 @@ class DataPlane:
     ) -> dict[str, Any]:
         started = time.perf_counter()
         context = context or local_context("records")
-        model = await self.model(name, ref)
+        model = await self.model(name, ref, context)
         X = records.parse_records_request(model, body)
         wanted, target = records.explanation_asked(body, context)
         explain: Explainer | None = None
         if wanted:
 
             async def explain(_: dict[str, np.ndarray]) -> Any:
+                occlusion = getattr(model.runtime, "occlusion", None)
+                if occlusion is not None:  # a trajectory model: time-step occlusion
+                    keys = model.class_keys or []
+                    index = keys.index(target) if target in keys else -1
+                    return await asyncio.to_thread(occlusion, X, index)
                 # lazy import (explainers (shap, scikit-learn) only when asked)
                 from medserve.features.explain.service import service_for  # noqa: PLC0415
 

@@ -149,9 +149,15 @@ class BodyLimit:
                 await send_json(send, 413, error_body(exc))
                 return
         size = 0
+        complete = False
+        started = False
 
         async def bounded() -> Message:
-            nonlocal size
+            nonlocal size, complete
+            # the body is read, or the answer has started without reading it (a streamed GET):
+            # what follows waits for the disconnect, however long it streams (no body timeout)
+            if complete or started:
+                return await receive()
             try:
                 message = await next_message(receive, self.timeout_s)
             except RequestTimeoutError as exc:  # what FastAPI lets through from a body read
@@ -164,9 +170,16 @@ class BodyLimit:
                     raise HTTPException(
                         413, f"request body is over the limit of {self.limit} bytes"
                     )
+                complete = not message.get("more_body", False)
             return message
 
-        await self.app(scope, bounded, send)
+        async def tracked(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        await self.app(scope, bounded, tracked)
 
 
 async def send_json(

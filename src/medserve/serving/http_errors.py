@@ -21,6 +21,9 @@ _STATUS: list[tuple[type[errors.MedserveError], int]] = [
     (errors.AlreadyExistsError, 409),
     (errors.PromotionBlockedError, 409),
     (errors.UnsafeArtifactError, 400),
+    (errors.UpstreamTimeoutError, 504),
+    (errors.UpstreamUnavailableError, 503),
+    (errors.UpstreamError, 502),
     (errors.ModelUnavailableError, 503),
     (errors.ModelLoadError, 503),
     (errors.ArtifactIntegrityError, 503),
@@ -78,10 +81,12 @@ ERROR_DESCRIPTIONS: dict[int, str] = {
     415: "Unsupported Content-Type",
     422: "Input breaks the model's signature (every problem in `details`)",
     429: "Rate limit exceeded (see Retry-After)",
+    502: "An upstream model server failed or broke its answer (upstream_error)",
     503: (
         "The model cannot be served right now (loading failed or unavailable), or what must be "
         "recorded of a prediction cannot be written (audit_unavailable, prediction_log_full)"
     ),
+    504: "An upstream model server did not answer in time (upstream_timeout)",
 }
 
 ErrorStatuses = Callable[[str, str, dict[str, Any]], Iterable[int]]

@@ -88,7 +88,7 @@ ERRORS = Counter(
 )
 
 
-PROTOCOLS = ("v2", "records")
+PROTOCOLS = ("v2", "records", "grpc")  # grpc: the v2 protocol over gRPC (docs/grpc.md)
 _ALL: list[ModelMetrics] = []
 
 

@@ -23,6 +23,8 @@ from medserve.core.errors import (
 from medserve.core.loaded_model import LoadedModel, load_version, operating_point_in
 from medserve.core.registry.signature import Signature
 from medserve.core.store.base import RegistryStore
+from medserve.core.store.traffic import TrafficPolicy, TrafficStore
+from medserve.serving.traffic import AliasRoute, ShadowLog, build_route
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +45,13 @@ class ModelManager:
         self.max_explicit = max_explicit
         self.intra_op_threads = intra_op_threads
         self._aliases: dict[tuple[str, str], int] = {}
+        # Canary and shadow traffic (serving/traffic.py): aliases with a split are left out of
+        # ``_direct``, the hot-path map, so that only their requests pay for the choice.
+        self._direct: dict[tuple[str, str], int] = {}
+        self.routes: dict[tuple[str, str], AliasRoute] = {}
+        self.shadowing = False  # whether any route has a shadow (one check per request)
+        self.shadow_log: ShadowLog | None = None
+        self._pinned: set[Key] = set()
         self._loaded: dict[Key, LoadedModel] = {}
         self._failed: dict[Key, str] = {}
         self._explicit: OrderedDict[Key, None] = OrderedDict()
@@ -65,6 +74,8 @@ class ModelManager:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
+        if self.shadow_log is not None:
+            self.shadow_log.stop()
 
     def _poll(self, interval: float) -> None:
         while not self._stop.wait(interval):
@@ -81,7 +92,10 @@ class ModelManager:
             if token == self._token and not force:
                 return False
             aliases = {(m, a): v for m, a, v in self.store.all_aliases()}
+            policies = self._policies()
             wanted = {(m, v) for (m, _), v in aliases.items()}
+            for policy in policies.values():
+                wanted |= {(policy.model, r.version) for r in policy.canaries + policy.shadows}
             loaded = dict(self._loaded)
             failed = {k: msg for k, msg in self._failed.items() if k in wanted}
             for key in wanted:
@@ -103,10 +117,54 @@ class ModelManager:
             keep = wanted | set(self._explicit)
             self._loaded = {k: m for k, m in loaded.items() if k in keep}
             self._failed = failed
+            routes = self._routes(policies, self._loaded)
+            if any(r.models[0].shadows for r in routes.values()) and self.shadow_log is None:
+                self.shadow_log = ShadowLog(TrafficStore(self.store))
+            self._pinned = wanted
+            self.routes = routes
+            self.shadowing = self.shadow_log is not None and any(
+                r.models[0].shadows for r in routes.values()
+            )
+            self._direct = {k: v for k, v in aliases.items() if k not in routes}
             self._aliases = aliases  # swapped after the new versions are loaded
             self._token = token
             self.synced_once = True
             return True
+
+    def _policies(self) -> dict[tuple[str, str], TrafficPolicy]:
+        """The aliases with a canary or shadow (none on a store without the SQL tables)."""
+        try:
+            return TrafficStore(self.store).all_policies()
+        except MedserveError as exc:  # e.g. a non-SQL store: every alias serves one version
+            log.debug("no traffic policies: %s", exc.message)
+            return {}
+
+    @staticmethod
+    def _routes(
+        policies: dict[tuple[str, str], TrafficPolicy], loaded: dict[Key, LoadedModel]
+    ) -> dict[tuple[str, str], AliasRoute]:
+        """A route per split alias, over the versions that loaded (a canary that failed to load
+        gives its share back to the alias's own version; a shadow that failed is left out)."""
+        routes = {}
+        for key, policy in policies.items():
+            primary = loaded.get((policy.model, policy.primary))
+            if primary is None:
+                continue
+            weights: list[tuple[LoadedModel, int]] = []
+            for route in policy.canaries:
+                canary = loaded.get((policy.model, route.version))
+                if canary is not None:
+                    weights.append((canary, route.weight))
+            weights.append((primary, 100 - sum(w for _, w in weights)))
+            # buckets are laid out by version number, not primary first: ramping a canary up
+            # (even past 50%, where it becomes the primary) only adds buckets to it, so a
+            # patient it answered stays on it
+            weights.sort(key=lambda pair: pair[0].number)
+            shadows = tuple(
+                m for r in policy.shadows if (m := loaded.get((policy.model, r.version)))
+            )
+            routes[key] = build_route(policy.model, policy.alias, weights, shadows)
+        return routes
 
     def _refreshed(self, model: LoadedModel) -> LoadedModel:
         """The same runtime with the version's current editable fields (signature, serving
@@ -129,7 +187,7 @@ class ModelManager:
         if ref.isdigit():
             key = (name, int(ref))
         else:
-            number = self._aliases.get((name, ref))
+            number = self._direct.get((name, ref))
             if number is None:
                 return None
             key = (name, number)
@@ -179,7 +237,7 @@ class ModelManager:
                 self._loaded = {**self._loaded, key: model}
             self._explicit[key] = None
             self._explicit.move_to_end(key)
-            aliased = {(m, v) for (m, _), v in self._aliases.items()}
+            aliased = {(m, v) for (m, _), v in self._aliases.items()} | self._pinned
             while len(self._explicit) > self.max_explicit:
                 old, _ = self._explicit.popitem(last=False)
                 if old not in aliased:

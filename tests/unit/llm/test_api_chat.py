@@ -76,6 +76,8 @@ def test_a_chat_answer_has_openai_shape_and_is_audited_without_text(
     assert body["usage"] == {"prompt_tokens": 2, "completion_tokens": 3, "total_tokens": 5}
     params = llm_fake.PARAMS[-1]
     assert (params.temperature, params.seed, tuple(params.stop)) == (0.2, 7, ("\n",))
+    # the engine may reuse a cached prompt prefix for this key only
+    assert params.cache_key == headers["Authorization"].split("_")[1]
     [entry] = audit_entries(resources)
     assert entry["action"] == "llm.chat"
     assert entry["model"] == CHAT
@@ -329,6 +331,8 @@ def test_embeddings_in_float_and_base64(llm_app: tuple[Any, Any], llm_home: Path
         for d in packed.json()["data"]
     ]
     assert np.allclose(rows, decoded)
+    # the float form is each float32's shortest decimal: parsed back, the very same float32
+    assert np.array_equal(np.asarray(rows, np.float32), np.asarray(decoded, np.float32))
     assert len(rows[0]) == 4
     assert plain.json()["usage"]["prompt_tokens"] == 2 + 4
     assert all(NAME not in t for t in llm_fake.RECEIVED)

@@ -13,6 +13,7 @@ import pytest
 import sqlalchemy as sa
 from scipy import stats
 
+from medserve.core.charts import ALERT
 from medserve.core.context import RequestContext, new_request_id
 from medserve.core.events import PredictionEvent
 from medserve.core.monitoring_config import ModelMonitoringConfig, MonitoringSettings
@@ -219,4 +220,4 @@ def test_a_window_below_min_window_n_gets_no_verdict_anywhere() -> None:
     assert "insufficient data" in str(table.title)
     page = html_report("m", [run], [], CFG.psi_alert)
     assert "insufficient data: 5 predictions, fewer than 30" in page
-    assert "#c0392b" not in page  # no alert colour on a window without a verdict
+    assert ALERT not in page  # no alert colour on a window without a verdict

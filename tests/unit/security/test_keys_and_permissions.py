@@ -26,10 +26,11 @@ from medserve.features.security.permissions import ACTIONS, ROLE_ACTIONS, check
 EXPECTED = {
     # role: actions allowed (everything else is refused)
     "admin": set(ACTIONS),
-    "developer": {"predict", "read_models", "write", "read_monitoring"},
-    "approver": {"read_models", "approve", "read_monitoring"},
+    "developer": {"predict", "read_models", "write", "read_monitoring", "read_metrics"},
+    "approver": {"read_models", "approve", "read_monitoring", "read_metrics"},
     "app": {"predict"},
-    "auditor": {"read_audit", "read_monitoring", "read_models"},
+    "auditor": {"read_audit", "read_monitoring", "read_models", "read_metrics"},
+    "metrics": {"read_metrics"},  # a Prometheus scraper: /metrics and nothing else
 }
 
 

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from medserve.core.errors import InvalidRequestError
+from medserve.core.presentation import interval, label, number
 
 PLOT_IDS = {
     "binary": ["roc", "precision-recall", "calibration", "decision-curve", "subgroups"],
@@ -23,7 +24,7 @@ PLOT_IDS = {
 _CSS = (
     "body{font-family:sans-serif;max-width:1000px;margin:2em auto}"
     "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:3px 8px;text-align:left}"
-    ".flag{color:#b00}img{margin:6px}"
+    ".flag{color:#b00}img{margin:6px}.num{text-align:right;font-variant-numeric:tabular-nums}"
 )
 _HEADLINE = {
     "binary": "auroc",
@@ -167,12 +168,10 @@ def _subgroup_plot(result: Mapping[str, Any], plt: Any) -> str:
 
 
 def _fmt(entry: Mapping[str, Any] | None) -> str:
+    """A metric with its 95% interval as people read it: ``0.71 (0.55 to 0.86)``."""
     if not entry or entry.get("value") is None:
         return "n/a"
-    text = f"{entry['value']:.3f}"
-    if entry.get("ci_low") is not None:
-        text += f" ({entry['ci_low']:.3f} to {entry['ci_high']:.3f})"
-    return text
+    return interval(entry)
 
 
 def render_report(
@@ -186,21 +185,26 @@ def render_report(
         f"<title>{esc(title)}</title><style>{_CSS}</style></head><body>",
         f"<h1>{esc(title)}</h1>",
     ]
-    facts = {"task": result["task"], "n": result["n"], **(context or {})}
+    facts: dict[str, Any] = {"task": result["task"], "patients": number(result["n"])}
+    facts.update(context or {})
     for key in ("positive_label", "n_positive", "n_events"):
         if key in result:
-            facts[key] = result[key]
+            facts[key.replace("_", " ")] = number(result[key])
     if "threshold" in result:
         facts["operating threshold"] = (
-            f"{result['threshold']['value']:.3f} ({result['threshold']['method']})"
+            f"{number(result['threshold']['value'])} ({result['threshold']['method']})"
         )
     boot = result["bootstrap"]
     facts["confidence intervals"] = f"{boot['method']} bootstrap, {boot['resamples']} resamples"
     parts.append("<table>")
     parts += [f"<tr><th>{esc(str(k))}</th><td>{esc(str(v))}</td></tr>" for k, v in facts.items()]
-    parts.append("</table><h2>Metrics (95% CI)</h2><table><tr><th>metric</th><th>value</th></tr>")
+    parts.append(
+        "</table><h2>Metrics, value (95% interval)</h2>"
+        "<table><tr><th>metric</th><th>value</th></tr>"
+    )
     parts += [
-        f"<tr><td>{esc(k)}</td><td>{esc(_fmt(v))}</td></tr>" for k, v in result["metrics"].items()
+        f"<tr><td>{esc(label(k))}</td><td class='num'>{esc(_fmt(v))}</td></tr>"
+        for k, v in result["metrics"].items()
     ]
     parts.append("</table><h2>Plots</h2>")
     parts += [
@@ -216,8 +220,8 @@ def render_report(
         )
         parts += [
             f"<tr><td>{esc(h)}</td><td>{r['group']}</td><td>{r['n']}</td>"
-            f"<td>{r['events_by_horizon']}</td><td>{r['predicted']:.3f}</td>"
-            f"<td>{r['observed']:.3f}</td></tr>"
+            f"<td>{r['events_by_horizon']}</td><td>{number(r['predicted'])}</td>"
+            f"<td>{number(r['observed'])}</td></tr>"
             for h, rows in calibration.items()
             for r in rows
         ]
@@ -230,13 +234,14 @@ def render_report(
         )
     headline = _HEADLINE[result["task"]]
     for column, rows in result.get("subgroups", {}).items():
-        parts.append(f"<h3>{esc(column)}</h3><table><tr><th>level</th><th>n</th>")
-        parts.append(f"<th>{esc(headline)}</th><th>note</th></tr>")
+        parts.append(f"<h3>{esc(label(column))}</h3><table><tr><th>level</th><th>patients</th>")
+        parts.append(f"<th>{esc(label(headline))} (95% interval)</th><th>note</th></tr>")
         for row in rows:
             value = "-" if row["flagged"] else _fmt(row["metrics"].get(headline))
             note = row.get("reason", "")
             parts.append(
-                f"<tr><td>{esc(row['level'])}</td><td>{row['n']}</td><td>{esc(value)}</td>"
+                f"<tr><td>{esc(str(row['level']))}</td><td class='num'>{esc(number(row['n']))}</td>"
+                f"<td class='num'>{esc(value)}</td>"
                 f"<td class='flag'>{esc(note)}</td></tr>"
             )
         parts.append("</table>")

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from medserve.core.artifacts import ArtifactStore
+from medserve.core.artifacts import ArtifactStore, open_artifact_store
 from medserve.core.errors import (
     AlreadyExistsError,
     InvalidRequestError,
@@ -90,7 +90,12 @@ class Registry:
         settings = settings or Settings()
         settings.home.mkdir(parents=True, exist_ok=True)
         store = open_store(settings.resolved_store_uri, run_migrations=run_migrations)
-        return cls(store, ArtifactStore(settings.resolved_artifact_root), settings)
+        artifacts = open_artifact_store(
+            settings.artifact_uri,
+            settings.resolved_artifact_root,
+            cache_max_bytes=settings.artifact_cache_bytes,
+        )
+        return cls(store, artifacts, settings)
 
     def close(self) -> None:
         self.store.close()
@@ -120,6 +125,11 @@ class Registry:
             prepared = self._prepare_path(Path(source), sample, signature, trust_pickle)
         else:
             prepared = self._prepare_estimator(source, sample, signature, "sklearn", {})
+        if prepared.signature.series:  # inconsistent series: refused now, not at the first load
+            # lazy import (series_input imports the signature module of this package)
+            from medserve.core.series_input import SeriesDecoder  # noqa: PLC0415
+
+            SeriesDecoder(prepared.signature)
         version = self.add_version(
             name,
             alias=alias,
@@ -233,6 +243,16 @@ class Registry:
         }.get(fmt)
         if flavor is None:
             raise UnsupportedFormatError(f"cannot register a model in format {fmt!r}")
+        if flavor == "onnx":
+            # lazy import (a sequence model over series declares its padded layout)
+            from medserve.core.runtimes.trajectory_runtime import (  # noqa: PLC0415
+                is_trajectory,
+                layout_signature,
+            )
+
+            if is_trajectory(path):
+                flavor = "trajectory"
+                signature = signature or layout_signature(path)
         sha = self.artifacts.put_file(path)
         meta = self._runtime_metadata(flavor, sha)
         sig = signature or self._signature_for(sample, None, meta)

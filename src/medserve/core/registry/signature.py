@@ -17,6 +17,7 @@ import numpy as np
 from pydantic import BaseModel, Field, PrivateAttr
 
 from medserve.core.errors import InvalidRequestError, ValidationFailedError
+from medserve.core.series import SeriesFeature, SeriesSpec
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -60,6 +61,16 @@ class Signature(BaseModel):
         description="survival: the output is a risk score served like a regression value.",
     )
     class_labels: list[Any] | None = None
+    series: list[SeriesSpec] = Field(
+        default_factory=list,
+        description="Trajectories the model takes (core/series.py): the records key 'series', "
+        "OIP v2 '<name>.values/.times/.lengths' tensors, FHIR Observations in the window.",
+    )
+    series_features: list[SeriesFeature] = Field(
+        default_factory=list,
+        description="Inputs derived from the series (named in 'inputs'); none: the series are "
+        "passed padded to a trajectory model.",
+    )
 
     _validator: Validator | None = PrivateAttr(default=None)
 

@@ -53,8 +53,16 @@ def _pickle(path: Path, options: FlavorOptions) -> Runtime:
     return PickleRuntime.from_path(path, trust_pickle=options.trust_pickle)
 
 
+def _trajectory(path: Path, options: FlavorOptions) -> Runtime:
+    # lazy import (onnxruntime only when a trajectory version loads)
+    from medserve.core.runtimes.trajectory_runtime import TrajectoryRuntime  # noqa: PLC0415
+
+    return TrajectoryRuntime.from_path(path, intra_op_threads=options.intra_op_threads)
+
+
 CORE_FLAVORS: dict[str, FlavorLoader] = {
     "onnx": _onnx,
+    "trajectory": _trajectory,
     "skops": _skops,
     "xgboost": _xgboost,
     "lightgbm": _lightgbm,

@@ -55,18 +55,23 @@ def session_options(intra_op_threads: int = 1) -> ort.SessionOptions:
     return opts
 
 
+def open_session(model: bytes, intra_op_threads: int = 1) -> ort.InferenceSession:
+    """A CPU session of ``model`` (every ONNX flavor opens its graph so), or ModelLoadError."""
+    try:
+        return ort.InferenceSession(
+            model,
+            sess_options=session_options(intra_op_threads),
+            providers=["CPUExecutionProvider"],
+        )
+    except Exception as exc:  # onnxruntime raises its own untyped errors
+        raise ModelLoadError(f"onnxruntime could not load the model: {exc}") from exc
+
+
 class OnnxRuntime:
     """Serves an ONNX model: skl2onnx classifiers/regressors or any tabular ONNX graph."""
 
     def __init__(self, model: bytes, *, intra_op_threads: int = 1) -> None:
-        try:
-            self._session = ort.InferenceSession(
-                model,
-                sess_options=session_options(intra_op_threads),
-                providers=["CPUExecutionProvider"],
-            )
-        except Exception as exc:  # onnxruntime raises its own untyped errors
-            raise ModelLoadError(f"onnxruntime could not load the model: {exc}") from exc
+        self._session = open_session(model, intra_op_threads)
         self._run = _fast_run(self._session)
         inputs = self._session.get_inputs()
         self._feed, n_features = _make_feeder(inputs)

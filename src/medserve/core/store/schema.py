@@ -18,11 +18,13 @@ from sqlalchemy import (
 # Each capability defines its tables on ``metadata`` in its own module, migrated by its own alembic
 # branch (down_revision "0001"); importing them here keeps ``metadata`` the whole schema.
 from medserve.core.store import (
+    tables_console,
     tables_governance,
     tables_interop,
     tables_monitoring,
     tables_privacy,
     tables_security,
+    tables_traffic,
 )
 from medserve.core.store.metadata import metadata
 
@@ -133,9 +135,11 @@ journal_progress = Table(
 
 __all__ = [
     "metadata",
+    "tables_console",
     "tables_governance",
     "tables_interop",
     "tables_monitoring",
     "tables_privacy",
     "tables_security",
+    "tables_traffic",
 ]

@@ -14,6 +14,7 @@ import sys
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from medserve.core.errors import InvalidRequestError, MedserveError
 from medserve.core.loaded_model import load_version_locally
@@ -97,7 +98,12 @@ def register(app: typer.Typer, models_app: typer.Typer) -> None:
                     f"(runtime {version.runtime}): use `medserve predict`"
                 )
             params = GenerationParams(
-                max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed
+                max_tokens=max_tokens,
+                temperature=temperature,
+                top_p=top_p,
+                seed=seed,
+                # one local user: each turn reuses the conversation so far from the KV cache
+                cache_key="medserve chat",
             )
             messages: list[dict[str, str]] = (
                 [{"role": "system", "content": system}] if system else []
@@ -131,7 +137,7 @@ def register(app: typer.Typer, models_app: typer.Typer) -> None:
             except MedserveError as exc:
                 if messages and messages[-1]["role"] == "user":
                     messages.pop()
-                err_console.print(f"[bold red]error:[/] {exc.message}", highlight=False)
+                err_console.print(f"[bold red]error:[/] {escape(exc.message)}", highlight=False)
                 continue
             except KeyboardInterrupt:  # stop this answer, keep the conversation
                 messages.pop()

@@ -13,9 +13,9 @@ from rich.table import Table
 
 from medserve.core.errors import InvalidRequestError, MedserveError
 from medserve.core.registry.entities import ModelVersion
-from medserve.core.registry.service import current_user, sample_from_file
+from medserve.core.registry.service import current_user
 from medserve.core.registry.signature import Signature
-from medserve.faces.cli.support import console, split_ref
+from medserve.faces.cli.support import console, print_json, read_rows, split_ref
 from medserve.faces.cli.support import fail as _fail
 from medserve.faces.cli.support import open_registry as _registry
 from medserve.features.interop.feature_map import FhirMap
@@ -51,6 +51,21 @@ def models_register(
             help="Allow pickle/joblib artifacts, which can run code on load. Admins only."
         ),
     ] = False,
+    task: Annotated[
+        str | None,
+        typer.Option(
+            help="GGUF only: chat or embeddings (default: embeddings when the file declares "
+            "a pooling type, else chat)."
+        ),
+    ] = None,
+    max_context: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="GGUF only: this version's cap on prompt + completion tokens per call, on top "
+            "of each key's max_context (serving_config.max_context).",
+        ),
+    ] = None,
 ) -> None:
     """Register a model file (.onnx, .skops, XGBoost .json/.ubj, LightGBM .txt, MLflow dir,
     or a .gguf language model)."""
@@ -58,11 +73,21 @@ def models_register(
     from medserve.features.llm.gguf_metadata import is_gguf  # noqa: PLC0415
 
     if path.suffix.lower() == ".gguf" or is_gguf(path):
-        _register_gguf(name, path, alias=alias, description=description, tags=tag)
+        _register_gguf(
+            name,
+            path,
+            alias=alias,
+            description=description,
+            tags=tag,
+            task=task,
+            serving_config={"max_context": max_context} if max_context else None,
+        )
         return
+    if task is not None or max_context is not None:
+        raise _fail(InvalidRequestError("--task and --max-context apply to GGUF files only"))
     try:
         with console.status("registering..."), _registry() as registry:
-            frame = sample_from_file(sample) if sample else None
+            frame = read_rows(sample) if sample else None
             version = registry.register(
                 name,
                 path,
@@ -82,7 +107,14 @@ def models_register(
 
 
 def _register_gguf(
-    name: str, path: Path, *, alias: str | None, description: str, tags: list[str] | None
+    name: str,
+    path: Path,
+    *,
+    alias: str | None,
+    description: str,
+    tags: list[str] | None,
+    task: str | None = None,
+    serving_config: dict[str, int] | None = None,
 ) -> None:
     """A GGUF language model: its metadata is read with the ``gguf`` package and stored on the
     version; an alias is moved through the promotion gate like any other (production needs a
@@ -94,16 +126,26 @@ def _register_gguf(
     try:
         with console.status("registering (sha256 and GGUF metadata)..."), _registry() as registry:
             version = register_gguf(
-                registry, name, path, description=description, tags=_parse_tags(tags)
+                registry,
+                name,
+                path,
+                description=description,
+                tags=_parse_tags(tags),
+                task=task,  # type: ignore[arg-type]  # checked by register_gguf
+                serving_config=dict(serving_config or {}),
             )
     except MedserveError as exc:
         raise _fail(exc) from exc
     info = version.serving_config.get("gguf", {})
+    what = (
+        f"embeddings, {version.tags.get('dimensions')} dimensions"
+        if version.serving_config.get("task") == "embeddings"
+        else f"chat template {'yes' if info.get('chat_template') else 'no'}"
+    )
     console.print(
         f"registered [bold]{name}[/] version [bold]{version.version}[/] "
         f"(runtime {version.runtime}; {info.get('architecture')}, "
-        f"{info.get('quantization')}, context {info.get('context_length')} tokens, chat template "
-        f"{'yes' if info.get('chat_template') else 'no'})",
+        f"{info.get('quantization')}, context {info.get('context_length')} tokens, {what})",
         highlight=False,
     )
     if not alias:
@@ -148,7 +190,7 @@ def models_ensemble(
                 alias=alias,
                 description=description,
                 tags=_parse_tags(tag),
-                sample=sample_from_file(sample) if sample else None,
+                sample=read_rows(sample) if sample else None,
             )
     except MedserveError as exc:
         raise _fail(exc) from exc
@@ -165,8 +207,9 @@ def models_list(
     search: Annotated[str | None, typer.Option(help="Only names containing this.")] = None,
     page_size: int = 100,
     page_token: str | None = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
-    """List registered models with their aliases."""
+    """List registered models with their latest version and aliases."""
     try:
         with _registry() as registry:
             page = registry.store.list_models(
@@ -179,21 +222,39 @@ def models_list(
                 rows.append((model, aliases, latest[0].version if latest else None))
     except MedserveError as exc:
         raise _fail(exc) from exc
+    if as_json:
+        print_json(
+            {
+                "models": [
+                    {
+                        "name": model.name,
+                        "latest_version": latest_version,
+                        "aliases": aliases,
+                        "description": model.description,
+                        "updated_at": model.updated_at.isoformat(),
+                    }
+                    for model, aliases, latest_version in rows
+                ],
+                "next_page_token": page.next_page_token,
+            }
+        )
+        return
+    # Fits 80 columns: name and version never shrink; aliases wrap; the description (a
+    # secondary column) only shows on wider terminals.
+    wide = console.width >= 110
     table = Table(title="Registered models")
-    table.add_column("name", no_wrap=True)
-    table.add_column("latest", justify="right")
-    table.add_column("aliases", no_wrap=True)
-    table.add_column("description", max_width=48, overflow="ellipsis", no_wrap=True)
-    table.add_column("updated", no_wrap=True)
+    table.add_column("name", no_wrap=True, min_width=8)
+    table.add_column("latest", justify="right", no_wrap=True, min_width=6)
+    table.add_column("aliases", min_width=12, overflow="fold")
+    if wide:
+        table.add_column("description", max_width=40, overflow="ellipsis", no_wrap=True)
+    table.add_column("updated", no_wrap=True, min_width=16)
     for model, aliases, latest_version in rows:
         alias_text = ", ".join(f"{a} → v{v}" for a, v in sorted(aliases.items())) or "-"
-        table.add_row(
-            model.name,
-            str(latest_version or "-"),
-            alias_text,
-            model.description,
-            model.updated_at.strftime("%Y-%m-%d %H:%M"),
-        )
+        cells = [model.name, str(latest_version or "-"), alias_text]
+        if wide:
+            cells.append(model.description)
+        table.add_row(*cells, model.updated_at.strftime("%Y-%m-%d %H:%M"))
     console.print(table)
     if page.next_page_token:
         console.print(f"more: --page-token {page.next_page_token}")
@@ -203,24 +264,50 @@ def _versions_table(versions: list[ModelVersion], aliases: dict[str, int]) -> Ta
     by_version: dict[int, list[str]] = {}
     for alias, number in aliases.items():
         by_version.setdefault(number, []).append(alias)
+    wide = console.width >= 110  # flavor and source are secondary: shown when they fit
     table = Table(title="Versions")
-    for column in ("version", "aliases", "runtime", "flavor", "source", "sha256", "created"):
-        table.add_column(column)
+    table.add_column("version", justify="right", no_wrap=True, min_width=7)
+    table.add_column("aliases", overflow="fold", min_width=10)
+    table.add_column("runtime", overflow="fold", min_width=8)
+    if wide:
+        table.add_column("flavor")
+        table.add_column("source")
+    table.add_column("sha256", no_wrap=True, min_width=12)
+    table.add_column("created", overflow="fold", min_width=16)
     for v in versions:
-        table.add_row(
+        cells = [
             str(v.version),
             ", ".join(sorted(by_version.get(v.version, []))) or "-",
             v.runtime,
-            v.flavor,
-            v.source_flavor,
-            v.artifact_sha256[:12],
-            f"{v.created_at:%Y-%m-%d %H:%M} by {v.created_by}",
-        )
+        ]
+        if wide:
+            cells += [v.flavor, v.source_flavor]
+        cells += [v.artifact_sha256[:12], f"{v.created_at:%Y-%m-%d %H:%M} by {v.created_by}"]
+        table.add_row(*cells)
     return table
 
 
+def _version_json(v: ModelVersion, aliases: dict[str, int]) -> dict[str, object]:
+    return {
+        "version": v.version,
+        "aliases": sorted(a for a, n in aliases.items() if n == v.version),
+        "runtime": v.runtime,
+        "runtime_reason": v.runtime_reason,
+        "flavor": v.flavor,
+        "source_flavor": v.source_flavor,
+        "sha256": v.artifact_sha256,
+        "created_at": v.created_at.isoformat(),
+        "created_by": v.created_by,
+        "signature": v.signature,
+    }
+
+
 @models_app.command("versions")
-def models_versions(name: str, page_size: int = 100) -> None:
+def models_versions(
+    name: str,
+    page_size: int = 100,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
     """List a model's versions, newest first."""
     try:
         with _registry() as registry:
@@ -228,11 +315,17 @@ def models_versions(name: str, page_size: int = 100) -> None:
             aliases = registry.store.list_aliases(name)
     except MedserveError as exc:
         raise _fail(exc) from exc
+    if as_json:
+        print_json({"model": name, "versions": [_version_json(v, aliases) for v in versions]})
+        return
     console.print(_versions_table(versions, aliases))
 
 
 @models_app.command("show")
-def models_show(ref: str) -> None:
+def models_show(
+    ref: str,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False,
+) -> None:
     """Show a model (NAME) or one version (NAME@VERSION|ALIAS) with signature and alias history."""
     try:
         name, _, version_ref = ref.partition("@")
@@ -244,6 +337,31 @@ def models_show(ref: str) -> None:
             version = registry.store.resolve(name, version_ref) if version_ref else None
     except MedserveError as exc:
         raise _fail(exc) from exc
+    if as_json:
+        shown = [version] if version is not None else versions
+        print_json(
+            {
+                "name": model.name,
+                "description": model.description,
+                "tags": model.tags,
+                "created_at": model.created_at.isoformat(),
+                "created_by": model.created_by,
+                "aliases": aliases,
+                "versions": [_version_json(v, aliases) for v in shown],
+                "alias_history": [
+                    {
+                        "at": e.at.isoformat(),
+                        "alias": e.alias,
+                        "from_version": e.from_version,
+                        "to_version": e.to_version,
+                        "actor": e.actor,
+                        "reason": e.reason,
+                    }
+                    for e in history
+                ],
+            }
+        )
+        return
     console.print(f"[bold]{model.name}[/] — {model.description or 'no description'}")
     console.print(
         f"created {model.created_at:%Y-%m-%d %H:%M} by {model.created_by}; tags {model.tags}"

@@ -22,7 +22,7 @@ from medserve.core.registry.signature import Signature
 from medserve.core.store.monitoring import LoggedPrediction, MonitoringStore
 from medserve.faces.cli.support import fail as _fail
 from medserve.faces.cli.support import open_registry as _registry
-from medserve.faces.cli.support import parse_since
+from medserve.faces.cli.support import parse_since, print_json
 
 console = Console()
 
@@ -36,6 +36,7 @@ def register(app: typer.Typer, models_app: typer.Typer) -> None:
     def run(
         name: str = typer.Argument(None, help="Model name; all models with an alias if omitted."),
         window: float = typer.Option(None, help="Window length in seconds (default: settings)."),
+        as_json: bool = typer.Option(False, "--json", help="Print the results as JSON."),
     ) -> None:
         """Compute drift and live performance, store the run, evaluate alert rules."""
         from medserve.features.monitoring.report import drift_table  # noqa: PLC0415 (pulls pandas)
@@ -46,13 +47,19 @@ def register(app: typer.Typer, models_app: typer.Typer) -> None:
             with _registry() as registry:
                 store = MonitoringStore(registry.store)
                 names = [name] if name else sorted({m for m, _, _ in registry.store.all_aliases()})
+                results = []
                 for model in names:
                     result = run_model(store, registry.store, model, window_s=window_s)
+                    results.append(result)
+                    if as_json:
+                        continue
                     console.print(drift_table(result))
                     for alert_id in result["alerts_fired"]:
                         console.print(f"[bold red]alert {alert_id} fired[/] for {model}")
         except MedserveError as exc:
             raise _fail(exc) from exc
+        if as_json:
+            print_json({"runs": results})
 
     @monitor.command("report")
     def report(
@@ -172,7 +179,10 @@ def register(app: typer.Typer, models_app: typer.Typer) -> None:
         )
 
     @monitor.command("alerts")
-    def alerts(name: str = typer.Argument(None)) -> None:
+    def alerts(
+        name: str = typer.Argument(None),
+        as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+    ) -> None:
         """List alerts with their delivery and acknowledgement state."""
 
         try:
@@ -180,6 +190,9 @@ def register(app: typer.Typer, models_app: typer.Typer) -> None:
                 rows = MonitoringStore(registry.store).alerts(name)
         except MedserveError as exc:
             raise _fail(exc) from exc
+        if as_json:
+            print_json({"alerts": rows})
+            return
         console.print(alerts_table(rows))
 
     @monitor.command("ack")

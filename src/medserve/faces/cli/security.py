@@ -19,7 +19,7 @@ from medserve.core.audit import AuditLog, load_audit_keys
 from medserve.core.errors import MedserveError
 from medserve.core.registry.service import Registry
 from medserve.core.settings import Settings
-from medserve.faces.cli.support import fail, parse_duration, parse_since
+from medserve.faces.cli.support import fail, parse_duration, parse_since, print_json
 from medserve.features.llm.budgets import BudgetStore, budget_path
 from medserve.features.security.keys import SecurityStore
 from medserve.features.security.permissions import ROLES
@@ -98,14 +98,40 @@ def keys_create(
     sys.stdout.write(issued.token + "\n")
 
 
-def keys_list() -> None:
-    """List API keys (ids, roles, scope, state); secrets are never shown."""
+def keys_list(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """List API keys (ids, roles, scope, state); secrets are never shown. The ids are whole:
+    ``medserve keys revoke ID`` takes them as printed."""
     try:
         with _security() as (store, _):
             keys = store.list_keys()
     except MedserveError as exc:
         raise _fail(exc) from exc
-    table = Table("id", "name", "roles", "models", "tenant", "expires", "state")
+    if as_json:
+        print_json(
+            {
+                "keys": [
+                    {
+                        "id": k.key_id,
+                        "name": k.name,
+                        "roles": list(k.roles),
+                        "models": list(k.models) if k.models else None,
+                        "tenant": k.tenant,
+                        "expires_at": k.expires_at.isoformat() if k.expires_at else None,
+                        "state": k.state(),
+                    }
+                    for k in keys
+                ]
+            }
+        )
+        return
+    table = Table(title="API keys")
+    table.add_column("id", no_wrap=True, min_width=len(keys[0].key_id) if keys else 2)
+    for column in ("name", "roles", "models", "tenant"):
+        table.add_column(column, overflow="fold", min_width=5)
+    table.add_column("expires", overflow="fold", min_width=10)
+    table.add_column("state", no_wrap=True, min_width=7)
     for k in keys:
         table.add_row(
             k.key_id,
@@ -134,10 +160,14 @@ def keys_usage(
         str | None, typer.Argument(help="A key id (or the key); default: every key.")
     ] = None,
     days: Annotated[int, typer.Option(min=1, max=400, help="UTC days back, today included.")] = 7,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
     """Language-model usage per key, UTC day and model (calls and tokens; /openai/v1)."""
     path = budget_path(Settings().home)
     if not path.exists():
+        if as_json:
+            print_json({"usage": []})
+            return
         console.print("no language-model calls in this home yet")
         return
     key = key_id.removeprefix("msk_").split("_", 1)[0] if key_id else None
@@ -148,6 +178,23 @@ def keys_usage(
         current = store.window(key) if key else None
     finally:
         store.close()
+    if as_json:
+        print_json(
+            {
+                "usage": [
+                    {
+                        "key": r.key,
+                        "day": r.day,
+                        "model": r.model,
+                        "calls": r.requests,
+                        "prompt_tokens": r.prompt_tokens,
+                        "completion_tokens": r.completion_tokens,
+                    }
+                    for r in rows
+                ]
+            }
+        )
+        return
     table = Table("key", "day (UTC)", "model", "calls", "prompt tokens", "completion tokens")
     for r in rows:
         table.add_row(
@@ -176,10 +223,15 @@ def tenants_assign(
     console.print(f"model [bold]{model}[/] -> tenant [bold]{tenant}[/]", highlight=False)
 
 
-def tenants_list() -> None:
+def tenants_list(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
     """List model -> tenant assignments."""
     with _security() as (store, _):
         tenants = store.model_tenants()
+    if as_json:
+        print_json({"tenants": dict(sorted(tenants.items()))})
+        return
     table = Table("model", "tenant")
     for model, tenant in sorted(tenants.items()):
         table.add_row(model, tenant)

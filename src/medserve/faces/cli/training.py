@@ -13,13 +13,14 @@ from rich.console import Console
 from rich.table import Table
 
 from medserve.core.errors import InvalidRequestError, MedserveError, NotFoundError
-from medserve.core.registry.service import current_user, sample_from_file
+from medserve.core.registry.service import current_user
 from medserve.core.store.governance import GovernanceStore
 from medserve.faces.cli.support import fail as _fail
 from medserve.faces.cli.support import open_registry as _registry
-from medserve.faces.cli.support import split_ref
+from medserve.faces.cli.support import print_json, read_rows, split_ref
 
 console = Console()
+CARD_OUTPUTS = ("summary", "json", "html")
 
 
 def _print_evaluation(result: dict[str, object], title: str) -> None:
@@ -46,22 +47,162 @@ def _print_evaluation(result: dict[str, object], title: str) -> None:
         console.print(sub)
 
 
+def _declares(path: Path, key: str) -> bool:
+    """Whether a spec file has the top-level ``key`` (``series``: a trajectory spec;
+    ``time_varying``: a time-varying Cox spec); unreadable files are left to the ordinary spec
+    loader, which says why."""
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError):
+        return False
+    return isinstance(raw, dict) and key in raw
+
+
+def _train_time_varying(spec_path: Path, as_json: bool) -> None:
+    """``medserve train`` on a time-varying Cox spec: fit, landmark evaluation, register."""
+    # lazy import (pulls lifelines and scikit-learn)
+    from medserve.features.training.time_varying import (  # noqa: PLC0415
+        load_time_varying_spec,
+        train_time_varying_spec,
+    )
+
+    try:
+        spec, base = load_time_varying_spec(spec_path)
+        with _registry() as registry:
+            result = train_time_varying_spec(spec, registry, base)
+    except MedserveError as exc:
+        raise _fail(exc) from exc
+    v = result.version
+    if as_json:
+        print_json(
+            {
+                "model": v.model_name,
+                "version": v.version,
+                "runtime": v.runtime,
+                "training": result.record,
+                "evaluation": result.evaluation,
+            }
+        )
+        return
+    table = Table(title=f"landmark evaluation (horizon {spec.time_varying.horizon:g})")
+    for column in ("landmark", "at risk", "events", "concordance", "AUC", "Brier"):
+        table.add_column(column)
+    for row in result.evaluation["landmarks"]:
+        table.add_row(
+            *(
+                "n/a" if row.get(k) is None else f"{row[k]:g}"
+                for k in ("landmark", "at_risk", "events_in_window", "concordance", "auc", "brier")
+            )
+        )
+    console.print(table)
+    console.print(f"method: {result.evaluation['method']}", highlight=False)
+    console.print(f"registered [bold]{v.model_name}[/] v{v.version} ({v.runtime})")
+
+
+def _evaluate_cases(
+    ref: str,
+    cases: Path,
+    schema: Path | None,
+    kind: str,
+    max_tokens: int,
+    constrained: bool,
+    min_n: int,
+    bootstrap: int,
+    split_declared: str | None,
+) -> None:
+    """``evaluate NAME@V --cases FILE``: a generative model on cases (features/llm/evaluation)."""
+    # lazy import (the de-identifier and llama.cpp load only for this)
+    from medserve.features.llm.evaluation import evaluate_generative  # noqa: PLC0415
+
+    try:
+        if kind not in ("local", "external", "test"):
+            raise InvalidRequestError(f"--kind {kind!r} is not one of: local, external, test")
+        shared = None
+        if schema is not None:
+            try:
+                shared = json.loads(schema.read_text())
+            except (OSError, ValueError) as exc:
+                raise InvalidRequestError(f"cannot read the schema {schema}: {exc}") from exc
+        name, version_ref = split_ref(ref)
+        with console.status("running the cases..."), _registry() as registry:
+            version = registry.store.resolve(name, version_ref)
+            result = evaluate_generative(
+                registry,
+                version,
+                cases,
+                kind=kind,
+                schema=shared,
+                max_tokens=max_tokens,
+                constrained=constrained,
+                min_n=min_n,
+                n_boot=bootstrap,
+                actor=current_user(),
+                split_declared=split_declared,
+            )
+    except MedserveError as exc:
+        raise _fail(exc) from exc
+    shown = {k: v for k, v in result.items() if k != "subgroups"}
+    _print_evaluation(shown, f"{name} v{version.version} on {cases.name} ({kind})")
+    counts = result["counts"]
+    console.print(
+        f"{counts['cases']} cases, {counts['errors']} failed, {counts['prompts_redacted']} "
+        f"prompts redacted; stored against the cases' sha256 {result['dataset']['sha256'][:12]}",
+        highlight=False,
+    )
+    for error in result.get("errors", []):
+        console.print(f"[yellow]error:[/] {error}", highlight=False, markup=False)
+
+
 def register(app: typer.Typer, models_app: typer.Typer) -> None:
     @app.command()
     def train(
         spec_path: Annotated[Path, typer.Argument(metavar="SPEC.yaml", help="Training spec.")],
+        as_json: Annotated[
+            bool, typer.Option("--json", help="Print the result as JSON (progress on stderr).")
+        ] = False,
     ) -> None:
         """Train from a spec: grouped split, CV, fit, evaluate, register with a draft card."""
         # lazy import (pulls scikit-learn)
         from medserve.features.training.pipeline import train as run_training  # noqa: PLC0415
         from medserve.features.training.spec import load_spec  # noqa: PLC0415 (pulls scikit-learn)
 
+        if _declares(spec_path, "time_varying"):  # docs/trajectories.md
+            _train_time_varying(spec_path, as_json)
+            return
         try:
-            spec, text, base = load_spec(spec_path)
-            with _registry() as registry:
-                result = run_training(spec, registry, base=base, spec_text=text, console=console)
+            if _declares(spec_path, "series"):  # a trajectory spec (docs/trajectories.md)
+                # lazy import (pulls scikit-learn)
+                from medserve.features.training.trajectories import (  # noqa: PLC0415
+                    load_trajectory_spec,
+                    train_trajectories,
+                )
+
+                trajectory_spec, text, base = load_trajectory_spec(spec_path)
+                with _registry() as registry:
+                    result, _ = train_trajectories(
+                        trajectory_spec, registry, base=base, spec_text=text
+                    )
+            else:
+                spec, text, base = load_spec(spec_path)
+                with _registry() as registry:
+                    progress = Console(stderr=True) if as_json else console
+                    result = run_training(
+                        spec, registry, base=base, spec_text=text, console=progress
+                    )
         except MedserveError as exc:
             raise _fail(exc) from exc
+        if as_json:
+            v = result.version
+            print_json(
+                {
+                    "model": v.model_name,
+                    "version": v.version,
+                    "runtime": v.runtime,
+                    "training": result.record,
+                    "evaluation": result.evaluation,
+                }
+            )
+            return
         cv = Table(title=f"cross-validation ({result.record['cv']['metric']})")
         for column in ("algorithm", "mean", "sd", "folds"):
             cv.add_column(column)
@@ -98,7 +239,24 @@ def register(app: typer.Typer, models_app: typer.Typer) -> None:
     @app.command()
     def evaluate(
         ref: Annotated[str, typer.Argument(help="NAME[@VERSION|ALIAS]")],
-        data: Annotated[Path, typer.Option(help="Labelled rows: CSV, JSON, Parquet.")],
+        data: Annotated[
+            Path | None, typer.Option(help="Labelled rows: CSV, JSON, Parquet.")
+        ] = None,
+        cases: Annotated[
+            Path | None,
+            typer.Option(
+                help="Generative models: cases (JSONL: prompt, and expected fields, a reference "
+                "or a schema); see docs/llm-evaluation.md."
+            ),
+        ] = None,
+        schema: Annotated[
+            Path | None, typer.Option(help="With --cases: a JSON schema for every case.")
+        ] = None,
+        max_tokens: Annotated[int, typer.Option(help="With --cases: tokens per answer.")] = 256,
+        constrained: Annotated[
+            bool,
+            typer.Option(help="With --cases: constrain answers by their schema (a grammar)."),
+        ] = True,
         label: Annotated[
             str | None, typer.Option(help="Outcome column (not for survival: --time/--event).")
         ] = None,
@@ -118,24 +276,76 @@ def register(app: typer.Typer, models_app: typer.Typer) -> None:
         kind: Annotated[str, typer.Option(help="local | external | test")] = "local",
         positive: Annotated[str | None, typer.Option(help="Positive class (binary).")] = None,
         threshold: Annotated[float | None, typer.Option(help="Operating threshold.")] = None,
-        min_n: int = 30,
+        min_n: Annotated[
+            int | None,
+            typer.Option(
+                help="Fewest rows (cases) a subgroup needs to be reported (30; 10 with --cases)."
+            ),
+        ] = None,
         min_events: Annotated[
             int, typer.Option(help="Survival/binary subgroups: fewest events to report.")
         ] = 10,
         bootstrap: int = 500,
         report: Annotated[Path | None, typer.Option(help="Also write the HTML here.")] = None,
+        split_declared: Annotated[
+            str | None,
+            typer.Option(
+                help="--kind test: where the test data come from, e.g. 'held-out site B, "
+                "2025' (a model trained outside medserve has no recorded split)."
+            ),
+        ] = None,
+        patient_id: Annotated[
+            str | None,
+            typer.Option(help="--kind test: patient-id column, checked against --train-data."),
+        ] = None,
+        train_data: Annotated[
+            Path | None,
+            typer.Option(help="--kind test: the training rows (only their patient ids are read)."),
+        ] = None,
+        as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
     ) -> None:
         """Evaluate a version on labelled data; stored against (version, data fingerprint).
 
-        A survival version takes --time and --event (default: the training spec's columns)."""
+        A survival version takes --time and --event (default: the training spec's columns).
+        For a model trained elsewhere, --kind test with --split-declared (and --patient-id with
+        --train-data) records the test set's provenance, which the promotion gate needs.
+        A generative model takes --cases instead of --data (docs/llm-evaluation.md)."""
+        if cases is not None:
+            _evaluate_cases(
+                ref,
+                cases,
+                schema,
+                kind,
+                max_tokens,
+                constrained,
+                10 if min_n is None else min_n,
+                bootstrap,
+                split_declared,
+            )
+            return
         # lazy import (pulls pandas)
+        from medserve.features.evaluation.provenance import declared_test_split  # noqa: PLC0415
         from medserve.features.evaluation.run import evaluate_version  # noqa: PLC0415
 
         try:
             if kind not in ("local", "external", "test"):
-                raise InvalidRequestError("--kind must be local, external or test")
+                raise InvalidRequestError(f"--kind {kind!r} is not one of: local, external, test")
+            if data is None:
+                raise InvalidRequestError("give --data (labelled rows), or --cases (generative)")
             name, version_ref = split_ref(ref)
-            frame = sample_from_file(data)
+            frame = read_rows(data)
+            if kind != "test" and (split_declared or patient_id or train_data):
+                raise InvalidRequestError(
+                    "--split-declared, --patient-id and --train-data describe a test set: "
+                    "add --kind test"
+                )
+            split = declared_test_split(
+                frame,
+                declared=split_declared,
+                patient_id=patient_id,
+                train=read_rows(train_data) if train_data is not None else None,
+                train_name=train_data.name if train_data is not None else None,
+            )
             with _registry() as registry:
                 version = registry.store.resolve(name, version_ref)
                 result, sha = evaluate_version(
@@ -148,19 +358,27 @@ def register(app: typer.Typer, models_app: typer.Typer) -> None:
                     kind=kind,
                     positive_label=positive,
                     threshold=threshold,
-                    min_n=min_n,
+                    min_n=30 if min_n is None else min_n,
                     n_boot=bootstrap,
                     actor=current_user(),
                     time=time,
                     event=event,
                     horizons=horizon,
                     min_events=min_events,
+                    split=split,
                 )
                 if report is not None and sha:
                     report.write_bytes(registry.artifacts.read_bytes(sha))
         except MedserveError as exc:
             raise _fail(exc) from exc
+        if as_json:
+            print_json({"model": name, "version": version.version, **result})
+            return
         _print_evaluation(result, f"{name} v{version.version} on {data.name} ({kind})")
+        if split is not None:
+            overlap = split.get("patient_overlap")
+            checked = "" if overlap is None else f"; {overlap} patients also in the training data"
+            console.print(f"test set: {split['declared']}{checked}", highlight=False)
 
     @models_app.command("card")
     def models_card(
@@ -170,26 +388,34 @@ def register(app: typer.Typer, models_app: typer.Typer) -> None:
         ] = None,
         output: Annotated[str, typer.Option(help="summary | json | html")] = "summary",
         out: Annotated[Path | None, typer.Option(help="Write json/html to this file.")] = None,
-        template: Annotated[bool, typer.Option(help="Print a YAML template to fill.")] = False,
+        template: Annotated[
+            bool,
+            typer.Option(
+                help="Print (or --out) a commented YAML of every author statement and the "
+                "acceptance: block, to fill in and store with --edit."
+            ),
+        ] = False,
     ) -> None:
         """Show a version's model card (HTI-1 attributes, Model Cards sections), or --edit it."""
 
         # lazy import (pulls the evaluation report (matplotlib))
+        from medserve.features.governance.card_template import card_template  # noqa: PLC0415
         from medserve.features.governance.cards import (  # noqa: PLC0415
-            AUTHOR_TEMPLATE_KEYS,
             build_card,
             render_card_html,
+            test_evaluation,
         )
 
+        if output not in CARD_OUTPUTS:
+            valid = ", ".join(CARD_OUTPUTS)
+            raise _fail(InvalidRequestError(f"--output {output!r} is not one of: {valid}"))
         if template:
-            skeleton: dict[str, object] = {}
-            for key in AUTHOR_TEMPLATE_KEYS:
-                node = skeleton
-                *parents, leaf = key.split(".")
-                for part in parents:
-                    node = node.setdefault(part, {})  # type: ignore[assignment]
-                node[leaf] = ""
-            sys.stdout.write(yaml.safe_dump(skeleton, sort_keys=True))
+            text = card_template()
+            if out is not None:
+                out.write_text(text)
+                console.print(f"wrote {out}")
+            else:
+                sys.stdout.write(text)
             return
         try:
             name, version_ref = split_ref(ref)
@@ -208,13 +434,14 @@ def register(app: typer.Typer, models_app: typer.Typer) -> None:
                     if criteria is not None:
                         gov.save_criteria(name, version.version, list(criteria), current_user())
                 card = build_card(gov, version)
+                evaluation = test_evaluation(gov, version)  # the HTML's tables and plots
         except MedserveError as exc:
             raise _fail(exc) from exc
         if output in ("json", "html"):
             text = (
                 json.dumps(card, indent=1, default=str)
                 if output == "json"
-                else render_card_html(card)
+                else render_card_html(card, evaluation)
             )
             if out:
                 out.write_text(text)
@@ -259,8 +486,12 @@ def register(app: typer.Typer, models_app: typer.Typer) -> None:
         console.print(f"wrote {out}")
 
     @models_app.command("gate")
-    def models_gate(ref: Annotated[str, typer.Argument(help="NAME@VERSION|ALIAS")]) -> None:
-        """Check whether a version may be promoted to production (exit 1 if not)."""
+    def models_gate(
+        ref: Annotated[str, typer.Argument(help="NAME@VERSION|ALIAS")],
+        as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+    ) -> None:
+        """Check whether a version may be promoted to production (exit 1 if not): every problem,
+        each with the command that fixes it."""
         # lazy import (pulls the evaluation report (matplotlib))
         from medserve.features.governance.gate import check  # noqa: PLC0415
 
@@ -271,10 +502,30 @@ def register(app: typer.Typer, models_app: typer.Typer) -> None:
                 result = check(registry, name, version.version)
         except MedserveError as exc:
             raise _fail(exc) from exc
-        if result.passed:
+        if as_json:
+            print_json(
+                {
+                    "model": name,
+                    "version": version.version,
+                    "passed": result.passed,
+                    "problems": [
+                        {"message": p, "fix": f}
+                        for p, f in zip(result.problems, result.fixes, strict=True)
+                    ],
+                }
+            )
+        elif result.passed:
             console.print(f"[green]{name} v{version.version} passes the promotion gate[/]")
-            return
-        console.print(f"[red]{name} v{version.version} is blocked:[/]")
-        for problem in result.problems:
-            console.print(f"  - {problem}", highlight=False)
-        raise typer.Exit(code=1)
+        else:
+            console.print(
+                f"[red]{name} v{version.version} is blocked by {len(result.problems)} problems:[/]"
+            )
+            numbers: dict[str, int] = {}
+            for problem, fix in zip(result.problems, result.fixes, strict=True):
+                number = numbers.setdefault(fix, len(numbers) + 1)
+                console.print(f"  - {problem}  [fix {number}]", highlight=False, markup=False)
+            console.print("to fix:")
+            for fix, number in numbers.items():
+                console.print(f"  [{number}] {fix}", highlight=False, markup=False)
+        if not result.passed:
+            raise typer.Exit(code=1)

@@ -290,6 +290,7 @@ def run_demo(console: Console, *, serve: bool, port: int = 8000, drift: bool = F
         extra_commands = [
             *modalities.commands,
             *_interop_demo(registry, settings, base),
+            *_trajectory_demo(registry, settings, base),
             *llm.commands,
         ]
     finally:
@@ -322,6 +323,20 @@ def run_demo(console: Console, *, serve: bool, port: int = 8000, drift: bool = F
         soft_wrap=True,
     )
     console.print(f"OpenAPI docs: {base}/docs   metrics: {base}/metrics")
+    console.print(
+        f"Web console: {base}/ui/  (models, cards, evaluations, the promotion gate, "
+        "monitoring and drift, the audit trail)",
+        highlight=False,
+        soft_wrap=True,
+    )
+    if settings.grpc_port is not None:  # medserve demo --grpc-port N (make demo: 8081)
+        console.print(
+            f"gRPC (Open Inference Protocol v2, inference.GRPCInferenceService): "
+            f"{settings.host}:{settings.grpc_port}, e.g. tritonclient.grpc.InferenceServerClient"
+            f"('{settings.host}:{settings.grpc_port}') (docs/grpc.md)",
+            highlight=False,
+            soft_wrap=True,
+        )
     if drift:
         _drift_scenario(console, settings)
     if not serve:
@@ -347,6 +362,14 @@ def _interop_demo(registry: Registry, settings: Settings, base: str) -> list[str
     except ImportError:  # pragma: no cover - the interop package ships with medserve
         return []
     return list(register_interop_demo(registry, settings.home, base))
+
+
+def _trajectory_demo(registry: Registry, settings: Settings, base: str) -> list[str]:
+    """The ICU deterioration model taking a trajectory (synthetic data; docs/trajectories.md)."""
+    # lazy import (the demo trains a model (scikit-learn, pandas))
+    from medserve.faces.demo.trajectory import register_trajectory_demo  # noqa: PLC0415
+
+    return register_trajectory_demo(registry, settings.home, base)
 
 
 def _drift_scenario(console: Console, settings: Settings) -> None:

@@ -43,9 +43,12 @@ def evaluate_version(
     event: str | None = None,
     horizons: list[float] | None = None,
     min_events: int = DEFAULT_MIN_EVENTS,
+    split: dict[str, Any] | None = None,
 ) -> tuple[dict[str, Any], str | None]:
     """Evaluate, store against (version, data fingerprint), store the HTML report; returns
-    (result, report sha256). ``time``/``event`` default to the training spec's columns."""
+    (result, report sha256). ``time``/``event`` default to the training spec's columns.
+    ``split`` is a test set's declared provenance (``provenance.declared_test_split``), kept
+    with the evaluation for the promotion gate."""
 
     gov = GovernanceStore(registry.store)
     record = gov.training_run(version.model_name, version.version) or {}
@@ -125,6 +128,8 @@ def evaluate_version(
     )
     sha = fingerprint(frame)
     result["dataset"] = {"kind": kind, "sha256": sha, "rows": len(frame), "name": dataset_name}
+    if split is not None:
+        result["dataset"]["split"] = split
     if horizon is not None and not survival and excluded:
         result["dataset"]["excluded_censored_before_horizon"] = excluded
     report = render_report(

@@ -12,15 +12,16 @@ agree with what the author states.
 # ruff: noqa: E501  (the attribute tables read best one entry per line)
 from __future__ import annotations
 
-import html
 import re
 from collections.abc import Mapping
 from typing import Any
 
+from medserve.core.presentation import interval
 from medserve.core.registry.entities import ModelVersion
 from medserve.core.registry.signature import Signature
 from medserve.core.store.governance import GovernanceStore
 from medserve.core.store.monitoring import MonitoringStore
+from medserve.features.governance import card_html
 
 # Keyword tokens of feature names/descriptions that reveal each demographic input category.
 DEMOGRAPHIC_CATEGORIES: dict[str, tuple[str, ...]] = {
@@ -97,6 +98,9 @@ _HEADLINE = {
     "multiclass": ("auroc_macro_ovr", "accuracy", "f1_macro", "brier"),
     "regression": ("mae", "rmse", "r2"),
     "survival": ("concordance",),
+    # generative models (features/llm/evaluation.py: medserve evaluate --cases)
+    "generation": ("schema_validity", "exact_match", "field_match", "refusal_rate", "phi_leaks",
+                   "latency_s"),
 }  # fmt: skip
 
 
@@ -136,12 +140,10 @@ def derive_demographic_inputs(signature: Signature) -> dict[str, list[str]]:
 
 
 def _fmt_entry(entry: Mapping[str, Any] | None) -> str:
+    """A metric with its 95% interval as people read it: ``0.71 (0.55 to 0.86)``."""
     if not entry or entry.get("value") is None:
         return "n/a"
-    text = f"{entry['value']:.3f}"
-    if entry.get("ci_low") is not None:
-        text += f" (95% CI {entry['ci_low']:.3f}-{entry['ci_high']:.3f})"
-    return text
+    return interval(entry)
 
 
 def summarize_validity(result: Mapping[str, Any]) -> str:
@@ -244,6 +246,7 @@ def build_card(gov: GovernanceStore, version: ModelVersion) -> dict[str, Any]:
         "multiclass": "classification with class probabilities",
         "regression": "prediction (continuous value)",
         "survival": "prediction (relative risk score for time to event)",
+        "generation": "generated text (a language model's answer; evaluated on cases)",
     }.get(task, signature.task or "")
 
     derived: dict[str, Any] = {
@@ -387,51 +390,17 @@ def _survival_calibration(*evaluations: Mapping[str, Any] | None) -> dict[str, A
     return {"survival_calibration": tables} if tables else {}
 
 
-def render_card_html(card: Mapping[str, Any]) -> str:
-    esc = html.escape
+def test_evaluation(gov: GovernanceStore, version: ModelVersion) -> dict[str, Any] | None:
+    """The stored result of the version's test evaluation (else its latest): what the card's
+    metric and subgroup tables and its plots show."""
+    evaluations = gov.evaluations(version.model_name, version.version)
+    chosen = next((e for e in evaluations if e["kind"] == "test"), None) or next(
+        iter(evaluations), None
+    )
+    return dict(chosen["result"]) if chosen else None
 
-    def cell(value: Any) -> str:
-        if isinstance(value, Mapping):
-            rows = "".join(
-                f"<tr><th>{esc(str(k))}</th><td>{cell(v)}</td></tr>" for k, v in value.items()
-            )
-            return f"<table>{rows}</table>"
-        if isinstance(value, list):
-            return "<ul>" + "".join(f"<li>{cell(v)}</li>" for v in value) + "</ul>"
-        return esc("" if value is None else str(value))
 
-    title = f"Model card: {card['model']} v{card['version']}"
-    status = "complete" if card["complete"] else "INCOMPLETE"
-    parts = [
-        "<!doctype html><html><head><meta charset='utf-8'>",
-        f"<title>{esc(title)}</title><style>body{{font-family:sans-serif;max-width:1100px;"
-        "margin:2em auto}table{border-collapse:collapse}td,th{border:1px solid #ccc;"
-        "padding:3px 8px;text-align:left;vertical-align:top}.bad{color:#b00}</style></head><body>",
-        f"<h1>{esc(title)}</h1><p>Status: <b>{status}</b></p>",
-    ]
-    if card["missing"] or card["problems"]:
-        parts.append("<ul class='bad'>")
-        parts += [f"<li>missing: {esc(m)}</li>" for m in card["missing"]]
-        parts += [f"<li>problem: {esc(p)}</li>" for p in card["problems"]]
-        parts.append("</ul>")
-    if card.get("warnings"):
-        parts.append("<ul class='bad'>")
-        parts += [f"<li>warning: {esc(w)}</li>" for w in card["warnings"]]
-        parts.append("</ul>")
-    parts.append("<h2>Model card</h2>")
-    for section, value in card["model_card"].items():
-        parts.append(f"<h3>{esc(section.replace('_', ' '))}</h3>{cell(value)}")
-    parts.append("<h2>ONC HTI-1 source attributes</h2><table>")
-    parts.append("<tr><th>attribute</th><th>value</th><th>source</th></tr>")
-    for attr in card["hti1_source_attributes"].values():
-        cls = "" if attr["filled"] else " class='bad'"
-        parts.append(
-            f"<tr{cls}><td>{esc(attr['label'])}</td><td>{cell(attr['value'])}</td>"
-            f"<td>{esc(attr['source'])}</td></tr>"
-        )
-    parts.append("</table><h2>Acceptance criteria</h2>")
-    parts.append(cell(card["acceptance_criteria"]) or "<p>none declared</p>")
-    parts.append("<h2>Global feature importance</h2>")
-    parts.append(cell(card["global_feature_importance"]))
-    parts.append("</body></html>")
-    return "".join(parts)
+def render_card_html(card: Mapping[str, Any], evaluation: Mapping[str, Any] | None = None) -> str:
+    """The card as a standalone HTML page for people (``card_html``); ``evaluation``, the stored
+    result of its test evaluation, adds the metric and subgroup tables and the plots."""
+    return card_html.render_card_html(card, evaluation)

@@ -1,7 +1,8 @@
 """The promotion gate on the ``production`` alias.
 
 Production needs: a complete model card, an evaluation meeting the version's declared acceptance
-criteria, and a recorded train/test split with no patient on both sides. An ``each_subgroup``
+criteria, and a recorded train/test split with no patient on both sides (medserve's training record,
+or, for a model trained elsewhere, the test evaluation's declared provenance). An ``each_subgroup``
 criterion is met only when every subgroup was assessed: one below ``min_n`` or ``min_events``, or
 not estimable, is reported as not assessable and blocks (an override can accept it). Otherwise
 the move is refused with the full list of what is missing. An override needs a named approver
@@ -10,7 +11,7 @@ and a written reason, and both go into the alias history with the problems that 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from medserve.core.errors import InvalidRequestError, PromotionBlockedError
@@ -28,6 +29,38 @@ class GateResult:
     passed: bool
     problems: list[str]
     checked: list[str]
+    # The command that fixes each problem, index for index with ``problems``.
+    fixes: list[str] = field(default_factory=list)
+
+
+def _fixes(name: str, version: int) -> dict[str, str]:
+    """The command that fixes each kind of gate problem, for this version."""
+    ref = f"{name}@{version}"
+    evaluate = (
+        f"medserve evaluate {ref} --data TEST.csv --label OUTCOME --kind test --subgroup COLUMN "
+        '--split-declared "where the test data come from" '
+        "[--patient-id ID_COLUMN --train-data TRAIN.csv]"
+    )
+    return {
+        "card": f"medserve models card {ref} --template > card.yaml  # fill it in, then: "
+        f"medserve models card {ref} --edit card.yaml",
+        "criteria": f"declare an acceptance: block in the card file, then: "
+        f"medserve models card {ref} --edit card.yaml",
+        "evaluate": evaluate,
+        "split": evaluate,
+        "overlap": f"evaluate on data without the training patients: {evaluate}",
+        "unmet": f"register a better version, or accept it explicitly: medserve models alias "
+        f'{name} production {version} --override-approver "NAME" --reason "WHY"',
+        "assess": f"evaluate on more data ({evaluate}), or accept it explicitly: medserve models "
+        f'alias {name} production {version} --override-approver "NAME" --reason "WHY"',
+    }
+
+
+def _card_fix(problem: str) -> str:
+    """Card problems fixed by an evaluation rather than by the author's statements."""
+    if "needs a test evaluation" in problem or "reports no subgroup" in problem:
+        return "evaluate"
+    return "card"
 
 
 def check_criteria(criteria: list[dict[str, Any]], result: dict[str, Any]) -> list[str]:
@@ -75,31 +108,74 @@ def check_criteria(criteria: list[dict[str, Any]], result: dict[str, Any]) -> li
 
 
 def check(registry: Registry, name: str, version: int) -> GateResult:
+    """Every problem between this version and production, each with the command that fixes it.
+
+    The train/test separation comes from medserve's training record when the version was trained
+    here, else from the test evaluation's declared provenance (``medserve evaluate --kind test
+    --split-declared ...``, optionally checked by patient ids against the training data): a model
+    trained elsewhere reaches production without an override once its test set is declared."""
     gov = GovernanceStore(registry.store)
     mv = registry.store.get_version(name, version)
-    problems: list[str] = []
+    found: list[tuple[str, str]] = []
     card = build_card(gov, mv)
-    problems += [f"card incomplete: {m}" for m in card["missing"]]
-    problems += [f"card: {p}" for p in card["problems"]]
+    found += [(f"card incomplete: {m}", _card_fix(m)) for m in card["missing"]]
+    found += [(f"card: {p}", _card_fix(p)) for p in card["problems"]]
     criteria = gov.criteria(name, version)
     evaluations = gov.evaluations(name, version)
     chosen = next((e for e in evaluations if e["kind"] == "test"), None) or next(
         iter(evaluations), None
     )
     if not criteria:
-        problems.append("no acceptance criteria declared for this version")
+        found.append(("no acceptance criteria declared for this version", "criteria"))
     if chosen is None:
-        problems.append("no stored evaluation for this version")
+        found.append(("no stored evaluation for this version", "evaluate"))
     elif criteria:
-        problems += check_criteria(criteria, chosen["result"])
+        for problem in check_criteria(criteria, chosen["result"]):
+            found.append((problem, "assess" if "not assessable" in problem else "unmet"))
     training = gov.training_run(name, version)
     split = (training or {}).get("split")
     if not split:
-        problems.append("no recorded train/test split: patient separation cannot be shown")
-    elif split.get("patient_overlap") != 0:
-        problems.append(f"{split.get('patient_overlap')} patients are in both train and test")
-    checked = ["model card", "acceptance criteria", "train/test patient separation"]
-    return GateResult(not problems, problems, checked)
+        split = _declared_split(chosen)
+    if not split:
+        found.append(
+            (
+                "no recorded train/test split: patient separation cannot be shown (the version "
+                "was not trained by medserve, and no test evaluation declares its data's "
+                "provenance)",
+                "split",
+            )
+        )
+    elif split.get("patient_overlap") != 0 and not _declared_unchecked(split):
+        found.append(
+            (f"{split.get('patient_overlap')} patients are in both train and test", "overlap")
+        )
+    separation = (
+        _DECLARED_SEPARATION
+        if split and _declared_unchecked(split)
+        else "train/test patient separation"
+    )
+    checked = ["model card", "acceptance criteria", separation]
+    commands = _fixes(name, version)
+    return GateResult(
+        not found, [p for p, _ in found], checked, [commands[kind] for _, kind in found]
+    )
+
+
+_DECLARED_SEPARATION = "train/test separation as the author declared it (no patient ids compared)"
+
+
+def _declared_unchecked(split: dict[str, Any]) -> bool:
+    """An author's declaration with no patient ids to compare (``patient_overlap`` None): the
+    declaration is what the gate accepts. Anywhere else an unknown overlap blocks."""
+    return bool(split.get("declared")) and split.get("patient_overlap") is None
+
+
+def _declared_split(evaluation: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The split a test evaluation declared (``medserve evaluate --kind test --split-declared``)."""
+    if evaluation is None or evaluation["kind"] != "test":
+        return None
+    split = (evaluation["result"].get("dataset") or {}).get("split")
+    return split if isinstance(split, dict) and split.get("declared") else None
 
 
 def set_alias_gated(
@@ -120,7 +196,12 @@ def set_alias_gated(
         return registry.set_alias(name, alias, version, actor=actor, reason=reason)
     result = check(registry, name, version)
     if result.passed:
-        text = "promotion gate passed (card complete, acceptance criteria met, no patient overlap)"
+        separation = (
+            "test set's separation declared by the author, not checked by patient id"
+            if _DECLARED_SEPARATION in result.checked
+            else "no patient overlap"
+        )
+        text = f"promotion gate passed (card complete, acceptance criteria met, {separation})"
         return registry.set_alias(
             name, alias, version, actor=actor, reason=f"{text}; {reason}" if reason else text
         )
@@ -135,5 +216,7 @@ def set_alias_gated(
         return registry.set_alias(name, alias, version, actor=actor, reason=text)
     raise PromotionBlockedError(
         f"promotion of {name} v{version} to {alias} refused: {len(result.problems)} problems",
-        details=[{"message": p} for p in result.problems],
+        details=[
+            {"message": p, "fix": f} for p, f in zip(result.problems, result.fixes, strict=True)
+        ],
     )

@@ -324,7 +324,9 @@ class CdsHooks:
         missing = sorted(k for k in service.required if k not in prefetch)
         if missing:
             prefetch.update(await self._fetch(service, request, patient_id, missing))
-        model = await self.plane.model(service.model, SERVICE_ALIAS)
+        # a canary split keeps a patient on one version (the hash of the patient, not kept)
+        sticky = dataclasses.replace(context, patient_id=f"Patient/{patient_id}")
+        model = await self.plane.model(service.model, SERVICE_ALIAS, sticky)
         fmap = fhir_map(model)
         assert fmap is not None
         bundle = bundle_from_prefetch(prefetch, request.fhirServer)

@@ -28,8 +28,10 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from medserve.core.errors import InvalidRequestError
 from medserve.core.registry.signature import Signature
+from medserve.core.series import padded_columns
 
-Aggregate = Literal["latest", "earliest", "mean", "min", "max"]
+# series: every Observation in the look-back window becomes the model's series of that name
+Aggregate = Literal["latest", "earliest", "mean", "min", "max", "series"]
 PatientField = Literal["age", "gender"]
 Indicator = Literal["info", "warning", "critical"]
 # http://terminology.hl7.org/CodeSystem/risk-probability
@@ -137,7 +139,20 @@ class FhirMap(BaseModel):
     def check_against(self, signature: Signature) -> None:
         """Every mapped feature is an input, and every required input is mapped (or imputed)."""
         inputs = {f.name: f for f in signature.inputs}
-        unknown = sorted(set(self.features) - set(inputs))
+        series = {s.name for s in signature.series}
+        for name, source in self.features.items():
+            if (source.aggregate == "series") != (name in series):
+                raise InvalidRequestError(
+                    f"the FHIR feature map: {name!r} is "
+                    + ("not a series of the model" if name not in series else "a series")
+                    + ": a series takes aggregate 'series', an input does not"
+                )
+        if series:  # derived inputs are computed from the series, never mapped
+            derived = {f.column for f in signature.series_features} or set(
+                padded_columns(signature.series)
+            )
+            inputs = {k: v for k, v in inputs.items() if k not in derived}
+        unknown = sorted(set(self.features) - set(inputs) - series)
         unmapped = sorted(
             name
             for name, spec in inputs.items()

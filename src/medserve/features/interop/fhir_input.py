@@ -334,7 +334,21 @@ def bundle_to_records(
 ) -> list[PatientInput]:
     """One record per Patient in the Bundle; raises :class:`FhirInputError` with every problem."""
     bundle = validate_bundle(raw)
-    as_of = as_of or parse_fhir_datetime(bundle.get("timestamp")) or datetime.now(UTC)
+    stamped = as_of or parse_fhir_datetime(bundle.get("timestamp"))
+    if stamped is None and any(s.aggregate == "series" for s in fmap.features.values()):
+        # a series is measured back from its prediction time: the server clock would silently
+        # empty the window of a Bundle sent later (docs/trajectories.md)
+        raise FhirInputError(
+            [
+                Problem(
+                    "required",
+                    "Bundle.timestamp (the prediction time, with an offset) is required by a "
+                    "model that takes series",
+                    "Bundle.timestamp",
+                )
+            ]
+        )
+    as_of = stamped or datetime.now(UTC)
     index = _PatientIndex()
     resources: dict[int, dict[str, Any]] = {}
     readings: dict[int, list[_Reading]] = {}
@@ -387,6 +401,11 @@ def bundle_to_records(
             fmap,
         )
         for name, source in fmap.features.items():
+            if source.aggregate == "series":  # the records API's series, checked there
+                series = patient.record.setdefault("series", {})
+                series[name] = context.series(name, source, problems)
+                patient.record["as_of"] = as_of.isoformat()
+                continue
             spec = specs.get(name)
             value = context.value(name, source, problems)
             if value is None:
@@ -481,15 +500,42 @@ class _PatientContext:
                 return 1
         return 0
 
-    def _observation(self, name: str, source: FeatureSource, problems: list[Problem]) -> Any:
+    def _in_window(self, source: FeatureSource) -> list[_Reading]:
+        """The readings of ``source``'s codes in its look-back window (up to a day past as_of:
+        what comes after as_of is refused by name, not silently dropped)."""
         codes = set(source.loinc or [])
         window_start = self.as_of - timedelta(days=self.fmap.lookback(source))
         window_end = self.as_of + timedelta(days=1)
-        in_window = [
+        return [
             r
             for r in self.readings
             if r.code in codes and r.at is not None and window_start <= r.at <= window_end
         ]
+
+    @staticmethod
+    def _converted(
+        name: str, source: FeatureSource, reading: _Reading, problems: list[Problem], rule: str = ""
+    ) -> float | None:
+        """The reading's value in the model's unit, or None with the problem appended (the
+        conversion's words, cut: they quote the unit as sent)."""
+        assert reading.value is not None
+        try:
+            return convert(reading.value, reading.unit, source.unit or "", reading.code)
+        except UnitConversionError as exc:
+            words = str(exc)
+            words = words if len(words) <= _UNIT_WORDS else words[: _UNIT_WORDS - 1] + "…"
+            problems.append(
+                Problem(
+                    "value",
+                    f"feature {name!r}: LOINC {reading.code} unit {words}{rule}",
+                    reading.expression,
+                    name,
+                )
+            )
+            return None
+
+    def _observation(self, name: str, source: FeatureSource, problems: list[Problem]) -> Any:
+        in_window = self._in_window(source)
         # a result without a value (dataAbsentReason, or none given) says nothing: skipped
         candidates = [r for r in in_window if r.kind != "absent"]
         label = "/".join(source.loinc or [])
@@ -522,17 +568,8 @@ class _PatientContext:
                 )
                 failed = True
                 continue
-            try:
-                converted = convert(reading.value, reading.unit, source.unit or "", reading.code)
-            except UnitConversionError as exc:
-                problems.append(
-                    Problem(
-                        "value",
-                        f"feature {name!r}: LOINC {reading.code} unit {exc}",
-                        reading.expression,
-                        name,
-                    )
-                )
+            converted = self._converted(name, source, reading, problems)
+            if converted is None:
                 failed = True
                 continue
             assert reading.at is not None
@@ -553,6 +590,41 @@ class _PatientContext:
             )
             return None
         return self._aggregate(source, values)
+
+    def series(self, name: str, source: FeatureSource, problems: list[Problem]) -> list[list[Any]]:
+        """Every Observation with a value in the look-back window, oldest first, as the records
+        API's ``[[time, value], ...]`` in the model's unit (the rules of a series, later than
+        as_of included, are checked by the records decoder, which names the point)."""
+        readings = sorted(
+            (r for r in self._in_window(source) if r.kind != "absent"),
+            key=lambda r: r.at or self.as_of,
+        )
+        points: list[list[Any]] = []
+        for reading in readings:
+            if reading.value is None or reading.comparator:
+                what = (
+                    f"valueQuantity.comparator '{reading.comparator}' (a bound)"
+                    if reading.comparator
+                    else f"a {reading.kind}"
+                )
+                problems.append(
+                    Problem(
+                        "value",
+                        f"feature {name!r}: the Observation at {_entry_of(reading.expression)} "
+                        f"(LOINC {reading.code}) has {what}; an exact valueQuantity is expected "
+                        "(non_numeric)",
+                        reading.expression,
+                        name,
+                    )
+                )
+                continue
+            converted = self._converted(name, source, reading, problems, " (unit)")
+            if converted is None:
+                continue
+            assert reading.at is not None
+            self._use(reading.reference)
+            points.append([reading.at.isoformat(), converted])
+        return points
 
     @staticmethod
     def _bounded(
@@ -585,6 +657,9 @@ class _PatientContext:
     def _use(self, reference: str) -> None:
         if reference not in self.patient.basis:
             self.patient.basis.append(reference)
+
+
+_UNIT_WORDS = 160  # a unit conversion's words in a problem (they quote the unit as sent)
 
 
 def _entry_of(expression: str) -> str:

@@ -26,17 +26,17 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, fields, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from medserve.core.errors import InvalidRequestError, RateLimitedError
+from medserve.core.errors import InvalidRequestError, MedserveError, RateLimitedError
 
 MINUTE = 60
 DAY = 86_400
@@ -64,12 +64,12 @@ class LlmSettings(BaseSettings):
         default=256, ge=1, description="Completion tokens of a call that names no max_tokens."
     )
     holdback_chars: int = Field(
-        default=64,
+        default=128,
         ge=8,
         description=(
-            "Characters of a streamed answer held back until more follows, so that an "
-            "identifier split across chunks is redacted whole (longer identifiers than this "
-            "may be cut)."
+            "Most characters of a streamed answer held back: the trailing words that could "
+            "still grow into an identifier are held until they cannot, so that an identifier "
+            "split across chunks is redacted whole (a run longer than this may be cut)."
         ),
     )
     generation_threads: int = Field(
@@ -129,6 +129,7 @@ class RequestOverLimitError(InvalidRequestError):
         super().__init__(message, details=[{"field": param, "rule": limit}])
         self.param = param
         self.limit = limit
+        self.rule = limit  # which limit (the context's: key, version or model)
 
 
 @dataclass(frozen=True)
@@ -149,23 +150,44 @@ class UsageRow:
     completion_tokens: int
 
 
-def check_request(limits: Limits, prompt_tokens: int, max_tokens: int, context: int) -> None:
-    """Refuse (400, naming the field) a call no budget can ever admit."""
+def check_request(
+    limits: Limits,
+    prompt_tokens: int,
+    max_tokens: int,
+    context: int,
+    version_context: int | None = None,
+    version: str = "this model version",
+) -> None:
+    """Refuse (400, naming the field and the limit) a call no budget can ever admit. The
+    context allowed is the smallest of the key's ``max_context``, the version's own cap
+    (``serving_config.max_context``: ``version_context``) and the model's context length."""
     if limits.max_tokens is not None and max_tokens > limits.max_tokens:
         raise RequestOverLimitError(
             f"max_tokens {max_tokens} is over this key's limit of {limits.max_tokens} per call",
             "max_tokens",
             "max_tokens",
         )
-    caps = [c for c in (limits.max_context, context) if c]
-    window = min(caps) if caps else None
-    if window is not None and prompt_tokens + max_tokens > window:
-        raise RequestOverLimitError(
-            f"the prompt ({prompt_tokens} tokens) and max_tokens ({max_tokens}) exceed the "
-            f"context of {window} tokens allowed: shorten the messages or lower max_tokens",
-            "messages",
-            "context_length_exceeded",
+    caps = [
+        (cap, rule, named)
+        for cap, rule, named in (
+            (context, "context_length", "the model's context length"),
+            (version_context, "version_max_context", f"the max_context of {version}"),
+            (limits.max_context, "key_max_context", "this key's max_context"),
         )
+        if cap
+    ]
+    if caps:
+        window, rule, named = min(caps, key=lambda c: c[0])
+        if prompt_tokens + max_tokens > window:
+            error = RequestOverLimitError(
+                f"the prompt ({prompt_tokens} tokens) and max_tokens ({max_tokens}) exceed "
+                f"{named} ({window} tokens): shorten the messages or lower max_tokens",
+                "messages",
+                "context_length_exceeded",
+            )
+            error.details = [{"field": "messages", "rule": rule, "limit": window}]
+            error.rule = rule
+            raise error
     reserved = prompt_tokens + max_tokens
     for name in ("tokens_per_minute", "tokens_per_day"):
         value = getattr(limits, name)
@@ -176,6 +198,27 @@ def check_request(limits: Limits, prompt_tokens: int, max_tokens: int, context: 
                 "max_tokens",
                 name,
             )
+
+
+class VersionConfigError(MedserveError):
+    """A version's serving config holds a limit medserve cannot read: refused, never guessed
+    (500: the operator's to fix)."""
+
+    code = "serving_config_invalid"
+
+
+def version_context(config: Mapping[str, Any], model: str, version: object) -> int | None:
+    """A version's own context cap (``serving_config["max_context"]``, tokens of prompt plus
+    completion), applied on top of the key's ``max_context``; None when it sets none."""
+    value = config.get("max_context")
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise VersionConfigError(
+            f"serving config of {model!r} version {version}: max_context must be a positive "
+            "integer (tokens)"
+        )
+    return value
 
 
 class BudgetStore:

@@ -95,6 +95,10 @@ class MiniLmEmbeddingRuntime:
             ) from exc
         opts = session_options(intra_op_threads)
         opts.log_severity_level = 3  # shape-merge notices from the hand-built graph are noise
+        # With several intra-op threads, onnxruntime's pool threads spin between operators and
+        # after a run: on a server whose cores the event loop, the PHI scan and other workers
+        # share, that spinning takes the CPU they need (worse the busier the machine).
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             self._session = ort.InferenceSession(
                 encoder, sess_options=opts, providers=["CPUExecutionProvider"]

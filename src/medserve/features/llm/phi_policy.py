@@ -13,7 +13,8 @@ identifiers found is the *policy*:
 A model's ``serving_config["phi_policy"]`` and the key's setting may both name one: the stricter
 wins, and ``allow`` without the grant is applied as ``redact``. The answer is scanned too, and
 redacted unless the effective policy is ``allow``; a streamed answer through
-:class:`StreamRedactor`, which holds back the last characters until enough text follows.
+:class:`StreamRedactor`, which holds back the trailing words that could still grow into an
+identifier until they cannot.
 
 Detection fails closed: any error of the detector refuses the request (``PhiUnavailableError``),
 so no text passes unscanned.
@@ -22,11 +23,13 @@ so no text passes unscanned.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any
 
+from medserve.core.deid.gazetteers import COMMON_WORDS
 from medserve.core.deid.patterns import Redaction
 from medserve.core.errors import MedserveError, ValidationFailedError
 from medserve.core.phi import find_identifiers
@@ -176,12 +179,30 @@ def apply(text: str, found: Sequence[Redaction], start: int = 0) -> str:
 class StreamRedactor:
     """Redacts a text that arrives in pieces, so an identifier split across pieces is caught.
 
-    The last ``hold`` characters are kept unsent until more text follows: an identifier shorter
-    than ``hold`` is always whole in what is scanned before any of it is released, and a release
-    never cuts through an identifier the detector sees. The last ``context`` released characters
-    are scanned again with the new text (unsent), so a label (``MRN:``) already sent still
-    marks the value after it. ``finish`` releases the rest. The scan runs every ``step`` new
-    characters, not on every token. Under ``allow`` the text passes, categories still counted.
+    What is held back is the text that could still grow into an identifier, or that the
+    detector may not yet recognise as one, not a fixed number of characters:
+
+    - the last word (it may not be finished: ``Smi`` -> ``Smith``, ``john`` ->
+      ``john@example.org``);
+    - an identifier-like word (a digit, or a capital letter on a word that is not a common
+      English word such as a sentence's ``The``; months count) until :data:`RIGHT_CONTEXT`
+      complete words follow it, since the detector's rules read that far to the right
+      (``Quillfeather was seen``, ``Smith's wife``); with it, the words before it that could
+      belong to the same identifier (capitalised words, numbers, punctuation alone, the
+      particles of names and dates: ``of``, ``van``, ``de``...).
+
+    Whatever precedes that is released. A label before a value (``medical record number
+    1234``) is found again because the last ``context`` released characters are scanned again
+    with the held text (the value, with its digits, is still held).
+
+    Each release runs the detector over released context + held text and never cuts through an
+    identifier it finds (one that reaches the cut may go on in the next piece: it stays held).
+    So ``The patient is stable`` is released word by word, one word behind the model, while
+    ``Dr. John Smith, MRN 55501234`` is held until three more words follow. A run longer than
+    ``hold`` characters is released up to its last ``hold`` (identifiers longer than that may
+    be cut). After the first release the detector runs every ``step`` releasable characters,
+    not on every token. ``finish`` releases the rest. Under ``allow`` the text passes,
+    categories still counted.
     """
 
     def __init__(
@@ -189,7 +210,7 @@ class StreamRedactor:
         scanner: PhiScanner,
         policy: PhiPolicy,
         *,
-        hold: int = 64,
+        hold: int = 128,
         context: int = 64,
         step: int = 16,
     ) -> None:
@@ -201,30 +222,35 @@ class StreamRedactor:
         self.categories: set[str] = set()
         self._released = ""  # the raw text released last (its last ``context`` characters)
         self._pending = ""
+        self._started = False  # whether anything was released yet
 
     def scans(self, text: str) -> bool:
         """Whether feeding ``text`` runs the detector (else it is only held back)."""
-        return len(self._pending) + len(text) >= self.hold + self.step
+        return self._due(self._pending + text)
 
     def feed(self, text: str) -> str:
         """What of the text so far may be sent now ('' while it is held back)."""
         self._pending += text
-        if len(self._pending) < self.hold + self.step:
+        if not self._due(self._pending):
             return ""
-        return self._release(final=False)
+        return self._release(held_start(self._pending, self.hold))
 
     def finish(self) -> str:
         """The rest, once the model has stopped."""
         if not self._pending:
             return ""
-        return self._release(final=True)
+        return self._release(len(self._pending))
 
-    def _release(self, *, final: bool) -> str:
+    def _due(self, pending: str) -> bool:
+        releasable = held_start(pending, self.hold)
+        return releasable >= (self.step if self._started else 1)
+
+    def _release(self, keep_from: int) -> str:
         context = self._released[-self.context :] if self.context else ""
         window = context + self._pending
         offset = len(context)
         found = self.scanner.find(window)
-        cut = len(window) if final else len(window) - self.hold
+        cut = offset + keep_from
         for r in found:  # never cut through an identifier: it may go on in the next piece
             if r.start < cut < r.end:
                 cut = r.start
@@ -236,6 +262,68 @@ class StreamRedactor:
             out = released
         else:
             out = apply(released, inside, start=offset)
+        if released:
+            self._started = True
         self._released = (self._released + released)[-max(self.context, 1) :]
         self._pending = window[cut:]
         return out
+
+
+# Lowercase words that sit inside identifiers: name particles, "3rd of March", "St. of".
+_PARTICLES = frozenset(
+    {"of", "van", "von", "der", "den", "de", "del", "della", "di", "da", "du", "la", "le", "bin",
+     "ibn", "al", "no", "no.", "number"}
+)  # fmt: skip
+_MONTHS = frozenset(
+    {"january", "february", "march", "april", "may", "june", "july", "august", "september",
+     "october", "november", "december"}
+)  # fmt: skip
+# Complete words after an identifier-like run that the detector may need to see before it can
+# recognise the run: its rules read up to three words to the right ("Quillfeather was seen",
+# "Smith's wife", "Zebediah Quillfeather reports").
+RIGHT_CONTEXT = 3
+_WORD = re.compile(r"\S+")
+_EDGES = ",.;:()[]\"'!?"
+
+
+def _may_continue(word: str) -> bool:
+    """Whether a word could be part of an identifier with the words around it."""
+    if any(c.isdigit() or c.isupper() for c in word):
+        return True
+    if not any(c.isalpha() for c in word):
+        return True  # punctuation alone: "-", "(", "#", "/"
+    return word.strip(_EDGES).lower() in _PARTICLES
+
+
+def _identifier_like(word: str) -> bool:
+    """Whether a word may be (part of) an identifier: a digit, or a capital letter on a word
+    that is not a common English word (``The``, ``It``, ``When``: sentence starts) unless it
+    is a month."""
+    if any(c.isdigit() for c in word):
+        return True
+    if not any(c.isupper() for c in word):
+        return False
+    bare = word.strip(_EDGES).casefold()
+    return bare in _MONTHS or bare not in COMMON_WORDS
+
+
+def held_start(text: str, limit: int) -> int:
+    """Where the held tail of ``text`` starts (see :class:`StreamRedactor`): the last word, and
+    the earliest identifier-like word among the :data:`RIGHT_CONTEXT` complete words before it
+    with the run of words before that which could belong to it; at most ``limit`` characters
+    (but never less than the last word)."""
+    words = [(m.start(), m.group()) for m in _WORD.finditer(text)]
+    if not words:
+        return len(text)  # only whitespace: nothing worth a scan yet
+    last = len(words) - 1
+    floor = len(text) - limit
+    first = next(
+        (i for i in range(max(0, last - RIGHT_CONTEXT), last) if _identifier_like(words[i][1])),
+        last,
+    )
+    if _may_continue(words[first][1]):  # the run before it may belong to the same identifier
+        while first > 0 and words[first - 1][0] >= floor and _may_continue(words[first - 1][1]):
+            first -= 1
+    while first < last and words[first][0] < floor:
+        first += 1
+    return words[first][0]

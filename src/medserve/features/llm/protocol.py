@@ -28,6 +28,10 @@ class GenerationParams:
     stop: Sequence[str] = ()
     seed: int | None = None
     grammar: str | None = None  # a GBNF grammar the output must follow (response_format)
+    # Who may reuse what this call leaves in the engine's cache (its prompt's KV prefix): the
+    # API passes the caller's key, so a prefix cached for one key never serves, nor can be timed
+    # by, another. None: start from an empty context.
+    cache_key: str | None = None
 
 
 @dataclass(frozen=True)

@@ -1,20 +1,26 @@
 """Monitoring reports: a rich table for the terminal and a self-contained HTML page with plots.
 
-The HTML needs nothing from the network: bar charts are inline SVG, so the page can be attached
-to a governance ticket or opened on an air-gapped workstation.
+The HTML needs nothing from the network: its charts are inline SVG (``core.charts``: PSI per
+feature in ordered bands, the PSI history on a date axis), so the page can be attached to a
+governance ticket or opened on an air-gapped workstation.
 """
 
 from __future__ import annotations
 
 import html
+from datetime import datetime
 from typing import Any
 
+from rich import box
 from rich.table import Table
 
+from medserve.core import charts
+from medserve.core.presentation import as_datetime, label, number, psi_band, when
 from medserve.features.monitoring.drift import INSUFFICIENT
 
 
 def _num(value: Any, digits: int = 3) -> str:
+    """A number for the terminal table (fixed decimals line up); in HTML, as people read it."""
     if value is None:
         return "-"
     if isinstance(value, bool):
@@ -42,9 +48,17 @@ def drift_table(run: dict[str, Any]) -> Table:
     title = f"{run.get('model')}: drift, window of {run['window']['n']} predictions"
     if drift and not enough_data(drift):
         title += f" ({_insufficient_note(drift, run['window']['n'])}: no verdict)"
-    table = Table(title=title)
-    for column in ("feature", "PSI", "status", "KS p / chi2 p", "missing", "out of range", "mean"):
-        table.add_column(column, justify="left" if column in ("feature", "status") else "right")
+    # Fits 80 columns: no vertical rules, numbers never wrap, long feature names wrap.
+    table = Table(
+        title=title,
+        caption="p: KS test (numeric) or chi-squared (categorical)",
+        box=box.SIMPLE_HEAD,
+    )
+    table.add_column("feature", min_width=12, overflow="fold")
+    table.add_column("PSI", justify="right", no_wrap=True)
+    table.add_column("status", overflow="fold")
+    for column in ("p", "missing", "out of\nrange", "mean"):
+        table.add_column(column, justify="right", no_wrap=True)
     features = drift.get("features", {})
     ordered = sorted(features.items(), key=lambda kv: -(kv[1].get("psi") or 0.0))
     verdict = enough_data(drift)
@@ -106,92 +120,105 @@ def performance_table(run: dict[str, Any]) -> Table:
     return table
 
 
-def _bars(title: str, values: dict[str, float], threshold: float | None = None) -> str:
-    items = list(values.items())[:30]
-    if not items:
-        return ""
-    width, bar_h = 640, 16
-    top = max([v for _, v in items] + [threshold or 0.0, 1e-9])
-    height = bar_h * len(items) + 30
-    parts = [f'<h3>{html.escape(title)}</h3><svg width="{width}" height="{height}">']
-    for i, (name, value) in enumerate(items):
-        w = int(380 * value / top)
-        y = i * bar_h + 5
-        color = "#c0392b" if threshold is not None and value >= threshold else "#2e86c1"
-        parts.append(
-            f'<text x="0" y="{y + 12}" font-size="11">{html.escape(name[:32])}</text>'
-            f'<rect x="220" y="{y}" width="{w}" height="{bar_h - 3}" fill="{color}"/>'
-            f'<text x="{225 + w}" y="{y + 12}" font-size="11">{value:.3f}</text>'
-        )
-    if threshold is not None:
-        x = 220 + int(380 * threshold / top)
-        parts.append(
-            f'<line x1="{x}" y1="0" x2="{x}" y2="{height - 20}" stroke="#c0392b" '
-            'stroke-dasharray="4"/>'
-        )
-    parts.append("</svg>")
-    return "".join(parts)
+def psi_history_chart(runs: list[dict[str, Any]], psi_alert: float) -> str:
+    """The largest PSI of each run with a verdict, over time (a date axis), with the bands;
+    ``runs`` newest first, as the store lists them. The HTML report's and the console's."""
+    points: list[tuple[float | datetime, float]] = []
+    for run in reversed(runs):  # oldest first
+        drift = run.get("drift") or {}
+        # the stored window end (the store's column) first; a run's own body as a fallback
+        at = as_datetime(run.get("window_end") or (run.get("window") or {}).get("end"))
+        value = (drift.get("summary") or {}).get("psi_max")
+        if at is not None and enough_data(drift) and isinstance(value, int | float):
+            points.append((at, float(value)))
+    return charts.line_chart(
+        "Largest feature shift (PSI) per run, runs with enough data",
+        [charts.Series("largest PSI", points)],
+        y_label="PSI",
+        lines=[
+            charts.Line(0.10, "moderate shift 0.10", "#a16207"),
+            charts.Line(psi_alert, f"alert {number(psi_alert)}"),
+        ],
+    )
 
 
 def html_report(
     model: str, runs: list[dict[str, Any]], alerts: list[dict[str, Any]], psi_alert: float
 ) -> str:
+    """A standalone page: the latest window, PSI per feature in ordered bands, the PSI history
+    on a date axis, live performance and the alerts; numbers and times formatted for people."""
+    esc = html.escape
     latest = runs[0] if runs else None
-    body = [f"<h1>medserve monitoring: {html.escape(model)}</h1>"]
+    body = [f"<h1>Monitoring: {esc(model)}</h1>"]
     if latest is None:
         body.append("<p>No monitoring run yet: run <code>medserve monitor run</code>.</p>")
     else:
         drift = latest.get("drift") or {}
+        window = latest["window"]
         body.append(
-            f"<p>Latest window {html.escape(str(latest['window']['start']))} to "
-            f"{html.escape(str(latest['window']['end']))}: {latest['window']['n']} predictions.</p>"
+            f"<p>Latest window {esc(when(window['start']))} to {esc(when(window['end']))}: "
+            f"{esc(number(window['n']))} predictions.</p>"
         )
         psis = {k: float(f["psi"]) for k, f in drift.get("features", {}).items() if "psi" in f}
-        psis = dict(sorted(psis.items(), key=lambda kv: -kv[1]))
-        if drift and not enough_data(drift):
-            note = _insufficient_note(drift, int(latest["window"]["n"]))
+        ordered = sorted(psis.items(), key=lambda kv: -kv[1])
+        verdict = not drift or enough_data(drift)
+        if not verdict:
+            note = _insufficient_note(drift, int(window["n"]))
             body.append(
-                f"<p><strong>Status: {html.escape(note)}.</strong> No drift verdict is given "
+                f"<p><strong>Status: {esc(note)}.</strong> No drift verdict is given "
                 "for this window; its PSI values are shown without alert colours.</p>"
             )
-            body.append(_bars("PSI per feature (insufficient data: no verdict)", psis, None))
-        else:
-            body.append(_bars("PSI per feature (dashed line: alert threshold)", psis, psi_alert))
-        history = {
-            str(r["window"]["end"])[:19]: float(
-                ((r.get("drift") or {}).get("summary") or {}).get("psi_max") or 0
+            body.append(
+                charts.bar_chart("PSI per feature (insufficient data: no verdict)", ordered)
             )
-            for r in reversed(runs)
-            if enough_data(r.get("drift") or {})  # a run without a verdict is not a point
-        }
-        body.append(_bars("Largest PSI per run (runs with enough data)", history, psi_alert))
+        else:
+            body.append(
+                charts.bar_chart(
+                    "PSI per feature (dashed line: alert threshold)", ordered, threshold=psi_alert
+                )
+            )
+        if ordered:
+            rows = "".join(
+                f"<tr><th scope='row'>{esc(name)}</th><td class='num'>{esc(number(value))}</td>"
+                f"<td>{esc(psi_band(value) if verdict else INSUFFICIENT)}</td></tr>"
+                for name, value in ordered
+            )
+            body.append(
+                "<table><caption>Bands: stable below 0.10, moderate shift 0.10 to 0.25, major "
+                "shift 0.25 and above</caption><tr><th scope='col'>Feature</th>"
+                f"<th scope='col'>PSI</th><th scope='col'>Band</th></tr>{rows}</table>"
+            )
+        body.append(psi_history_chart(runs, psi_alert))
         perf = latest["performance"]
         rows = "".join(
-            f"<tr><td>{html.escape(k)}</td><td>{html.escape(_num(v))}</td></tr>"
+            f"<tr><th scope='row'>{esc(label(k))}</th><td class='num'>{esc(number(v))}</td></tr>"
             for k, v in perf["overall"].items()
         )
         body.append(
-            f"<h3>Live performance (matured window, {perf['matured_window']['n_labelled']} "
-            f"labelled)</h3><table>{rows}</table>"
+            f"<h2>Live performance (matured window, "
+            f"{esc(number(perf['matured_window']['n_labelled']))} labelled)</h2>"
+            f"<table>{rows}</table>"
         )
     alert_rows = "".join(
         "<tr>"
+        + f"<td>{esc(str(a.get('id')))}</td><td>{esc(label(str(a.get('metric'))))}</td>"
         + "".join(
-            f"<td>{html.escape(_num(a.get(k)))}</td>"
-            for k in ("id", "metric", "value", "threshold", "n", "state", "delivery", "fired_at")
+            f"<td class='num'>{esc(_num(a.get(k)))}</td>" for k in ("value", "threshold", "n")
         )
-        + "</tr>"
+        + f"<td>{esc(str(a.get('state')))}</td><td>{esc(str(a.get('delivery')))}</td>"
+        + f"<td>{esc(when(a.get('fired_at')))}</td></tr>"
         for a in alerts
     )
     body.append(
-        "<h3>Alerts</h3><table><tr><th>id</th><th>metric</th><th>value</th><th>threshold</th>"
+        "<h2>Alerts</h2><table><tr><th>id</th><th>metric</th><th>value</th><th>threshold</th>"
         f"<th>n</th><th>state</th><th>delivery</th><th>fired</th></tr>{alert_rows}</table>"
     )
     style = (
-        "body{font-family:sans-serif;max-width:900px;margin:2em auto}"
-        "td,th{padding:2px 8px;border-bottom:1px solid #ddd;text-align:left}"
+        "body{font-family:system-ui,sans-serif;max-width:960px;margin:2em auto;color:#18181b}"
+        "td,th{padding:3px 8px;border-bottom:1px solid #ddd;text-align:left}"
+        ".num{text-align:right;font-variant-numeric:tabular-nums}caption{text-align:left}"
     )
     return (
-        f"<!doctype html><html><head><meta charset='utf-8'><title>monitoring {html.escape(model)}"
-        f"</title><style>{style}</style></head><body>{''.join(body)}</body></html>"
+        f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>Monitoring "
+        f"{esc(model)}</title><style>{style}</style></head><body>{''.join(body)}</body></html>"
     )

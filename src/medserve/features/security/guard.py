@@ -17,7 +17,7 @@ from medserve.core.errors import AuthenticationError
 from medserve.features.security.keys import TOKEN_PREFIX, ApiKey, ChangeCounter, SecurityStore
 from medserve.features.security.oidc import JwtVerifier
 from medserve.features.security.permissions import check, model_visible
-from medserve.features.security.ratelimit import RateLimiter
+from medserve.features.security.ratelimit import RateLimiter, SharedRateLimiter
 
 _CACHE_MAX = 10_000
 
@@ -61,6 +61,9 @@ class SecurityGuard:
         self.cache_ttl_s = cache_ttl_s
         self.default_rate_limit = default_rate_limit
         self.limiter = RateLimiter(workers)
+        # set where replicas must share one count (the Ray backend on PostgreSQL): a database
+        # statement per limited request, run off the event loop; None: ``limiter`` (no I/O)
+        self.shared_limiter: SharedRateLimiter | None = None
         # token -> (principal, expires_at epoch or inf, cached_at monotonic, rate limit)
         self._keys: dict[str, tuple[Principal, float, float, float]] = {}
         self._generation = -1
@@ -82,7 +85,12 @@ class SecurityGuard:
         resolved = self._from_cache(token)
         if resolved is None:
             resolved = await asyncio.to_thread(self._resolve, token)
-        return self._admit(*resolved, scope)
+        principal, rate = resolved
+        if rate > 0 and self.shared_limiter is not None:
+            key = principal.key_id or principal.subject
+            await asyncio.to_thread(self.shared_limiter.check, key, rate)
+            rate = 0.0  # counted
+        return self._admit(principal, rate, scope)
 
     def authenticate_headers(
         self, headers: list[tuple[bytes, bytes]], scope: MutableMapping[str, Any] | None = None
@@ -127,7 +135,7 @@ class SecurityGuard:
         self, principal: Principal, rate: float, scope: MutableMapping[str, Any] | None
     ) -> Principal:
         if rate > 0:
-            self.limiter.check(principal.key_id or principal.subject, rate)
+            (self.shared_limiter or self.limiter).check(principal.key_id or principal.subject, rate)
         if scope is not None:
             scope[PRINCIPAL_SCOPE_KEY] = principal
         return principal
@@ -148,6 +156,15 @@ class SecurityGuard:
         principal = _principal(key)
         self._keys[token] = (principal, expires, now, rate)
         return principal, rate
+
+    def principal_for_key(self, key_id: str) -> Principal:
+        """The principal of an active key, by id, read from the store now: for a caller that
+        proved the key once and holds a session opened with it (the web console), not the key
+        itself. A revoked, expired or unknown key raises ``AuthenticationError``."""
+        key = next((k for k in self.store.list_keys() if k.key_id == key_id), None)
+        if key is None or key.state() != "active":
+            raise AuthenticationError("the key of this session is revoked or expired")
+        return _principal(key)
 
     def authorize(self, principal: Principal, action: str, model: str | None) -> None:
         check(principal, action, model, self._tenants)

@@ -19,16 +19,19 @@ ACTIONS = (
     "approve",  # move the production alias (promotion, rollback)
     "read_audit",  # the audit trail
     "read_monitoring",  # metrics, drift, live performance, alerts
+    "read_metrics",  # GET /metrics only (a Prometheus scraper's key: role "metrics")
     "admin",  # keys, tenants, anything else
     "erase",  # a patient's erasure (POST /v1/patients/erase): admin only
 )
 
 ROLE_ACTIONS: dict[str, frozenset[str]] = {
     "admin": frozenset(ACTIONS),
-    "developer": frozenset({"read_models", "write", "predict", "read_monitoring"}),
-    "approver": frozenset({"read_models", "approve", "read_monitoring"}),
+    "developer": frozenset({"read_models", "write", "predict", "read_monitoring", "read_metrics"}),
+    "approver": frozenset({"read_models", "approve", "read_monitoring", "read_metrics"}),
     "app": frozenset({"predict"}),
-    "auditor": frozenset({"read_audit", "read_monitoring", "read_models"}),
+    "auditor": frozenset({"read_audit", "read_monitoring", "read_models", "read_metrics"}),
+    # a scraper's key: /metrics and nothing else (no models, no predictions, no audit)
+    "metrics": frozenset({"read_metrics"}),
 }
 ROLES = tuple(ROLE_ACTIONS)
 

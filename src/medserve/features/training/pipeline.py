@@ -36,7 +36,7 @@ from medserve.core.registry.signature import Signature, infer_signature
 from medserve.core.store.governance import GovernanceStore
 from medserve.features.training import algorithms as algos
 from medserve.features.training.spec import LOWER_IS_BETTER, TrainingSpec
-from medserve.features.training.split import cv_folds, patient_split
+from medserve.features.training.split import Split, cv_folds, patient_split
 from medserve.features.training.survival import CoxConvergenceError, make_survival
 
 
@@ -361,15 +361,20 @@ def train(
     console: Console | None = None,
     created_by: str | None = None,
     tags: dict[str, str] | None = None,
+    split: Split | None = None,
 ) -> TrainingResult:
     """Run ``spec`` and register the result. ``estimator`` (Python API) replaces the spec's
-    algorithm list with one given scikit-learn estimator; ``signature`` overrides inference."""
+    algorithm list with one given scikit-learn estimator; ``signature`` overrides inference;
+    ``split`` replaces the patient-grouped hold-out (trajectories split by patient and time, row
+    indices of ``frame``, which must then need no row dropped)."""
     actor = created_by or current_user()
     raw = frame if frame is not None else load_data(spec.data, base)
     data_sha = fingerprint(raw)
     data, data_info = _prepare(spec, raw)
     stratify = data.y_eval if spec.task in ("binary", "multiclass") else None
-    split = patient_split(
+    if split is not None and len(data.frame) != len(raw):
+        raise InvalidRequestError("a given split needs every row kept (no missing outcome)")
+    split = split or patient_split(
         data.groups,
         test_size=spec.test_size,
         seed=spec.seed,

@@ -206,15 +206,21 @@ def load_spec(path: Path) -> tuple[TrainingSpec, str, Path]:
     return spec, text, path.parent
 
 
+def invalid_spec(what: str, exc: ValidationError) -> InvalidRequestError:
+    """The error of a spec pydantic refused: each problem by field and rule (pydantic's error
+    type), never the value given. Shared by every kind of spec ``medserve train`` reads."""
+    problems = [
+        {"field": ".".join(map(str, e["loc"])), "rule": e["type"], "message": e["msg"]}
+        for e in exc.errors()
+    ]
+    return InvalidRequestError(
+        f"the {what} is invalid: " + "; ".join(f"{p['field']}: {p['message']}" for p in problems),
+        details=problems,
+    )
+
+
 def parse_spec(raw: Any) -> TrainingSpec:
     try:
         return TrainingSpec.model_validate(raw)
     except ValidationError as exc:
-        problems = [
-            {"field": ".".join(map(str, e["loc"])), "message": e["msg"]} for e in exc.errors()
-        ]
-        raise InvalidRequestError(
-            "the training spec is invalid: "
-            + "; ".join(f"{p['field']}: {p['message']}" for p in problems),
-            details=problems,
-        ) from exc
+        raise invalid_spec("training spec", exc) from exc

@@ -16,7 +16,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from medserve.core.errors import NotFoundError
 from medserve.core.registry.service import Registry
 from medserve.core.store.governance import GovernanceStore
-from medserve.features.governance.cards import build_card, render_card_html
+from medserve.features.governance.cards import build_card, render_card_html, test_evaluation
 from medserve.features.governance.gate import check
 from medserve.serving.extension import ServingExtension
 from medserve.serving.resources import resources_of
@@ -40,9 +40,10 @@ def model_card(request: Request, name: str, version: str, format: str | None = N
     """The model card as JSON, or HTML with ``Accept: text/html`` or ``?format=html``."""
     registry = _registry(request)
     mv = registry.store.resolve(name, version)
-    card = build_card(GovernanceStore(registry.store), mv)
+    gov = GovernanceStore(registry.store)
+    card = build_card(gov, mv)
     if _wants_html(request, format):
-        return HTMLResponse(render_card_html(card))
+        return HTMLResponse(render_card_html(card, test_evaluation(gov, mv)))
     return JSONResponse(card)
 
 
@@ -77,6 +78,7 @@ def gate(request: Request, name: str, version: str) -> dict[str, Any]:
         "version": mv.version,
         "passed": result.passed,
         "problems": result.problems,
+        "fixes": result.fixes,
     }
 
 

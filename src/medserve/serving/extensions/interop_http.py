@@ -53,7 +53,7 @@ async def rationales(
 ) -> list[str | None]:
     """Top attributions in plain words, per row; none when the model cannot be explained."""
     try:
-        X = model.validator.records_to_matrix(rows)
+        X = records.parse_records_request(model, {"instances": rows})  # series models too
     except Exception as exc:  # an explanation must never cost the prediction
         log.warning("no rationale for %s v%s: %s", model.name, model.number, type(exc).__name__)
         return [None] * len(rows)
@@ -100,7 +100,7 @@ async def fhir_handler(
     fhir_out = request.wants_fhir
     patients: list[PatientInput] | None = None
     try:
-        model = await plane.model(name, ref)
+        model = await plane.model(name, ref, context)  # a canary split follows the patient
         fmap = fhir_map(model)
         body = _decode(raw, fhir_in)
         if fhir_in:

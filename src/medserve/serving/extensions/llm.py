@@ -10,8 +10,8 @@ The ``model`` of a call is a registered name (its ``production`` alias), ``name@
 ``name@version``; its runtime must be a ``GenerativeRuntime`` or an ``EmbeddingRuntime``
 (``features/llm/protocol.py``). The pipeline itself (PHI policy, budgets, the generation
 thread, the audit entry) is transport-free: ``features/llm/api.py``. Errors have OpenAI's shape
-(``{"error": {"message", "type", "param", "code"}}``); a refusal by the security middleware
-(401, the guard's own 429) keeps medserve's.
+(``{"error": {"message", "type", "param", "code"}}``), those answered before the routes too
+(the security middleware's 401 and 429, the role check's 403: ``llm_errors.py``).
 
 Also the extension of the foundation-model runtime flavors (``features/llm/flavors.py``).
 """
@@ -32,6 +32,7 @@ import orjson
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, StrictBool
+from starlette.types import ASGIApp
 
 from medserve.core.context import (
     Principal,
@@ -63,10 +64,12 @@ from medserve.features.llm.api import (
 )
 from medserve.features.llm.budgets import BudgetStore, Limits, LlmSettings, budget_path
 from medserve.features.llm.phi_policy import PhiConfigError, PhiUnavailableError
+from medserve.features.llm.upstream_route import held_stream
 from medserve.features.llm.usage import REFUSED
 from medserve.features.security.guard import SecurityGuard
 from medserve.features.security.keys import KeyLlmSettings
 from medserve.serving.extension import ServingExtension
+from medserve.serving.extensions.llm_errors import OpenAiErrors
 from medserve.serving.extensions.security import (
     ACTION_SCOPE_KEY,
     AUDIT_LOG,
@@ -103,38 +106,41 @@ OPENAI_ERROR: dict[str, Any] = {
         }
     },
 }
-_EITHER = {"anyOf": [OPENAI_ERROR, {"$ref": "#/components/schemas/Error"}]}
 _ERROR_TEXT = {
     400: "A parameter is wrong or not supported (`param` names it)",
-    401: "No credential, or an unknown, expired or revoked one (medserve's error body)",
+    401: "No credential, or an unknown, expired or revoked one",
     403: "The key's roles, grants or tenant do not allow this model",
     404: "No such model, version or alias, or not a language model",
     422: "The text holds patient identifiers and the PHI policy is block (categories named)",
-    429: "A budget of the key is spent (`code` names it; see Retry-After)",
+    429: "A budget of the key, or its request rate, is spent (`code` names it; Retry-After)",
     500: "The model failed, or a PHI policy is misconfigured",
-    503: "PHI detection, the audit trail or the model is unavailable: nothing was sent",
+    502: "An upstream route's server failed, refused or broke its answer off (upstream_error)",
+    503: "PHI detection, the audit trail, the model or an upstream route (its circuit breaker "
+    "open: upstream_unavailable) is unavailable: nothing was sent",
+    504: "An upstream route's server did not answer in time (upstream_timeout)",
 }
 
 
 def _responses(statuses: tuple[int, ...], stream: bool = False) -> dict[int | str, Any]:
-    """OpenAI's error shape for the errors these routes answer themselves; a refusal by the
-    security middleware (401, a role's 403, the guard's 429) keeps medserve's."""
+    """OpenAI's error shape, for the routes' own errors and (``llm_errors.py``) for those the
+    security middleware and the role check answer before them."""
     found: dict[int | str, Any] = {}
     if stream:
         found[200] = {
             "description": "The answer, or with `stream: true` server-sent events",
             "content": {"text/event-stream": {"schema": {"type": "string"}}},
         }
-    for status in statuses:
-        schema = _EITHER if status in (401, 403, 429) else OPENAI_ERROR
+    # what the security middleware and the role check may answer before any route (the
+    # middleware of llm_errors.py gives those OpenAI's shape too)
+    for status in sorted(set(statuses) | {400, 401, 403, 429, 503}):
         found[status] = {
             "description": _ERROR_TEXT[status],
-            "content": {"application/json": {"schema": schema}},
+            "content": {"application/json": {"schema": OPENAI_ERROR}},
         }
     return found
 
 
-_CALL_ERRORS = (400, 401, 403, 404, 422, 429, 500, 503)
+_CALL_ERRORS = (400, 401, 403, 404, 422, 429, 500, 502, 503, 504)
 
 
 def _schema(model: type[BaseModel]) -> dict[str, Any]:
@@ -257,14 +263,17 @@ async def _serve(request: Request, kind: type[Any], prepare: Prepare) -> Respons
         if isinstance(answer, Generation):
             if getattr(parsed, "stream", False):
                 request.scope[AUDITED_SCOPE_KEY] = True  # "started" and "finished" entries
+                remote = getattr(model.runtime, "remote", False)  # an upstream route
                 return StreamingResponse(
-                    answer.start_stream(),
+                    await held_stream(answer) if remote else answer.start_stream(),
                     media_type=sse.MEDIA_TYPE,
                     headers={"x-accel-buffering": "no"},
                 )
             answer = await answer.answer()
         request.scope[AUDITED_SCOPE_KEY] = True  # the call's own entry, journaled above
-        return Response(orjson.dumps(answer), media_type="application/json")
+        # embeddings carry float32 rows (features/llm/api.py): each value in its shortest form
+        body = orjson.dumps(answer, option=orjson.OPT_SERIALIZE_NUMPY)
+        return Response(body, media_type="application/json")
     except MedserveError as exc:
         return _error(exc)
 
@@ -316,7 +325,7 @@ def _language_models(request: Request) -> list[dict[str, Any]]:
     return found
 
 
-@router.get("/openai/v1/models", openapi_extra=_PREDICT)
+@router.get("/openai/v1/models", openapi_extra=_PREDICT, responses=_responses(()))
 async def list_models(request: Request) -> Response:
     """The language models the caller may use: those with a ``production`` alias, filtered by
     the key's tenant and grants."""
@@ -485,6 +494,11 @@ class LlmExtension(ServingExtension):
 
     def lifespan(self, resources: Resources) -> AbstractAsyncContextManager[None]:
         return lifespan(resources)
+
+    def wrap(self, app: ASGIApp, resources: Resources) -> ASGIApp:
+        """Outside security (a higher order): every error under ``/openai/`` in OpenAI's shape,
+        the middleware's own 401/429/503 and the role check's 403 included (llm_errors.py)."""
+        return OpenAiErrors(app)
 
 
 extension = LlmExtension()

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import logging
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -28,6 +27,7 @@ from medserve.core.errors import (
 )
 from medserve.core.extensions import RegistryHandler
 from medserve.core.journal import Journal, journal_dir
+from medserve.core.leader import MONITOR_SCHEDULE_LOCK, LeaderLock
 from medserve.core.monitoring_config import MonitoringSettings
 from medserve.core.phi import load_or_create_salt, pseudonymize
 from medserve.core.prediction_log import PredictionLog
@@ -38,6 +38,7 @@ from medserve.features.monitoring.reference import on_version_registered
 from medserve.serving.extension import ServingExtension
 from medserve.serving.extensions.security import AUDIT_LOG, AUDITED_SCOPE_KEY, SQL_INT_MAX
 from medserve.serving.params import IsoDateTime
+from medserve.serving.protocols import records
 from medserve.serving.resources import ResourceKey, Resources, principal_of, resources_of
 
 log = logging.getLogger(__name__)
@@ -254,8 +255,16 @@ async def _explain(
     _allow(request, "predict", name)
     plane = resources_of(request).plane
     model = await plane.model(name, ref)
-    X = model.validator.records_to_matrix(body.instances)
+    # the records API's own parsing: a trajectory model takes its reserved 'series' and
+    # 'as_of' keys here as on /predict (the plain validator would refuse them)
+    X = records.parse_records_request(model, {"instances": body.instances})
     target = body.target_class
+    occlusion = getattr(model.runtime, "occlusion", None)
+    if model.series is not None and occlusion is not None:  # time-step occlusion, as /predict
+        keys = model.class_keys or []
+        index = keys.index(str(target)) if target is not None and str(target) in keys else -1
+        steps = await asyncio.to_thread(occlusion, X, index)
+        return {"model": model.name, "version": model.number, "explanations": steps}
     service = service_for(plane.manager)
     result: dict[str, Any] = await asyncio.to_thread(
         service.explain, model, X, str(target) if target is not None else None
@@ -301,14 +310,16 @@ async def _schedule(resources: Resources, settings: MonitoringSettings) -> None:
     # lazy import (scipy, for drift tests: only a server that schedules monitoring needs it)
     from medserve.features.monitoring.runner import run_model  # noqa: PLC0415
 
-    lock_path = resources.settings.home / "monitor-schedule.lock"
-    with open(lock_path, "a+") as handle:
-        while True:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except OSError:
-                await asyncio.sleep(settings.schedule_interval_s)
+    # one leader per deployment: a PostgreSQL advisory lock across every node of a cluster
+    # (freed when the leader's session ends), an flock on SQLite (one machine)
+    leader = LeaderLock(
+        resources.registry.store,
+        MONITOR_SCHEDULE_LOCK,
+        resources.settings.home / "monitor-schedule.lock",
+    )
+    try:
+        while not await asyncio.to_thread(leader.try_acquire):
+            await asyncio.sleep(settings.schedule_interval_s)
         while True:
             await asyncio.sleep(settings.schedule_interval_s)
             registry_store = resources.registry.store
@@ -324,6 +335,8 @@ async def _schedule(resources: Resources, settings: MonitoringSettings) -> None:
                     )
                 except Exception:
                     log.exception("scheduled monitoring failed for a model")
+    finally:
+        leader.release()
 
 
 @asynccontextmanager

@@ -46,11 +46,13 @@ from medserve.core.journal import Journal, journal_dir
 from medserve.core.monitoring_config import MonitoringSettings
 from medserve.core.phi import deidentify_text, load_or_create_salt, pseudonymize
 from medserve.core.settings import Settings
+from medserve.core.store.counters import SharedCounters
 from medserve.core.store.unit_of_work import engine_of
 from medserve.features.security.guard import SecurityGuard
 from medserve.features.security.keys import ApiKey, ChangeCounter, SecurityStore
 from medserve.features.security.oidc import JwksSource, JwtVerifier
 from medserve.features.security.permissions import ROLES
+from medserve.features.security.ratelimit import SharedRateLimiter
 from medserve.serving.auth_failures import AuthFailures, auth_failure_reason, coarse_path
 from medserve.serving.extension import ServingExtension
 from medserve.serving.fast_path import hot_path_of, stored_names
@@ -102,10 +104,10 @@ def route_action(method: str, path: str, params: dict[str, Any], extra: dict[str
         return "admin"
     if path.startswith("/v1/alerts") and method not in _READ_METHODS:
         return "write"  # acknowledging an alert changes its state (as monitoring checks too)
-    if (
-        path == "/metrics"
-        or path.startswith(("/v1/monitoring", "/v1/drift", "/v1/alerts"))
-        or path.endswith("/monitoring")
+    if path == "/metrics":
+        return "read_metrics"
+    if path.startswith(("/v1/monitoring", "/v1/drift", "/v1/alerts")) or path.endswith(
+        "/monitoring"
     ):
         return "read_monitoring"
     if path.startswith("/v1/outcomes"):
@@ -539,7 +541,7 @@ def build_guard(settings: Settings, store: SecurityStore) -> SecurityGuard:
             roles_claim=settings.oidc_roles_claim,
             tenant_claim=settings.oidc_tenant_claim,
         )
-    return SecurityGuard(
+    guard = SecurityGuard(
         store,
         ChangeCounter(store, settings.security_poll_s),
         jwt_verifier=verifier,
@@ -547,6 +549,12 @@ def build_guard(settings: Settings, store: SecurityStore) -> SecurityGuard:
         default_rate_limit=settings.rate_limit_per_key,
         workers=settings.workers,
     )
+    if settings.shared_rate_limits:  # replicas share one count (docs/scale-out.md)
+        if store.engine.dialect.name == "postgresql":
+            guard.shared_limiter = SharedRateLimiter(SharedCounters(store.engine), guard.limiter)
+        else:  # one machine: its processes split each limit, as without the setting
+            log.warning("shared rate limits need PostgreSQL: each process enforces its share")
+    return guard
 
 
 @asynccontextmanager

@@ -219,6 +219,11 @@ def parse_infer_request(model: LoadedModel, body: Any, binary: bytes | None = No
     inputs = body.get("inputs")
     if not isinstance(inputs, list) or not inputs:
         raise _bad("inputs", "required", "inputs must be a non-empty list of tensors")
+    if model.series is not None:  # trajectories: <name>.values/.times/.lengths per series
+        reader = _BinaryReader(binary) if binary is not None else None
+        return model.series.tensors_to_matrix(
+            [_tensor(raw, i, reader) for i, raw in enumerate(inputs)]
+        )
     if binary is None and len(inputs) > 1:
         matrix = _float_columns(model, inputs)
         if matrix is not None:
@@ -312,7 +317,10 @@ def model_metadata(model: LoadedModel, aliases: list[str]) -> dict[str, Any]:
     """``GET /v2/models/{name}[/versions/{v}]``: tensors described from the signature."""
     sig = model.signature
     inputs = []
+    derived = model.series.derived_set if model.series is not None else frozenset()
     for spec in sig.inputs:
+        if spec.name in derived:  # computed from the series, never sent
+            continue
         datatype = {"float": "FP32", "integer": "INT64", "boolean": "BOOL", "string": "BYTES"}[
             spec.type
         ]
@@ -331,11 +339,13 @@ def model_metadata(model: LoadedModel, aliases: list[str]) -> dict[str, Any]:
         }
         entry["parameters"] = params
         inputs.append(entry)
+    if model.series is not None:
+        inputs.extend(model.series.metadata_inputs())
     outputs = [
         {"name": t.name, "datatype": t.datatype, "shape": list(t.shape)}
         for t in model.metadata.outputs
     ]
-    return {
+    result: dict[str, Any] = {
         "name": model.name,
         "versions": [str(model.number)],
         "platform": model.metadata.runtime,
@@ -351,3 +361,9 @@ def model_metadata(model: LoadedModel, aliases: list[str]) -> dict[str, Any]:
             },
         },
     }
+    if model.series is not None:  # no matrix input: the series are sent as their tensors
+        del result["parameters"]["matrix_input"]
+        result["parameters"]["series_features"] = [
+            {**f.model_dump(mode="json"), "column": f.column} for f in sig.series_features
+        ]
+    return result

@@ -10,6 +10,7 @@ import numpy as np
 from medserve.core.context import RequestContext
 from medserve.core.errors import InvalidRequestError
 from medserve.core.loaded_model import LoadedModel
+from medserve.features.interop.units import convert as convert_unit
 
 
 def parse_records_request(model: LoadedModel, body: Any) -> np.ndarray:
@@ -26,6 +27,8 @@ def parse_records_request(model: LoadedModel, body: Any) -> np.ndarray:
                 }
             ],
         )
+    if model.series is not None:  # trajectories: the reserved 'series' and 'as_of' keys
+        return model.series.records_to_matrix(rows, convert=convert_unit)
     return model.validator.records_to_matrix(rows)
 
 
