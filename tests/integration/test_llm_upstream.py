@@ -33,7 +33,11 @@ from medserve.core.registry.service import Registry
 from medserve.core.settings import Settings
 from medserve.features.governance.gate import set_alias_gated
 from medserve.features.llm.register import register_gguf
-from medserve.features.llm.upstream_route import parse_route, register_upstream
+from medserve.features.llm.upstream_route import (
+    CredentialPolicy,
+    parse_route,
+    register_upstream,
+)
 from medserve.features.security.keys import KeyLlmSettings, SecurityStore
 
 openai = pytest.importorskip("openai")
@@ -77,7 +81,7 @@ def _route(url: str, **fields: Any) -> dict[str, Any]:
     return {
         "base_url": url,
         "upstream_model": "smollm2",
-        "api_key_env": "MEDSERVE_TEST_UPSTREAM_KEY",
+        "api_key_env": "MEDSERVE_UPSTREAM_KEY_TEST",
         "timeout_s": 60,
         "retries": 1,
         "backoff_s": 0.01,
@@ -97,8 +101,8 @@ def server(
     recording = proxies["recording"].url
     routes = {
         "routed": _route(recording),
-        "routed-badkey": _route(llama.url, api_key_env="MEDSERVE_TEST_WRONG_KEY"),
-        "routed-nokey": _route(llama.url, api_key_env="MEDSERVE_TEST_UNSET_KEY"),
+        "routed-badkey": _route(llama.url, api_key_env="MEDSERVE_UPSTREAM_KEY_WRONG"),
+        "routed-nokey": _route(llama.url, api_key_env="MEDSERVE_UPSTREAM_KEY_UNSET"),
         "routed-hang": _route(proxies["silent"].url, timeout_s=1, retries=0),
         "routed-cut": _route(proxies["cutting"].url, retries=0),
         "routed-down": _route(
@@ -111,11 +115,22 @@ def server(
     try:
         for name, fields in routes.items():
             register_upstream(registry, name, parse_route(fields), alias="production")
+        # a route registered where the allowlist was wider (another process's settings): the
+        # server, on its own settings, must still refuse to read or send the variable it names
+        wider = CredentialPolicy.of(["MEDSERVE_TEST_SERVER_SECRET"], home / "secrets")
+        register_upstream(
+            registry,
+            "routed-notallowed",
+            parse_route(_route(llama.url, api_key_env="MEDSERVE_TEST_SERVER_SECRET")),
+            alias="production",
+            policy=wider,
+        )
     finally:
         registry.close()
     env = {
-        "MEDSERVE_TEST_UPSTREAM_KEY": UPSTREAM_KEY,
-        "MEDSERVE_TEST_WRONG_KEY": "not-the-key",
+        "MEDSERVE_TEST_SERVER_SECRET": "server-only-secret",
+        "MEDSERVE_UPSTREAM_KEY_TEST": UPSTREAM_KEY,
+        "MEDSERVE_UPSTREAM_KEY_WRONG": "not-the-key",
         "MEDSERVE_LLM_THREADS": "1",
     }
     srv = start_server(home, workers=1, env=env)
@@ -215,7 +230,17 @@ def test_an_upstream_refusal_and_a_missing_credential_are_502(server: ServerProc
 
     missing = _chat(server, "routed-nokey", "Say hello.", stream=True)
     assert missing.status_code == 502  # a stream's head waits for the upstream's first answer
-    assert "MEDSERVE_TEST_UNSET_KEY is not set" in missing.json()["error"]["message"]
+    assert "MEDSERVE_UPSTREAM_KEY_UNSET is not set" in missing.json()["error"]["message"]
+
+
+def test_a_credential_outside_the_allowlist_is_refused_with_a_503(server: ServerProcess) -> None:
+    for stream in (False, True):
+        refused = _chat(server, "routed-notallowed", "Say hello.", stream=stream)
+        assert refused.status_code == 503, refused.text
+        error = refused.json()["error"]
+        assert error["code"] == "upstream_credential_not_allowed"
+        assert "MEDSERVE_UPSTREAM_CREDENTIALS" in error["message"]  # the rule, never the value
+        assert "server-only-secret" not in refused.text
 
 
 def test_a_hanging_upstream_is_a_504(server: ServerProcess) -> None:
@@ -349,7 +374,7 @@ def test_the_route_file_holds_no_secret(server: ServerProcess) -> None:
 
 
 def test_a_route_is_checked_at_registration(tmp_path: Path) -> None:
-    from medserve.core.errors import InvalidRequestError
+    from medserve.core.errors import InvalidRequestError, NotFoundError
 
     with pytest.raises(InvalidRequestError, match="plain http"):
         parse_route(_route("http://llm.example.org/v1"))
@@ -357,3 +382,17 @@ def test_a_route_is_checked_at_registration(tmp_path: Path) -> None:
         parse_route(_route("https://user:pw@llm.example.org/v1"))
     with pytest.raises(InvalidRequestError, match="not both"):
         parse_route(_route("https://llm.example.org/v1", api_key_file="/run/secrets/k"))
+    registry = Registry.open(Settings(home=tmp_path / "home"))
+    try:
+        policy = CredentialPolicy.of([], tmp_path / "home" / "secrets")
+        for fields, rule in (
+            ({"api_key_env": "MEDSERVE_STORE_URI"}, "MEDSERVE_UPSTREAM_CREDENTIALS"),
+            ({"api_key_env": None, "api_key_file": "/etc/passwd"}, "secrets folder"),
+        ):
+            route = parse_route(_route("https://llm.example.org/v1", **fields))
+            with pytest.raises(InvalidRequestError, match=rule):
+                register_upstream(registry, "refused", route, policy=policy)
+        with pytest.raises(NotFoundError):  # nothing was registered
+            registry.store.list_versions("refused")
+    finally:
+        registry.close()

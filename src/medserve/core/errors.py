@@ -130,6 +130,14 @@ class UpstreamUnavailableError(UpstreamError):
     code = "upstream_unavailable"
 
 
+class UpstreamCredentialNotAllowedError(UpstreamUnavailableError):
+    """The route names a credential (an environment variable, a file) outside the server's
+    allowlist (``MEDSERVE_UPSTREAM_CREDENTIALS``, ``MEDSERVE_UPSTREAM_SECRETS_DIR``): nothing is
+    read or sent (a 503: the server's configuration, not the caller, must change)."""
+
+    code = "upstream_credential_not_allowed"
+
+
 class StoreError(MedserveError):
     code = "store_error"
 

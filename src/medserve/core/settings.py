@@ -201,6 +201,22 @@ class Settings(BaseSettings):
             "request is otherwise a server-side request forgery vector."
         ),
     )
+    upstream_credentials: list[str] = Field(
+        default_factory=list,
+        description=(
+            "Environment variables an upstream route may name as its API key (api_key_env), "
+            "besides those named MEDSERVE_UPSTREAM_KEY_*, which are always allowed; JSON, e.g. "
+            "'[\"CLUSTER_LLM_KEY\"]'. Any other variable is refused: a route must not make the "
+            "server send, say, its database password to a URL of the route's choosing."
+        ),
+    )
+    upstream_secrets_dir: Path | None = Field(
+        default=None,
+        description=(
+            "The folder whose files an upstream route may name as its API key (api_key_file; "
+            "symbolic links resolved first). Unset: `home/secrets`."
+        ),
+    )
     public_url: str | None = Field(
         default=None,
         description=(

@@ -283,3 +283,39 @@ def test_evaluate_cases_on_the_command_line(fake_home: Path, tmp_path: Path) -> 
     bad = runner.invoke(app, ["evaluate", "extractor@1"])
     assert bad.exit_code != 0
     assert "--cases" in bad.output
+
+
+def test_the_demo_evaluates_its_chat_model_shown_on_the_card_and_gated(fake_home: Path) -> None:
+    """``medserve demo``'s evaluation (faces/demo/llm.py), on a scripted model: the first cases
+    of the shipped set, stored as the version's test evaluation, on its card with intervals,
+    and its acceptance criteria in the gate (the real SmolLM2 run: tests/integration/test_demo)."""
+    from medserve.faces.demo.llm import DEMO_EVAL_CASES, demo_cases, evaluate_chat_demo
+
+    subset = demo_cases(fake_home)
+    lines = [json.loads(line) for line in subset.read_text().splitlines()]
+    assert len(lines) == DEMO_EVAL_CASES
+    assert [c["prompt"] for c in lines] == [
+        json.loads(line)["prompt"] for line in DEMO_CASES.read_text().splitlines()[:3]
+    ]
+    registry = Registry.open(Settings(home=fake_home))
+    try:
+        version = registry.store.resolve("extractor", "1")
+        result = evaluate_chat_demo(registry, version, fake_home)
+        # the scripted model answers metformin 500 mg with no frequency: one case's medication
+        # and dose of the three cases' nine fields, and never the schema (frequency required)
+        assert result["n"] == DEMO_EVAL_CASES
+        assert result["metrics"]["field_match"]["value"] == pytest.approx(2 / 9)
+        assert result["metrics"]["schema_validity"]["value"] == 0.0
+        gov = GovernanceStore(registry.store)
+        (stored,) = gov.evaluations("extractor", 1)
+        assert stored["kind"] == "test"
+        card = build_card(gov, version)
+        validity = card["hti1_source_attributes"]["validity_test"]["value"]
+        assert validity.startswith(f"n={DEMO_EVAL_CASES}: schema_validity 0 (0 to ")
+        assert "field_match 0.22 (" in validity
+        gate = check(registry, "extractor", 1)
+        assert "schema_validity value (overall) = 0.0000, required >= 0.9" in gate.problems
+        assert "field_match ci_low (overall) = 0.0000, required >= 0.7" in gate.problems
+        assert not any("train/test split" in p for p in gate.problems)  # declared synthetic
+    finally:
+        registry.close()

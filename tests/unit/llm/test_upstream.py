@@ -4,6 +4,7 @@ the stream is read, which failures are retried, counted by the breaker, or neith
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ import pytest
 from medserve.core.errors import (
     InvalidRequestError,
     ModelLoadError,
+    UpstreamCredentialNotAllowedError,
     UpstreamError,
     UpstreamTimeoutError,
     UpstreamUnavailableError,
@@ -22,14 +24,15 @@ from medserve.core.extensions import FlavorOptions
 from medserve.features.llm.protocol import GenerationParams
 from medserve.features.llm.upstream import CircuitBreaker, UpstreamRuntime
 from medserve.features.llm.upstream_flavor import load_upstream
-from medserve.features.llm.upstream_route import UpstreamRoute, parse_route
+from medserve.features.llm.upstream_route import CredentialPolicy, UpstreamRoute, parse_route
+from medserve.serving import http_errors
 
 
 def _route(**fields: Any) -> UpstreamRoute:
     base = {
         "base_url": "https://llm.example.org/v1",
         "upstream_model": "big-model",
-        "api_key_env": "UPSTREAM_TEST_KEY",
+        "api_key_env": "MEDSERVE_UPSTREAM_KEY_TEST",
         "retries": 2,
         "backoff_s": 0,
         "backoff_max_s": 0,
@@ -70,8 +73,9 @@ def _runtime(
 
 
 @pytest.fixture(autouse=True)
-def _key(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("UPSTREAM_TEST_KEY", "sk-test-123")
+def _key(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("MEDSERVE_UPSTREAM_KEY_TEST", "sk-test-123")
+    monkeypatch.setenv("MEDSERVE_UPSTREAM_SECRETS_DIR", str(tmp_path))  # the key files' folder
 
 
 PARAMS = GenerationParams(max_tokens=5, temperature=0, seed=3, stop=("\n\n",))
@@ -235,9 +239,9 @@ def test_a_grammar_needs_a_route_that_takes_one() -> None:
 def test_the_credential_is_read_per_call_and_its_absence_named(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    monkeypatch.delenv("UPSTREAM_TEST_KEY")
+    monkeypatch.delenv("MEDSERVE_UPSTREAM_KEY_TEST")
     runtime, seen = _runtime(lambda r: httpx.Response(200, content=ANSWER))
-    with pytest.raises(UpstreamError, match="UPSTREAM_TEST_KEY is not set"):
+    with pytest.raises(UpstreamError, match="MEDSERVE_UPSTREAM_KEY_TEST is not set"):
         list(runtime.chat([{"role": "user", "content": "x"}], PARAMS))
     assert seen == []
     secret = tmp_path / "key"
@@ -307,7 +311,9 @@ def test_a_credential_that_is_not_a_key_is_not_sent_and_not_counted(
 ) -> None:
     pem = tmp_path / "server.pem"
     pem.write_text("-----BEGIN PRIVATE KEY-----\nMIIEv\n-----END PRIVATE KEY-----\n")
-    for source in ({"api_key_file": str(pem)}, {"api_key_file": "/dev/zero"}):
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    for source in ({"api_key_file": str(pem)}, {"api_key_file": str(fifo)}):
         runtime, seen = _runtime(
             lambda r: httpx.Response(200, content=ANSWER),
             api_key_env=None,
@@ -332,3 +338,49 @@ def test_a_route_to_a_metadata_or_unspecified_address_is_refused(url: str) -> No
 def test_a_relative_key_file_is_refused() -> None:
     with pytest.raises(InvalidRequestError, match="absolute path"):
         _route(api_key_env=None, api_key_file="secrets/key")
+
+
+def test_a_credential_outside_the_servers_allowlist_is_refused_at_call_time(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A route stored before the allowlist narrowed (or registered by another process) names
+    the store's URI, a file outside the secrets folder, or a link out of it: a 503 naming the
+    rule, nothing read into the message, nothing sent, the breaker untouched."""
+    monkeypatch.setenv("MEDSERVE_STORE_URI", "postgresql+psycopg://u:hunter2@db/x")
+    outside = tmp_path.parent / f"{tmp_path.name}-outside-key"
+    outside.write_text("sk-outside\n")
+    link = tmp_path / "link"
+    link.symlink_to(outside)
+    try:
+        for source, rule in (
+            ({"api_key_env": "MEDSERVE_STORE_URI"}, "MEDSERVE_UPSTREAM_CREDENTIALS"),
+            ({"api_key_env": None, "api_key_file": str(outside)}, "MEDSERVE_UPSTREAM_SECRETS_DIR"),
+            ({"api_key_env": None, "api_key_file": str(link)}, "MEDSERVE_UPSTREAM_SECRETS_DIR"),
+        ):
+            runtime, seen = _runtime(
+                lambda r: httpx.Response(200, content=ANSWER), breaker_failures=1, **source
+            )
+            with pytest.raises(UpstreamCredentialNotAllowedError, match=rule) as refused:
+                list(runtime.chat([{"role": "user", "content": "x"}], PARAMS))
+            assert "hunter2" not in refused.value.message
+            assert "sk-outside" not in refused.value.message
+            assert refused.value.code == "upstream_credential_not_allowed"
+            assert http_errors.status_for(refused.value) == 503
+            assert seen == []
+            assert runtime.breaker.state == "closed"
+    finally:
+        outside.unlink()
+
+
+def test_the_allowlist_setting_admits_a_named_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CLUSTER_LLM_KEY", "sk-cluster")
+    route = _route(api_key_env="CLUSTER_LLM_KEY")
+    assert CredentialPolicy.from_settings().problem(route) is not None
+    with pytest.raises(InvalidRequestError, match="MEDSERVE_UPSTREAM_CREDENTIALS"):
+        CredentialPolicy.from_settings().check_registration(route)
+    monkeypatch.setenv("MEDSERVE_UPSTREAM_CREDENTIALS", '["CLUSTER_LLM_KEY"]')
+    runtime, seen = _runtime(
+        lambda r: httpx.Response(200, content=ANSWER), api_key_env="CLUSTER_LLM_KEY"
+    )
+    list(runtime.chat([{"role": "user", "content": "x"}], PARAMS))
+    assert seen[0].headers["authorization"] == "Bearer sk-cluster"

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from medserve.core.registry.service import Registry
@@ -13,7 +14,12 @@ from medserve.core.settings import Settings
 from medserve.faces.cli import app
 
 
-def test_register_upstream_from_options_and_a_route_file(home: Path, tmp_path: Path) -> None:
+def test_register_upstream_from_options_and_a_route_file(
+    home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the server's allowlist: one more variable, and /run/secrets as the secrets folder
+    monkeypatch.setenv("MEDSERVE_UPSTREAM_CREDENTIALS", '["CLUSTER_LLM_KEY"]')
+    monkeypatch.setenv("MEDSERVE_UPSTREAM_SECRETS_DIR", "/run/secrets")
     runner = CliRunner()
     done = runner.invoke(
         app,
@@ -71,3 +77,33 @@ def test_a_bad_route_is_refused_and_production_needs_the_gate(home: Path) -> Non
     )  # fmt: skip
     assert gated.exit_code != 0
     assert "refused" in gated.output
+
+
+def test_a_credential_outside_the_allowlist_is_refused(home: Path) -> None:
+    """By default a route may name MEDSERVE_UPSTREAM_KEY_* variables and files under
+    MEDSERVE_HOME/secrets only: not the store's URI, not /etc/... (nothing is registered)."""
+    runner = CliRunner()
+    base = ["models", "register-upstream", "clinic-chat",
+            "--base-url", "https://llm.example.org/v1", "--upstream-model", "m"]  # fmt: skip
+    for option, value, rule in (
+        ("--api-key-env", "MEDSERVE_STORE_URI", "MEDSERVE_UPSTREAM_CREDENTIALS"),
+        ("--api-key-file", "/etc/hostname", "MEDSERVE_UPSTREAM_SECRETS_DIR"),
+        ("--api-key-file", str(home / "secrets" / ".." / "registry.db"), "secrets folder"),
+    ):
+        refused = runner.invoke(app, [*base, option, value])
+        assert refused.exit_code != 0, (option, value)
+        said = " ".join(refused.output.split())
+        assert "not an allowed upstream credential" in said or "not under" in said, said
+        assert rule in said, said
+    for option, value in (
+        ("--api-key-file", str(home / "secrets" / "clinic")),
+        ("--api-key-env", "MEDSERVE_UPSTREAM_KEY_CLINIC"),
+    ):
+        ok = runner.invoke(app, [*base, option, value])
+        assert ok.exit_code == 0, ok.output
+    registry = Registry.open(Settings(home=home))
+    try:
+        versions = registry.store.list_versions("clinic-chat").items
+        assert sorted(v.version for v in versions) == [1, 2]
+    finally:
+        registry.close()

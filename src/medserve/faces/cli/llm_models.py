@@ -41,10 +41,17 @@ def register(app: typer.Typer, models_app: typer.Typer) -> None:
         ] = None,
         api_key_env: Annotated[
             str | None,
-            typer.Option(help="Environment variable holding the upstream's key (read per call)."),
+            typer.Option(
+                help="Environment variable holding the upstream's key (read per call): "
+                "MEDSERVE_UPSTREAM_KEY_*, or one listed in MEDSERVE_UPSTREAM_CREDENTIALS."
+            ),
         ] = None,
         api_key_file: Annotated[
-            str | None, typer.Option(help="File holding the upstream's key (read per call).")
+            str | None,
+            typer.Option(
+                help="File holding the upstream's key (read per call), under "
+                "MEDSERVE_UPSTREAM_SECRETS_DIR (default MEDSERVE_HOME/secrets)."
+            ),
         ] = None,
         timeout_s: Annotated[
             float | None, typer.Option(help="Longest wait for the upstream's next byte.")

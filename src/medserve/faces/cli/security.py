@@ -19,8 +19,9 @@ from medserve.core.audit import AuditLog, load_audit_keys
 from medserve.core.errors import MedserveError
 from medserve.core.registry.service import Registry
 from medserve.core.settings import Settings
+from medserve.core.store.unit_of_work import engine_of
 from medserve.faces.cli.support import fail, parse_duration, parse_since, print_json
-from medserve.features.llm.budgets import BudgetStore, budget_path
+from medserve.features.llm.budgets import Budgets, BudgetStore, budget_path, open_budgets
 from medserve.features.security.keys import SecurityStore
 from medserve.features.security.permissions import ROLES
 
@@ -163,21 +164,34 @@ def keys_usage(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
     """Language-model usage per key, UTC day and model (calls and tokens; /openai/v1)."""
-    path = budget_path(Settings().home)
-    if not path.exists():
-        if as_json:
-            print_json({"usage": []})
-            return
-        console.print("no language-model calls in this home yet")
-        return
+    settings = Settings()
     key = key_id.removeprefix("msk_").split("_", 1)[0] if key_id else None
     since = (datetime.now(UTC) - timedelta(days=days - 1)).date().isoformat()
-    store = BudgetStore(path)
-    try:
-        rows = store.usage(key, since)
-        current = store.window(key) if key else None
-    finally:
-        store.close()
+    shared = settings.shared_rate_limits and settings.resolved_store_uri.startswith("postgres")
+    if shared:  # the deployment's nodes count in the registry's PostgreSQL (docs/scale-out.md)
+        registry = Registry.open(settings)
+        try:
+            store: Budgets = open_budgets(settings.home, engine_of(registry.store), True)
+            rows = store.usage(key, since)
+            current = store.window(key) if key else None
+        except MedserveError as exc:
+            raise _fail(exc) from exc
+        finally:
+            registry.close()
+    else:
+        path = budget_path(settings.home)
+        if not path.exists():
+            if as_json:
+                print_json({"usage": []})
+                return
+            console.print("no language-model calls in this home yet")
+            return
+        store = BudgetStore(path)
+        try:
+            rows = store.usage(key, since)
+            current = store.window(key) if key else None
+        finally:
+            store.close()
     if as_json:
         print_json(
             {

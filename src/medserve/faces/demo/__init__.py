@@ -285,7 +285,7 @@ def run_demo(console: Console, *, serve: bool, port: int = 8000, drift: bool = F
         examples[f"{ENSEMBLE_MODEL}:v2"] = examples["breast-cancer:v2"]
         with console.status("registering the image, text and sequence demo models..."):
             modalities = register_modality_demos(registry, settings.home, base)
-        with console.status("registering the chat and embedding demo models..."):
+        with console.status("registering (and evaluating) the chat and embedding demo models..."):
             llm = register_llm_demos(registry, settings.home, base)
         extra_commands = [
             *modalities.commands,

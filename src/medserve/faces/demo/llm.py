@@ -6,8 +6,15 @@
   weights (the encoder of the text modality), 384-dimensional unit vectors.
 
 Both are registered with complete author cards and reach ``production`` through the promotion
-gate by a recorded override (approver and reason in the alias history): a generative or embedding
-model has no labelled test evaluation, so the gate's derived attributes cannot be met.
+gate by a recorded override (approver and reason in the alias history).
+
+``smollm2-chat`` is first evaluated on the first ``DEMO_EVAL_CASES`` cases of the shipped
+synthetic medication-extraction set (greedy, constrained by each case's JSON schema; 2 to 4 s a
+case on two cores), stored as its ``test`` evaluation so that its card shows a generative
+evaluation with its 95% intervals, and given acceptance criteria on it, so that ``models gate``
+shows a criterion on a generative metric (the gate still fails: a 135M model is no extractor,
+and three cases give wide intervals). The full set (20 cases, a few minutes) is the command
+``full_evaluation_command`` prints.
 """
 
 from __future__ import annotations
@@ -29,6 +36,16 @@ SMOLLM2_FILE: Final = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DEMO_ACTOR: Final = "medserve-demo"
 OVERRIDE_APPROVER: Final = "medserve demo (no clinical approver: demonstration only)"
 DEMO_TAGS: Final = {"demo": "true", "intended_use": "demonstration only"}
+DEMO_EVAL_CASES: Final = 3  # of the shipped set: a card line in 10-20 s on 2 shared cores
+DEMO_EVAL_MAX_TOKENS: Final = 40  # a full answer is ~30 tokens; a looping one is cut here
+DEMO_EVAL_SPLIT: Final = (
+    "synthetic clinical notes written for medserve's evaluation set (no patient data)"
+)
+DEMO_CRITERIA: Final = [
+    {"metric": "schema_validity", "min": 0.9},
+    {"metric": "field_match", "statistic": "ci_low", "min": 0.7},
+    {"metric": "phi_leaks", "max": 0},
+]
 
 
 @dataclass
@@ -183,6 +200,54 @@ def _production(registry: Registry, name: str) -> bool:
     return any(a == "production" for m, a, _ in registry.store.all_aliases() if m == name)
 
 
+def demo_cases(home: Path, n: int = DEMO_EVAL_CASES) -> Path:
+    """The first ``n`` cases of the shipped set, each answer cut at ``DEMO_EVAL_MAX_TOKENS``,
+    written to ``home/examples`` (the file the demo's evaluation is fingerprinted by)."""
+    # lazy import (optional extra: llm)
+    from medserve.features.llm.evaluation import DEMO_CASES  # noqa: PLC0415
+
+    lines = [json.loads(line) for line in DEMO_CASES.read_text().splitlines() if line.strip()]
+    out = home / "examples" / f"medication_extraction.first{n}.jsonl"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(
+        "".join(json.dumps({**c, "max_tokens": DEMO_EVAL_MAX_TOKENS}) + "\n" for c in lines[:n])
+    )
+    return out
+
+
+def evaluate_chat_demo(registry: Registry, version: ModelVersion, home: Path) -> dict[str, Any]:
+    """Evaluate ``version`` on the demo's cases (stored as its ``test`` evaluation, shown on its
+    card) and set the demo's acceptance criteria on it; the stored result is returned."""
+    # lazy import (optional extra: llm)
+    from medserve.features.llm.evaluation import evaluate_generative  # noqa: PLC0415
+
+    result = evaluate_generative(
+        registry,
+        version,
+        demo_cases(home),
+        kind="test",
+        max_tokens=DEMO_EVAL_MAX_TOKENS,
+        n_boot=200,
+        actor=DEMO_ACTOR,
+        split_declared=DEMO_EVAL_SPLIT,
+    )
+    GovernanceStore(registry.store).save_criteria(
+        version.model_name, version.version, list(DEMO_CRITERIA), DEMO_ACTOR
+    )
+    return result
+
+
+def full_evaluation_command(ref: str = "production") -> str:
+    """The command that evaluates the demo chat model on the whole shipped set."""
+    # lazy import (optional extra: llm)
+    from medserve.features.llm.evaluation import DEMO_CASES  # noqa: PLC0415
+
+    return (
+        f".venv/bin/medserve evaluate {CHAT_MODEL}@{ref} --cases {DEMO_CASES} --kind test "
+        f"--split-declared '{DEMO_EVAL_SPLIT}'"
+    )
+
+
 def _promote(registry: Registry, version: ModelVersion, card: dict[str, Any]) -> None:
     """Save the card, then move production through the gate by a recorded override."""
     # lazy import (pulls the evaluation report (matplotlib))
@@ -197,9 +262,9 @@ def _promote(registry: Registry, version: ModelVersion, card: dict[str, Any]) ->
         "production",
         version.version,
         actor=DEMO_ACTOR,
-        reason="demonstration foundation model: the card is complete, but a generative or "
-        "embedding model has no labelled test evaluation, acceptance criteria or patient split "
-        "for the gate to check; not for clinical use",
+        reason="demonstration foundation model: the card is complete, but a demonstration "
+        "model cannot meet the gate (an embedding model has no labelled evaluation; the chat "
+        f"model's is {DEMO_EVAL_CASES} synthetic cases); not for clinical use",
         override_approver=OVERRIDE_APPROVER,
     )
 
@@ -229,6 +294,7 @@ def register_llm_demos(
                 tags=DEMO_TAGS,
                 created_by=DEMO_ACTOR,
             )
+            evaluate_chat_demo(registry, version, home)
             _promote(registry, version, chat_card())
         body = {
             "model": CHAT_MODEL,
@@ -256,6 +322,11 @@ def register_llm_demos(
             f"{CHAT_MODEL}', messages=[{{'role': 'user', 'content': 'Say hello.'}}], "
             'max_tokens=32).choices[0].message.content)"',
             f".venv/bin/medserve chat {CHAT_MODEL} --once 'Name three primary colours.'",
+            f"# its card shows its evaluation on {DEMO_EVAL_CASES} synthetic extraction cases "
+            "(95% intervals); the gate shows its acceptance criteria on them",
+            f"curl -s {base_url}/v1/models/{CHAT_MODEL}/versions/production/card",
+            f"curl -s {base_url}/v1/models/{CHAT_MODEL}/versions/production/gate",
+            f"# the whole synthetic set (20 cases, a few minutes): {full_evaluation_command()}",
         ]
     else:
         demo.skipped.append(

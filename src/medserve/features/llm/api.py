@@ -51,7 +51,7 @@ from medserve.core.errors import (
 from medserve.core.loaded_model import LoadedModel
 from medserve.features.llm import json_check, sse, usage
 from medserve.features.llm.budgets import (
-    BudgetStore,
+    Budgets,
     Limits,
     LlmSettings,
     Reservation,
@@ -326,7 +326,7 @@ class LlmService:
     def __init__(
         self,
         settings: LlmSettings,
-        budgets: BudgetStore,
+        budgets: Budgets,
         executor: Executor,
         *,
         scanner: PhiScanner | None = None,

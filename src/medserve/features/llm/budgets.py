@@ -16,27 +16,41 @@ a minute's budget within a minute, as with any fixed-window limiter; the day is 
 on this machine (2 cores): admit + settle ≈ 0.04 ms together, one process, no contention
 (tests/unit/llm/test_budgets_store.py prints it), against a generation that takes seconds.
 
-The file is per home, i.e. per machine: servers of several machines over one PostgreSQL
-registry each count their own calls (documented limit). Nothing in it is text: key ids, model
-names, counts.
+The file is per home, i.e. per machine. Where the nodes of a deployment share the registry's
+PostgreSQL and ``shared_rate_limits`` is on (the Ray backend; uvicorn servers on several
+machines), ``SharedBudgetStore`` counts instead: the same windows as ``cluster_counters`` rows
+(``core/store/counters.py``: one transaction per admission, windows from the database's clock),
+the per-day usage in ``llm_usage``, so every node's calls count against one budget. When that
+database does not answer, calls are refused (503 ``budget_unavailable``), not admitted on a
+node's own count: a budget caps cost, and N nodes each spending a whole budget while PostgreSQL
+fails over is the overspend it exists to prevent (the request rate limiter, a protection
+against load, falls back to each replica's share instead). Nothing stored is text: key ids (a
+digest in the counters), model names, counts.
 """
 
 from __future__ import annotations
 
+import hashlib
 import sqlite3
 import threading
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, fields, replace
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
+import sqlalchemy as sa
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import SQLAlchemyError
 
-from medserve.core.errors import InvalidRequestError, MedserveError, RateLimitedError
+from medserve.core.errors import InvalidRequestError, MedserveError, RateLimitedError, StoreError
+from medserve.core.store.counters import Count, SharedCounters
+from medserve.core.store.tables_llm import llm_usage
 
 MINUTE = 60
 DAY = 86_400
@@ -376,3 +390,164 @@ class BudgetStore:
 
 def budget_path(home: Path) -> Path:
     return Path(home) / "llm" / "budgets.db"
+
+
+class Budgets(Protocol):
+    """What the API needs of a budget store: ``BudgetStore`` (one machine) or
+    ``SharedBudgetStore`` (a deployment's nodes over PostgreSQL)."""
+
+    def admit(
+        self, key: str, limits: Limits, tokens: int, now: float | None = None
+    ) -> Reservation: ...
+
+    def settle(
+        self, reservation: Reservation, model: str, prompt_tokens: int, completion_tokens: int
+    ) -> None: ...
+
+    def usage(self, key: str | None = None, since: str | None = None) -> list[UsageRow]: ...
+
+    def window(self, key: str, now: float | None = None) -> dict[str, int]: ...
+
+    def close(self) -> None: ...
+
+
+class BudgetUnavailableError(StoreError):
+    """503: the shared budgets' database does not answer; the call is refused, not admitted
+    on one node's count (see the module docstring)."""
+
+    code = "budget_unavailable"
+
+    def __init__(self, cause: Exception) -> None:
+        super().__init__(
+            "language-model budgets are unavailable (their shared database does not answer); "
+            f"retry shortly ({type(cause).__name__})"
+        )
+
+
+BUDGET_SCOPE = "llm"
+# the counters of a key: (kind, window seconds); requests and tokens of its minute and its day
+_KINDS: tuple[tuple[str, int], ...] = (("mr", MINUTE), ("mt", MINUTE), ("dr", DAY), ("dt", DAY))
+
+
+class SharedBudgetStore:
+    """The budgets of every node of a deployment, in the registry's PostgreSQL: the windows are
+    ``cluster_counters`` rows (scope ``llm``, the key as a digest), added to in one transaction
+    that is rolled back when a limit would be passed; usage per day in ``llm_usage``. ``now``
+    arguments are ignored: windows follow the database's clock, which every node shares."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.counters = SharedCounters(engine)  # refuses anything but PostgreSQL
+        self.engine = self.counters.engine  # autocommit: each write is one statement
+
+    @staticmethod
+    def _ids(key: str) -> list[str]:
+        digest = hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()[:40]
+        return [f"{kind}:{digest}" for kind, _ in _KINDS]
+
+    def admit(self, key: str, limits: Limits, tokens: int, now: float | None = None) -> Reservation:
+        """As ``BudgetStore.admit``, for the whole deployment; ``BudgetUnavailableError`` (503)
+        when the database does not answer."""
+        m_requests, m_tokens, d_requests, d_tokens = self._ids(key)
+        counts = [  # the order of the checks: the first limit passed is the one named
+            Count(m_requests, MINUTE, 1, limits.requests_per_minute),
+            Count(m_tokens, MINUTE, tokens, limits.tokens_per_minute),
+            Count(d_tokens, DAY, tokens, limits.tokens_per_day),
+            Count(d_requests, DAY, 1),
+        ]
+        names: tuple[LimitName, ...] = (
+            "requests_per_minute",
+            "tokens_per_minute",
+            "tokens_per_day",
+        )
+        try:
+            counted, over = self.counters.add_within(BUDGET_SCOPE, counts)
+        except StoreError as exc:
+            raise BudgetUnavailableError(exc) from exc
+        if over is not None:
+            limit = counts[over].limit
+            assert limit is not None  # only a count with a limit is ever over
+            raise BudgetExceededError(names[over], limit, max(counted[over].left_s, 0.001))
+        return Reservation(key, counted[1].start_ms // 1000, counted[2].start_ms // 1000, tokens)
+
+    def settle(
+        self, reservation: Reservation, model: str, prompt_tokens: int, completion_tokens: int
+    ) -> None:
+        """As ``BudgetStore.settle``: the windows admitted in get what was used instead of the
+        reservation; the day's usage row (the admission's UTC day) gets the call."""
+        _, m_tokens, _, d_tokens = self._ids(reservation.key)
+        delta = prompt_tokens + completion_tokens - reservation.tokens
+        if delta:
+            self.counters.adjust(
+                BUDGET_SCOPE,
+                [
+                    (m_tokens, reservation.minute * 1000, MINUTE, delta),
+                    (d_tokens, reservation.day * 1000, DAY, delta),
+                ],
+            )
+        day = datetime.fromtimestamp(reservation.day, UTC).date()
+        insert = pg_insert(llm_usage).values(
+            key_id=reservation.key,
+            day=day,
+            model=model,
+            requests=1,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+        )
+        upsert = insert.on_conflict_do_update(
+            index_elements=[llm_usage.c.key_id, llm_usage.c.day, llm_usage.c.model],
+            set_={
+                "requests": llm_usage.c.requests + 1,
+                "prompt_tokens": llm_usage.c.prompt_tokens + insert.excluded.prompt_tokens,
+                "completion_tokens": llm_usage.c.completion_tokens
+                + insert.excluded.completion_tokens,
+            },
+        )
+        try:
+            with self.engine.connect() as conn:
+                conn.execute(upsert)
+        except SQLAlchemyError as exc:
+            raise StoreError(f"language-model usage not recorded ({type(exc).__name__})") from exc
+
+    def usage(self, key: str | None = None, since: str | None = None) -> list[UsageRow]:
+        """As ``BudgetStore.usage``: every node's calls, per key, UTC day and model."""
+        t = llm_usage.c
+        query = sa.select(
+            t.key_id, t.day, t.model, t.requests, t.prompt_tokens, t.completion_tokens
+        ).order_by(t.day, t.key_id, t.model)
+        if key is not None:
+            query = query.where(t.key_id == key)
+        if since is not None:
+            query = query.where(t.day >= date.fromisoformat(since))
+        try:
+            with self.engine.connect() as conn:
+                rows = conn.execute(query).all()
+        except SQLAlchemyError as exc:
+            raise StoreError(f"language-model usage unavailable ({type(exc).__name__})") from exc
+        return [
+            UsageRow(str(k), d.isoformat(), str(m), int(r), int(p), int(c))
+            for k, d, m, r, p, c in rows
+        ]
+
+    def window(self, key: str, now: float | None = None) -> dict[str, int]:
+        """What the key has used in the current minute and day, on every node."""
+        ids = self._ids(key)
+        m_requests, m_tokens, d_requests, d_tokens = self.counters.peek(
+            BUDGET_SCOPE, [(i, w) for i, (_, w) in zip(ids, _KINDS, strict=True)]
+        )
+        return {
+            "requests_this_minute": m_requests,
+            "tokens_this_minute": m_tokens,
+            "requests_today": d_requests,
+            "tokens_today": d_tokens,
+        }
+
+    def close(self) -> None:
+        """The engine is the registry's: its owner disposes of it."""
+
+
+def open_budgets(home: Path, engine: Engine | None, shared: bool) -> Budgets:
+    """The shared store where ``shared`` (the setting ``shared_rate_limits``) and the registry
+    is on PostgreSQL; else the home's SQLite file, as on one machine."""
+    if shared and engine is not None and engine.dialect.name == "postgresql":
+        return SharedBudgetStore(engine)
+    return BudgetStore(budget_path(home))

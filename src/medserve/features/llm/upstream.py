@@ -54,7 +54,7 @@ from medserve.core.errors import (
 from medserve.core.runtimes._common import versions
 from medserve.core.runtimes.base import RuntimeMetadata, TensorSpec
 from medserve.features.llm.protocol import Chunk, FinishReason, GenerationParams, GenerativeInfo
-from medserve.features.llm.upstream_route import FLAVOR, UpstreamRoute
+from medserve.features.llm.upstream_route import FLAVOR, CredentialPolicy, UpstreamRoute
 
 _RETRIED_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 
@@ -161,8 +161,11 @@ class UpstreamRuntime:
         *,
         transport: httpx.BaseTransport | None = None,
         clock: Callable[[], float] = time.monotonic,
+        policy: CredentialPolicy | None = None,
     ):
         self.route = route
+        # where the route may read its credential from: the server's settings, checked per call
+        self.policy = policy or CredentialPolicy.from_settings()
         self.clock = clock
         self.breaker = CircuitBreaker(route.breaker_failures, route.breaker_reset_s, clock)
         timeout = httpx.Timeout(route.timeout_s, connect=route.connect_timeout_s)
@@ -238,7 +241,7 @@ class UpstreamRuntime:
 
     def _headers(self) -> dict[str, str]:
         headers = {"accept": "text/event-stream"}
-        key = self.route.api_key()
+        key = self.route.api_key(self.policy)
         if key:
             headers["authorization"] = f"Bearer {key}"
         return headers

@@ -8,8 +8,18 @@ where to send calls and how patiently, and a *reference* to the credential: the 
 environment variable or the path of a secret file, read when a call is made. The secret itself
 is never stored, logged or shown.
 
-This module is light (pydantic only): the runtime (``upstream.py``: httpx, tenacity) is imported
-by the flavor's loader (``upstream_flavor.py``) when a version of the flavor loads.
+Which credentials a route may reference is the server's choice, not the route's
+(``CredentialPolicy``): environment variables named ``MEDSERVE_UPSTREAM_KEY_*`` or listed in
+``MEDSERVE_UPSTREAM_CREDENTIALS``, and files under ``MEDSERVE_UPSTREAM_SECRETS_DIR`` (default
+``MEDSERVE_HOME/secrets``). Without it, whoever may register a model could make the server read
+any variable (a database URI with its password) or single-line file and send it, as a bearer
+token, to a URL of their choosing. The policy is checked when a route is registered (a 400) and
+again at every call, on the server's own settings (a 503: a route registered elsewhere, or before
+the allowlist was narrowed, sends nothing).
+
+This module is light (pydantic and the settings only): the runtime (``upstream.py``: httpx,
+tenacity) is imported by the flavor's loader (``upstream_flavor.py``) when a version of the
+flavor loads.
 """
 
 from __future__ import annotations
@@ -17,17 +27,23 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from medserve.core.errors import InvalidRequestError, UpstreamError
+from medserve.core.errors import (
+    InvalidRequestError,
+    UpstreamCredentialNotAllowedError,
+    UpstreamError,
+)
 from medserve.core.registry.entities import ModelVersion
 from medserve.core.registry.service import Registry, current_user
 from medserve.core.registry.signature import FeatureSpec, OutputSpec, Signature
+from medserve.core.settings import Settings
 
 if TYPE_CHECKING:
     from medserve.features.llm.api import Generation
@@ -37,6 +53,65 @@ ROUTE_FILENAME = "upstream-route.json"
 
 
 MAX_KEY_BYTES = 8192  # an API key is a short token: a longer "secret file" is not one
+KEY_ENV_PREFIX = "MEDSERVE_UPSTREAM_KEY_"  # variables with this prefix are always allowed
+
+
+@dataclass(frozen=True)
+class CredentialPolicy:
+    """Where routes may take their API key from: environment variables named
+    ``KEY_ENV_PREFIX*`` or listed in ``variables``, files under ``secrets_dir`` (after symbolic
+    links are resolved, so a link inside it to /etc/... is outside it)."""
+
+    variables: frozenset[str]
+    secrets_dir: Path
+
+    @classmethod
+    def of(cls, variables: Iterable[str], secrets_dir: Path) -> CredentialPolicy:
+        return cls(frozenset(variables), Path(os.path.realpath(secrets_dir)))
+
+    @classmethod
+    def from_settings(cls, settings: Settings | None = None) -> CredentialPolicy:
+        """The policy of ``settings`` (default: this process's ``MEDSERVE_*`` environment)."""
+        settings = settings or Settings()
+        folder = settings.upstream_secrets_dir or settings.home / "secrets"
+        return cls.of(settings.upstream_credentials, folder)
+
+    def variable_allowed(self, name: str) -> bool:
+        return name.startswith(KEY_ENV_PREFIX) or name in self.variables
+
+    def file_allowed(self, path: str) -> Path | None:
+        """The resolved file if it lies under the secrets folder, else None."""
+        resolved = Path(os.path.realpath(path))
+        return resolved if resolved.is_relative_to(self.secrets_dir) else None
+
+    def problem(self, route: UpstreamRoute) -> tuple[str, str] | None:
+        """(field, the rule it breaks) when ``route`` names a credential outside the policy.
+        The rule names the setting to change, never a value read."""
+        if route.api_key_env and not self.variable_allowed(route.api_key_env):
+            return (
+                "api_key_env",
+                f"environment variable {route.api_key_env} is not an allowed upstream "
+                f"credential: name it {KEY_ENV_PREFIX}..., or list it in the server's "
+                "MEDSERVE_UPSTREAM_CREDENTIALS",
+            )
+        if route.api_key_file and self.file_allowed(route.api_key_file) is None:
+            return (
+                "api_key_file",
+                f"{route.api_key_file} is not under the server's upstream secrets folder "
+                f"{self.secrets_dir} (MEDSERVE_UPSTREAM_SECRETS_DIR, default "
+                "MEDSERVE_HOME/secrets)",
+            )
+        return None
+
+    def check_registration(self, route: UpstreamRoute) -> None:
+        """A 400 naming the field and the rule when ``route``'s credential is not allowed."""
+        problem = self.problem(route)
+        if problem is not None:
+            where, rule = problem
+            raise InvalidRequestError(
+                f"upstream route: {where}: {rule}",
+                details=[{"field": where, "rule": "credential_not_allowed"}],
+            )
 
 
 def _address(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
@@ -170,9 +245,16 @@ class UpstreamRoute(BaseModel):
             return f"secret file {self.api_key_file}"
         return "none"
 
-    def api_key(self) -> str | None:
-        """The secret, read now from where the route points (never stored). Its absence is
-        the server's configuration problem: an ``UpstreamError`` (502) naming where it looked."""
+    def api_key(self, policy: CredentialPolicy) -> str | None:
+        """The secret, read now from where the route points (never stored), if ``policy``
+        allows it there (else a 503 naming the rule; nothing is read). Its absence is the
+        server's configuration problem: an ``UpstreamError`` (502) naming where it looked."""
+        problem = policy.problem(self)
+        if problem is not None:
+            raise UpstreamCredentialNotAllowedError(
+                f"the route's credential is not allowed on this server ({problem[0]}: "
+                f"{problem[1]}): nothing was sent"
+            )
         if self.api_key_env:
             value = os.environ.get(self.api_key_env, "").strip()
             if not value:
@@ -182,7 +264,7 @@ class UpstreamRoute(BaseModel):
                 )
             return _token(value, f"environment variable {self.api_key_env}")
         if self.api_key_file:
-            path = Path(self.api_key_file)
+            path = policy.file_allowed(self.api_key_file) or Path(self.api_key_file)
             if path.exists() and not path.is_file():  # a FIFO, a device (/dev/zero), a folder
                 raise UpstreamError(
                     f"the route's credential file {self.api_key_file} is not a regular file"
@@ -239,10 +321,13 @@ def register_upstream(
     tags: dict[str, str] | None = None,
     serving_config: dict[str, Any] | None = None,
     created_by: str | None = None,
+    policy: CredentialPolicy | None = None,
 ) -> ModelVersion:
     """Register ``route`` as a new version of ``name``: the route's canonical JSON is the
     artifact (so the same route registered twice is the same sha256). ``alias`` is set as
-    ``Registry.add_version`` sets it: callers route ``production`` through the gate themselves."""
+    ``Registry.add_version`` sets it: callers route ``production`` through the gate themselves.
+    A credential outside ``policy`` (default: this process's settings) is refused first (400)."""
+    (policy or CredentialPolicy.from_settings()).check_registration(route)
     document = json.dumps(route.model_dump(mode="json"), sort_keys=True, indent=1).encode()
     sha = registry.artifacts.put_bytes(document)
     signature = Signature(

@@ -32,6 +32,7 @@ import orjson
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, StrictBool
+from sqlalchemy.engine import Engine
 from starlette.types import ASGIApp
 
 from medserve.core.context import (
@@ -62,7 +63,7 @@ from medserve.features.llm.api import (
     openai_error,
     parse_request,
 )
-from medserve.features.llm.budgets import BudgetStore, Limits, LlmSettings, budget_path
+from medserve.features.llm.budgets import Budgets, Limits, LlmSettings, open_budgets
 from medserve.features.llm.phi_policy import PhiConfigError, PhiUnavailableError
 from medserve.features.llm.upstream_route import held_stream
 from medserve.features.llm.usage import REFUSED
@@ -116,7 +117,8 @@ _ERROR_TEXT = {
     500: "The model failed, or a PHI policy is misconfigured",
     502: "An upstream route's server failed, refused or broke its answer off (upstream_error)",
     503: "PHI detection, the audit trail, the model or an upstream route (its circuit breaker "
-    "open: upstream_unavailable) is unavailable: nothing was sent",
+    "open: upstream_unavailable; its credential outside the server's allowlist: "
+    "upstream_credential_not_allowed) is unavailable: nothing was sent",
     504: "An upstream route's server did not answer in time (upstream_timeout)",
 }
 
@@ -354,7 +356,7 @@ async def get_model(request: Request, model_id: str) -> Response:
         return _error(exc)
 
 
-def _usage_view(store: BudgetStore, key: str, limits: Limits, days: int) -> dict[str, Any]:
+def _usage_view(store: Budgets, key: str, limits: Limits, days: int) -> dict[str, Any]:
     since = (datetime.now(UTC) - timedelta(days=days - 1)).date().isoformat()
     return {
         "key_id": key,
@@ -464,7 +466,14 @@ async def key_usage(
 async def lifespan(resources: Resources) -> AsyncIterator[None]:
     settings = LlmSettings()
     home = resources.settings.home
-    budgets = await asyncio.to_thread(BudgetStore, budget_path(home))
+    # a deployment's nodes over PostgreSQL with shared limits count one budget (docs/scale-out.md)
+    engine = getattr(resources.registry.store, "engine", None)
+    budgets = await asyncio.to_thread(
+        open_budgets,
+        home,
+        engine if isinstance(engine, Engine) else None,
+        resources.settings.shared_rate_limits,
+    )
     executor = ThreadPoolExecutor(settings.generation_threads, thread_name_prefix="medserve-llm")
     salt = resources.find(PHI_SALT)
     if salt is None:  # security off: the home's salt all the same (hashes are keyed)

@@ -183,6 +183,15 @@ def test_the_demo_registers_both_models_to_production_by_a_recorded_override(
     assert "/openai/v1/embeddings" in commands
     assert "from openai import OpenAI" in commands
     assert (home / "examples" / f"{CHAT_MODEL}.chat.json").is_file()
+    # the chat model's generative evaluation (3 synthetic cases), stored and on its card
+    gov = GovernanceStore(registry.store)
+    (evaluation,) = gov.evaluations(CHAT_MODEL, 1)
+    assert evaluation["kind"] == "test"
+    assert evaluation["result"]["task"] == "generation"
+    assert evaluation["result"]["n"] == 3
+    card = build_card(gov, registry.store.get_version(CHAT_MODEL, 1))
+    assert card["hti1_source_attributes"]["validity_test"]["value"].startswith("n=3: ")
+    assert "/v1/models/smollm2-chat/versions/production/card" in commands
     again = register_llm_demos(registry, home)  # idempotent: nothing new registered
     assert again.registered == demo.registered
     assert registry.store.list_versions(CHAT_MODEL).items[0].version == 1
