@@ -30,6 +30,7 @@ digest in the counters), model names, counts.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import sqlite3
 import threading
@@ -235,6 +236,17 @@ def version_context(config: Mapping[str, Any], model: str, version: object) -> i
     return value
 
 
+@contextmanager
+def _exclusive(lock_path: Path) -> Iterator[None]:
+    """An exclusive ``flock`` on ``lock_path`` (created if missing) for the block."""
+    with lock_path.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 class BudgetStore:
     """The counters (see the module docstring). Thread-safe; one per worker process."""
 
@@ -246,7 +258,10 @@ class BudgetStore:
         )
         self._lock = threading.Lock()
         self._admitted = 0
-        with self._lock:
+        # the workers of a server open the file at the same moment: switching it to WAL and
+        # creating its tables take locks that SQLite's busy handler does not wait for (a worker
+        # failed to start with "database is locked"), so the opening is serialised by a lock file
+        with self._lock, _exclusive(path.with_name(path.name + ".lock")):
             self._conn.execute("PRAGMA journal_mode=WAL")
             self._conn.execute("PRAGMA synchronous=NORMAL")
             self._conn.executescript(
