@@ -1,4 +1,5 @@
-"""Session fixtures for the scale-out tests: a loopback S3 (moto's server) and, in
+"""Fixtures for the scale-out tests: a loopback S3 (moto's server), a migrated PostgreSQL
+schema for the shared counters (rate limits, LLM budgets) and, in
 ``tests/integration/test_ray_backend.py``, a local Ray. Imported by ``tests/conftest.py``."""
 
 from __future__ import annotations
@@ -115,3 +116,22 @@ def postgres_schema(prefix: str, needed_by: str) -> Iterator[str]:
             conn.exec_driver_sql(f'DROP SCHEMA "{schema}" CASCADE')
     finally:
         admin.dispose()
+
+
+@contextmanager
+def migrated_postgres_schema(prefix: str, needed_by: str) -> Iterator[str]:
+    """``postgres_schema`` with the registry's tables created (``upgrade heads``, so
+    ``cluster_counters`` too): the set-up the shared-counter tests (rate limits, budgets) share."""
+    from medserve.core.store.sql import SqlRegistryStore
+
+    with postgres_schema(prefix, needed_by) as uri:
+        SqlRegistryStore(uri).close()  # migrates
+        yield uri
+
+
+@pytest.fixture
+def migrated_postgres_uri(request: pytest.FixtureRequest) -> Iterator[str]:
+    """A migrated registry in a schema of its own (``upgrade heads`` creates
+    ``cluster_counters``), as every node of a cluster would reach one database."""
+    with migrated_postgres_schema("medserve_counters", request.module.__name__) as uri:
+        yield uri

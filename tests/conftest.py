@@ -8,7 +8,12 @@ from collections.abc import Generator, Iterator
 from pathlib import Path
 
 import pytest
-from tests.cluster_fixtures import ray_cluster, s3_endpoint, s3_uri  # noqa: F401 (session fixtures)
+from tests.cluster_fixtures import (  # noqa: F401 (fixtures)
+    migrated_postgres_uri,
+    ray_cluster,
+    s3_endpoint,
+    s3_uri,
+)
 from tests.support import ServerProcess, start_server
 
 from medserve.core.registry.service import Registry
@@ -19,19 +24,33 @@ from medserve.core.settings import Settings
 NOT_APPLICABLE = "not applicable: "
 
 
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None]:
-    """Under ``CI=true`` a test that skips because a service or package is absent (PostgreSQL,
-    llama-cpp-python, a mountable tmpfs, ...) fails instead: CI can never pass by skipping."""
-    outcome = yield
-    report = outcome.get_result()  # type: ignore[attr-defined]
-    if not os.environ.get("CI") or not report.skipped or hasattr(report, "wasxfail"):
+def _fail_skip_under_ci(report: pytest.TestReport | pytest.CollectReport) -> None:
+    """A skip that is not "not applicable:" becomes a failure under CI (``CI`` set to anything
+    but empty, 0, false or no)."""
+    in_ci = os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+    if not in_ci or not report.skipped or hasattr(report, "wasxfail"):
         return
     reason = str(report.longrepr[2]) if isinstance(report.longrepr, tuple) else ""
     if reason.removeprefix("Skipped: ").startswith(NOT_APPLICABLE):
         return
     report.outcome = "failed"
     report.longrepr = f"skipped under CI, which must run it: {reason}"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None]:
+    """Under ``CI=true`` a test that skips because a service or package is absent (PostgreSQL,
+    llama-cpp-python, a mountable tmpfs, ...) fails instead: CI can never pass by skipping."""
+    outcome = yield
+    _fail_skip_under_ci(outcome.get_result())  # type: ignore[attr-defined]
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector: pytest.Collector) -> Generator[None]:
+    """The same for a whole module skipped while it is collected (a module-level
+    ``pytest.importorskip``), which the hook above never sees."""
+    outcome = yield
+    _fail_skip_under_ci(outcome.get_result())  # type: ignore[attr-defined]
 
 
 @pytest.fixture

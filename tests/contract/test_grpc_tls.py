@@ -23,7 +23,14 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from kserve import InferenceGRPCClient, InferInput, InferRequest
-from tests.support import create_key, free_port, wait_for, writable_demo_home
+from tests.support import (
+    ServerProcess,
+    auth,
+    create_key,
+    free_port,
+    wait_for,
+    writable_demo_home,
+)
 
 from medserve.serving.protocols.grpc_v2 import grpc_predict_v2_pb2 as pb
 from medserve.serving.protocols.grpc_v2.grpc_predict_v2_pb2_grpc import GRPCInferenceServiceStub
@@ -63,7 +70,9 @@ def self_signed(folder: Path) -> tuple[Path, Path]:
     return cert_path, key_path
 
 
-class TlsServer:
+class TlsServer(ServerProcess):
+    """A :class:`ServerProcess` (its ``log`` and ``stop``) with a gRPC target and a certificate."""
+
     def __init__(
         self,
         process: subprocess.Popen[bytes],
@@ -71,14 +80,13 @@ class TlsServer:
         target: str,
         cert: Path,
         token: str,
-        log: Path,
+        home: Path,
+        log_path: Path,
     ) -> None:
-        self.process = process
-        self.url = url
+        super().__init__(url, home, process, log_path, auth(token))
         self.target = target
         self.cert = cert
         self.token = token
-        self.log = log
 
     def credentials(self) -> grpc.ChannelCredentials:
         return grpc.ssl_channel_credentials(root_certificates=self.cert.read_bytes())
@@ -103,12 +111,12 @@ def tls_server(demo_home: Path, tmp_path_factory: pytest.TempPathFactory) -> Ite
     with log.open("wb") as out:
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
     server = TlsServer(
-        process, f"https://127.0.0.1:{port}", f"127.0.0.1:{grpc_port}", cert, token, log
+        process, f"https://127.0.0.1:{port}", f"127.0.0.1:{grpc_port}", cert, token, home, log
     )
 
     def ready() -> bool:
         if process.poll() is not None:
-            raise RuntimeError(f"server exited with {process.returncode}:\n{log.read_text()}")
+            raise RuntimeError(f"server exited with {process.returncode}:\n{server.log()}")
         try:
             with grpc.secure_channel(server.target, server.credentials()) as channel:
                 grpc_ready = (
@@ -127,13 +135,7 @@ def tls_server(demo_home: Path, tmp_path_factory: pytest.TempPathFactory) -> Ite
         wait_for(ready, timeout_s=90, interval_s=0.2, what="the TLS server (REST and gRPC)")
         yield server
     finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        server.stop(timeout=60)
 
 
 async def test_kserve_client_over_tls_on_every_worker(
@@ -181,8 +183,8 @@ def test_plaintext_is_refused_on_the_tls_port(tls_server: TlsServer) -> None:
 
 def test_a_graceful_stop_closes_the_grpc_port(tls_server: TlsServer) -> None:
     tls_server.process.send_signal(signal.SIGTERM)
-    assert tls_server.process.wait(timeout=60) == 0, tls_server.log.read_text()
-    assert "Traceback" not in tls_server.log.read_text()
+    assert tls_server.process.wait(timeout=60) == 0, tls_server.log()
+    assert "Traceback" not in tls_server.log()
     channel = grpc.secure_channel(tls_server.target, tls_server.credentials())
     with channel, pytest.raises(grpc.RpcError) as caught:
         GRPCInferenceServiceStub(channel).ServerLive(pb.ServerLiveRequest(), timeout=5)

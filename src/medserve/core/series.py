@@ -19,9 +19,10 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
+import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 SeriesStat = Literal[
@@ -533,3 +534,20 @@ def unpack(layout: Sequence[tuple[str, int]], matrix: np.ndarray, start: int) ->
         out[name] = Padded(values, times, lengths)
         j += 1 + 2 * width
     return out
+
+
+@runtime_checkable
+class TimeStepExplainer(Protocol):
+    """A runtime that explains a prediction by time-step occlusion (the trajectory flavor). A
+    protocol of its own, here (light to import), so the data plane recognises such a runtime
+    without loading onnxruntime, and not by a duck-typed ``occlusion`` attribute, which the image
+    runtime has with another signature."""
+
+    def explain_time_steps(self, X: npt.NDArray[Any], target: int = -1) -> list[dict[str, Any]]: ...
+
+
+def target_index(class_keys: list[str] | None, target: str | None) -> int:
+    """The explained class's column for :meth:`TimeStepExplainer.explain_time_steps`: the asked
+    class, else -1 (the last class: the positive one of a binary classifier)."""
+    keys = class_keys or []
+    return keys.index(target) if target is not None and target in keys else -1

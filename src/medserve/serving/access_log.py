@@ -6,9 +6,9 @@ name included), the query, bodies, caller ids (keys, subjects, a caller's own ``
 ``rid=caller`` then) or addresses. The route is the matched FastAPI route's template, the hot
 path's template, or ``-`` for a path that matched nothing.
 
-Cost on the hot path: two clock reads, one wrapped ``send`` and one formatted line appended to a
-list; the lines are written to stderr with one ``write`` every half second (and at shutdown),
-not one system call per request. ``MEDSERVE_ACCESS_LOG=false`` (``medserve serve
+Cost on the hot path: three clock reads, one wrapped ``send`` and one tuple appended to a list;
+the lines are formatted and written to stderr with one ``write`` every half second (and at
+shutdown), not one system call per request. ``MEDSERVE_ACCESS_LOG=false`` (``medserve serve
 --no-access-log``) turns it off.
 """
 
@@ -35,6 +35,8 @@ _HOT_TEMPLATES = {
     ("records", True): "/v1/models/{name}/versions/{version}/predict",
 }
 FLUSH_INTERVAL_S = 0.5
+# what a request leaves for the writer: wall time, method, route template, status, ms, request id
+_Entry = tuple[float, str, str, int, float, str]
 
 
 def route_template(scope: Scope) -> str:
@@ -56,7 +58,7 @@ class AccessLog:
         self.app = app
         self.json = log_format == "json"
         self.fd = fd
-        self._lines: list[str] = []
+        self._lines: list[_Entry] = []
         self._scheduled = False
         self._second = -1
         self._second_text = ""
@@ -96,21 +98,10 @@ class AccessLog:
                 if key == b"x-request-id":  # the caller's own id: never logged
                     request_id = "caller"
                     break
-        route = route_template(scope)
-        stamp = self._stamp()
-        if self.json:
-            record: dict[str, Any] = {
-                "time": stamp,
-                "method": scope["method"],
-                "route": route,
-                "status": status,
-                "ms": round(ms, 2),
-                "request_id": request_id,
-            }
-            line = orjson.dumps(record).decode() + "\n"
-        else:
-            line = f"{stamp} {scope['method']} {route} {status} {ms:.1f}ms rid={request_id}\n"
-        self._lines.append(line)
+        # the line is formatted by the writer, once per batch (``flush``), not here
+        self._lines.append(
+            (time.time(), scope["method"], route_template(scope), status, ms, request_id)
+        )
         if not self._scheduled:
             self._scheduled = True
             try:
@@ -118,10 +109,24 @@ class AccessLog:
             except RuntimeError:  # no loop (a synchronous test client): write now
                 self.flush()
 
-    def _stamp(self) -> str:
+    def _line(self, entry: _Entry) -> str:
+        now, method, route, status, ms, request_id = entry
+        stamp = self._stamp(now)
+        if self.json:
+            record: dict[str, Any] = {
+                "time": stamp,
+                "method": method,
+                "route": route,
+                "status": status,
+                "ms": round(ms, 2),
+                "request_id": request_id,
+            }
+            return orjson.dumps(record).decode() + "\n"
+        return f"{stamp} {method} {route} {status} {ms:.1f}ms rid={request_id}\n"
+
+    def _stamp(self, now: float) -> str:
         """UTC time with milliseconds; the date and time of day are formatted once a second
-        (``datetime.isoformat`` per request costs more than the rest of the line)."""
-        now = time.time()
+        (``datetime.isoformat`` per line costs more than the rest of the line)."""
         second = int(now)
         if second != self._second:
             self._second = second
@@ -133,8 +138,8 @@ class AccessLog:
         self._scheduled = False
         if not self._lines:
             return
-        data = "".join(self._lines).encode()
-        self._lines.clear()
+        entries, self._lines = self._lines, []
+        data = "".join([self._line(entry) for entry in entries]).encode()
         with contextlib.suppress(OSError):  # stderr closed: not worth failing a request for
             os.write(self.fd, data)
 

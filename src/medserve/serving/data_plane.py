@@ -24,6 +24,7 @@ from medserve.core.events import (
     RefusalEvent,
 )
 from medserve.core.loaded_model import LoadedModel
+from medserve.core.series import TimeStepExplainer, target_index
 from medserve.serving.batching import AdaptiveBatcher
 from medserve.serving.metrics import ModelMetrics
 from medserve.serving.model_manager import ModelManager
@@ -230,11 +231,10 @@ class DataPlane:
         if wanted:
 
             async def explain(_: dict[str, np.ndarray]) -> Any:
-                occlusion = getattr(model.runtime, "occlusion", None)
-                if occlusion is not None:  # a trajectory model: time-step occlusion
-                    keys = model.class_keys or []
-                    index = keys.index(target) if target in keys else -1
-                    return await asyncio.to_thread(occlusion, X, index)
+                runtime = model.runtime
+                if isinstance(runtime, TimeStepExplainer):  # a trajectory model
+                    index = target_index(model.class_keys, target)
+                    return await asyncio.to_thread(runtime.explain_time_steps, X, index)
                 # lazy import (explainers (shap, scikit-learn) only when asked)
                 from medserve.features.explain.service import service_for  # noqa: PLC0415
 

@@ -118,13 +118,12 @@ class ModelManager:
             self._loaded = {k: m for k, m in loaded.items() if k in keep}
             self._failed = failed
             routes = self._routes(policies, self._loaded)
-            if any(r.models[0].shadows for r in routes.values()) and self.shadow_log is None:
+            shadowing = any(r.models[0].shadows for r in routes.values())
+            if shadowing and self.shadow_log is None:
                 self.shadow_log = ShadowLog(TrafficStore(self.store))
             self._pinned = wanted
             self.routes = routes
-            self.shadowing = self.shadow_log is not None and any(
-                r.models[0].shadows for r in routes.values()
-            )
+            self.shadowing = shadowing
             self._direct = {k: v for k, v in aliases.items() if k not in routes}
             self._aliases = aliases  # swapped after the new versions are loaded
             self._token = token

@@ -57,7 +57,7 @@ class RoutedModel(LoadedModel):
 
 
 def routed(model: LoadedModel, alias: str, shadows: tuple[LoadedModel, ...]) -> RoutedModel:
-    copy = RoutedModel(
+    return RoutedModel(
         version=model.version,
         runtime=model.runtime,
         signature=model.signature,
@@ -66,7 +66,6 @@ def routed(model: LoadedModel, alias: str, shadows: tuple[LoadedModel, ...]) -> 
         alias=alias,
         shadows=shadows,
     )
-    return copy
 
 
 def bucket_of(salt: bytes, key: str) -> int:

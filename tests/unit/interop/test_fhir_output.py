@@ -26,8 +26,9 @@ FMAP = FhirMap.model_validate(FHIR_MAP)
 
 
 def _model(**fields: Any) -> LoadedModel:
-    """What ``operating_threshold`` reads of a loaded version (the threshold fields are new)."""
-    return cast(LoadedModel, SimpleNamespace(class_keys=["0", "1"], **fields))
+    """What ``operating_threshold`` reads of a loaded version (no operating point by default)."""
+    read = {"class_keys": ["0", "1"], "threshold": None, "positive_class": None} | fields
+    return cast(LoadedModel, SimpleNamespace(**read))
 
 
 def _assessment(probability: float, threshold: OperatingThreshold | None) -> dict[str, Any]:
@@ -64,7 +65,7 @@ def test_the_operating_threshold_is_named_in_a_valid_risk_assessment(
 
 
 def test_no_threshold_claimed_without_one_or_for_another_class() -> None:
-    assert operating_threshold(_model(), FMAP) is None  # before LoadedModel.threshold lands
+    assert operating_threshold(_model(), FMAP) is None  # a version without an operating point
     assert operating_threshold(_model(threshold=None, positive_class="1"), FMAP) is None
     # recorded for class "0" while the answer reports P(class "1"): not this probability's
     assert operating_threshold(_model(threshold=0.4, positive_class="0"), FMAP) is None

@@ -10,7 +10,6 @@ import hashlib
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,14 +17,12 @@ import orjson
 import pytest
 import sqlalchemy as sa
 from tests import llm_fake
-from tests.cluster_fixtures import postgres_schema
 from tests.support import wait_for
 from tests.unit.llm.conftest import CHAT
 from tests.unit.serving.inprocess_app import create_key, registry_at, serve
 from typer.testing import CliRunner
 
 from medserve.core.errors import StoreError
-from medserve.core.store.sql import SqlRegistryStore
 from medserve.faces.cli import app
 from medserve.features.llm.budgets import (
     BUDGET_SCOPE,
@@ -42,14 +39,6 @@ from medserve.serving.extensions.llm import LLM_SERVICE
 from medserve.serving.http_errors import status_for
 
 
-@pytest.fixture
-def postgres_uri() -> Iterator[str]:
-    """A migrated registry in a schema of its own (``upgrade heads`` creates the tables)."""
-    with postgres_schema("medserve_budget", "the shared budget test") as uri:
-        SqlRegistryStore(uri).close()  # migrates
-        yield uri
-
-
 def _spend(
     store: SharedBudgetStore, key: str, limits: Limits, tries: int, out: list[Reservation | str]
 ) -> None:
@@ -63,8 +52,8 @@ def _spend(
 
 
 @pytest.mark.postgres
-def test_two_nodes_admit_exactly_a_keys_tokens_per_minute(postgres_uri: str) -> None:
-    engines = [sa.create_engine(postgres_uri) for _ in range(2)]  # two nodes' pools
+def test_two_nodes_admit_exactly_a_keys_tokens_per_minute(migrated_postgres_uri: str) -> None:
+    engines = [sa.create_engine(migrated_postgres_uri) for _ in range(2)]  # two nodes' pools
     try:
         stores = [SharedBudgetStore(e) for e in engines]
         limits = Limits(tokens_per_minute=1000)  # ten calls of 100 tokens
@@ -110,9 +99,9 @@ def test_two_nodes_admit_exactly_a_keys_tokens_per_minute(postgres_uri: str) -> 
 
 @pytest.mark.postgres
 def test_a_refused_call_leaves_no_trace_and_settling_counts_what_was_used(
-    postgres_uri: str,
+    migrated_postgres_uri: str,
 ) -> None:
-    engines = [sa.create_engine(postgres_uri) for _ in range(2)]
+    engines = [sa.create_engine(migrated_postgres_uri) for _ in range(2)]
     try:
         one, two = (SharedBudgetStore(e) for e in engines)
         key = f"key{uuid.uuid4().hex[:8]}"
@@ -170,8 +159,10 @@ def test_an_unreachable_database_refuses_with_503_never_admits() -> None:
 
 
 @pytest.mark.postgres
-def test_the_shared_store_needs_postgres_and_the_setting(postgres_uri: str, tmp_path: Path) -> None:
-    pg = sa.create_engine(postgres_uri)
+def test_the_shared_store_needs_postgres_and_the_setting(
+    migrated_postgres_uri: str, tmp_path: Path
+) -> None:
+    pg = sa.create_engine(migrated_postgres_uri)
     lite = sa.create_engine(f"sqlite:///{tmp_path / 'r.db'}")
     try:
         shared = open_budgets(tmp_path, pg, True)
@@ -186,9 +177,9 @@ def test_the_shared_store_needs_postgres_and_the_setting(postgres_uri: str, tmp_
 
 @pytest.mark.postgres
 def test_the_server_counts_in_postgres_and_refuses_with_429_naming_the_limit(
-    postgres_uri: str, fake_llm: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    migrated_postgres_uri: str, fake_llm: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("MEDSERVE_STORE_URI", postgres_uri)
+    monkeypatch.setenv("MEDSERVE_STORE_URI", migrated_postgres_uri)
     monkeypatch.setenv("MEDSERVE_SHARED_RATE_LIMITS", "true")
     home = tmp_path / "home"
     with registry_at(home) as registry:
@@ -225,7 +216,7 @@ def test_the_server_counts_in_postgres_and_refuses_with_429_naming_the_limit(
         assert usage["current"]["requests_this_minute"] == 2
         assert usage["days"][0]["completion_tokens"] == 6  # settled: what was used
     assert not (home / "llm" / "budgets.db").exists()  # nothing counted on this machine alone
-    engine = sa.create_engine(postgres_uri)
+    engine = sa.create_engine(migrated_postgres_uri)
     try:
         with engine.connect() as conn:
             stored = conn.execute(sa.text("SELECT key_id, requests FROM llm_usage")).all()
@@ -236,12 +227,12 @@ def test_the_server_counts_in_postgres_and_refuses_with_429_naming_the_limit(
 
 @pytest.mark.postgres
 def test_keys_usage_reads_the_shared_usage(
-    postgres_uri: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    migrated_postgres_uri: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("MEDSERVE_HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("MEDSERVE_STORE_URI", postgres_uri)
+    monkeypatch.setenv("MEDSERVE_STORE_URI", migrated_postgres_uri)
     monkeypatch.setenv("MEDSERVE_SHARED_RATE_LIMITS", "true")
-    engine = sa.create_engine(postgres_uri)
+    engine = sa.create_engine(migrated_postgres_uri)
     try:
         store = SharedBudgetStore(engine)
         store.settle(store.admit("abc123def456", Limits(), 50), CHAT, 11, 29)
@@ -267,10 +258,12 @@ def test_keys_usage_reads_the_shared_usage(
 
 
 @pytest.mark.postgres
-def test_nodes_admitting_and_settling_one_key_at_once_never_deadlock(postgres_uri: str) -> None:
+def test_nodes_admitting_and_settling_one_key_at_once_never_deadlock(
+    migrated_postgres_uri: str,
+) -> None:
     """Admissions lock a key's rows in key order; settlements must too (an ``UPDATE ... FROM``
     in the plan's order deadlocked against them)."""
-    engines = [sa.create_engine(postgres_uri) for _ in range(2)]
+    engines = [sa.create_engine(migrated_postgres_uri) for _ in range(2)]
     errors: list[BaseException] = []
 
     def calls(store: SharedBudgetStore) -> None:

@@ -16,7 +16,7 @@ from tests.unit.serving.inprocess_app import registry_at, serve
 from medserve.core.errors import ModelLoadError
 from medserve.core.registry.signature import FeatureSpec
 from medserve.core.runtimes.trajectory_runtime import TrajectoryRuntime
-from medserve.core.series import Padded, SeriesSpec, pack
+from medserve.core.series import Padded, SeriesSpec, TimeStepExplainer, pack, target_index
 from medserve.features.training.trajectory_gru import GruModel
 
 SERIES = [SeriesSpec(name="heart_rate", max_length=6), SeriesSpec(name="lactate", max_length=4)]
@@ -102,20 +102,31 @@ def test_a_graph_without_its_layout_is_refused() -> None:
         TrajectoryRuntime(proto.SerializeToString())
 
 
+class _ImageLike:
+    def occlusion(self, tensor: np.ndarray, target: int) -> np.ndarray:
+        return tensor
+
+
 def test_occlusion_names_each_measurement_by_relative_time() -> None:
     model = GruModel.random([(s.name, s.max_length) for s in SERIES], hidden=4, n_static=2)
     runtime = TrajectoryRuntime(model.to_onnx())
     rng = np.random.default_rng(2)
     batch = _batch(rng, 3)
     batch["heart_rate"].lengths[:] = [3, 6, 0]
-    explained = runtime.occlusion(_matrix(rng.normal(size=(3, 2)), batch))
+    # the data plane finds it by its own protocol, not by an ``occlusion`` attribute, which an
+    # image runtime has with another signature
+    assert isinstance(runtime, TimeStepExplainer)
+    assert not isinstance(_ImageLike(), TimeStepExplainer)
+    assert target_index(["0", "1"], "0") == 0
+    assert target_index(["0", "1"], None) == target_index(["0", "1"], "9") == -1
+    explained = runtime.explain_time_steps(_matrix(rng.normal(size=(3, 2)), batch))
     assert [len(e["series"]["heart_rate"]) for e in explained] == [3, 6, 0]
     first = explained[0]["series"]["heart_rate"][0]
     assert set(first) == {"hours_before_as_of", "value", "contribution"}
     # removing the only measurement of a one-point series moves the output by its contribution
     batch["lactate"].lengths[0] = 1
     X = _matrix(np.zeros((3, 2)), batch)
-    only = runtime.occlusion(X[:1])[0]
+    only = runtime.explain_time_steps(X[:1])[0]
     without = {k: Padded(v.values[:1], v.times[:1], v.lengths[:1].copy()) for k, v in batch.items()}
     without["lactate"].lengths[0] = 0
     p_without = runtime.predict(_matrix(np.zeros((1, 2)), without))["probabilities"][0, 1]

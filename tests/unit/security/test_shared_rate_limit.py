@@ -7,12 +7,10 @@ from __future__ import annotations
 import hashlib
 import threading
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from tests.cluster_fixtures import postgres_schema
 
 from medserve.core.errors import RateLimitedError
 from medserve.core.settings import Settings
@@ -28,14 +26,6 @@ from medserve.features.security.ratelimit import (
 from medserve.serving.extensions.security import build_guard
 
 
-@pytest.fixture
-def postgres_uri() -> Iterator[str]:
-    """A migrated registry in a schema of its own (``upgrade heads`` creates the table)."""
-    with postgres_schema("medserve_rate", "the shared rate limit test") as uri:
-        SqlRegistryStore(uri).close()  # migrates
-        yield uri
-
-
 def _count(limiter: SharedRateLimiter, key: str, rate: float, tries: int, out: list[bool]) -> None:
     """``out``: per try, whether it was admitted; a refusal's Retry-After must lie inside the
     window (else it is recorded as an admission, which the exact count then catches)."""
@@ -48,8 +38,8 @@ def _count(limiter: SharedRateLimiter, key: str, rate: float, tries: int, out: l
 
 
 @pytest.mark.postgres
-def test_two_replicas_admit_exactly_the_limit_per_window(postgres_uri: str) -> None:
-    engines = [sa.create_engine(postgres_uri) for _ in range(2)]  # two replicas' pools
+def test_two_replicas_admit_exactly_the_limit_per_window(migrated_postgres_uri: str) -> None:
+    engines = [sa.create_engine(migrated_postgres_uri) for _ in range(2)]  # two replicas' pools
     try:
         limiters = [
             SharedRateLimiter(SharedCounters(e), RateLimiter(2), window_s=3600.0) for e in engines
@@ -93,8 +83,8 @@ def test_two_replicas_admit_exactly_the_limit_per_window(postgres_uri: str) -> N
 
 
 @pytest.mark.postgres
-def test_a_credential_over_its_rate_waits_for_the_next_window(postgres_uri: str) -> None:
-    engine = sa.create_engine(postgres_uri)
+def test_a_credential_over_its_rate_waits_for_the_next_window(migrated_postgres_uri: str) -> None:
+    engine = sa.create_engine(migrated_postgres_uri)
     try:
         counters = SharedCounters(engine)
         key = f"key-{uuid.uuid4().hex[:8]}"
@@ -120,9 +110,9 @@ def test_an_unreachable_database_falls_back_to_the_replicas_share(tmp_path: Path
 
 @pytest.mark.postgres
 def test_the_default_stays_in_memory_and_ray_replicas_share(
-    postgres_uri: str, tmp_path: Path
+    migrated_postgres_uri: str, tmp_path: Path
 ) -> None:
-    pg = sa.create_engine(postgres_uri)
+    pg = sa.create_engine(migrated_postgres_uri)
     SqlRegistryStore(f"sqlite:///{tmp_path / 'r.db'}").close()  # migrates
     lite = sa.create_engine(f"sqlite:///{tmp_path / 'r.db'}")
     try:

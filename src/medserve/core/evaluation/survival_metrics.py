@@ -29,6 +29,19 @@ def concordance(time: np.ndarray, event: np.ndarray, risk: np.ndarray) -> float:
         return math.nan
 
 
+def horizon_outcome(
+    time: np.ndarray, event: np.ndarray, horizon: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """'Event by the horizon' from time and event, the one rule that training's derived label
+    and the evaluation of a horizon version both follow: ``unknown`` marks the rows censored
+    before the horizon (no label: they are excluded and counted, since taking them as
+    event-free would bias risks down); ``by_horizon``, over the other rows, whether the event
+    came by the horizon (an event after it counts as 0)."""
+    unknown = (event == 0) & (time < horizon)
+    by_horizon = (event[~unknown] == 1) & (time[~unknown] <= horizon)
+    return unknown, by_horizon
+
+
 def km_risk_at(time: np.ndarray, event: np.ndarray, horizon: float) -> float:
     """Observed risk by ``horizon``: 1 - the Kaplan-Meier survival there (censoring-aware)."""
     event_times = np.unique(time[(event == 1) & (time <= horizon)])

@@ -10,8 +10,9 @@ from the data plane is the static inputs followed by :func:`medserve.core.series
 which it unpacks into those feeds. Outputs: ``probabilities`` ``[n, k]`` (a classifier; labels
 from ``medserve.class_labels`` or 0..k-1) or one float output (a risk score or value).
 
-Explanations by time-step occlusion (:meth:`TrajectoryRuntime.occlusion`): each measurement is
-removed in turn and the change in the output is its contribution.
+Explanations by time-step occlusion (:meth:`TrajectoryRuntime.explain_time_steps`): each
+measurement is removed in turn and the change in the output is its contribution. The data plane
+finds such a runtime by :class:`medserve.core.series.TimeStepExplainer`.
 """
 
 from __future__ import annotations
@@ -139,7 +140,7 @@ class TrajectoryRuntime:
     def predict(self, X: npt.NDArray[Any]) -> dict[str, np.ndarray]:
         return self._outputs(self.feeds(X))
 
-    def occlusion(self, X: npt.NDArray[Any], target: int = -1) -> list[dict[str, Any]]:
+    def explain_time_steps(self, X: npt.NDArray[Any], target: int = -1) -> list[dict[str, Any]]:
         """Per row, per series and measurement, how much the output (the ``target`` class's
         probability, or the value) drops when that one measurement is removed: a time-step
         occlusion explanation. Times are given relative to as_of (hours), never as dates."""

@@ -16,13 +16,14 @@ windows are swept by whichever process finds the sweep due (at most once a minut
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from medserve.core.errors import InvalidRequestError, StoreError
@@ -117,8 +118,25 @@ class Counted:
     left_s: float
 
 
+def key_digest(key: str) -> str:
+    """How a credential is stored as a counter key: a digest (an OIDC subject may name a
+    person), the same for every scope."""
+    return hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()[:40]
+
+
 def _window_ms(window_s: float) -> int:
     return max(1, math.ceil(window_s * 1000))
+
+
+@contextlib.contextmanager
+def _connected(engine: Engine) -> Iterator[Connection]:
+    """A connection whose database errors raise ``StoreError`` (the caller decides whether to
+    fail open or closed)."""
+    try:
+        with engine.connect() as conn:
+            yield conn
+    except SQLAlchemyError as exc:
+        raise StoreError(f"shared counter unavailable ({type(exc).__name__})") from exc
 
 
 class SharedCounters:
@@ -136,20 +154,22 @@ class SharedCounters:
         self._transactional = engine  # add_within: one transaction, committed or rolled back
         self._sweep_at = 0.0
 
+    def _sweep_due(self) -> bool:
+        """Whether this process sweeps passed windows now (at most once per ``SWEEP_EVERY_S``)."""
+        if time.monotonic() < self._sweep_at:
+            return False
+        self._sweep_at = time.monotonic() + SWEEP_EVERY_S
+        return True
+
     def add(self, scope: str, key: str, window_s: float, amount: int = 1) -> tuple[int, float]:
         """Add ``amount`` to ``key``'s current window of ``window_s`` seconds; return the
         window's total after it and the seconds left in the window. A database error raises
         ``StoreError`` (the caller decides whether to fail open or closed)."""
-        window_ms = max(1, math.ceil(window_s * 1000))
-        params = {"scope": scope, "key": key, "window": window_ms, "amount": amount}
-        try:
-            with self.engine.connect() as conn:
-                total, until_ms, now_ms = conn.execute(_ADD, params).one()
-                if time.monotonic() >= self._sweep_at:
-                    self._sweep_at = time.monotonic() + SWEEP_EVERY_S
-                    conn.execute(_SWEEP)
-        except SQLAlchemyError as exc:
-            raise StoreError(f"shared counter unavailable ({type(exc).__name__})") from exc
+        params = {"scope": scope, "key": key, "window": _window_ms(window_s), "amount": amount}
+        with _connected(self.engine) as conn:
+            total, until_ms, now_ms = conn.execute(_ADD, params).one()
+            if self._sweep_due():
+                conn.execute(_SWEEP)
         return int(total), max(0.0, (int(until_ms) - float(now_ms)) / 1000.0)
 
     def add_within(self, scope: str, counts: Sequence[Count]) -> tuple[list[Counted], int | None]:
@@ -169,34 +189,30 @@ class SharedCounters:
             "wins": [_window_ms(c.window_s) for c in counts],
             "amounts": [int(c.amount) for c in counts],
         }
-        try:
-            with self._transactional.connect() as conn:
-                rows = {r[0]: r for r in conn.execute(_ADD_MANY, params).all()}
-                counted = [
-                    Counted(
-                        c.key,
-                        int(rows[c.key][1]),
-                        int(rows[c.key][2]),
-                        max(0.0, (int(rows[c.key][3]) - float(rows[c.key][4])) / 1000.0),
-                    )
-                    for c in counts
-                ]
-                over = next(
-                    (
-                        i
-                        for i, (c, n) in enumerate(zip(counts, counted, strict=True))
-                        if c.limit is not None and n.total > c.limit
-                    ),
-                    None,
+        with _connected(self._transactional) as conn:
+            rows = {r[0]: r for r in conn.execute(_ADD_MANY, params).all()}
+            counted = [
+                Counted(
+                    c.key,
+                    int(rows[c.key][1]),
+                    int(rows[c.key][2]),
+                    max(0.0, (int(rows[c.key][3]) - float(rows[c.key][4])) / 1000.0),
                 )
-                if over is None:
-                    conn.commit()
-                else:
-                    conn.rollback()
-        except SQLAlchemyError as exc:
-            raise StoreError(f"shared counter unavailable ({type(exc).__name__})") from exc
-        if time.monotonic() >= self._sweep_at:  # after the commit: its failure loses nothing
-            self._sweep_at = time.monotonic() + SWEEP_EVERY_S
+                for c in counts
+            ]
+            over = next(
+                (
+                    i
+                    for i, (c, n) in enumerate(zip(counts, counted, strict=True))
+                    if c.limit is not None and n.total > c.limit
+                ),
+                None,
+            )
+            if over is None:
+                conn.commit()
+            else:
+                conn.rollback()
+        if self._sweep_due():  # after the commit: its failure loses nothing
             with contextlib.suppress(SQLAlchemyError), self.engine.connect() as conn:
                 conn.execute(_SWEEP)
         return counted, over
@@ -213,11 +229,8 @@ class SharedCounters:
             "wins": [_window_ms(w) for _, _, w, _ in changes],
             "amounts": [a for _, _, _, a in changes],
         }
-        try:
-            with self.engine.connect() as conn:
-                conn.execute(_ADJUST, params)
-        except SQLAlchemyError as exc:
-            raise StoreError(f"shared counter unavailable ({type(exc).__name__})") from exc
+        with _connected(self.engine) as conn:
+            conn.execute(_ADJUST, params)
 
     def peek(self, scope: str, keys: Sequence[tuple[str, float]]) -> list[int]:
         """The totals of each ``(key, window_s)``'s current window (0 where none), unchanged."""
@@ -226,9 +239,6 @@ class SharedCounters:
             "keys": [k for k, _ in keys],
             "wins": [_window_ms(w) for _, w in keys],
         }
-        try:
-            with self.engine.connect() as conn:
-                totals = {str(k): int(t) for k, t in conn.execute(_PEEK, params).all()}
-        except SQLAlchemyError as exc:
-            raise StoreError(f"shared counter unavailable ({type(exc).__name__})") from exc
+        with _connected(self.engine) as conn:
+            totals = {str(k): int(t) for k, t in conn.execute(_PEEK, params).all()}
         return [totals[k] for k, _ in keys]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 import yaml
@@ -58,6 +58,21 @@ def _declares(path: Path, key: str) -> bool:
     return isinstance(raw, dict) and key in raw
 
 
+def _print_trained_json(result: Any) -> None:
+    """``medserve train --json``'s one shape for every spec kind (a tabular, trajectory or
+    time-varying result: each has ``version``, ``record`` and ``evaluation``)."""
+    v = result.version
+    print_json(
+        {
+            "model": v.model_name,
+            "version": v.version,
+            "runtime": v.runtime,
+            "training": result.record,
+            "evaluation": result.evaluation,
+        }
+    )
+
+
 def _train_time_varying(spec_path: Path, as_json: bool) -> None:
     """``medserve train`` on a time-varying Cox spec: fit, landmark evaluation, register."""
     # lazy import (pulls lifelines and scikit-learn)
@@ -74,15 +89,7 @@ def _train_time_varying(spec_path: Path, as_json: bool) -> None:
         raise _fail(exc) from exc
     v = result.version
     if as_json:
-        print_json(
-            {
-                "model": v.model_name,
-                "version": v.version,
-                "runtime": v.runtime,
-                "training": result.record,
-                "evaluation": result.evaluation,
-            }
-        )
+        _print_trained_json(result)
         return
     table = Table(title=f"landmark evaluation (horizon {spec.time_varying.horizon:g})")
     for column in ("landmark", "at risk", "events", "concordance", "AUC", "Brier"):
@@ -192,16 +199,7 @@ def register(app: typer.Typer, models_app: typer.Typer) -> None:
         except MedserveError as exc:
             raise _fail(exc) from exc
         if as_json:
-            v = result.version
-            print_json(
-                {
-                    "model": v.model_name,
-                    "version": v.version,
-                    "runtime": v.runtime,
-                    "training": result.record,
-                    "evaluation": result.evaluation,
-                }
-            )
+            _print_trained_json(result)
             return
         cv = Table(title=f"cross-validation ({result.record['cv']['metric']})")
         for column in ("algorithm", "mean", "sd", "folds"):

@@ -75,8 +75,8 @@ async def _prepare(
     model = await c.resources.plane.model(model_name, "production")
     if not is_language_model(model):
         raise InvalidRequestError(f"model {model_name!r} is not a language model")
-    caller = await llm_ext._caller(request, who.principal)
-    policy = service._policy(caller, model)
+    caller = await llm_ext.caller_of(request, who.principal)
+    policy = service.policy(caller, model)
     # what the model will receive: the service scans with the same scanner and policy
     scan = await asyncio.to_thread(service.scanner.scan, prompt, policy, "messages[1]")
     body = {

@@ -37,6 +37,7 @@ from medserve.features.governance.cards import (
     AUTHOR_TEMPLATE_KEYS,
     HTI1_ATTRIBUTES,
     build_card,
+    get_dotted,
     test_evaluation,
 )
 from medserve.features.governance.gate import GATED_ALIASES, check, set_alias_gated
@@ -178,15 +179,6 @@ async def card_page(c: Console, request: Request, who: Who) -> Response:
     return c.render(request, "card.html", who, name=name, **view)
 
 
-def _flat(author: dict[str, Any], key: str) -> Any:
-    node: Any = author
-    for part in key.split("."):
-        if not isinstance(node, dict):
-            return None
-        node = node.get(part)
-    return node
-
-
 def _card_fields(author: dict[str, Any]) -> list[dict[str, Any]]:
     labels = {key: text for _, text, key in HTI1_ATTRIBUTES if key}
     labels.update(
@@ -197,7 +189,7 @@ def _card_fields(author: dict[str, Any]) -> list[dict[str, Any]]:
     )
     fields = []
     for key in AUTHOR_TEMPLATE_KEYS:
-        value = _flat(author, key)
+        value = get_dotted(author, key)
         structured = value is not None and not isinstance(value, str)
         text = (
             yaml.safe_dump(value, sort_keys=True).strip()

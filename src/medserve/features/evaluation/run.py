@@ -17,7 +17,7 @@ from medserve.core.datasets import fingerprint
 from medserve.core.errors import InvalidRequestError
 from medserve.core.evaluation.evaluate import DEFAULT_MIN_EVENTS, Predictions, evaluate
 from medserve.core.evaluation.report import render_report
-from medserve.core.evaluation.survival_metrics import survival_from_risk
+from medserve.core.evaluation.survival_metrics import horizon_outcome, survival_from_risk
 from medserve.core.loaded_model import load_version_locally, matching_class_key
 from medserve.core.registry.entities import ModelVersion
 from medserve.core.registry.service import Registry
@@ -182,10 +182,10 @@ def _horizon_label(
     """The training rule: event by the horizon is 1, followed past it is 0, censored before it
     is unknown and excluded (counted)."""
     t, e = _numbers(frame, time), _events(frame, event)
-    unknown = (e == 0) & (t < horizon)
+    unknown, by_horizon = horizon_outcome(t, e, horizon)
     kept = frame.loc[~unknown].copy()
     label = f"{event}_by_{horizon:g}"
-    kept[label] = np.where((e[~unknown] == 1) & (t[~unknown] <= horizon), "1", "0")
+    kept[label] = np.where(by_horizon, "1", "0")
     return kept.reset_index(drop=True), int(unknown.sum()), label
 
 

@@ -86,6 +86,9 @@ HEADLINE = {
     "multiclass": ("auroc_macro_ovr", "accuracy", "f1_macro", "brier"),
     "regression": ("mae", "rmse", "r2"),
     "survival": ("concordance",),
+    # generative models (features/llm/evaluation.py: medserve evaluate --cases)
+    "generation": ("schema_validity", "exact_match", "field_match", "refusal_rate", "phi_leaks",
+                   "latency_s"),
 }  # fmt: skip
 
 STYLE = (

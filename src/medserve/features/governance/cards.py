@@ -92,19 +92,10 @@ AUTHOR_TEMPLATE_KEYS = sorted(
     | {"ethical_considerations", "caveats", "demographic_inputs", "model_card_contact"}
 )
 
-_HEADLINE = {
-    "binary": ("auroc", "auprc", "brier", "calibration_slope", "calibration_intercept",
-               "oe_ratio", "sensitivity", "specificity", "ppv", "npv"),
-    "multiclass": ("auroc_macro_ovr", "accuracy", "f1_macro", "brier"),
-    "regression": ("mae", "rmse", "r2"),
-    "survival": ("concordance",),
-    # generative models (features/llm/evaluation.py: medserve evaluate --cases)
-    "generation": ("schema_validity", "exact_match", "field_match", "refusal_rate", "phi_leaks",
-                   "latency_s"),
-}  # fmt: skip
 
-
-def _get(data: Mapping[str, Any], dotted: str) -> Any:
+def get_dotted(data: Mapping[str, Any], dotted: str) -> Any:
+    """The value at a dotted key (``a.b.c``) of an author's nested card, ``None`` where a level
+    is missing; the console's card editor reads the same keys."""
     node: Any = data
     for part in dotted.split("."):
         if not isinstance(node, Mapping):
@@ -147,7 +138,7 @@ def _fmt_entry(entry: Mapping[str, Any] | None) -> str:
 
 
 def summarize_validity(result: Mapping[str, Any]) -> str:
-    names = _HEADLINE.get(result.get("task", ""), ())
+    names = card_html.HEADLINE.get(result.get("task", ""), ())
     metrics = result.get("metrics", {})
     for name in metrics:
         if result.get("task") == "survival" and name != "event_rate" and name not in names:
@@ -181,7 +172,7 @@ def survival_calibration_summary(result: Mapping[str, Any]) -> str:
 
 def summarize_fairness(result: Mapping[str, Any]) -> str:
     task = result.get("task", "")
-    metric = _HEADLINE.get(task, ("",))[0]
+    metric = card_html.HEADLINE.get(task, ("",))[0]
     lines = []
     for column, rows in result.get("subgroups", {}).items():
         for row in rows:
@@ -272,7 +263,7 @@ def build_card(gov: GovernanceStore, version: ModelVersion) -> dict[str, Any]:
         value = derived.get(attr) if attr in derived else None
         source = "derived" if _filled(value) else "author"
         if not _filled(value) and key:
-            value = _get(author, key)
+            value = get_dotted(author, key)
         if attr == "fairness_test" and not _filled(value) and test_eval:
             value = "no subgroup was evaluated"
             source = "derived"

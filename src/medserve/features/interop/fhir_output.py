@@ -102,15 +102,14 @@ class OperatingThreshold:
 def operating_threshold(model: LoadedModel, fmap: FhirMap | None) -> OperatingThreshold | None:
     """The threshold the served label used, when the version records one for the class whose
     probability the answer reports (None otherwise: nothing is claimed)."""
-    value = getattr(model, "threshold", None)
-    if not isinstance(value, int | float) or isinstance(value, bool):
+    if model.threshold is None:
         return None
-    positive = getattr(model, "positive_class", None)
+    positive = model.positive_class
     reported = reported_class(model, fmap)
-    if positive is not None and reported is not None and str(positive) != reported:
+    if positive is not None and reported is not None and positive != reported:
         return None
-    label = str(positive) if positive is not None else reported
-    return OperatingThreshold(float(value), label or "positive")
+    label = positive if positive is not None else reported
+    return OperatingThreshold(model.threshold, label or "positive")
 
 
 def reported_class(model: LoadedModel, fmap: FhirMap | None) -> str | None:
@@ -118,8 +117,7 @@ def reported_class(model: LoadedModel, fmap: FhirMap | None) -> str | None:
     version's recorded positive class, else the last class."""
     wanted = fmap.positive_class if fmap is not None else None
     if wanted is None:
-        positive = getattr(model, "positive_class", None)
-        wanted = str(positive) if positive is not None else None
+        wanted = model.positive_class
     keys = model.class_keys or []
     if wanted is not None and (not keys or wanted in keys):
         return wanted

@@ -331,8 +331,10 @@ class LlmService:
         *,
         scanner: PhiScanner | None = None,
         audit: AuditLog | None = None,
-        salt: bytes = b"",
+        salt: bytes,
     ) -> None:
+        if not salt:  # a public fallback key would make the journal's hashes guessable
+            raise ValueError("LlmService needs the home's non-empty PHI salt")
         self.settings = settings
         self.defaults = Limits.defaults(settings)
         self.budgets = budgets
@@ -342,11 +344,18 @@ class LlmService:
         self.salt = salt
 
     # -- helpers ----------------------------------------------------------------------------
-    def _hash(self, text: str) -> str:
-        key = self.salt or b"medserve-no-salt"
-        return "hm_" + hmac.new(key, text.encode("utf-8"), hashlib.sha256).hexdigest()[:32]
+    def hasher(self) -> hmac.HMAC:
+        """An HMAC-SHA256 keyed with the home's salt: journaled hashes of prompts, answers
+        and grounding inputs link equal texts without revealing them."""
+        return hmac.new(self.salt, digestmod=hashlib.sha256)
 
-    def _policy(self, caller: Caller, model: LoadedModel) -> PhiPolicy:
+    def keyed_hash(self, data: str | bytes) -> str:
+        hasher = self.hasher()
+        hasher.update(data.encode("utf-8") if isinstance(data, str) else data)
+        return "hm_" + hasher.hexdigest()[:32]
+
+    def policy(self, caller: Caller, model: LoadedModel) -> PhiPolicy:
+        """The PHI policy of ``caller`` on ``model`` (public: the console's chat applies it too)."""
         return effective_policy(
             model.version.serving_config.get("phi_policy"),
             caller.phi_policy,
@@ -386,7 +395,7 @@ class LlmService:
     ) -> tuple[_Call, list[str]]:
         """Steps 2-3 (in a thread: the detector, the tokenizer and the budget file do I/O or
         CPU work): the texts the model may see, and the admitted call."""
-        policy = self._policy(caller, model)
+        policy = self.policy(caller, model)
         scans = self.scanner.scan_all(texts, policy, param)
         categories: set[str] = set().union(*(s.categories for s in scans)) if scans else set()
         for category in categories:
@@ -409,7 +418,7 @@ class LlmService:
             model=model,
             policy=policy,
             request_id=request_id,
-            prompt_hash=self._hash(raw),
+            prompt_hash=self.keyed_hash(raw),
             prompt_categories=categories,
             reservation=reservation,
             prompt_tokens=prompt_tokens,
@@ -843,7 +852,7 @@ class Generation:
         refused = self._broken_json(finish, "".join(parts), scan.text)
         if refused is not None:
             finish = json_check.CONTENT_FILTER
-        service._finish(call, finish, service._hash(scan.text), scan.categories, self.action)
+        service._finish(call, finish, service.keyed_hash(scan.text), scan.categories, self.action)
         choice: dict[str, Any] = {"index": 0, "finish_reason": finish, "logprobs": None}
         if call.endpoint == "chat":
             choice["message"] = {"role": "assistant", "content": scan.text, "refusal": refused}
@@ -903,7 +912,7 @@ class Generation:
         redactor = StreamRedactor(
             service.scanner, self._output_policy, hold=service.settings.holdback_chars
         )
-        hasher = hmac.new(service.salt or b"medserve-no-salt", digestmod=hashlib.sha256)
+        hasher = service.hasher()
         finish: str | None = None
         outcome = "disconnected"
         raw: list[str] = []  # kept (in memory) only to re-check a JSON answer at its end

@@ -31,7 +31,6 @@ digest in the counters), model names, counts.
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import sqlite3
 import threading
 import time
@@ -50,7 +49,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from medserve.core.errors import InvalidRequestError, MedserveError, RateLimitedError, StoreError
-from medserve.core.store.counters import Count, SharedCounters
+from medserve.core.store.counters import Count, SharedCounters, key_digest
 from medserve.core.store.tables_llm import llm_usage
 
 MINUTE = 60
@@ -456,7 +455,7 @@ class SharedBudgetStore:
 
     @staticmethod
     def _ids(key: str) -> list[str]:
-        digest = hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()[:40]
+        digest = key_digest(key)
         return [f"{kind}:{digest}" for kind, _ in _KINDS]
 
     def admit(self, key: str, limits: Limits, tokens: int, now: float | None = None) -> Reservation:

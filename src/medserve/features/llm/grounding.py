@@ -33,6 +33,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from medserve.core.errors import InvalidRequestError
+from medserve.features.llm.invalid import invalid_request
 
 MAX_RESOURCES = 2000
 MAX_TEXT = 600  # characters of one resource's text
@@ -102,12 +103,7 @@ def parse_request(body: Any) -> FhirAnswerRequest:
     try:
         return FhirAnswerRequest.model_validate(body)
     except ValidationError as exc:
-        error = exc.errors()[0]
-        where = ".".join(str(p) for p in error.get("loc", ())) or "(body)"
-        raise InvalidRequestError(
-            f"{where}: {error.get('msg', 'invalid')}",
-            details=[{"field": where, "rule": str(error.get("type", "invalid"))}],
-        ) from exc
+        raise invalid_request(exc, where_empty="(body)") from exc
 
 
 @dataclass(frozen=True)

@@ -44,6 +44,7 @@ from medserve.core.registry.entities import ModelVersion
 from medserve.core.registry.service import Registry, current_user
 from medserve.core.registry.signature import FeatureSpec, OutputSpec, Signature
 from medserve.core.settings import Settings
+from medserve.features.llm.invalid import invalid_request
 
 if TYPE_CHECKING:
     from medserve.features.llm.api import Generation
@@ -303,12 +304,7 @@ def parse_route(data: bytes | str | dict[str, object]) -> UpstreamRoute:
             return UpstreamRoute.model_validate(data)
         return UpstreamRoute.model_validate_json(data)
     except ValidationError as exc:
-        error = exc.errors()[0]
-        where = ".".join(str(p) for p in error.get("loc", ())) or "route"
-        raise InvalidRequestError(
-            f"upstream route: {where}: {error.get('msg', 'invalid')}",
-            details=[{"field": where, "rule": str(error.get("type", "invalid"))}],
-        ) from exc
+        raise invalid_request(exc, where_empty="route", prefix="upstream route: ") from exc
 
 
 def register_upstream(

@@ -155,14 +155,7 @@ class NumericSketch:
 
     def result(self, cfg: ModelMonitoringConfig, enough: bool) -> dict[str, Any]:
         finite = self.n - self.missing
-        out: dict[str, Any] = {
-            "kind": "numeric",
-            "n": self.n,
-            "missing": self.missing,
-            "missing_rate": self.missing / self.n if self.n else 0.0,
-            "reference_missing_rate": self.summary.get("missing_rate", 0.0),
-        }
-        out.update(_missing_test(self.summary, self.missing, self.n, cfg))
+        out = _missingness("numeric", self.summary, self.missing, self.n, cfg)
         if not self.ready or finite <= 0:
             if not enough:
                 out["status"] = INSUFFICIENT
@@ -227,14 +220,7 @@ class CategoricalSketch:
 
     def result(self, cfg: ModelMonitoringConfig, enough: bool) -> dict[str, Any]:
         present = self.n - self.missing
-        out: dict[str, Any] = {
-            "kind": "categorical",
-            "n": self.n,
-            "missing": self.missing,
-            "missing_rate": self.missing / self.n if self.n else 0.0,
-            "reference_missing_rate": self.summary.get("missing_rate", 0.0),
-        }
-        out.update(_missing_test(self.summary, self.missing, self.n, cfg))
+        out = _missingness("categorical", self.summary, self.missing, self.n, cfg)
         if present <= 0:
             if not enough:
                 out["status"] = INSUFFICIENT
@@ -266,17 +252,26 @@ class CategoricalSketch:
         return out
 
 
-def _missing_test(
-    summary: dict[str, Any], missing: int, n: int, cfg: ModelMonitoringConfig
+def _missingness(
+    kind: str, summary: dict[str, Any], missing: int, n: int, cfg: ModelMonitoringConfig
 ) -> dict[str, Any]:
-    """Fisher's exact test of the window's missing rate against the reference's."""
+    """A feature's result starts with its window's missing rate against the reference's, and
+    Fisher's exact test of the two (the same for numeric and categorical features)."""
+    out: dict[str, Any] = {
+        "kind": kind,
+        "n": n,
+        "missing": missing,
+        "missing_rate": missing / n if n else 0.0,
+        "reference_missing_rate": summary.get("missing_rate", 0.0),
+    }
     n_ref = int(summary.get("n", 0))
     if not n or not n_ref:
-        return {}
+        return out
     ref_missing = round(summary.get("missing_rate", 0.0) * n_ref)
     table = [[missing, n - missing], [ref_missing, n_ref - ref_missing]]
     p = float(stats.fisher_exact(table)[1])
-    return {"missing_pvalue": p, "missing_drift": bool(p < cfg.ks_alpha)}
+    out.update(missing_pvalue=p, missing_drift=bool(p < cfg.ks_alpha))
+    return out
 
 
 def _status(value: float, cfg: ModelMonitoringConfig) -> str:

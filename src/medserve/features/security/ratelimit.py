@@ -8,12 +8,11 @@ several nodes, and receive uneven shares of a client's requests).
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 
 from medserve.core.errors import RateLimitedError, StoreError
-from medserve.core.store.counters import SharedCounters
+from medserve.core.store.counters import SharedCounters, key_digest
 
 log = logging.getLogger(__name__)
 
@@ -75,9 +74,8 @@ class SharedRateLimiter:
     def check(self, key: str, rate_per_s: float) -> None:
         """Count one request for ``key`` or raise ``RateLimitedError`` with a Retry-After."""
         window_s, limit = rate_window(rate_per_s, self.window_s)
-        digest = hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()[:40]
         try:
-            total, left_s = self.counters.add(RATE_SCOPE, digest, window_s)
+            total, left_s = self.counters.add(RATE_SCOPE, key_digest(key), window_s)
         except StoreError as exc:
             now = time.monotonic()
             if now - self._warned_at >= _WARN_EVERY_S:

@@ -30,6 +30,7 @@ from medserve.core.datasets import (
 from medserve.core.errors import InvalidRequestError
 from medserve.core.evaluation.evaluate import Predictions, evaluate, scalar_metrics
 from medserve.core.evaluation.report import render_report
+from medserve.core.evaluation.survival_metrics import horizon_outcome
 from medserve.core.registry.entities import ModelVersion
 from medserve.core.registry.service import Registry, _versions_of, current_user
 from medserve.core.registry.signature import Signature, infer_signature
@@ -100,9 +101,8 @@ def _derive_horizon_label(
         )
     time = _numeric_column(frame, spec.time, "time")
     event = _event_column(frame, spec.event)
-    unknown = (event == 0) & (time < spec.horizon)
+    unknown, by_horizon = horizon_outcome(time, event, spec.horizon)
     kept = frame.loc[~unknown].copy()
-    by_horizon = (event[~unknown] == 1) & (time[~unknown] <= spec.horizon)
     kept[label] = by_horizon.astype(int)
     info = {
         "horizon": spec.horizon,

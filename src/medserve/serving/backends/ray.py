@@ -177,10 +177,11 @@ def materialize_keys(home: Path, bundle: str) -> None:
     files = json.loads(base64.b64decode(bundle))
     folder = home / "keys"
     folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-    for name, content in files.items():
+    for name, encoded in files.items():
         target = folder / Path(name).name
+        content = base64.b64decode(encoded)
         if target.exists():
-            if not hmac.compare_digest(target.read_bytes(), base64.b64decode(content)):
+            if not hmac.compare_digest(target.read_bytes(), content):
                 raise InvalidRequestError(
                     f"this replica's {target} differs from the deploying home's: one deployment "
                     "needs one key set (remove the replica's copy or give both the same file)"
@@ -188,7 +189,7 @@ def materialize_keys(home: Path, bundle: str) -> None:
             continue
         fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "wb") as out:
-            out.write(base64.b64decode(content))
+            out.write(content)
 
 
 def replica_env(settings: Settings | None = None, *, ship_keys: bool = False) -> dict[str, str]:

@@ -222,7 +222,9 @@ async def _body(request: Request) -> Any:
         raise InvalidRequestError("the body is not valid JSON") from exc
 
 
-async def _caller(request: Request, principal: Principal) -> Caller:
+async def caller_of(request: Request, principal: Principal) -> Caller:
+    """The caller of an LLM route: its key's PHI policy and limits, its client address, the
+    pseudonym of its patient header (public: the console's chat builds its caller the same way)."""
     resources = resources_of(request)
     settings = await resources.get(KEY_SETTINGS).of(principal)
     client = request.scope.get("client")
@@ -259,7 +261,7 @@ async def _serve(request: Request, kind: type[Any], prepare: Prepare) -> Respons
         if not is_language_model(model):
             raise InvalidRequestError(f"model {name!r} is not a language model")
         service = resources.get(LLM_SERVICE)
-        caller = await _caller(request, principal)
+        caller = await caller_of(request, principal)
         request_id, _ = made_request_id()
         answer = await prepare(service, caller, model, parsed, request_id)
         if isinstance(answer, Generation):
@@ -372,7 +374,7 @@ async def own_usage(request: Request, days: int = Query(default=7, ge=1, le=400)
     try:
         resources = resources_of(request)
         principal = principal_of(request)
-        caller = await _caller(request, principal)
+        caller = await caller_of(request, principal)
         service = resources.get(LLM_SERVICE)
         limits = service.defaults.over(caller.limits)
         view = await asyncio.to_thread(

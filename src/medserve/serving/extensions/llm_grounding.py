@@ -13,8 +13,6 @@ Bundle, never its content. Errors have OpenAI's shape, as on ``/openai/v1``.
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
 from collections.abc import Mapping
 from typing import Any
 
@@ -45,9 +43,9 @@ from medserve.serving.extensions.llm import (
     LLM_SERVICE,
     OPENAI_ERROR,
     _body,
-    _caller,
     _error,
     _schema,
+    caller_of,
 )
 from medserve.serving.extensions.security import ACTION_SCOPE_KEY, AUDITED_SCOPE_KEY
 from medserve.serving.resources import principal_of, resources_of
@@ -83,11 +81,6 @@ def _responses() -> dict[int | str, Any]:
         }
         for status, text in _ERRORS.items()
     }
-
-
-def _keyed_hash(service: LlmService, data: bytes) -> str:
-    key = service.salt or b"medserve-no-salt"
-    return "hm_" + hmac.new(key, data, hashlib.sha256).hexdigest()[:32]
 
 
 async def _embed(
@@ -144,7 +137,7 @@ async def fhir_answer(
             raise NotFoundError(
                 f"model {name!r} is not a generative language model: it has no fhir-answer"
             )
-        caller = await _caller(request, principal)
+        caller = await caller_of(request, principal)
         request_id, _ = made_request_id()
         # the model is found first (a 404), then the Bundle is read (a 400 naming the entry)
         items = await asyncio.to_thread(grounding.bundle_resources, parsed.bundle)
@@ -244,10 +237,8 @@ def _audit(
         "retrieved": min(parsed.top_k, len(items)),
         "cited": len(result.citations),
         "uncited_labels": len(result.uncited_labels),
-        "bundle_hmac": _keyed_hash(
-            service, orjson.dumps(parsed.bundle, option=orjson.OPT_SORT_KEYS)
-        ),
-        "question_hmac": _keyed_hash(service, parsed.question.encode("utf-8")),
+        "bundle_hmac": service.keyed_hash(orjson.dumps(parsed.bundle, option=orjson.OPT_SORT_KEYS)),
+        "question_hmac": service.keyed_hash(parsed.question),
     }
     principal = caller.principal
     service.audit.enqueue(

@@ -32,6 +32,7 @@ from medserve.core.monitoring_config import MonitoringSettings
 from medserve.core.phi import load_or_create_salt, pseudonymize
 from medserve.core.prediction_log import PredictionLog
 from medserve.core.registry.signature import Signature
+from medserve.core.series import TimeStepExplainer, target_index
 from medserve.core.store.monitoring import MonitoringStore
 from medserve.features.explain.service import service_for
 from medserve.features.monitoring.reference import on_version_registered
@@ -259,11 +260,10 @@ async def _explain(
     # 'as_of' keys here as on /predict (the plain validator would refuse them)
     X = records.parse_records_request(model, {"instances": body.instances})
     target = body.target_class
-    occlusion = getattr(model.runtime, "occlusion", None)
-    if model.series is not None and occlusion is not None:  # time-step occlusion, as /predict
-        keys = model.class_keys or []
-        index = keys.index(str(target)) if target is not None and str(target) in keys else -1
-        steps = await asyncio.to_thread(occlusion, X, index)
+    runtime = model.runtime
+    if isinstance(runtime, TimeStepExplainer):  # time-step occlusion, as /predict
+        index = target_index(model.class_keys, str(target) if target is not None else None)
+        steps = await asyncio.to_thread(runtime.explain_time_steps, X, index)
         return {"model": model.name, "version": model.number, "explanations": steps}
     service = service_for(plane.manager)
     result: dict[str, Any] = await asyncio.to_thread(
